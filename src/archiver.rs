@@ -1,0 +1,531 @@
+//! Backup: walks trees (or reads stdin), chunks and stores content, writes the manifest,
+//! and commits a snapshot (packs, then index, then snapshot record).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::id::{BlobId, SnapshotId};
+use crate::manifest::{ChunkRef, Entry, EntryKind, ManifestWriter};
+use crate::pack::BlobType;
+use crate::packer::Packer;
+use crate::repository::Repository;
+use crate::snapshot::{ManifestRef, Snapshot, Source, Summary, SNAPSHOT_VERSION};
+use crate::system::OwnerNames;
+
+/// What to back up.
+pub struct BackupOptions {
+    /// Trees to back up; made absolute.
+    pub paths: Vec<PathBuf>,
+    /// Standard input (or any reader) stored as one file named `/NAME`.
+    pub stdin: Option<(Box<dyn Read + Send>, String)>,
+    pub tags: Vec<String>,
+    /// Host name recorded in the snapshot; the system's by default.
+    pub host: Option<String>,
+}
+
+/// The outcome of a backup.
+#[derive(Debug)]
+pub struct BackupReport {
+    pub id: SnapshotId,
+    pub snapshot: Snapshot,
+    /// Files that could not be read; the snapshot is incomplete if there are any.
+    pub warnings: Vec<String>,
+}
+
+/// Runs a backup and commits its snapshot.
+pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupReport> {
+    let _lock = repository.lock(false)?;
+    let started = Instant::now();
+    let time = jiff::Timestamp::now();
+    let paths = options
+        .paths
+        .iter()
+        .map(|path| absolute(path))
+        .collect::<Result<Vec<_>>>()?;
+    let manifest_path = repository.cache_dir().join("manifests").join(format!(
+        "new-{}.sqlite",
+        crate::id::LockId::random().short()
+    ));
+    let _cleanup = RemoveOnDrop(manifest_path.clone());
+    let packer = Packer::new(repository);
+    let mut walker = Walker {
+        manifest: ManifestWriter::create(&manifest_path)?,
+        packer: &packer,
+        owners: OwnerNames::default(),
+        hard_links: HashMap::new(),
+        summary: Summary::default(),
+        warnings: Vec::new(),
+    };
+    let mut sources = Vec::new();
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|scope| -> Result<()> {
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2);
+        let (sender, receiver) = bounded::<(BlobId, Bytes)>(workers * 2);
+        for _ in 0..workers {
+            let receiver = receiver.clone();
+            let (packer, failure) = (&packer, &failure);
+            scope.spawn(move || store_blobs(packer, receiver, failure));
+        }
+        drop(receiver);
+        let sender = BlobSender {
+            sender,
+            failure: &failure,
+        };
+        if !paths.is_empty() {
+            walker.add_ancestors(&paths)?;
+            for path in &paths {
+                walker.walk(path, &sender)?;
+            }
+            sources.push(Source::Files {
+                paths: paths.iter().map(|p| p.display().to_string()).collect(),
+            });
+        }
+        if let Some((reader, name)) = options.stdin {
+            walker.add_stdin(reader, &name, time, &sender)?;
+            sources.push(Source::Stdin { name });
+        }
+        Ok(())
+    })
+    .map_err(|error| {
+        failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or(error)
+    })?;
+    if let Some(error) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(error);
+    }
+    let Walker {
+        manifest,
+        mut summary,
+        warnings,
+        ..
+    } = walker;
+    let manifest_ref = store_manifest(&packer, manifest.finish()?)?;
+    let index = packer.flush()?;
+    if !index.packs.is_empty() {
+        repository.write_index(&index)?;
+    }
+    let stats = packer.stats();
+    summary.blobs_added = stats.blobs;
+    summary.bytes_added = stats.bytes;
+    summary.warnings = warnings.len() as u64;
+    summary.duration_seconds = started.elapsed().as_secs_f64();
+    let snapshot = Snapshot {
+        version: SNAPSHOT_VERSION,
+        time: time.to_string(),
+        host: options.host.unwrap_or_else(crate::system::host_name),
+        user: crate::system::user_name(),
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        paths: paths.iter().map(|p| p.display().to_string()).collect(),
+        tags: options.tags,
+        parent: None,
+        complete: warnings.is_empty(),
+        sources,
+        summary,
+        program_version: concat!("coffer ", env!("CARGO_PKG_VERSION")).to_string(),
+        manifest: manifest_ref,
+    };
+    let id = repository.save_snapshot(&snapshot)?;
+    let _ = std::fs::rename(&manifest_path, repository.manifest_cache_path(&id));
+    Ok(BackupReport {
+        id,
+        snapshot,
+        warnings,
+    })
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Makes a path absolute and clean without following a final symlink.
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::fs::symlink_metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound {
+            what: format!("backup path {}", path.display()),
+        },
+        _ => Error::io("cannot read", path, e),
+    })?;
+    let absolute = std::path::absolute(path).map_err(|e| Error::io("cannot resolve", path, e))?;
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = parent
+                .canonicalize()
+                .map_err(|e| Error::io("cannot resolve", parent, e))?;
+            Ok(parent.join(name))
+        }
+        _ => absolute
+            .canonicalize()
+            .map_err(|e| Error::io("cannot resolve", &absolute, e)),
+    }
+}
+
+fn store_blobs(
+    packer: &Packer<'_>,
+    receiver: Receiver<(BlobId, Bytes)>,
+    failure: &Mutex<Option<Error>>,
+) {
+    for (id, data) in receiver {
+        if let Err(error) = packer.store(id, BlobType::Data, &data) {
+            failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(error);
+            return;
+        }
+    }
+}
+
+struct BlobSender<'a> {
+    sender: crossbeam_channel::Sender<(BlobId, Bytes)>,
+    failure: &'a Mutex<Option<Error>>,
+}
+
+impl BlobSender<'_> {
+    fn send(&self, id: BlobId, data: Bytes) -> Result<()> {
+        if self.sender.send((id, data)).is_err()
+            || self
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+        {
+            return Err(Error::Backend {
+                location: "worker".into(),
+                message: "a storage worker stopped".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+struct Walker<'a, 'r> {
+    manifest: ManifestWriter,
+    packer: &'a Packer<'r>,
+    owners: OwnerNames,
+    hard_links: HashMap<(u64, u64), i64>,
+    summary: Summary,
+    warnings: Vec<String>,
+}
+
+impl Walker<'_, '_> {
+    fn warn(&mut self, message: String) {
+        self.warnings.push(message);
+    }
+
+    /// Records the directories above each backed-up path, so a full restore recreates them.
+    fn add_ancestors(&mut self, paths: &[PathBuf]) -> Result<()> {
+        for path in paths {
+            for ancestor in path
+                .ancestors()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                let bytes = ancestor.as_os_str().as_bytes();
+                if self.manifest.contains(bytes)? {
+                    continue;
+                }
+                let metadata = std::fs::symlink_metadata(ancestor)
+                    .map_err(|e| Error::io("cannot read", ancestor, e))?;
+                let entry = self.entry(ancestor, &metadata, EntryKind::Dir);
+                self.manifest.add(&entry, &[], &[])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn walk(&mut self, root: &Path, sender: &BlobSender<'_>) -> Result<()> {
+        let walk = walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .sort_by_file_name();
+        for item in walk {
+            let item = match item {
+                Ok(item) => item,
+                Err(error) => {
+                    let path = error
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    self.warn(format!(
+                        "cannot read {path}: {}",
+                        error
+                            .io_error()
+                            .map_or(error.to_string(), |e| e.to_string())
+                    ));
+                    continue;
+                }
+            };
+            if self.manifest.contains(item.path().as_os_str().as_bytes())? {
+                continue;
+            }
+            self.add_path(item.path(), sender)?;
+        }
+        Ok(())
+    }
+
+    fn add_path(&mut self, path: &Path, sender: &BlobSender<'_>) -> Result<()> {
+        let metadata = match std::fs::symlink_metadata(path) {
+            Ok(metadata) => metadata,
+            Err(error) => {
+                self.warn(format!("cannot read {}: {error}", path.display()));
+                return Ok(());
+            }
+        };
+        let file_type = metadata.file_type();
+        let kind = if file_type.is_file() {
+            EntryKind::File
+        } else if file_type.is_dir() {
+            EntryKind::Dir
+        } else if file_type.is_symlink() {
+            EntryKind::Symlink
+        } else if file_type.is_fifo() {
+            EntryKind::Fifo
+        } else if file_type.is_char_device() {
+            EntryKind::CharDevice
+        } else if file_type.is_block_device() {
+            EntryKind::BlockDevice
+        } else {
+            EntryKind::Socket
+        };
+        let mut entry = self.entry(path, &metadata, kind);
+        let xattrs = self.xattrs(path);
+        let mut chunks = Vec::new();
+        match kind {
+            EntryKind::File => {
+                let hard_link = (metadata.nlink() > 1).then(|| (metadata.dev(), metadata.ino()));
+                if let Some(first) = hard_link.and_then(|key| self.hard_links.get(&key)) {
+                    entry.hardlink_group = Some(*first);
+                }
+                match self.read_file(path, &mut entry, sender) {
+                    Ok(read) => chunks = read,
+                    Err(Error::Io { source, .. }) => {
+                        self.warn(format!("cannot read {}: {source}", path.display()));
+                        return Ok(());
+                    }
+                    Err(other) => return Err(other),
+                }
+                self.summary.files += 1;
+                self.summary.total_bytes += entry.size;
+                let id = self.manifest.add(&entry, &xattrs, &chunks)?;
+                if let (Some(key), None) = (hard_link, entry.hardlink_group) {
+                    self.hard_links.insert(key, id);
+                    self.manifest.set_hardlink_group(id, id)?;
+                }
+                return Ok(());
+            }
+            EntryKind::Dir => self.summary.dirs += 1,
+            EntryKind::Symlink => match std::fs::read_link(path) {
+                Ok(target) => entry.link_target = Some(target.as_os_str().as_bytes().to_vec()),
+                Err(error) => {
+                    self.warn(format!("cannot read link {}: {error}", path.display()));
+                    return Ok(());
+                }
+            },
+            _ => self.summary.other_entries += 1,
+        }
+        self.manifest.add(&entry, &xattrs, &chunks)?;
+        Ok(())
+    }
+
+    fn entry(&mut self, path: &Path, metadata: &Metadata, kind: EntryKind) -> Entry {
+        Entry {
+            path: path.as_os_str().as_bytes().to_vec(),
+            kind,
+            mode: metadata.mode() & 0o7777,
+            uid: metadata.uid(),
+            gid: metadata.gid(),
+            user: self.owners.user(metadata.uid()),
+            group: self.owners.group(metadata.gid()),
+            mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
+            ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
+            inode: metadata.ino(),
+            device: metadata.dev(),
+            nlink: metadata.nlink(),
+            size: if kind == EntryKind::File {
+                metadata.size()
+            } else {
+                0
+            },
+            rdev: metadata.rdev(),
+            sha256: None,
+            link_target: None,
+            hardlink_group: None,
+        }
+    }
+
+    fn xattrs(&mut self, path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let names = match xattr::list(path) {
+            Ok(names) => names,
+            Err(error) if is_unsupported(&error) => return Vec::new(),
+            Err(error) => {
+                self.warn(format!(
+                    "cannot list extended attributes of {}: {error}",
+                    path.display()
+                ));
+                return Vec::new();
+            }
+        };
+        let mut xattrs = Vec::new();
+        for name in names {
+            match xattr::get(path, &name) {
+                Ok(Some(value)) => xattrs.push((name.as_bytes().to_vec(), value)),
+                Ok(None) => {}
+                Err(error) => self.warn(format!(
+                    "cannot read extended attribute {:?} of {}: {error}",
+                    name,
+                    path.display()
+                )),
+            }
+        }
+        xattrs
+    }
+
+    fn read_file(
+        &mut self,
+        path: &Path,
+        entry: &mut Entry,
+        sender: &BlobSender<'_>,
+    ) -> Result<Vec<ChunkRef>> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+        let (chunks, size, sha256) = self.store_stream(file, sender).map_err(|e| match e {
+            StreamError::Read(source) => Error::io("cannot read", path, source),
+            StreamError::Store(error) => error,
+        })?;
+        entry.size = size;
+        entry.sha256 = Some(sha256);
+        Ok(chunks)
+    }
+
+    fn store_stream(
+        &mut self,
+        reader: impl Read,
+        sender: &BlobSender<'_>,
+    ) -> std::result::Result<(Vec<ChunkRef>, u64, [u8; 32]), StreamError> {
+        let repository = self.packer.repository();
+        let chunker = repository.file_chunker();
+        let mut hasher = Sha256::new();
+        let mut chunks = Vec::new();
+        let mut offset = 0u64;
+        for chunk in chunker.chunks(reader) {
+            let chunk = chunk.map_err(StreamError::Read)?;
+            hasher.update(&chunk);
+            let id = repository.master().blob_id(&chunk);
+            chunks.push(ChunkRef {
+                blob: id,
+                offset,
+                length: chunk.len() as u32,
+            });
+            offset += chunk.len() as u64;
+            if self
+                .packer
+                .claim(id, BlobType::Data)
+                .map_err(StreamError::Store)?
+            {
+                sender.send(id, chunk).map_err(StreamError::Store)?;
+            }
+        }
+        self.summary.bytes_read += offset;
+        Ok((chunks, offset, hasher.finalize().into()))
+    }
+
+    fn add_stdin(
+        &mut self,
+        reader: Box<dyn Read + Send>,
+        name: &str,
+        time: jiff::Timestamp,
+        sender: &BlobSender<'_>,
+    ) -> Result<()> {
+        let clean = name.trim_start_matches('/');
+        if clean.is_empty()
+            || clean
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            return Err(Error::InvalidInput(format!(
+                "--stdin-name {name:?} is not a usable file name"
+            )));
+        }
+        let path = PathBuf::from("/").join(OsStr::new(clean));
+        let (chunks, size, sha256) = self.store_stream(reader, sender).map_err(|e| match e {
+            StreamError::Read(source) => Error::io("cannot read", "standard input", source),
+            StreamError::Store(error) => error,
+        })?;
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        let entry = Entry {
+            path: path.as_os_str().as_bytes().to_vec(),
+            kind: EntryKind::File,
+            mode: 0o600,
+            uid,
+            gid,
+            user: self.owners.user(uid),
+            group: self.owners.group(gid),
+            mtime_ns: time.as_nanosecond() as i64,
+            ctime_ns: time.as_nanosecond() as i64,
+            inode: 0,
+            device: 0,
+            nlink: 1,
+            size,
+            rdev: 0,
+            sha256: Some(sha256),
+            link_target: None,
+            hardlink_group: None,
+        };
+        self.summary.files += 1;
+        self.summary.total_bytes += size;
+        self.manifest.add(&entry, &[], &chunks)?;
+        Ok(())
+    }
+}
+
+enum StreamError {
+    Read(std::io::Error),
+    Store(Error),
+}
+
+fn is_unsupported(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(code) if code == libc::ENOTSUP || code == libc::EOPNOTSUPP)
+}
+
+/// Chunks the finished manifest file into metadata blobs.
+fn store_manifest(packer: &Packer<'_>, path: PathBuf) -> Result<ManifestRef> {
+    let file = std::fs::File::open(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+    let chunker = packer.repository().metadata_chunker();
+    let mut hasher = blake3::Hasher::new();
+    let mut blobs = Vec::new();
+    let mut size = 0u64;
+    for chunk in chunker.chunks(file) {
+        let chunk = chunk.map_err(|e| Error::io("cannot read", &path, e))?;
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        blobs.push(packer.store_if_new(BlobType::Metadata, &chunk)?);
+    }
+    Ok(ManifestRef {
+        blobs,
+        size,
+        blake3: hasher.finalize().to_hex().to_string(),
+    })
+}

@@ -1,0 +1,74 @@
+//! Storage backends: a small synchronous trait over object storage, plus test backends.
+//!
+//! Keys are `/`-separated names relative to the repository root, such as
+//! `data/3f/3f0a...`. Every backend stores the same keys with the same bytes.
+
+mod faulty;
+mod memory;
+mod object;
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use crate::error::Result;
+
+pub use faulty::FaultyBackend;
+pub use memory::MemoryBackend;
+pub use object::ObjectStoreBackend;
+
+/// One stored object as listed by a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The object's key, relative to the repository root.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Byte and request counters of a backend, for reporting what a run cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub requests: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+/// What the repository needs from storage. Small enough to wrap.
+pub trait Backend: Send + Sync {
+    /// A human-readable location for messages (`/srv/repo`, `memory`).
+    fn location(&self) -> String;
+    /// Reads a whole object. A missing object is `Error::MissingObject`.
+    fn get(&self, key: &str) -> Result<Bytes>;
+    /// Reads a byte range of an object.
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes>;
+    /// Writes an object, replacing any object of that key.
+    fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    /// Writes an object only if none of that key exists; returns false if one did.
+    fn put_new(&self, key: &str, data: Bytes) -> Result<bool>;
+    /// Lists the objects whose key starts with `prefix` (a folder such as `index/`).
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// Deletes an object; deleting a missing object is not an error.
+    fn delete(&self, key: &str) -> Result<()>;
+    /// Counters since the backend was created.
+    fn stats(&self) -> BackendStats {
+        BackendStats::default()
+    }
+}
+
+/// Cuts `range` out of `data`, reporting a short object as missing bytes.
+pub(crate) fn slice_range(key: &str, data: &Bytes, range: Range<u64>) -> Result<Bytes> {
+    let (start, end) = (range.start as usize, range.end as usize);
+    if range.start > range.end || end > data.len() {
+        return Err(crate::error::Error::integrity(
+            key,
+            format!(
+                "range {}..{} is beyond its end ({} bytes)",
+                range.start,
+                range.end,
+                data.len()
+            ),
+        ));
+    }
+    Ok(data.slice(start..end))
+}

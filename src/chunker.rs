@@ -1,0 +1,285 @@
+//! Content-defined chunking: FastCDC (2020) with a gear table derived from a repository secret.
+//!
+//! The gear table is secret so that chunk boundaries, and therefore chunk sizes seen
+//! by the storage, do not reveal which known file a repository holds.
+
+use std::io::{ErrorKind, Read};
+
+use bytes::{Bytes, BytesMut};
+use fastcdc::v2020::{cut_gear, select_masks, Normalization};
+use serde::{Deserialize, Serialize};
+
+/// Minimum, average and maximum chunk sizes in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+}
+
+impl ChunkerParams {
+    /// Defaults for file data: 512 KiB / 1 MiB / 8 MiB.
+    pub const FILES: ChunkerParams = ChunkerParams {
+        min_size: 512 * 1024,
+        avg_size: 1024 * 1024,
+        max_size: 8 * 1024 * 1024,
+    };
+
+    /// Sizes for manifests, whose edits are small and scattered: 16 / 64 / 256 KiB.
+    pub const METADATA: ChunkerParams = ChunkerParams {
+        min_size: 16 * 1024,
+        avg_size: 64 * 1024,
+        max_size: 256 * 1024,
+    };
+
+    /// Checks the sizes against what FastCDC supports.
+    pub fn validate(&self) -> Result<(), String> {
+        use fastcdc::v2020::{
+            AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
+        };
+        let (min, avg, max) = (
+            self.min_size as usize,
+            self.avg_size as usize,
+            self.max_size as usize,
+        );
+        let in_range = (MINIMUM_MIN..=MINIMUM_MAX).contains(&min)
+            && (AVERAGE_MIN..=AVERAGE_MAX).contains(&avg)
+            && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&max);
+        let even = min % 2 == 0 && avg % 2 == 0 && max % 2 == 0;
+        if !in_range || !even || !(min <= avg && avg <= max) {
+            return Err(format!(
+                "chunk sizes {min}/{avg}/{max} are outside what FastCDC supports"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A FastCDC chunker with a secret gear table.
+#[derive(Clone)]
+pub struct Chunker {
+    gear: Box<[u64; 256]>,
+    gear_shifted: Box<[u64; 256]>,
+    masks: (u64, u64),
+    params: ChunkerParams,
+}
+
+impl Chunker {
+    /// Derives the gear table from `secret`. `params` must have passed `validate`.
+    pub fn new(secret: &[u8; 32], params: ChunkerParams) -> Self {
+        let mut hasher = blake3::Hasher::new_keyed(secret);
+        hasher.update(b"coffer gear v1");
+        let mut material = [0u8; 256 * 8];
+        hasher.finalize_xof().fill(&mut material);
+        let mut gear = Box::new([0u64; 256]);
+        let mut gear_shifted = Box::new([0u64; 256]);
+        for (index, bytes) in material.chunks_exact(8).enumerate() {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(bytes);
+            gear[index] = u64::from_le_bytes(word);
+            gear_shifted[index] = gear[index] << 1;
+        }
+        let masks = select_masks(params.avg_size as usize, Normalization::Level1);
+        Self {
+            gear,
+            gear_shifted,
+            masks,
+            params,
+        }
+    }
+
+    /// The sizes this chunker cuts at.
+    pub fn params(&self) -> ChunkerParams {
+        self.params
+    }
+
+    /// Length of the first chunk of `data`, where `data` is all that is left or at least `max_size`.
+    pub fn cut(&self, data: &[u8]) -> usize {
+        let (mask_s, mask_l) = self.masks;
+        let (_, length) = cut_gear(
+            data,
+            self.params.min_size as usize,
+            self.params.avg_size as usize,
+            self.params.max_size as usize,
+            mask_s,
+            mask_l,
+            mask_s << 1,
+            mask_l << 1,
+            &self.gear[..],
+            &self.gear_shifted[..],
+        );
+        length.clamp(data.len().min(1), data.len())
+    }
+
+    /// Splits a reader into chunks as it reads; memory is bounded by three maximum chunks.
+    pub fn chunks<R: Read>(&self, reader: R) -> ChunkStream<'_, R> {
+        ChunkStream {
+            chunker: self,
+            reader,
+            buffer: BytesMut::new(),
+            at_end: false,
+        }
+    }
+}
+
+/// Chunks of a reader, in order. Yields `io::Error` from the reader.
+pub struct ChunkStream<'a, R> {
+    chunker: &'a Chunker,
+    reader: R,
+    buffer: BytesMut,
+    at_end: bool,
+}
+
+impl<R: Read> ChunkStream<'_, R> {
+    /// Tops the buffer up to three maximum chunks once it holds less than one, growing it
+    /// in doubling steps so a small file never pays for a large buffer.
+    fn fill(&mut self) -> std::io::Result<()> {
+        let max = self.chunker.params.max_size as usize;
+        if self.at_end || self.buffer.len() >= max {
+            return Ok(());
+        }
+        let target = 3 * max;
+        let mut step = 64 * 1024;
+        while !self.at_end && self.buffer.len() < target {
+            let filled = self.buffer.len();
+            self.buffer
+                .resize(filled.saturating_add(step).min(target), 0);
+            step = step.saturating_mul(2);
+            match self.reader.read(&mut self.buffer[filled..]) {
+                Ok(0) => {
+                    self.buffer.truncate(filled);
+                    self.at_end = true;
+                }
+                Ok(count) => self.buffer.truncate(filled + count),
+                Err(error) if error.kind() == ErrorKind::Interrupted => {
+                    self.buffer.truncate(filled)
+                }
+                Err(error) => {
+                    self.buffer.truncate(filled);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Iterator for ChunkStream<'_, R> {
+    type Item = std::io::Result<Bytes>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Err(error) = self.fill() {
+            return Some(Err(error));
+        }
+        if self.buffer.is_empty() {
+            return None;
+        }
+        let length = self.chunker.cut(&self.buffer);
+        Some(Ok(self.buffer.split_to(length).freeze()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SMALL: ChunkerParams = ChunkerParams {
+        min_size: 256,
+        avg_size: 1024,
+        max_size: 4096,
+    };
+
+    fn pseudo_random(length: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..length)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_reassemble_and_respect_bounds(length in 0usize..40_000, seed in any::<u64>()) {
+            let data = pseudo_random(length, seed);
+            let chunker = Chunker::new(&[7; 32], SMALL);
+            let chunks: Vec<Bytes> = chunker.chunks(&data[..]).map(|c| c.unwrap()).collect();
+            let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            prop_assert_eq!(&joined, &data);
+            for (index, chunk) in chunks.iter().enumerate() {
+                prop_assert!(chunk.len() <= 4096);
+                if index + 1 < chunks.len() {
+                    prop_assert!(chunk.len() >= 256);
+                }
+            }
+        }
+
+        #[test]
+        fn reads_of_any_size_give_the_same_chunks(seed in any::<u64>(), piece in 1usize..5000) {
+            let data = pseudo_random(30_000, seed);
+            let chunker = Chunker::new(&[9; 32], SMALL);
+            let whole: Vec<Bytes> = chunker.chunks(&data[..]).map(|c| c.unwrap()).collect();
+            let trickle = TrickleReader { data: &data, piece };
+            let pieces: Vec<Bytes> = chunker.chunks(trickle).map(|c| c.unwrap()).collect();
+            prop_assert_eq!(whole, pieces);
+        }
+    }
+
+    struct TrickleReader<'a> {
+        data: &'a [u8],
+        piece: usize,
+    }
+
+    impl Read for TrickleReader<'_> {
+        fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+            let count = self.piece.min(buffer.len()).min(self.data.len());
+            buffer[..count].copy_from_slice(&self.data[..count]);
+            self.data = &self.data[count..];
+            Ok(count)
+        }
+    }
+
+    #[test]
+    fn insertion_at_front_changes_only_the_first_chunks() {
+        let data = pseudo_random(400_000, 42);
+        let chunker = Chunker::new(&[1; 32], SMALL);
+        let before: std::collections::HashSet<Bytes> =
+            chunker.chunks(&data[..]).map(|c| c.unwrap()).collect();
+        let mut edited = b"a few bytes".to_vec();
+        edited.extend_from_slice(&data);
+        let after: Vec<Bytes> = chunker.chunks(&edited[..]).map(|c| c.unwrap()).collect();
+        let new = after.iter().filter(|c| !before.contains(*c)).count();
+        assert!(new <= 2, "{new} of {} chunks changed", after.len());
+    }
+
+    #[test]
+    fn the_secret_moves_boundaries() {
+        let data = pseudo_random(100_000, 3);
+        let one: Vec<usize> = Chunker::new(&[1; 32], SMALL)
+            .chunks(&data[..])
+            .map(|c| c.unwrap().len())
+            .collect();
+        let two: Vec<usize> = Chunker::new(&[2; 32], SMALL)
+            .chunks(&data[..])
+            .map(|c| c.unwrap().len())
+            .collect();
+        assert_ne!(one, two);
+    }
+
+    #[test]
+    fn default_params_are_valid() {
+        ChunkerParams::FILES.validate().unwrap();
+        ChunkerParams::METADATA.validate().unwrap();
+        assert!(ChunkerParams {
+            min_size: 10,
+            avg_size: 5,
+            max_size: 1
+        }
+        .validate()
+        .is_err());
+    }
+}

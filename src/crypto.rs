@@ -1,0 +1,315 @@
+//! Keys and sealing: Argon2id key files, AES-256-GCM with per-message subkeys, keyed BLAKE3 ids.
+//!
+//! Every sealed message is `salt (24) || ciphertext || tag (16)`. The AES key and the
+//! GCM nonce of each message are derived from the master encryption key and the random
+//! salt with keyed BLAKE3, so every derived key seals exactly one message: the 2^32
+//! message limit of random 96-bit GCM nonces never comes into play.
+
+use aes_gcm::aead::AeadInOut;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use serde::{Deserialize, Serialize};
+
+use crate::id::{BlobId, RepositoryId};
+
+/// Bytes a sealed message adds to its plaintext.
+pub const SEAL_OVERHEAD: usize = SALT_LEN + TAG_LEN;
+const SALT_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+const MASTER_LEN: usize = 96;
+
+/// The secrets of one repository, wrapped by every key file.
+#[derive(Clone)]
+pub struct MasterKey {
+    encryption: [u8; 32],
+    id_key: [u8; 32],
+    chunker: [u8; 32],
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    /// Fresh random secrets for a new repository.
+    pub fn generate() -> Self {
+        Self {
+            encryption: rand::random(),
+            id_key: rand::random(),
+            chunker: rand::random(),
+        }
+    }
+
+    fn to_bytes(&self) -> [u8; MASTER_LEN] {
+        let mut bytes = [0u8; MASTER_LEN];
+        bytes[..32].copy_from_slice(&self.encryption);
+        bytes[32..64].copy_from_slice(&self.id_key);
+        bytes[64..].copy_from_slice(&self.chunker);
+        bytes
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != MASTER_LEN {
+            return None;
+        }
+        Some(Self {
+            encryption: bytes[..32].try_into().ok()?,
+            id_key: bytes[32..64].try_into().ok()?,
+            chunker: bytes[64..].try_into().ok()?,
+        })
+    }
+
+    /// The keyed BLAKE3 id of a blob's plaintext.
+    pub fn blob_id(&self, data: &[u8]) -> BlobId {
+        BlobId(*blake3::keyed_hash(&self.id_key, data).as_bytes())
+    }
+
+    /// The secret that seeds the content-defined chunker's gear table.
+    pub fn chunker_secret(&self) -> &[u8; 32] {
+        &self.chunker
+    }
+
+    /// Encrypts and authenticates `plaintext`, binding `associated` to it.
+    pub fn seal(&self, plaintext: &[u8], associated: &[u8]) -> Vec<u8> {
+        let salt: [u8; SALT_LEN] = rand::random();
+        let cipher = self.message_cipher(&salt);
+        let mut sealed = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+        sealed.extend_from_slice(&salt);
+        sealed.extend_from_slice(plaintext);
+        let tag = cipher
+            .0
+            .encrypt_inout_detached(&cipher.1, associated, (&mut sealed[SALT_LEN..]).into())
+            .unwrap_or_else(|_| unreachable_length());
+        sealed.extend_from_slice(&tag);
+        sealed
+    }
+
+    /// Decrypts a sealed message; `None` if it is damaged, truncated or not bound to `associated`.
+    pub fn open(&self, sealed: &[u8], associated: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return None;
+        }
+        let (salt, rest) = sealed.split_at(SALT_LEN);
+        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let cipher = self.message_cipher(salt.try_into().ok()?);
+        let tag = Tag::try_from(tag).ok()?;
+        let mut plaintext = ciphertext.to_vec();
+        cipher
+            .0
+            .decrypt_inout_detached(&cipher.1, associated, plaintext.as_mut_slice().into(), &tag)
+            .ok()?;
+        Some(plaintext)
+    }
+
+    fn message_cipher(
+        &self,
+        salt: &[u8; SALT_LEN],
+    ) -> (Aes256Gcm, Nonce<aes_gcm::aead::consts::U12>) {
+        let mut hasher = blake3::Hasher::new_keyed(&self.encryption);
+        hasher.update(b"coffer seal v1");
+        hasher.update(salt);
+        let mut material = [0u8; 44];
+        hasher.finalize_xof().fill(&mut material);
+        let key: [u8; 32] = material[..32].try_into().unwrap_or([0; 32]);
+        let nonce: [u8; 12] = material[32..].try_into().unwrap_or([0; 12]);
+        (Aes256Gcm::new(&key.into()), Nonce::from(nonce))
+    }
+}
+
+// AES-GCM encryption fails only for messages over 64 GiB, which coffer never seals.
+fn unreachable_length() -> aes_gcm::Tag {
+    panic!("AES-GCM refused a message: coffer never seals messages over 64 GiB")
+}
+
+/// Argon2id cost parameters, stored in each key file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Number of passes.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl Default for KdfParams {
+    fn default() -> Self {
+        Self {
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        }
+    }
+}
+
+/// The stored form of `keys/<id>`: a master key wrapped under a password.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyFile {
+    pub version: u64,
+    pub created: String,
+    pub host: String,
+    pub user: String,
+    pub kdf: String,
+    pub params: KdfParams,
+    /// Hex of the 16-byte Argon2id salt.
+    pub salt: String,
+    /// Hex of `nonce (12) || AES-256-GCM(master key) || tag (16)`.
+    pub wrapped: String,
+}
+
+/// Version of the key file format this program writes and reads.
+pub const KEY_FILE_VERSION: u64 = 1;
+
+fn password_key(password: &[u8], salt: &[u8], params: KdfParams) -> Option<[u8; 32]> {
+    let argon_params = argon2::Params::new(
+        params.memory_kib,
+        params.iterations,
+        params.parallelism,
+        Some(32),
+    )
+    .ok()?;
+    let argon = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon_params,
+    );
+    let mut key = [0u8; 32];
+    argon.hash_password_into(password, salt, &mut key).ok()?;
+    Some(key)
+}
+
+fn key_file_associated(repository: &RepositoryId) -> Vec<u8> {
+    let mut associated = b"coffer key v1".to_vec();
+    associated.extend_from_slice(repository.as_bytes());
+    associated
+}
+
+/// Wraps `master` under `password`; the result is bound to the repository id.
+pub fn wrap_master_key(
+    master: &MasterKey,
+    password: &[u8],
+    params: KdfParams,
+    repository: &RepositoryId,
+    created: String,
+    host: String,
+    user: String,
+) -> Option<KeyFile> {
+    let salt: [u8; 16] = rand::random();
+    let key = password_key(password, &salt, params)?;
+    let nonce: [u8; 12] = rand::random();
+    let cipher = Aes256Gcm::new(&key.into());
+    let mut buffer = master.to_bytes().to_vec();
+    let tag = cipher
+        .encrypt_inout_detached(
+            &Nonce::from(nonce),
+            &key_file_associated(repository),
+            buffer.as_mut_slice().into(),
+        )
+        .ok()?;
+    let mut wrapped = nonce.to_vec();
+    wrapped.extend_from_slice(&buffer);
+    wrapped.extend_from_slice(&tag);
+    Some(KeyFile {
+        version: KEY_FILE_VERSION,
+        created,
+        host,
+        user,
+        kdf: "argon2id".to_string(),
+        params,
+        salt: hex::encode(salt),
+        wrapped: hex::encode(wrapped),
+    })
+}
+
+/// Unwraps the master key with `password`; `None` if the password does not open it.
+pub fn unwrap_master_key(
+    file: &KeyFile,
+    password: &[u8],
+    repository: &RepositoryId,
+) -> Option<MasterKey> {
+    let salt = hex::decode(&file.salt).ok()?;
+    let wrapped = hex::decode(&file.wrapped).ok()?;
+    if wrapped.len() != 12 + MASTER_LEN + TAG_LEN || file.kdf != "argon2id" {
+        return None;
+    }
+    let key = password_key(password, &salt, file.params)?;
+    let nonce: [u8; 12] = wrapped[..12].try_into().ok()?;
+    let mut buffer = wrapped[12..12 + MASTER_LEN].to_vec();
+    let tag = Tag::try_from(&wrapped[12 + MASTER_LEN..]).ok()?;
+    Aes256Gcm::new(&key.into())
+        .decrypt_inout_detached(
+            &Nonce::from(nonce),
+            &key_file_associated(repository),
+            buffer.as_mut_slice().into(),
+            &tag,
+        )
+        .ok()?;
+    MasterKey::from_bytes(&buffer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn seal_open_round_trip(data in proptest::collection::vec(any::<u8>(), 0..4096), ad in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let master = MasterKey::generate();
+            let sealed = master.seal(&data, &ad);
+            prop_assert_eq!(sealed.len(), data.len() + SEAL_OVERHEAD);
+            prop_assert_eq!(master.open(&sealed, &ad), Some(data));
+        }
+
+        #[test]
+        fn any_flipped_bit_is_rejected(data in proptest::collection::vec(any::<u8>(), 0..512), position in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let master = MasterKey::generate();
+            let mut sealed = master.seal(&data, b"ad");
+            let at = position.index(sealed.len());
+            sealed[at] ^= 1 << bit;
+            prop_assert_eq!(master.open(&sealed, b"ad"), None);
+        }
+    }
+
+    #[test]
+    fn associated_data_is_bound() {
+        let master = MasterKey::generate();
+        let sealed = master.seal(b"hello", b"blob 1");
+        assert!(master.open(&sealed, b"blob 2").is_none());
+        assert!(MasterKey::generate().open(&sealed, b"blob 1").is_none());
+    }
+
+    #[test]
+    fn key_file_round_trip_and_wrong_password() {
+        let master = MasterKey::generate();
+        let repository = RepositoryId::random();
+        let params = KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let file = wrap_master_key(
+            &master,
+            b"secret",
+            params,
+            &repository,
+            "t".into(),
+            "h".into(),
+            "u".into(),
+        )
+        .unwrap();
+        let opened = unwrap_master_key(&file, b"secret", &repository).unwrap();
+        assert_eq!(opened.to_bytes(), master.to_bytes());
+        assert!(unwrap_master_key(&file, b"wrong", &repository).is_none());
+        assert!(unwrap_master_key(&file, b"secret", &RepositoryId::random()).is_none());
+    }
+
+    #[test]
+    fn blob_ids_are_keyed() {
+        let one = MasterKey::generate();
+        let two = MasterKey::generate();
+        assert_ne!(one.blob_id(b"same"), two.blob_id(b"same"));
+        assert_eq!(one.blob_id(b"same"), one.blob_id(b"same"));
+    }
+}

@@ -1,0 +1,95 @@
+//! The library's one error type: the kinds a caller acts on, with context as fields.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the library. The CLI maps each kind to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// There is no repository (no `config` object) at the location.
+    #[error("no coffer repository at {location}")]
+    NoRepository { location: String },
+
+    /// `init` was asked to create a repository where one exists.
+    #[error("a repository already exists at {location}")]
+    AlreadyInitialized { location: String },
+
+    /// No key file opens with the given password.
+    #[error("wrong password: no key in {location} opens with it")]
+    WrongPassword { location: String },
+
+    /// The repository or an object in it has a format version this program does not know.
+    #[error("{what} has format version {found}, but this coffer reads only version {supported}; upgrade coffer")]
+    UnsupportedVersion {
+        what: String,
+        found: u64,
+        supported: u64,
+    },
+
+    /// An object failed authentication, hashing or decoding: it is damaged or truncated.
+    #[error("{object} is damaged: {reason}")]
+    Integrity { object: String, reason: String },
+
+    /// An object the repository refers to is missing from storage.
+    #[error("{object} is missing from the repository")]
+    MissingObject { object: String },
+
+    /// A snapshot, path or blob asked for by the user does not exist.
+    #[error("{what} not found")]
+    NotFound { what: String },
+
+    /// The repository is locked by another process.
+    #[error("repository is locked {holder}")]
+    Locked { holder: String },
+
+    /// The storage backend failed (network, permissions, disk).
+    #[error("storage error on {location}: {message}")]
+    Backend { location: String, message: String },
+
+    /// A local file-system operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The local cache (SQLite) failed.
+    #[error("local cache {path}: {message}")]
+    Cache { path: PathBuf, message: String },
+
+    /// The user gave an invalid argument.
+    #[error("{0}")]
+    InvalidInput(String),
+
+    /// A restore finished but some files could not be restored intact.
+    #[error("{failed} file(s) could not be restored: {first}")]
+    RestoreIncomplete { failed: usize, first: String },
+}
+
+impl Error {
+    /// Wraps an I/O error with the action and the path it concerns.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// An integrity failure of a named object.
+    pub fn integrity(object: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Integrity {
+            object: object.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// True when the error means stored data is damaged or missing.
+    pub fn is_integrity(&self) -> bool {
+        matches!(self, Error::Integrity { .. } | Error::MissingObject { .. })
+    }
+}

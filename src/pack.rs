@@ -1,0 +1,385 @@
+//! Blobs and packs: compression, sealing and verification of blobs, and the pack layout.
+//!
+//! A pack is `blob... || sealed header || header length (u32 LE)`. Its id is the
+//! BLAKE3 hash of all its bytes, so its integrity can be checked without a key.
+
+use std::io::Read;
+
+use crate::crypto::MasterKey;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, PackId};
+
+/// What a blob holds; data and metadata blobs go to separate packs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BlobType {
+    /// File or database dump content.
+    Data,
+    /// Manifest content.
+    Metadata,
+}
+
+impl BlobType {
+    /// The byte stored for this type.
+    pub fn code(self) -> u8 {
+        match self {
+            BlobType::Data => 0,
+            BlobType::Metadata => 1,
+        }
+    }
+
+    /// The type of a stored byte.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(BlobType::Data),
+            1 => Some(BlobType::Metadata),
+            _ => None,
+        }
+    }
+}
+
+/// Largest plaintext a blob may have (the chunker's maximum is 16 MiB).
+pub const MAX_BLOB_LENGTH: u32 = 16 * 1024 * 1024;
+/// Largest decoded size of a sealed object (index, snapshot, header).
+const MAX_OBJECT_LENGTH: u64 = 1 << 30;
+const UNCOMPRESSED: u8 = 0;
+const ZSTD: u8 = 1;
+
+/// Where a blob lies inside its pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: BlobId,
+    pub blob_type: BlobType,
+    /// Offset of the sealed blob in the pack.
+    pub offset: u32,
+    /// Length of the sealed blob.
+    pub length: u32,
+    /// Length of the blob's plaintext.
+    pub raw_length: u32,
+}
+
+/// A blob ready to be appended to a pack.
+#[derive(Debug, Clone)]
+pub struct SealedBlob {
+    pub id: BlobId,
+    pub blob_type: BlobType,
+    pub raw_length: u32,
+    pub bytes: Vec<u8>,
+}
+
+fn blob_associated(blob_type: BlobType, id: &BlobId) -> [u8; 44] {
+    let mut associated = [0u8; 44];
+    associated[..11].copy_from_slice(b"coffer blob");
+    associated[11] = blob_type.code();
+    associated[12..].copy_from_slice(id.as_bytes());
+    associated
+}
+
+fn encode_payload(data: &[u8], level: i32) -> Vec<u8> {
+    if level > 0 && data.len() > 64 {
+        if let Ok(compressed) = zstd::bulk::compress(data, level) {
+            if compressed.len() + 1 < data.len() {
+                let mut payload = Vec::with_capacity(compressed.len() + 1);
+                payload.push(ZSTD);
+                payload.extend_from_slice(&compressed);
+                return payload;
+            }
+        }
+    }
+    let mut payload = Vec::with_capacity(data.len() + 1);
+    payload.push(UNCOMPRESSED);
+    payload.extend_from_slice(data);
+    payload
+}
+
+fn decode_payload(payload: &[u8], limit: u64) -> Option<Vec<u8>> {
+    let (&flag, body) = payload.split_first()?;
+    match flag {
+        UNCOMPRESSED => Some(body.to_vec()),
+        ZSTD => {
+            let decoder = zstd::stream::read::Decoder::new(body).ok()?;
+            let mut data = Vec::new();
+            decoder.take(limit + 1).read_to_end(&mut data).ok()?;
+            (data.len() as u64 <= limit).then_some(data)
+        }
+        _ => None,
+    }
+}
+
+/// Compresses (when it shrinks), seals and then verifies a blob by opening it again,
+/// so a compressor or memory fault is caught before anything is stored.
+pub fn seal_blob(
+    master: &MasterKey,
+    blob_type: BlobType,
+    id: BlobId,
+    data: &[u8],
+    level: i32,
+) -> Result<SealedBlob> {
+    let payload = encode_payload(data, level);
+    let bytes = master.seal(&payload, &blob_associated(blob_type, &id));
+    let raw_length = data.len() as u32;
+    if open_blob(master, blob_type, id, &bytes, raw_length).is_none() {
+        return Err(Error::integrity(
+            format!("blob {id}"),
+            "it did not verify after sealing (memory or compressor fault)",
+        ));
+    }
+    Ok(SealedBlob {
+        id,
+        blob_type,
+        raw_length,
+        bytes,
+    })
+}
+
+/// Opens a sealed blob and checks its content against its id; `None` if anything is off.
+pub fn open_blob(
+    master: &MasterKey,
+    blob_type: BlobType,
+    id: BlobId,
+    sealed: &[u8],
+    raw_length: u32,
+) -> Option<Vec<u8>> {
+    if raw_length > MAX_BLOB_LENGTH {
+        return None;
+    }
+    let payload = master.open(sealed, &blob_associated(blob_type, &id))?;
+    let data = decode_payload(&payload, raw_length as u64)?;
+    (data.len() == raw_length as usize && master.blob_id(&data) == id).then_some(data)
+}
+
+fn object_associated(kind: &str) -> Vec<u8> {
+    format!("coffer {kind}").into_bytes()
+}
+
+/// Compresses and seals a repository object (index, snapshot, pack header, lock).
+pub fn seal_object(master: &MasterKey, kind: &str, data: &[u8]) -> Vec<u8> {
+    master.seal(&encode_payload(data, 3), &object_associated(kind))
+}
+
+/// Opens an object sealed by `seal_object`; `name` is used in the error.
+pub fn open_object(master: &MasterKey, kind: &str, sealed: &[u8], name: &str) -> Result<Vec<u8>> {
+    let payload = master
+        .open(sealed, &object_associated(kind))
+        .ok_or_else(|| {
+            Error::integrity(
+                name,
+                "it does not decrypt (damaged, truncated or not a coffer object)",
+            )
+        })?;
+    decode_payload(&payload, MAX_OBJECT_LENGTH)
+        .ok_or_else(|| Error::integrity(name, "its content does not decompress"))
+}
+
+/// Collects sealed blobs into one pack.
+#[derive(Debug, Default)]
+pub struct PackWriter {
+    bytes: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+/// A finished pack: its id, bytes and what it holds.
+#[derive(Debug, Clone)]
+pub struct FinishedPack {
+    pub id: PackId,
+    pub bytes: bytes::Bytes,
+    pub entries: Vec<PackEntry>,
+}
+
+impl PackWriter {
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// True when no blob has been added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Appends a sealed blob.
+    pub fn add(&mut self, blob: &SealedBlob) {
+        self.entries.push(PackEntry {
+            id: blob.id,
+            blob_type: blob.blob_type,
+            offset: self.bytes.len() as u32,
+            length: blob.bytes.len() as u32,
+            raw_length: blob.raw_length,
+        });
+        self.bytes.extend_from_slice(&blob.bytes);
+    }
+
+    /// Appends the sealed header and its length, and names the pack by its hash.
+    pub fn finish(mut self, master: &MasterKey) -> FinishedPack {
+        let header = seal_object(master, "pack-header", &encode_header(&self.entries));
+        self.bytes.extend_from_slice(&header);
+        self.bytes
+            .extend_from_slice(&(header.len() as u32).to_le_bytes());
+        let id = PackId(*blake3::hash(&self.bytes).as_bytes());
+        FinishedPack {
+            id,
+            bytes: self.bytes.into(),
+            entries: self.entries,
+        }
+    }
+}
+
+const HEADER_ENTRY_LENGTH: usize = 1 + 4 + 4 + 32;
+
+fn encode_header(entries: &[PackEntry]) -> Vec<u8> {
+    let mut header = Vec::with_capacity(4 + entries.len() * HEADER_ENTRY_LENGTH);
+    header.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for entry in entries {
+        header.push(entry.blob_type.code());
+        header.extend_from_slice(&entry.length.to_le_bytes());
+        header.extend_from_slice(&entry.raw_length.to_le_bytes());
+        header.extend_from_slice(entry.id.as_bytes());
+    }
+    header
+}
+
+/// Decodes a pack header's plaintext; offsets follow from the lengths. `blob_area` is
+/// the size of the pack before the header, which the blobs must fill exactly.
+pub fn decode_header(plain: &[u8], blob_area: u64, name: &str) -> Result<Vec<PackEntry>> {
+    let bad = |reason: &str| Error::integrity(name, format!("its header {reason}"));
+    let count = plain.get(..4).ok_or_else(|| bad("is empty"))?;
+    let count = u32::from_le_bytes(count.try_into().map_err(|_| bad("is empty"))?) as usize;
+    let body = &plain[4..];
+    if body.len()
+        != count
+            .checked_mul(HEADER_ENTRY_LENGTH)
+            .ok_or_else(|| bad("is too long"))?
+    {
+        return Err(bad("has the wrong length for its entry count"));
+    }
+    let mut offset = 0u64;
+    let mut entries = Vec::with_capacity(count);
+    for raw in body.chunks_exact(HEADER_ENTRY_LENGTH) {
+        let blob_type =
+            BlobType::from_code(raw[0]).ok_or_else(|| bad("names an unknown blob type"))?;
+        let length = u32::from_le_bytes([raw[1], raw[2], raw[3], raw[4]]);
+        let raw_length = u32::from_le_bytes([raw[5], raw[6], raw[7], raw[8]]);
+        let id = BlobId::from_slice(&raw[9..41]).ok_or_else(|| bad("is malformed"))?;
+        let offset32 = u32::try_from(offset).map_err(|_| bad("has offsets beyond 4 GiB"))?;
+        entries.push(PackEntry {
+            id,
+            blob_type,
+            offset: offset32,
+            length,
+            raw_length,
+        });
+        offset += length as u64;
+    }
+    if offset != blob_area {
+        return Err(bad("does not cover the pack's blobs exactly"));
+    }
+    Ok(entries)
+}
+
+/// Reads the entries of a whole pack held in memory, checking its hash against `expected`.
+pub fn read_pack(
+    master: &MasterKey,
+    bytes: &[u8],
+    expected: Option<PackId>,
+    name: &str,
+) -> Result<Vec<PackEntry>> {
+    if let Some(expected) = expected {
+        if *blake3::hash(bytes).as_bytes() != expected.0 {
+            return Err(Error::integrity(
+                name,
+                "its content does not match its name (hash mismatch)",
+            ));
+        }
+    }
+    let (header_start, header_length) = header_bounds(
+        bytes.get(bytes.len().saturating_sub(4)..).unwrap_or(&[]),
+        bytes.len() as u64,
+        name,
+    )?;
+    let sealed = &bytes[header_start as usize..(header_start + header_length) as usize];
+    let plain = open_object(master, "pack-header", sealed, name)?;
+    decode_header(&plain, header_start, name)
+}
+
+/// From a pack's last four bytes and its size, the start and length of its sealed header.
+pub fn header_bounds(last_four: &[u8], pack_size: u64, name: &str) -> Result<(u64, u64)> {
+    let length: [u8; 4] = last_four
+        .try_into()
+        .map_err(|_| Error::integrity(name, "it is too short to be a pack"))?;
+    let length = u32::from_le_bytes(length) as u64;
+    let start = pack_size
+        .checked_sub(4 + length)
+        .ok_or_else(|| Error::integrity(name, "its header length points before its start"))?;
+    Ok((start, length))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn pack_round_trip(blobs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..3000), any::<bool>()), 0..20)) {
+            let master = MasterKey::generate();
+            let mut writer = PackWriter::default();
+            for (data, metadata) in &blobs {
+                let blob_type = if *metadata { BlobType::Metadata } else { BlobType::Data };
+                let sealed = seal_blob(&master, blob_type, master.blob_id(data), data, 3).unwrap();
+                writer.add(&sealed);
+            }
+            let pack = writer.finish(&master);
+            let entries = read_pack(&master, &pack.bytes, Some(pack.id), "pack").unwrap();
+            prop_assert_eq!(&entries, &pack.entries);
+            for (entry, (data, _)) in entries.iter().zip(&blobs) {
+                let sealed = &pack.bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
+                let opened = open_blob(&master, entry.blob_type, entry.id, sealed, entry.raw_length);
+                prop_assert_eq!(opened.as_ref(), Some(data));
+            }
+        }
+
+        #[test]
+        fn header_decoding_never_panics(plain in proptest::collection::vec(any::<u8>(), 0..200), area in any::<u64>()) {
+            let _ = decode_header(&plain, area, "pack");
+        }
+    }
+
+    #[test]
+    fn compressible_blobs_shrink_and_random_ones_are_stored() {
+        let master = MasterKey::generate();
+        let text = vec![b'a'; 100_000];
+        let sealed = seal_blob(&master, BlobType::Data, master.blob_id(&text), &text, 3).unwrap();
+        assert!(sealed.bytes.len() < 1000);
+        let noise: Vec<u8> = (0..10_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let sealed = seal_blob(&master, BlobType::Data, master.blob_id(&noise), &noise, 3).unwrap();
+        assert!(sealed.bytes.len() <= noise.len() + 1 + crate::crypto::SEAL_OVERHEAD);
+    }
+
+    #[test]
+    fn relabelled_blob_is_rejected() {
+        let master = MasterKey::generate();
+        let sealed = seal_blob(&master, BlobType::Data, master.blob_id(b"x"), b"x", 3).unwrap();
+        assert!(open_blob(&master, BlobType::Metadata, sealed.id, &sealed.bytes, 1).is_none());
+        assert!(open_blob(
+            &master,
+            BlobType::Data,
+            master.blob_id(b"y"),
+            &sealed.bytes,
+            1
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn damaged_pack_is_named() {
+        let master = MasterKey::generate();
+        let mut writer = PackWriter::default();
+        writer.add(&seal_blob(&master, BlobType::Data, master.blob_id(b"x"), b"x", 3).unwrap());
+        let pack = writer.finish(&master);
+        let mut bytes = pack.bytes.to_vec();
+        bytes[3] ^= 1;
+        let error = read_pack(&master, &bytes, Some(pack.id), "data/ab/abc").unwrap_err();
+        assert!(error.to_string().contains("data/ab/abc"), "{error}");
+    }
+}

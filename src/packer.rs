@@ -1,0 +1,161 @@
+//! Writes blobs into packs and packs into storage, tracking what one run adds.
+//!
+//! Safe to share between worker threads: each worker seals blobs and hands them over;
+//! a full pack is uploaded by the worker that filled it, outside the lock.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::id::BlobId;
+use crate::index::{IndexFile, IndexedPack};
+use crate::pack::{seal_blob, BlobType, FinishedPack, PackWriter, SealedBlob};
+use crate::repository::{pack_key, Repository};
+
+/// What a packer has written so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackerStats {
+    pub blobs: u64,
+    pub packs: u64,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct State {
+    data: PackWriter,
+    metadata: PackWriter,
+    written: Vec<IndexedPack>,
+    stats: PackerStats,
+}
+
+/// Collects blobs of one run into data and metadata packs.
+pub struct Packer<'r> {
+    repository: &'r Repository,
+    claimed: Mutex<HashSet<(BlobId, BlobType)>>,
+    state: Mutex<State>,
+}
+
+impl<'r> Packer<'r> {
+    pub fn new(repository: &'r Repository) -> Self {
+        Self {
+            repository,
+            claimed: Mutex::new(HashSet::new()),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The repository written to.
+    pub fn repository(&self) -> &'r Repository {
+        self.repository
+    }
+
+    /// True if the caller must store this blob: it is neither indexed nor claimed by this run.
+    pub fn claim(&self, id: BlobId, blob_type: BlobType) -> Result<bool> {
+        if self
+            .claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(id, blob_type))
+        {
+            return Ok(false);
+        }
+        if self.repository.lookup(&id, blob_type)?.is_some() {
+            return Ok(false);
+        }
+        Ok(self
+            .claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((id, blob_type)))
+    }
+
+    /// Seals a claimed blob and adds it to the current pack of its type.
+    pub fn store(&self, id: BlobId, blob_type: BlobType, data: &[u8]) -> Result<()> {
+        let repository = self.repository;
+        let sealed = seal_blob(
+            repository.master(),
+            blob_type,
+            id,
+            data,
+            repository.config().compression_level,
+        )?;
+        self.add(sealed)
+    }
+
+    /// Claims and stores a blob if needed; returns its id.
+    pub fn store_if_new(&self, blob_type: BlobType, data: &[u8]) -> Result<BlobId> {
+        let id = self.repository.master().blob_id(data);
+        if self.claim(id, blob_type)? {
+            self.store(id, blob_type, data)?;
+        }
+        Ok(id)
+    }
+
+    fn add(&self, sealed: SealedBlob) -> Result<()> {
+        let full = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let limit = self.repository.config().pack_size as usize;
+            let writer = match sealed.blob_type {
+                BlobType::Data => &mut state.data,
+                BlobType::Metadata => &mut state.metadata,
+            };
+            writer.add(&sealed);
+            if writer.len() >= limit {
+                Some(std::mem::take(writer))
+            } else {
+                None
+            }
+        };
+        match full {
+            Some(writer) => self.upload(writer),
+            None => Ok(()),
+        }
+    }
+
+    fn upload(&self, writer: PackWriter) -> Result<()> {
+        let pack: FinishedPack = writer.finish(self.repository.master());
+        let size = pack.bytes.len() as u64;
+        self.repository
+            .backend()
+            .put(&pack_key(&pack.id), Bytes::clone(&pack.bytes))?;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.stats.blobs += pack.entries.len() as u64;
+        state.stats.packs += 1;
+        state.stats.bytes += size;
+        state.written.push(IndexedPack {
+            id: pack.id,
+            size,
+            blobs: pack.entries,
+        });
+        Ok(())
+    }
+
+    /// Uploads the partial packs and returns the index of everything written, leaving
+    /// the packer empty so it can go on (a checkpoint) or be dropped.
+    pub fn flush(&self) -> Result<IndexFile> {
+        let (data, metadata) = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                std::mem::take(&mut state.data),
+                std::mem::take(&mut state.metadata),
+            )
+        };
+        for writer in [data, metadata] {
+            if !writer.is_empty() {
+                self.upload(writer)?;
+            }
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(IndexFile {
+            supersedes: Vec::new(),
+            packs: std::mem::take(&mut state.written),
+        })
+    }
+
+    /// Counters of what was written.
+    pub fn stats(&self) -> PackerStats {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).stats
+    }
+}

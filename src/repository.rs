@@ -1,0 +1,527 @@
+//! A repository: config, keys, the index cache, blobs, snapshots and manifests.
+//!
+//! Commit protocol: packs, then the index objects naming them, then the snapshot
+//! record. A crash at any point leaves only objects nothing refers to.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::crypto::{
+    unwrap_master_key, wrap_master_key, KdfParams, KeyFile, MasterKey, KEY_FILE_VERSION,
+};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, IndexId, KeyId, RepositoryId, SnapshotId};
+use crate::index::{BlobLocation, IndexCache, IndexFile};
+use crate::lock::LockGuard;
+use crate::manifest::Manifest;
+use crate::pack::{open_blob, open_object, seal_object, BlobType};
+use crate::snapshot::Snapshot;
+
+/// The repository format version this program writes and reads.
+pub const REPOSITORY_VERSION: u64 = 1;
+/// Default target pack size on local disk.
+pub const DEFAULT_PACK_SIZE: u64 = 16 * 1024 * 1024;
+
+/// The plaintext `config` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub version: u64,
+    pub id: RepositoryId,
+    pub chunker: ChunkerParams,
+    pub metadata_chunker: ChunkerParams,
+    /// Packs are closed once they reach this many bytes.
+    pub pack_size: u64,
+    /// zstd level for blobs; 0 stores them uncompressed.
+    pub compression_level: i32,
+}
+
+impl Serialize for RepositoryId {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for RepositoryId {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Config {
+    /// Parses `config`, refusing versions this program does not know.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Version {
+            version: u64,
+        }
+        let version: Version = serde_json::from_slice(bytes)
+            .map_err(|e| Error::integrity("config", format!("it is not a coffer config: {e}")))?;
+        if version.version != REPOSITORY_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: "the repository".into(),
+                found: version.version,
+                supported: REPOSITORY_VERSION,
+            });
+        }
+        let config: Config = serde_json::from_slice(bytes)
+            .map_err(|e| Error::integrity("config", format!("it is not a coffer config: {e}")))?;
+        for params in [config.chunker, config.metadata_chunker] {
+            params
+                .validate()
+                .map_err(|reason| Error::integrity("config", reason))?;
+        }
+        if !(1024..=1 << 32).contains(&config.pack_size)
+            || !(0..=22).contains(&config.compression_level)
+        {
+            return Err(Error::integrity(
+                "config",
+                "its pack size or compression level is out of range",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// Choices made at `init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub kdf: KdfParams,
+    pub chunker: ChunkerParams,
+    pub pack_size: u64,
+    pub compression_level: i32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self {
+            kdf: KdfParams::default(),
+            chunker: ChunkerParams::FILES,
+            pack_size: DEFAULT_PACK_SIZE,
+            compression_level: 3,
+        }
+    }
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    config: Config,
+    master: MasterKey,
+    key_id: KeyId,
+    cache_dir: PathBuf,
+    _temporary_cache: Option<tempfile::TempDir>,
+    index: Mutex<IndexCache>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({})", self.backend.location())
+    }
+}
+
+impl Repository {
+    /// Creates a repository in empty storage and returns it open.
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        options: &InitOptions,
+        cache_root: Option<&Path>,
+    ) -> Result<Self> {
+        let location = backend.location();
+        if !backend.list("config")?.is_empty() || !backend.list("keys/")?.is_empty() {
+            return Err(Error::AlreadyInitialized { location });
+        }
+        options.chunker.validate().map_err(Error::InvalidInput)?;
+        let config = Config {
+            version: REPOSITORY_VERSION,
+            id: RepositoryId::random(),
+            chunker: options.chunker,
+            metadata_chunker: ChunkerParams::METADATA,
+            pack_size: options.pack_size,
+            compression_level: options.compression_level,
+        };
+        let master = MasterKey::generate();
+        let key_id = add_key(&*backend, &master, &config.id, password, options.kdf)?;
+        let config_bytes = serde_json::to_vec_pretty(&config).unwrap_or_default();
+        if !backend.put_new("config", Bytes::from(config_bytes))? {
+            return Err(Error::AlreadyInitialized { location });
+        }
+        Self::assemble(backend, config, master, key_id, cache_root)
+    }
+
+    /// Opens a repository with a password, trying every key file.
+    pub fn open(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        cache_root: Option<&Path>,
+    ) -> Result<Self> {
+        let config = read_config(&*backend)?;
+        let (key_id, master) = find_key(&*backend, &config.id, password)?;
+        let repository = Self::assemble(backend, config, master, key_id, cache_root)?;
+        repository.sync_index()?;
+        Ok(repository)
+    }
+
+    fn assemble(
+        backend: Arc<dyn Backend>,
+        config: Config,
+        master: MasterKey,
+        key_id: KeyId,
+        cache_root: Option<&Path>,
+    ) -> Result<Self> {
+        let (cache_dir, temporary) = match cache_root {
+            Some(root) => (root.join(config.id.to_hex()), None),
+            None => {
+                let temporary = tempfile::tempdir().map_err(|e| {
+                    Error::io(
+                        "cannot create a temporary cache in",
+                        std::env::temp_dir(),
+                        e,
+                    )
+                })?;
+                (temporary.path().to_path_buf(), Some(temporary))
+            }
+        };
+        std::fs::create_dir_all(cache_dir.join("manifests"))
+            .map_err(|e| Error::io("cannot create cache directory", &cache_dir, e))?;
+        let index = IndexCache::open(&cache_dir.join("index.sqlite"))?;
+        Ok(Self {
+            backend,
+            config,
+            master,
+            key_id,
+            cache_dir,
+            _temporary_cache: temporary,
+            index: Mutex::new(index),
+        })
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
+    /// The key file this repository was opened with.
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// The local cache directory of this repository.
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
+    /// The chunker for file content.
+    pub fn file_chunker(&self) -> Chunker {
+        Chunker::new(self.master.chunker_secret(), self.config.chunker)
+    }
+
+    /// The chunker for manifests.
+    pub fn metadata_chunker(&self) -> Chunker {
+        Chunker::new(self.master.chunker_secret(), self.config.metadata_chunker)
+    }
+
+    fn index(&self) -> MutexGuard<'_, IndexCache> {
+        self.index
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Takes a shared or exclusive lock on the repository.
+    pub fn lock(&self, exclusive: bool) -> Result<LockGuard> {
+        LockGuard::acquire(self.backend.clone(), &self.master, exclusive)
+    }
+
+    /// Brings the index cache up to date with the `index/` objects in storage.
+    pub fn sync_index(&self) -> Result<()> {
+        let mut stored = Vec::new();
+        for info in self.backend.list("index/")? {
+            if let Some(id) = info
+                .key
+                .strip_prefix("index/")
+                .and_then(|n| n.parse::<IndexId>().ok())
+            {
+                stored.push(id);
+            }
+        }
+        let known = self.index().index_files()?;
+        let stored_set: std::collections::HashSet<IndexId> = stored.iter().copied().collect();
+        if !known.is_subset(&stored_set) {
+            self.index().clear()?;
+        }
+        let known = self.index().index_files()?;
+        let missing: Vec<IndexId> = stored
+            .into_iter()
+            .filter(|id| !known.contains(id))
+            .collect();
+        for batch in missing.chunks(16) {
+            let loaded: Vec<(IndexId, IndexFile)> = batch
+                .par_iter()
+                .map(|id| Ok((*id, self.load_index(id)?)))
+                .collect::<Result<_>>()?;
+            let mut index = self.index();
+            for (id, file) in loaded {
+                index.add(Some(id), &file)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and decodes one index object, checking its name against its hash.
+    pub fn load_index(&self, id: &IndexId) -> Result<IndexFile> {
+        let name = format!("index/{id}");
+        let bytes = self.backend.get(&name)?;
+        if *blake3::hash(&bytes).as_bytes() != id.0 {
+            return Err(Error::integrity(
+                &name,
+                "its content does not match its name (hash mismatch)",
+            ));
+        }
+        let plain = open_object(&self.master, "index", &bytes, &name)?;
+        IndexFile::decode(&plain, &name)
+    }
+
+    /// Stores an index object and adds it to the cache.
+    pub fn write_index(&self, file: &IndexFile) -> Result<IndexId> {
+        let sealed = seal_object(&self.master, "index", &file.encode());
+        let id = IndexId(*blake3::hash(&sealed).as_bytes());
+        self.backend
+            .put(&format!("index/{id}"), Bytes::from(sealed))?;
+        self.index().add(Some(id), file)?;
+        Ok(id)
+    }
+
+    /// Where a blob is stored, if it is.
+    pub fn lookup(&self, id: &BlobId, blob_type: BlobType) -> Result<Option<BlobLocation>> {
+        self.index().lookup(id, blob_type)
+    }
+
+    /// Reads, decrypts and verifies one blob.
+    pub fn read_blob(&self, id: &BlobId, blob_type: BlobType) -> Result<Vec<u8>> {
+        let location = self
+            .lookup(id, blob_type)?
+            .ok_or_else(|| Error::MissingObject {
+                object: format!("blob {id} (not in the index)"),
+            })?;
+        let entry = location.entry;
+        let key = pack_key(&location.pack);
+        let sealed = self.backend.get_range(
+            &key,
+            entry.offset as u64..entry.offset as u64 + entry.length as u64,
+        )?;
+        self.open_sealed_blob(&location, &sealed)
+    }
+
+    /// Opens a blob read from its pack, naming the pack if it is damaged.
+    pub fn open_sealed_blob(&self, location: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>> {
+        let entry = location.entry;
+        open_blob(
+            &self.master,
+            entry.blob_type,
+            entry.id,
+            sealed,
+            entry.raw_length,
+        )
+        .ok_or_else(|| {
+            Error::integrity(
+                pack_key(&location.pack),
+                format!(
+                    "blob {} at offset {} fails authentication",
+                    entry.id, entry.offset
+                ),
+            )
+        })
+    }
+
+    /// Stores a snapshot record; it is the commit point of a backup.
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
+        let sealed = seal_object(&self.master, "snapshot", &snapshot.encode());
+        let id = SnapshotId(*blake3::hash(&sealed).as_bytes());
+        self.backend
+            .put_new(&format!("snapshots/{id}"), Bytes::from(sealed))?;
+        Ok(id)
+    }
+
+    /// Loads one snapshot record.
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let name = format!("snapshots/{id}");
+        let bytes = self.backend.get(&name)?;
+        if *blake3::hash(&bytes).as_bytes() != id.0 {
+            return Err(Error::integrity(
+                &name,
+                "its content does not match its name (hash mismatch)",
+            ));
+        }
+        Snapshot::decode(
+            &open_object(&self.master, "snapshot", &bytes, &name)?,
+            &name,
+        )
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let ids: Vec<SnapshotId> = self
+            .backend
+            .list("snapshots/")?
+            .into_iter()
+            .filter_map(|info| {
+                info.key
+                    .strip_prefix("snapshots/")
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect();
+        let mut snapshots: Vec<(SnapshotId, Snapshot)> = ids
+            .par_iter()
+            .map(|id| Ok((*id, self.load_snapshot(id)?)))
+            .collect::<Result<_>>()?;
+        snapshots.sort_by(|a, b| a.1.timestamp().cmp(&b.1.timestamp()).then(a.0.cmp(&b.0)));
+        Ok(snapshots)
+    }
+
+    /// Finds a snapshot by `latest`, id or unique prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
+        let snapshots = self.list_snapshots()?;
+        crate::snapshot::resolve(spec, &snapshots).cloned()
+    }
+
+    /// Path of a snapshot's manifest in the local cache.
+    pub fn manifest_cache_path(&self, id: &SnapshotId) -> PathBuf {
+        self.cache_dir
+            .join("manifests")
+            .join(format!("{id}.sqlite"))
+    }
+
+    /// Opens a snapshot's manifest, from the cache if it is there and intact.
+    pub fn load_manifest(&self, id: &SnapshotId, snapshot: &Snapshot) -> Result<Manifest> {
+        let path = self.manifest_cache_path(id);
+        if let Ok(bytes) = std::fs::read(&path) {
+            if blake3::hash(&bytes).to_hex().as_str() == snapshot.manifest.blake3 {
+                return Manifest::open(&path);
+            }
+        }
+        let mut content = Vec::with_capacity(snapshot.manifest.size.min(1 << 30) as usize);
+        for blob in &snapshot.manifest.blobs {
+            content.extend_from_slice(&self.read_blob(blob, BlobType::Metadata)?);
+        }
+        if blake3::hash(&content).to_hex().as_str() != snapshot.manifest.blake3 {
+            return Err(Error::integrity(
+                format!("manifest of snapshot {}", id.short()),
+                "its blobs do not add up to the recorded hash",
+            ));
+        }
+        let partial = path.with_extension("part");
+        std::fs::write(&partial, &content).map_err(|e| Error::io("cannot write", &partial, e))?;
+        std::fs::rename(&partial, &path).map_err(|e| Error::io("cannot write", &path, e))?;
+        Manifest::open(&path)
+    }
+
+    /// Adds a key file for another password; returns its id.
+    pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<KeyId> {
+        add_key(&*self.backend, &self.master, &self.config.id, password, kdf)
+    }
+}
+
+/// The object name of a pack.
+pub fn pack_key(id: &crate::id::PackId) -> String {
+    let hex = id.to_hex();
+    format!("data/{}/{hex}", &hex[..2])
+}
+
+/// Reads and checks `config`; missing storage or config means there is no repository.
+pub fn read_config(backend: &dyn Backend) -> Result<Config> {
+    match backend.get("config") {
+        Ok(bytes) => Config::decode(&bytes),
+        Err(Error::MissingObject { .. }) => Err(Error::NoRepository {
+            location: backend.location(),
+        }),
+        Err(error) => Err(error),
+    }
+}
+
+fn add_key(
+    backend: &dyn Backend,
+    master: &MasterKey,
+    repository: &RepositoryId,
+    password: &[u8],
+    kdf: KdfParams,
+) -> Result<KeyId> {
+    let created = jiff::Timestamp::now().to_string();
+    let file = wrap_master_key(
+        master,
+        password,
+        kdf,
+        repository,
+        created,
+        crate::system::host_name(),
+        crate::system::user_name(),
+    )
+    .ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "key derivation parameters {kdf:?} are not valid for Argon2id"
+        ))
+    })?;
+    let id = KeyId::random();
+    let bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
+    backend.put_new(&format!("keys/{id}"), Bytes::from(bytes))?;
+    Ok(id)
+}
+
+fn find_key(
+    backend: &dyn Backend,
+    repository: &RepositoryId,
+    password: &[u8],
+) -> Result<(KeyId, MasterKey)> {
+    let mut files = Vec::new();
+    for info in backend.list("keys/")? {
+        let Some(id) = info
+            .key
+            .strip_prefix("keys/")
+            .and_then(|n| n.parse::<KeyId>().ok())
+        else {
+            continue;
+        };
+        let bytes = backend.get(&info.key)?;
+        let file: KeyFile = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::integrity(&info.key, format!("it is not a key file: {e}")))?;
+        if file.version != KEY_FILE_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: info.key,
+                found: file.version,
+                supported: KEY_FILE_VERSION,
+            });
+        }
+        files.push((id, file));
+    }
+    if files.is_empty() {
+        return Err(Error::integrity(
+            format!("{}/keys", backend.location()),
+            "the repository has no key files",
+        ));
+    }
+    let opened = files.par_iter().find_map_any(|(id, file)| {
+        unwrap_master_key(file, password, repository).map(|key| (*id, key))
+    });
+    opened.ok_or_else(|| Error::WrongPassword {
+        location: backend.location(),
+    })
+}

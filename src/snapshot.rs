@@ -1,0 +1,221 @@
+//! Snapshot records: the small encrypted objects under `snapshots/` that name a manifest.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::id::{BlobId, SnapshotId};
+
+/// Version of the snapshot record format.
+pub const SNAPSHOT_VERSION: u64 = 1;
+
+/// One snapshot, as stored (JSON inside the sealed object).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: u64,
+    /// Start of the backup, RFC 3339 in UTC with nanoseconds.
+    pub time: String,
+    pub host: String,
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// The paths given to `backup`, made absolute.
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub parent: Option<SnapshotId>,
+    /// False when some files could not be read.
+    pub complete: bool,
+    pub sources: Vec<Source>,
+    pub summary: Summary,
+    pub program_version: String,
+    pub manifest: ManifestRef,
+}
+
+/// Where a snapshot's content came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    /// Directory trees.
+    Files { paths: Vec<String> },
+    /// Standard input, stored as one file.
+    Stdin { name: String },
+}
+
+/// Counts and sizes of one backup.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub files: u64,
+    pub dirs: u64,
+    pub other_entries: u64,
+    /// Total size of the regular files.
+    pub total_bytes: u64,
+    /// Bytes read from files.
+    pub bytes_read: u64,
+    /// New blobs stored by this backup.
+    pub blobs_added: u64,
+    /// Bytes of new packs written by this backup (after dedup, compression, encryption).
+    pub bytes_added: u64,
+    pub warnings: u64,
+    pub duration_seconds: f64,
+}
+
+/// The manifest of a snapshot: its metadata blobs in order, and the hash of the whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRef {
+    pub blobs: Vec<BlobId>,
+    pub size: u64,
+    /// BLAKE3 of the manifest file, checked when it is loaded from the local cache.
+    pub blake3: String,
+}
+
+impl Serialize for BlobId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for BlobId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for SnapshotId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for SnapshotId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Snapshot {
+    /// The JSON stored inside the sealed object.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a snapshot record; `name` is used in errors.
+    pub fn decode(plain: &[u8], name: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Version {
+            version: u64,
+        }
+        let version: Version = serde_json::from_slice(plain)
+            .map_err(|e| Error::integrity(name, format!("it is not a snapshot record: {e}")))?;
+        if version.version != SNAPSHOT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: name.to_string(),
+                found: version.version,
+                supported: SNAPSHOT_VERSION,
+            });
+        }
+        serde_json::from_slice(plain)
+            .map_err(|e| Error::integrity(name, format!("it is not a snapshot record: {e}")))
+    }
+
+    /// The snapshot's time as a timestamp, if it parses.
+    pub fn timestamp(&self) -> Option<jiff::Timestamp> {
+        self.time.parse().ok()
+    }
+}
+
+/// Picks the snapshot named by `spec`: `latest`, a full id, or a unique id prefix.
+pub fn resolve<'a>(
+    spec: &str,
+    snapshots: &'a [(SnapshotId, Snapshot)],
+) -> Result<&'a (SnapshotId, Snapshot)> {
+    if spec == "latest" {
+        return snapshots
+            .iter()
+            .max_by(|a, b| {
+                a.1.timestamp()
+                    .cmp(&b.1.timestamp())
+                    .then(a.1.time.cmp(&b.1.time))
+            })
+            .ok_or_else(|| Error::NotFound {
+                what: "snapshot \"latest\" (the repository has no snapshots)".into(),
+            });
+    }
+    let spec_lower = spec.to_ascii_lowercase();
+    if spec_lower.is_empty() || !spec_lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::InvalidInput(format!(
+            "{spec:?} is not a snapshot id, id prefix or \"latest\""
+        )));
+    }
+    let mut matches = snapshots
+        .iter()
+        .filter(|(id, _)| id.to_hex().starts_with(&spec_lower));
+    let first = matches.next().ok_or_else(|| Error::NotFound {
+        what: format!("snapshot {spec}"),
+    })?;
+    if matches.next().is_some() {
+        return Err(Error::InvalidInput(format!(
+            "snapshot prefix {spec} is ambiguous; give more digits"
+        )));
+    }
+    Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(time: &str) -> Snapshot {
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            time: time.into(),
+            host: "h".into(),
+            user: "u".into(),
+            uid: 0,
+            gid: 0,
+            paths: vec!["/d".into()],
+            tags: vec![],
+            parent: None,
+            complete: true,
+            sources: vec![Source::Files {
+                paths: vec!["/d".into()],
+            }],
+            summary: Summary::default(),
+            program_version: "t".into(),
+            manifest: ManifestRef {
+                blobs: vec![BlobId([1; 32])],
+                size: 1,
+                blake3: "00".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip_and_resolution() {
+        let one = sample("2026-01-01T00:00:00Z");
+        assert_eq!(Snapshot::decode(&one.encode(), "s").unwrap(), one);
+        let list = vec![
+            (SnapshotId([0xab; 32]), one),
+            (SnapshotId([0xac; 32]), sample("2026-02-01T00:00:00Z")),
+        ];
+        assert_eq!(resolve("latest", &list).unwrap().0, SnapshotId([0xac; 32]));
+        assert_eq!(resolve("abab", &list).unwrap().0, SnapshotId([0xab; 32]));
+        assert!(matches!(resolve("a", &list), Err(Error::InvalidInput(_))));
+        assert!(matches!(resolve("ff", &list), Err(Error::NotFound { .. })));
+        assert!(matches!(resolve("zz", &list), Err(Error::InvalidInput(_))));
+    }
+
+    #[test]
+    fn unknown_version_is_refused() {
+        let mut record = serde_json::to_value(sample("2026-01-01T00:00:00Z")).unwrap();
+        record["version"] = 9.into();
+        let bytes = serde_json::to_vec(&record).unwrap();
+        assert!(matches!(
+            Snapshot::decode(&bytes, "s"),
+            Err(Error::UnsupportedVersion { found: 9, .. })
+        ));
+        assert!(Snapshot::decode(b"{", "s").is_err());
+    }
+}
