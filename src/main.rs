@@ -1,1 +1,53 @@
-fn main() {}
+//! The `coffer` command: parses flags, runs the command, maps failures to exit codes.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let parsed = match cli::Cli::try_parse() {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            let code = if error.use_stderr() {
+                cli::exit::USAGE
+            } else {
+                cli::exit::SUCCESS
+            };
+            let _ = error.print();
+            std::process::exit(code);
+        }
+    };
+    let code = match cli::run(parsed) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("coffer: {}", message(&error));
+            exit_code(&error)
+        }
+    };
+    std::process::exit(code);
+}
+
+fn message(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+fn exit_code(error: &anyhow::Error) -> i32 {
+    if let Some(exit) = error.downcast_ref::<cli::ExitError>() {
+        return exit.code;
+    }
+    if let Some(error) = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<coffer::Error>())
+    {
+        return cli::exit::code_of(error);
+    }
+    cli::exit::FAILURE
+}

@@ -1,0 +1,136 @@
+//! Command-line flags as clap parses them; validated into library options elsewhere.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// coffer: encrypted, deduplicated, incremental backups.
+#[derive(Debug, Parser)]
+#[command(name = "coffer", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Repository: a path, file:///path or s3://bucket/prefix.
+    #[arg(short = 'r', long, env = "COFFER_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+    /// Read the password from this file (first line).
+    #[arg(short = 'p', long, env = "COFFER_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Run this shell command and use its output as the password.
+    #[arg(long, env = "COFFER_PASSWORD_COMMAND", global = true)]
+    pub password_command: Option<String>,
+    /// Local cache directory (default: $XDG_CACHE_HOME/coffer or ~/.cache/coffer).
+    #[arg(long, env = "COFFER_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Use a temporary cache that is removed at exit.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more detail.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new repository.
+    Init(InitArgs),
+    /// Back up files and directories (or standard input) into a new snapshot.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots,
+    /// List the entries of a snapshot, or of one folder of it (SNAP:PATH).
+    Ls(LsArgs),
+    /// Restore a snapshot, or one folder or file of it (SNAP:PATH), into a directory.
+    Restore(RestoreArgs),
+    /// Write one file of a snapshot to standard output.
+    Dump(DumpArgs),
+    /// Remove stale locks (all locks with --remove-all).
+    Unlock(UnlockArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Target pack size in MiB.
+    #[arg(long, default_value_t = 16)]
+    pub pack_size: u64,
+    /// zstd level for stored blobs (0 stores them uncompressed).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub compression: i32,
+    /// Argon2id memory in KiB for the new key.
+    #[arg(long, default_value_t = 65536, hide = true)]
+    pub kdf_memory_kib: u32,
+    /// Argon2id passes for the new key.
+    #[arg(long, default_value_t = 3, hide = true)]
+    pub kdf_iterations: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Files and directories to back up.
+    #[arg(required_unless_present = "stdin")]
+    pub paths: Vec<PathBuf>,
+    /// Read the content of one file from standard input.
+    #[arg(long)]
+    pub stdin: bool,
+    /// Name of the file read from standard input.
+    #[arg(long, default_value = "stdin", requires = "stdin")]
+    pub stdin_name: String,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name to record instead of this machine's.
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// SNAP or SNAP:PATH; SNAP is an id, a unique id prefix or "latest".
+    pub snapshot: OsString,
+    /// Show mode, owner, size and time.
+    #[arg(short, long)]
+    pub long: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// SNAP or SNAP:PATH.
+    pub snapshot: OsString,
+    /// Directory to restore into (created if missing).
+    #[arg(short, long)]
+    pub target: PathBuf,
+    /// Restore only what matches these globs (repeatable).
+    #[arg(short, long)]
+    pub include: Vec<String>,
+    /// Skip what matches these globs (repeatable).
+    #[arg(short, long)]
+    pub exclude: Vec<String>,
+    /// Show what would be restored and fetched, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Re-read every restored file and check it against the manifest's SHA-256.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Snapshot id, unique prefix or "latest".
+    pub snapshot: String,
+    /// Absolute path of the file in the snapshot.
+    pub path: OsString,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Remove every lock, not only stale ones.
+    #[arg(long)]
+    pub remove_all: bool,
+}

@@ -1,0 +1,313 @@
+//! One function per command: turn flags into library calls and print the outcome.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use anyhow::Result;
+use coffer::restorer::{self, Action, RestoreOptions};
+use coffer::{BackupOptions, InitOptions, KdfParams, Repository};
+use serde_json::json;
+
+use super::args::{BackupArgs, Command, DumpArgs, InitArgs, LsArgs, RestoreArgs, UnlockArgs};
+use super::output::{self, note};
+use super::{exit, fail, Cli};
+
+pub fn dispatch(cli: &Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Init(args) => init(cli, args),
+        Command::Backup(args) => backup(cli, args),
+        Command::Snapshots => snapshots(cli),
+        Command::Ls(args) => ls(cli, args),
+        Command::Restore(args) => restore(cli, args),
+        Command::Dump(args) => dump(cli, args),
+        Command::Unlock(args) => unlock(cli, args),
+    }
+}
+
+fn init(cli: &Cli, args: &InitArgs) -> Result<i32> {
+    let backend = super::backend(cli, true)?;
+    let password = super::password::read(cli, true)?;
+    let options = InitOptions {
+        kdf: KdfParams {
+            memory_kib: args.kdf_memory_kib,
+            iterations: args.kdf_iterations,
+            parallelism: 1,
+        },
+        pack_size: args.pack_size.clamp(1, 4096) * 1024 * 1024,
+        compression_level: args.compression,
+        ..InitOptions::default()
+    };
+    let repository = Repository::init(
+        backend,
+        password.as_bytes(),
+        &options,
+        super::cache_root(cli).as_deref(),
+    )?;
+    let id = repository.config().id;
+    if cli.json {
+        output::json(
+            &json!({"repository": id.to_hex(), "location": repository.backend().location()}),
+        );
+    } else {
+        note(
+            cli.quiet,
+            &format!(
+                "created coffer repository {} at {}",
+                id.short(),
+                repository.backend().location()
+            ),
+        );
+        note(
+            cli.quiet,
+            "Keep the password safe: without it the data cannot be read.",
+        );
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
+    let repository = super::open(cli)?;
+    let stdin: Option<(Box<dyn std::io::Read + Send>, String)> = args.stdin.then(|| {
+        (
+            Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>,
+            args.stdin_name.clone(),
+        )
+    });
+    let options = BackupOptions {
+        paths: args.paths.clone(),
+        stdin,
+        tags: args.tags.clone(),
+        host: args.host.clone(),
+    };
+    let report = coffer::backup(&repository, options)?;
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let summary = &report.snapshot.summary;
+    if cli.json {
+        output::json(
+            &json!({"snapshot": report.id.to_hex(), "complete": report.snapshot.complete, "warnings": report.warnings, "summary": summary}),
+        );
+    } else {
+        note(cli.quiet, &format!(
+            "snapshot {} saved: {} files, {} dirs, {} read, {} added to the repository ({} new blobs) in {:.1}s",
+            report.id.short(), summary.files, summary.dirs, output::size(summary.bytes_read), output::size(summary.bytes_added), summary.blobs_added, summary.duration_seconds
+        ));
+    }
+    if report.snapshot.complete {
+        return Ok(exit::SUCCESS);
+    }
+    note(
+        cli.quiet,
+        &format!(
+            "snapshot {} is incomplete: {} path(s) could not be read",
+            report.id.short(),
+            report.warnings.len()
+        ),
+    );
+    Ok(exit::INCOMPLETE)
+}
+
+fn snapshots(cli: &Cli) -> Result<i32> {
+    let repository = super::open(cli)?;
+    let snapshots = repository.list_snapshots()?;
+    if cli.json {
+        output::json(&serde_json::Value::Array(
+            snapshots
+                .iter()
+                .map(|(id, s)| output::snapshot_json(id, s))
+                .collect(),
+        ));
+        return Ok(exit::SUCCESS);
+    }
+    output::line(&format!(
+        "{:<8}  {:<19}  {:<16}  {:<10}  {:>10}  {}",
+        "ID", "Time (UTC)", "Host", "Tags", "Size", "Paths"
+    ));
+    for (id, snapshot) in &snapshots {
+        let flag = if snapshot.complete {
+            ""
+        } else {
+            " (incomplete)"
+        };
+        output::line(&format!(
+            "{:<8}  {:<19}  {:<16}  {:<10}  {:>10}  {}{flag}",
+            id.short(),
+            output::short_time(snapshot),
+            snapshot.host,
+            snapshot.tags.join(","),
+            output::size(snapshot.summary.total_bytes),
+            snapshot.paths.join(" ")
+        ));
+    }
+    note(cli.quiet, &format!("{} snapshot(s)", snapshots.len()));
+    Ok(exit::SUCCESS)
+}
+
+/// Splits `SNAP[:PATH]`; the path is made absolute.
+fn split_spec(spec: &OsStr) -> (String, Option<Vec<u8>>) {
+    let bytes = spec.as_bytes();
+    match bytes.iter().position(|&b| b == b':') {
+        None => (String::from_utf8_lossy(bytes).into_owned(), None),
+        Some(at) => {
+            let path = &bytes[at + 1..];
+            let path = if path.starts_with(b"/") {
+                path.to_vec()
+            } else {
+                [b"/", path].concat()
+            };
+            (
+                String::from_utf8_lossy(&bytes[..at]).into_owned(),
+                Some(path),
+            )
+        }
+    }
+}
+
+fn ls(cli: &Cli, args: &LsArgs) -> Result<i32> {
+    let repository = super::open(cli)?;
+    let (spec, path) = split_spec(&args.snapshot);
+    let (id, snapshot) = repository.find_snapshot(&spec)?;
+    let manifest = repository.load_manifest(&id, &snapshot)?;
+    let base = path.unwrap_or_else(|| b"/".to_vec());
+    let entries = manifest.entries_under(&base)?;
+    if entries.is_empty() {
+        return fail(
+            exit::NOT_FOUND,
+            format!(
+                "path {} not found in snapshot {}",
+                output::path_text(&base),
+                id.short()
+            ),
+        );
+    }
+    if cli.json {
+        output::json(&serde_json::Value::Array(
+            entries.iter().map(|(_, e)| output::entry_json(e)).collect(),
+        ));
+        return Ok(exit::SUCCESS);
+    }
+    for (_, entry) in &entries {
+        output::line(&if args.long {
+            output::entry_long(entry)
+        } else {
+            output::path_text(&entry.path)
+        });
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
+    let repository = super::open(cli)?;
+    let (spec, subpath) = split_spec(&args.snapshot);
+    let (id, snapshot) = repository.find_snapshot(&spec)?;
+    let manifest = repository.load_manifest(&id, &snapshot)?;
+    let options = RestoreOptions {
+        subpath,
+        target: args.target.clone(),
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+        verify: args.verify,
+    };
+    let plan = restorer::plan(&repository, &manifest, &options)?;
+    if args.dry_run {
+        print_plan(cli, &plan);
+        return Ok(exit::SUCCESS);
+    }
+    let report = restorer::execute(&repository, &plan, &options)?;
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    for (path, reason) in &report.failed {
+        eprintln!("error: {} not restored: {reason}", path.display());
+    }
+    if cli.json {
+        let failed: Vec<_> = report
+            .failed
+            .iter()
+            .map(|(path, reason)| json!({"path": path.display().to_string(), "reason": reason}))
+            .collect();
+        output::json(
+            &json!({"snapshot": id.to_hex(), "target": args.target.display().to_string(), "files": report.files, "dirs": report.dirs,
+            "bytes_written": report.bytes_written, "bytes_fetched": report.bytes_fetched, "requests": report.requests, "failed": failed, "warnings": report.warnings}),
+        );
+    } else {
+        note(cli.quiet, &format!("restored {} files and {} dirs ({}) from snapshot {} to {}; fetched {} in {} requests",
+            report.files, report.dirs, output::size(report.bytes_written), id.short(), args.target.display(), output::size(report.bytes_fetched), report.requests));
+    }
+    if report.failed.is_empty() {
+        return Ok(exit::SUCCESS);
+    }
+    fail(
+        exit::DAMAGED,
+        format!(
+            "{} file(s) could not be restored from snapshot {}; the first: {}",
+            report.failed.len(),
+            id.short(),
+            report.failed[0].1
+        ),
+    )
+}
+
+fn print_plan(cli: &Cli, plan: &restorer::RestorePlan) {
+    let action_name = |action: Action| match action {
+        Action::Create => "create",
+        Action::Overwrite => "overwrite",
+        Action::HardLink => "link",
+        Action::Skip => "skip",
+    };
+    if cli.json {
+        let entries: Vec<_> = plan.entries.iter().map(|p| json!({"path": p.target.display().to_string(), "kind": p.entry.kind.name(), "action": action_name(p.action), "size": p.entry.size})).collect();
+        output::json(
+            &json!({"dry_run": true, "files": plan.files, "dirs": plan.dirs, "bytes": plan.file_bytes, "creates": plan.creates,
+            "overwrites": plan.overwrites, "blobs": plan.blobs, "fetch_bytes": plan.fetch_bytes, "packs": plan.packs, "entries": entries, "warnings": plan.warnings}),
+        );
+        return;
+    }
+    if cli.verbose > 0 {
+        for planned in &plan.entries {
+            output::line(&format!(
+                "{:<9} {}",
+                action_name(planned.action),
+                planned.target.display()
+            ));
+        }
+    }
+    output::line(&format!(
+        "would restore {} files ({}) and {} dirs: {} created, {} overwritten; fetch {} in {} blobs from {} packs",
+        plan.files, output::size(plan.file_bytes), plan.dirs, plan.creates, plan.overwrites, output::size(plan.fetch_bytes), plan.blobs, plan.packs
+    ));
+    for warning in &plan.warnings {
+        eprintln!("warning: {warning}");
+    }
+}
+
+fn dump(cli: &Cli, args: &DumpArgs) -> Result<i32> {
+    let repository = super::open(cli)?;
+    let (id, snapshot) = repository.find_snapshot(&args.snapshot)?;
+    let manifest = repository.load_manifest(&id, &snapshot)?;
+    let path = args.path.as_bytes();
+    let path = if path.starts_with(b"/") {
+        path.to_vec()
+    } else {
+        [b"/", path].concat()
+    };
+    let mut stdout = std::io::stdout().lock();
+    coffer::dump_file(&repository, &manifest, &path, &mut stdout)?;
+    Ok(exit::SUCCESS)
+}
+
+fn unlock(cli: &Cli, args: &UnlockArgs) -> Result<i32> {
+    let repository = super::open(cli)?;
+    let removed = coffer::remove_locks(
+        &**repository.backend(),
+        repository.master(),
+        args.remove_all,
+    )?;
+    if cli.json {
+        output::json(&json!({"removed": removed}));
+    } else {
+        note(cli.quiet, &format!("removed {removed} lock(s)"));
+    }
+    Ok(exit::SUCCESS)
+}

@@ -1,0 +1,33 @@
+//! Exit codes: the documented contract with scripts (see README).
+
+use coffer::Error;
+
+pub const SUCCESS: i32 = 0;
+pub const FAILURE: i32 = 1;
+pub const USAGE: i32 = 2;
+pub const INCOMPLETE: i32 = 3;
+pub const NO_REPOSITORY: i32 = 10;
+pub const LOCKED: i32 = 11;
+pub const WRONG_PASSWORD: i32 = 12;
+pub const DAMAGED: i32 = 13;
+pub const NOT_FOUND: i32 = 14;
+pub const LOCAL_IO: i32 = 15;
+pub const UNSUPPORTED_VERSION: i32 = 16;
+
+/// The exit code for a library error.
+pub fn code_of(error: &Error) -> i32 {
+    match error {
+        Error::NoRepository { .. } => NO_REPOSITORY,
+        Error::AlreadyInitialized { .. } => FAILURE,
+        Error::WrongPassword { .. } => WRONG_PASSWORD,
+        Error::UnsupportedVersion { .. } => UNSUPPORTED_VERSION,
+        Error::Integrity { .. } | Error::MissingObject { .. } | Error::RestoreIncomplete { .. } => {
+            DAMAGED
+        }
+        Error::NotFound { .. } => NOT_FOUND,
+        Error::Locked { .. } => LOCKED,
+        Error::Io { .. } | Error::Cache { .. } => LOCAL_IO,
+        Error::InvalidInput(_) => USAGE,
+        Error::Backend { .. } => FAILURE,
+    }
+}
