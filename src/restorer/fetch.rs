@@ -138,6 +138,33 @@ fn plan_requests(
             }
         }
     }
+    let packs: Vec<PackId> = by_pack.keys().copied().collect();
+    let headers: Vec<(PackId, Result<()>)> = packs
+        .par_iter()
+        .map(|pack| (*pack, repository.verify_pack_header(pack).map(drop)))
+        .collect();
+    for (pack, verified) in headers {
+        let Err(error) = verified else { continue };
+        let Some(blobs) = by_pack.remove(&pack) else {
+            continue;
+        };
+        for location in blobs {
+            for &(index, _) in destinations
+                .get(&location.entry.id)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                fail(
+                    failures,
+                    index,
+                    format!(
+                        "{} cannot be restored: {error}",
+                        pending[index].planned.target.display()
+                    ),
+                );
+            }
+        }
+    }
     let mut requests = Vec::new();
     for (pack, mut blobs) in by_pack {
         blobs.sort_by_key(|location| location.entry.offset);
