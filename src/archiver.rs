@@ -49,15 +49,9 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
     let _lock = repository.lock(false)?;
     let started = Instant::now();
     let time = jiff::Timestamp::now();
-    let paths = options
-        .paths
-        .iter()
-        .map(|path| absolute(path))
-        .collect::<Result<Vec<_>>>()?;
-    let manifest_path = repository.cache_dir().join("manifests").join(format!(
-        "new-{}.sqlite",
-        crate::id::LockId::random().short()
-    ));
+    let paths = options.paths.iter().map(|path| absolute(path)).collect::<Result<Vec<_>>>()?;
+    let manifest_path =
+        repository.cache_dir().join("manifests").join(format!("new-{}.sqlite", crate::id::LockId::random().short()));
     let _cleanup = RemoveOnDrop(manifest_path.clone());
     let packer = Packer::new(repository);
     let mut walker = Walker {
@@ -71,9 +65,7 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
     let mut sources = Vec::new();
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|scope| -> Result<()> {
-        let workers = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .max(2);
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
         let (sender, receiver) = bounded::<(BlobId, Bytes)>(workers * 2);
         for _ in 0..workers {
             let receiver = receiver.clone();
@@ -81,18 +73,13 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
             scope.spawn(move || store_blobs(packer, receiver, failure));
         }
         drop(receiver);
-        let sender = BlobSender {
-            sender,
-            failure: &failure,
-        };
+        let sender = BlobSender { sender, failure: &failure };
         if !paths.is_empty() {
             walker.add_ancestors(&paths)?;
             for path in &paths {
                 walker.walk(path, &sender)?;
             }
-            sources.push(Source::Files {
-                paths: paths.iter().map(|p| p.display().to_string()).collect(),
-            });
+            sources.push(Source::Files { paths: paths.iter().map(|p| p.display().to_string()).collect() });
         }
         if let Some((reader, name)) = options.stdin {
             walker.add_stdin(reader, &name, time, &sender)?;
@@ -100,22 +87,11 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
         }
         Ok(())
     })
-    .map_err(|error| {
-        failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .unwrap_or(error)
-    })?;
+    .map_err(|error| failure.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or(error))?;
     if let Some(error) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(error);
     }
-    let Walker {
-        manifest,
-        mut summary,
-        warnings,
-        ..
-    } = walker;
+    let Walker { manifest, mut summary, warnings, .. } = walker;
     let manifest_ref = store_manifest(&packer, manifest.finish()?)?;
     let index = packer.flush()?;
     if !index.packs.is_empty() {
@@ -144,11 +120,7 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
     };
     let id = repository.save_snapshot(&snapshot)?;
     let _ = std::fs::rename(&manifest_path, repository.manifest_cache_path(&id));
-    Ok(BackupReport {
-        id,
-        snapshot,
-        warnings,
-    })
+    Ok(BackupReport { id, snapshot, warnings })
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -162,36 +134,23 @@ impl Drop for RemoveOnDrop {
 /// Makes a path absolute and clean without following a final symlink.
 fn absolute(path: &Path) -> Result<PathBuf> {
     std::fs::symlink_metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound {
-            what: format!("backup path {}", path.display()),
-        },
+        std::io::ErrorKind::NotFound => Error::NotFound { what: format!("backup path {}", path.display()) },
         _ => Error::io("cannot read", path, e),
     })?;
     let absolute = std::path::absolute(path).map_err(|e| Error::io("cannot resolve", path, e))?;
     match (absolute.parent(), absolute.file_name()) {
         (Some(parent), Some(name)) => {
-            let parent = parent
-                .canonicalize()
-                .map_err(|e| Error::io("cannot resolve", parent, e))?;
+            let parent = parent.canonicalize().map_err(|e| Error::io("cannot resolve", parent, e))?;
             Ok(parent.join(name))
         }
-        _ => absolute
-            .canonicalize()
-            .map_err(|e| Error::io("cannot resolve", &absolute, e)),
+        _ => absolute.canonicalize().map_err(|e| Error::io("cannot resolve", &absolute, e)),
     }
 }
 
-fn store_blobs(
-    packer: &Packer<'_>,
-    receiver: Receiver<(BlobId, Bytes)>,
-    failure: &Mutex<Option<Error>>,
-) {
+fn store_blobs(packer: &Packer<'_>, receiver: Receiver<(BlobId, Bytes)>, failure: &Mutex<Option<Error>>) {
     for (id, data) in receiver {
         if let Err(error) = packer.store(id, BlobType::Data, &data) {
-            failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert(error);
+            failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(error);
             return;
         }
     }
@@ -204,17 +163,8 @@ struct BlobSender<'a> {
 
 impl BlobSender<'_> {
     fn send(&self, id: BlobId, data: Bytes) -> Result<()> {
-        if self.sender.send((id, data)).is_err()
-            || self
-                .failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some()
-        {
-            return Err(Error::Backend {
-                location: "worker".into(),
-                message: "a storage worker stopped".into(),
-            });
+        if self.sender.send((id, data)).is_err() || self.failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Err(Error::Backend { location: "worker".into(), message: "a storage worker stopped".into() });
         }
         Ok(())
     }
@@ -237,19 +187,13 @@ impl Walker<'_, '_> {
     /// Records the directories above each backed-up path, so a full restore recreates them.
     fn add_ancestors(&mut self, paths: &[PathBuf]) -> Result<()> {
         for path in paths {
-            for ancestor in path
-                .ancestors()
-                .skip(1)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-            {
+            for ancestor in path.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev() {
                 let bytes = ancestor.as_os_str().as_bytes();
                 if self.manifest.contains(bytes)? {
                     continue;
                 }
-                let metadata = std::fs::symlink_metadata(ancestor)
-                    .map_err(|e| Error::io("cannot read", ancestor, e))?;
+                let metadata =
+                    std::fs::symlink_metadata(ancestor).map_err(|e| Error::io("cannot read", ancestor, e))?;
                 let entry = self.entry(ancestor, &metadata, EntryKind::Dir);
                 self.manifest.add(&entry, &[], &[])?;
             }
@@ -258,22 +202,15 @@ impl Walker<'_, '_> {
     }
 
     fn walk(&mut self, root: &Path, sender: &BlobSender<'_>) -> Result<()> {
-        let walk = walkdir::WalkDir::new(root)
-            .follow_links(false)
-            .sort_by_file_name();
+        let walk = walkdir::WalkDir::new(root).follow_links(false).follow_root_links(false).sort_by_file_name();
         for item in walk {
             let item = match item {
                 Ok(item) => item,
                 Err(error) => {
-                    let path = error
-                        .path()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default();
+                    let path = error.path().map(|p| p.display().to_string()).unwrap_or_default();
                     self.warn(format!(
                         "cannot read {path}: {}",
-                        error
-                            .io_error()
-                            .map_or(error.to_string(), |e| e.to_string())
+                        error.io_error().map_or(error.to_string(), |e| e.to_string())
                     ));
                     continue;
                 }
@@ -364,11 +301,7 @@ impl Walker<'_, '_> {
             inode: metadata.ino(),
             device: metadata.dev(),
             nlink: metadata.nlink(),
-            size: if kind == EntryKind::File {
-                metadata.size()
-            } else {
-                0
-            },
+            size: if kind == EntryKind::File { metadata.size() } else { 0 },
             rdev: metadata.rdev(),
             sha256: None,
             link_target: None,
@@ -381,10 +314,7 @@ impl Walker<'_, '_> {
             Ok(names) => names,
             Err(error) if is_unsupported(&error) => return Vec::new(),
             Err(error) => {
-                self.warn(format!(
-                    "cannot list extended attributes of {}: {error}",
-                    path.display()
-                ));
+                self.warn(format!("cannot list extended attributes of {}: {error}", path.display()));
                 return Vec::new();
             }
         };
@@ -393,22 +323,15 @@ impl Walker<'_, '_> {
             match xattr::get(path, &name) {
                 Ok(Some(value)) => xattrs.push((name.as_bytes().to_vec(), value)),
                 Ok(None) => {}
-                Err(error) => self.warn(format!(
-                    "cannot read extended attribute {:?} of {}: {error}",
-                    name,
-                    path.display()
-                )),
+                Err(error) => {
+                    self.warn(format!("cannot read extended attribute {:?} of {}: {error}", name, path.display()))
+                }
             }
         }
         xattrs
     }
 
-    fn read_file(
-        &mut self,
-        path: &Path,
-        entry: &mut Entry,
-        sender: &BlobSender<'_>,
-    ) -> Result<Vec<ChunkRef>> {
+    fn read_file(&mut self, path: &Path, entry: &mut Entry, sender: &BlobSender<'_>) -> Result<Vec<ChunkRef>> {
         let file = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
         let (chunks, size, sha256) = self.store_stream(file, sender).map_err(|e| match e {
             StreamError::Read(source) => Error::io("cannot read", path, source),
@@ -433,17 +356,9 @@ impl Walker<'_, '_> {
             let chunk = chunk.map_err(StreamError::Read)?;
             hasher.update(&chunk);
             let id = repository.master().blob_id(&chunk);
-            chunks.push(ChunkRef {
-                blob: id,
-                offset,
-                length: chunk.len() as u32,
-            });
+            chunks.push(ChunkRef { blob: id, offset, length: chunk.len() as u32 });
             offset += chunk.len() as u64;
-            if self
-                .packer
-                .claim(id, BlobType::Data)
-                .map_err(StreamError::Store)?
-            {
+            if self.packer.claim(id, BlobType::Data).map_err(StreamError::Store)? {
                 sender.send(id, chunk).map_err(StreamError::Store)?;
             }
         }
@@ -459,14 +374,8 @@ impl Walker<'_, '_> {
         sender: &BlobSender<'_>,
     ) -> Result<()> {
         let clean = name.trim_start_matches('/');
-        if clean.is_empty()
-            || clean
-                .split('/')
-                .any(|part| part.is_empty() || part == "." || part == "..")
-        {
-            return Err(Error::InvalidInput(format!(
-                "--stdin-name {name:?} is not a usable file name"
-            )));
+        if clean.is_empty() || clean.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+            return Err(Error::InvalidInput(format!("--stdin-name {name:?} is not a usable file name")));
         }
         let path = PathBuf::from("/").join(OsStr::new(clean));
         let (chunks, size, sha256) = self.store_stream(reader, sender).map_err(|e| match e {
@@ -523,9 +432,5 @@ fn store_manifest(packer: &Packer<'_>, path: PathBuf) -> Result<ManifestRef> {
         size += chunk.len() as u64;
         blobs.push(packer.store_if_new(BlobType::Metadata, &chunk)?);
     }
-    Ok(ManifestRef {
-        blobs,
-        size,
-        blake3: hasher.finalize().to_hex().to_string(),
-    })
+    Ok(ManifestRef { blobs, size, blake3: hasher.finalize().to_hex().to_string() })
 }

@@ -19,37 +19,23 @@ pub struct ChunkerParams {
 
 impl ChunkerParams {
     /// Defaults for file data: 512 KiB / 1 MiB / 8 MiB.
-    pub const FILES: ChunkerParams = ChunkerParams {
-        min_size: 512 * 1024,
-        avg_size: 1024 * 1024,
-        max_size: 8 * 1024 * 1024,
-    };
+    pub const FILES: ChunkerParams =
+        ChunkerParams { min_size: 512 * 1024, avg_size: 1024 * 1024, max_size: 8 * 1024 * 1024 };
 
     /// Sizes for manifests, whose edits are small and scattered: 16 / 64 / 256 KiB.
-    pub const METADATA: ChunkerParams = ChunkerParams {
-        min_size: 16 * 1024,
-        avg_size: 64 * 1024,
-        max_size: 256 * 1024,
-    };
+    pub const METADATA: ChunkerParams =
+        ChunkerParams { min_size: 16 * 1024, avg_size: 64 * 1024, max_size: 256 * 1024 };
 
     /// Checks the sizes against what FastCDC supports.
     pub fn validate(&self) -> Result<(), String> {
-        use fastcdc::v2020::{
-            AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
-        };
-        let (min, avg, max) = (
-            self.min_size as usize,
-            self.avg_size as usize,
-            self.max_size as usize,
-        );
+        use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
+        let (min, avg, max) = (self.min_size as usize, self.avg_size as usize, self.max_size as usize);
         let in_range = (MINIMUM_MIN..=MINIMUM_MAX).contains(&min)
             && (AVERAGE_MIN..=AVERAGE_MAX).contains(&avg)
             && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&max);
         let even = min % 2 == 0 && avg % 2 == 0 && max % 2 == 0;
-        if !in_range || !even || !(min <= avg && avg <= max) {
-            return Err(format!(
-                "chunk sizes {min}/{avg}/{max} are outside what FastCDC supports"
-            ));
+        if !(in_range && even && min <= avg && avg <= max) {
+            return Err(format!("chunk sizes {min}/{avg}/{max} are outside what FastCDC supports"));
         }
         Ok(())
     }
@@ -80,12 +66,7 @@ impl Chunker {
             gear_shifted[index] = gear[index] << 1;
         }
         let masks = select_masks(params.avg_size as usize, Normalization::Level1);
-        Self {
-            gear,
-            gear_shifted,
-            masks,
-            params,
-        }
+        Self { gear, gear_shifted, masks, params }
     }
 
     /// The sizes this chunker cuts at.
@@ -113,12 +94,7 @@ impl Chunker {
 
     /// Splits a reader into chunks as it reads; memory is bounded by three maximum chunks.
     pub fn chunks<R: Read>(&self, reader: R) -> ChunkStream<'_, R> {
-        ChunkStream {
-            chunker: self,
-            reader,
-            buffer: BytesMut::new(),
-            at_end: false,
-        }
+        ChunkStream { chunker: self, reader, buffer: BytesMut::new(), at_end: false }
     }
 }
 
@@ -142,8 +118,7 @@ impl<R: Read> ChunkStream<'_, R> {
         let mut step = 64 * 1024;
         while !self.at_end && self.buffer.len() < target {
             let filled = self.buffer.len();
-            self.buffer
-                .resize(filled.saturating_add(step).min(target), 0);
+            self.buffer.resize(filled.saturating_add(step).min(target), 0);
             step = step.saturating_mul(2);
             match self.reader.read(&mut self.buffer[filled..]) {
                 Ok(0) => {
@@ -151,9 +126,7 @@ impl<R: Read> ChunkStream<'_, R> {
                     self.at_end = true;
                 }
                 Ok(count) => self.buffer.truncate(filled + count),
-                Err(error) if error.kind() == ErrorKind::Interrupted => {
-                    self.buffer.truncate(filled)
-                }
+                Err(error) if error.kind() == ErrorKind::Interrupted => self.buffer.truncate(filled),
                 Err(error) => {
                     self.buffer.truncate(filled);
                     return Err(error);
@@ -184,11 +157,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const SMALL: ChunkerParams = ChunkerParams {
-        min_size: 256,
-        avg_size: 1024,
-        max_size: 4096,
-    };
+    const SMALL: ChunkerParams = ChunkerParams { min_size: 256, avg_size: 1024, max_size: 4096 };
 
     fn pseudo_random(length: usize, seed: u64) -> Vec<u8> {
         let mut state = seed | 1;
@@ -247,8 +216,7 @@ mod tests {
     fn insertion_at_front_changes_only_the_first_chunks() {
         let data = pseudo_random(400_000, 42);
         let chunker = Chunker::new(&[1; 32], SMALL);
-        let before: std::collections::HashSet<Bytes> =
-            chunker.chunks(&data[..]).map(|c| c.unwrap()).collect();
+        let before: std::collections::HashSet<Bytes> = chunker.chunks(&data[..]).map(|c| c.unwrap()).collect();
         let mut edited = b"a few bytes".to_vec();
         edited.extend_from_slice(&data);
         let after: Vec<Bytes> = chunker.chunks(&edited[..]).map(|c| c.unwrap()).collect();
@@ -259,14 +227,8 @@ mod tests {
     #[test]
     fn the_secret_moves_boundaries() {
         let data = pseudo_random(100_000, 3);
-        let one: Vec<usize> = Chunker::new(&[1; 32], SMALL)
-            .chunks(&data[..])
-            .map(|c| c.unwrap().len())
-            .collect();
-        let two: Vec<usize> = Chunker::new(&[2; 32], SMALL)
-            .chunks(&data[..])
-            .map(|c| c.unwrap().len())
-            .collect();
+        let one: Vec<usize> = Chunker::new(&[1; 32], SMALL).chunks(&data[..]).map(|c| c.unwrap().len()).collect();
+        let two: Vec<usize> = Chunker::new(&[2; 32], SMALL).chunks(&data[..]).map(|c| c.unwrap().len()).collect();
         assert_ne!(one, two);
     }
 
@@ -274,12 +236,6 @@ mod tests {
     fn default_params_are_valid() {
         ChunkerParams::FILES.validate().unwrap();
         ChunkerParams::METADATA.validate().unwrap();
-        assert!(ChunkerParams {
-            min_size: 10,
-            avg_size: 5,
-            max_size: 1
-        }
-        .validate()
-        .is_err());
+        assert!(ChunkerParams { min_size: 10, avg_size: 5, max_size: 1 }.validate().is_err());
     }
 }

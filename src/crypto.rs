@@ -34,11 +34,7 @@ impl std::fmt::Debug for MasterKey {
 impl MasterKey {
     /// Fresh random secrets for a new repository.
     pub fn generate() -> Self {
-        Self {
-            encryption: rand::random(),
-            id_key: rand::random(),
-            chunker: rand::random(),
-        }
+        Self { encryption: rand::random(), id_key: rand::random(), chunker: rand::random() }
     }
 
     fn to_bytes(&self) -> [u8; MASTER_LEN] {
@@ -95,17 +91,11 @@ impl MasterKey {
         let cipher = self.message_cipher(salt.try_into().ok()?);
         let tag = Tag::try_from(tag).ok()?;
         let mut plaintext = ciphertext.to_vec();
-        cipher
-            .0
-            .decrypt_inout_detached(&cipher.1, associated, plaintext.as_mut_slice().into(), &tag)
-            .ok()?;
+        cipher.0.decrypt_inout_detached(&cipher.1, associated, plaintext.as_mut_slice().into(), &tag).ok()?;
         Some(plaintext)
     }
 
-    fn message_cipher(
-        &self,
-        salt: &[u8; SALT_LEN],
-    ) -> (Aes256Gcm, Nonce<aes_gcm::aead::consts::U12>) {
+    fn message_cipher(&self, salt: &[u8; SALT_LEN]) -> (Aes256Gcm, Nonce<aes_gcm::aead::consts::U12>) {
         let mut hasher = blake3::Hasher::new_keyed(&self.encryption);
         hasher.update(b"coffer seal v1");
         hasher.update(salt);
@@ -135,11 +125,7 @@ pub struct KdfParams {
 
 impl Default for KdfParams {
     fn default() -> Self {
-        Self {
-            memory_kib: 64 * 1024,
-            iterations: 3,
-            parallelism: 1,
-        }
+        Self { memory_kib: 64 * 1024, iterations: 3, parallelism: 1 }
     }
 }
 
@@ -162,18 +148,8 @@ pub struct KeyFile {
 pub const KEY_FILE_VERSION: u64 = 1;
 
 fn password_key(password: &[u8], salt: &[u8], params: KdfParams) -> Option<[u8; 32]> {
-    let argon_params = argon2::Params::new(
-        params.memory_kib,
-        params.iterations,
-        params.parallelism,
-        Some(32),
-    )
-    .ok()?;
-    let argon = argon2::Argon2::new(
-        argon2::Algorithm::Argon2id,
-        argon2::Version::V0x13,
-        argon_params,
-    );
+    let argon_params = argon2::Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32)).ok()?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
     let mut key = [0u8; 32];
     argon.hash_password_into(password, salt, &mut key).ok()?;
     Some(key)
@@ -201,11 +177,7 @@ pub fn wrap_master_key(
     let cipher = Aes256Gcm::new(&key.into());
     let mut buffer = master.to_bytes().to_vec();
     let tag = cipher
-        .encrypt_inout_detached(
-            &Nonce::from(nonce),
-            &key_file_associated(repository),
-            buffer.as_mut_slice().into(),
-        )
+        .encrypt_inout_detached(&Nonce::from(nonce), &key_file_associated(repository), buffer.as_mut_slice().into())
         .ok()?;
     let mut wrapped = nonce.to_vec();
     wrapped.extend_from_slice(&buffer);
@@ -223,11 +195,7 @@ pub fn wrap_master_key(
 }
 
 /// Unwraps the master key with `password`; `None` if the password does not open it.
-pub fn unwrap_master_key(
-    file: &KeyFile,
-    password: &[u8],
-    repository: &RepositoryId,
-) -> Option<MasterKey> {
+pub fn unwrap_master_key(file: &KeyFile, password: &[u8], repository: &RepositoryId) -> Option<MasterKey> {
     let salt = hex::decode(&file.salt).ok()?;
     let wrapped = hex::decode(&file.wrapped).ok()?;
     if wrapped.len() != 12 + MASTER_LEN + TAG_LEN || file.kdf != "argon2id" {
@@ -284,21 +252,9 @@ mod tests {
     fn key_file_round_trip_and_wrong_password() {
         let master = MasterKey::generate();
         let repository = RepositoryId::random();
-        let params = KdfParams {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-        };
-        let file = wrap_master_key(
-            &master,
-            b"secret",
-            params,
-            &repository,
-            "t".into(),
-            "h".into(),
-            "u".into(),
-        )
-        .unwrap();
+        let params = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+        let file =
+            wrap_master_key(&master, b"secret", params, &repository, "t".into(), "h".into(), "u".into()).unwrap();
         let opened = unwrap_master_key(&file, b"secret", &repository).unwrap();
         assert_eq!(opened.to_bytes(), master.to_bytes());
         assert!(unwrap_master_key(&file, b"wrong", &repository).is_none());

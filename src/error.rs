@@ -22,11 +22,7 @@ pub enum Error {
 
     /// The repository or an object in it has a format version this program does not know.
     #[error("{what} has format version {found}, but this coffer reads only version {supported}; upgrade coffer")]
-    UnsupportedVersion {
-        what: String,
-        found: u64,
-        supported: u64,
-    },
+    UnsupportedVersion { what: String, found: u64, supported: u64 },
 
     /// An object failed authentication, hashing or decoding: it is damaged or truncated.
     #[error("{object} is damaged: {reason}")]
@@ -73,19 +69,12 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the action and the path it concerns.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            action,
-            path: path.into(),
-            source,
-        }
+        Error::Io { action, path: path.into(), source }
     }
 
     /// An integrity failure of a named object.
     pub fn integrity(object: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Integrity {
-            object: object.into(),
-            reason: reason.into(),
-        }
+        Error::Integrity { object: object.into(), reason: reason.into() }
     }
 
     /// True when the error means stored data is damaged or missing.

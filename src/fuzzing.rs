@@ -6,7 +6,8 @@ use crate::index::IndexFile;
 use crate::repository::Config;
 use crate::snapshot::Snapshot;
 
-/// A fixed key, so fuzzers can also reach the code behind decryption.
+/// A fresh random key; targets keep one per process so sealed inputs can reach the
+/// code behind decryption when a corpus was made with it.
 pub fn fuzz_key() -> MasterKey {
     MasterKey::generate()
 }
@@ -22,11 +23,7 @@ pub fn key_file(bytes: &[u8]) {
         let mut cheap = file.clone();
         cheap.params.memory_kib = cheap.params.memory_kib.min(64);
         cheap.params.iterations = cheap.params.iterations.clamp(1, 2);
-        let _ = crate::crypto::unwrap_master_key(
-            &cheap,
-            b"password",
-            &crate::id::RepositoryId([0; 32]),
-        );
+        let _ = crate::crypto::unwrap_master_key(&cheap, b"password", &crate::id::RepositoryId([0; 32]));
     }
 }
 

@@ -36,9 +36,7 @@ impl IndexFile {
     /// The binary encoding described in FORMAT.md.
     pub fn encode(&self) -> Vec<u8> {
         let blobs: usize = self.packs.iter().map(|p| p.blobs.len()).sum();
-        let mut out = Vec::with_capacity(
-            9 + self.supersedes.len() * 32 + self.packs.len() * 44 + blobs * BLOB_RECORD,
-        );
+        let mut out = Vec::with_capacity(9 + self.supersedes.len() * 32 + self.packs.len() * 44 + blobs * BLOB_RECORD);
         out.push(INDEX_VERSION);
         out.extend_from_slice(&(self.supersedes.len() as u32).to_le_bytes());
         for id in &self.supersedes {
@@ -72,18 +70,14 @@ impl IndexFile {
             });
         }
         let count = reader.count(32)?;
-        let supersedes = (0..count)
-            .map(|_| Ok(IndexId(reader.id()?)))
-            .collect::<Result<_>>()?;
+        let supersedes = (0..count).map(|_| Ok(IndexId(reader.id()?))).collect::<Result<_>>()?;
         let pack_count = reader.count(44)?;
         let mut packs = Vec::with_capacity(pack_count);
         for _ in 0..pack_count {
             let id = PackId(reader.id()?);
             let size = reader.u64()?;
             let blob_count = reader.count(BLOB_RECORD)?;
-            let blobs = (0..blob_count)
-                .map(|_| reader.blob())
-                .collect::<Result<_>>()?;
+            let blobs = (0..blob_count).map(|_| reader.blob()).collect::<Result<_>>()?;
             packs.push(IndexedPack { id, size, blobs });
         }
         if !reader.data.is_empty() {
@@ -136,13 +130,7 @@ impl Reader<'_> {
         let id = BlobId(self.id()?);
         let blob_type = BlobType::from_code(self.u8()?)
             .ok_or_else(|| Error::integrity(self.name, "it names an unknown blob type"))?;
-        Ok(PackEntry {
-            id,
-            blob_type,
-            offset: self.u32()?,
-            length: self.u32()?,
-            raw_length: self.u32()?,
-        })
+        Ok(PackEntry { id, blob_type, offset: self.u32()?, length: self.u32()?, raw_length: self.u32()? })
     }
 }
 
@@ -166,10 +154,7 @@ impl IndexCache {
     /// Opens (creating if needed) the cache at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let connection = Connection::open(path).map_err(|e| cache_error(path, e))?;
-        let cache = Self {
-            connection,
-            path: path.to_path_buf(),
-        };
+        let cache = Self { connection, path: path.to_path_buf() };
         cache.prepare().map_err(|e| cache_error(path, e))?;
         Ok(cache)
     }
@@ -184,14 +169,10 @@ impl IndexCache {
     }
 
     fn prepare(&self) -> rusqlite::Result<()> {
-        self.connection
-            .busy_timeout(std::time::Duration::from_secs(60))?;
+        self.connection.busy_timeout(std::time::Duration::from_secs(60))?;
         self.connection.pragma_update(None, "journal_mode", "WAL")?;
-        self.connection
-            .pragma_update(None, "synchronous", "NORMAL")?;
-        let version: i64 = self
-            .connection
-            .pragma_query_value(None, "user_version", |row| row.get(0))?;
+        self.connection.pragma_update(None, "synchronous", "NORMAL")?;
+        let version: i64 = self.connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
         if version != CACHE_SCHEMA {
             self.connection.execute_batch(
                 "DROP TABLE IF EXISTS index_files; DROP TABLE IF EXISTS packs; DROP TABLE IF EXISTS blobs;",
@@ -205,8 +186,7 @@ impl IndexCache {
                  offset INTEGER NOT NULL, length INTEGER NOT NULL, raw_length INTEGER NOT NULL,
                  PRIMARY KEY (id, type)) WITHOUT ROWID;",
         )?;
-        self.connection
-            .pragma_update(None, "user_version", CACHE_SCHEMA)
+        self.connection.pragma_update(None, "user_version", CACHE_SCHEMA)
     }
 
     fn error(&self, error: rusqlite::Error) -> Error {
@@ -215,20 +195,15 @@ impl IndexCache {
 
     /// Ids of the index objects loaded into the cache.
     pub fn index_files(&self) -> Result<HashSet<IndexId>> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT id FROM index_files")
-            .map_err(|e| self.error(e))?;
-        let rows = statement
-            .query_map([], |row| row.get::<_, Vec<u8>>(0))
-            .map_err(|e| self.error(e))?;
+        let mut statement = self.connection.prepare("SELECT id FROM index_files").map_err(|e| self.error(e))?;
+        let rows = statement.query_map([], |row| row.get::<_, Vec<u8>>(0)).map_err(|e| self.error(e))?;
         let mut ids = HashSet::new();
         for row in rows {
             let bytes = row.map_err(|e| self.error(e))?;
-            ids.insert(IndexId::from_slice(&bytes).ok_or_else(|| Error::Cache {
-                path: self.path.clone(),
-                message: "malformed index id".into(),
-            })?);
+            ids.insert(
+                IndexId::from_slice(&bytes)
+                    .ok_or_else(|| Error::Cache { path: self.path.clone(), message: "malformed index id".into() })?,
+            );
         }
         Ok(ids)
     }
@@ -243,10 +218,7 @@ impl IndexCache {
     /// Adds the content of one index object.
     pub fn add(&mut self, id: Option<IndexId>, file: &IndexFile) -> Result<()> {
         let path = self.path.clone();
-        let transaction = self
-            .connection
-            .transaction()
-            .map_err(|e| cache_error(&path, e))?;
+        let transaction = self.connection.transaction().map_err(|e| cache_error(&path, e))?;
         insert_index(&transaction, id, file).map_err(|e| cache_error(&path, e))?;
         transaction.commit().map_err(|e| cache_error(&path, e))
     }
@@ -255,48 +227,28 @@ impl IndexCache {
     pub fn lookup(&self, id: &BlobId, blob_type: BlobType) -> Result<Option<BlobLocation>> {
         let mut statement = self
             .connection
-            .prepare_cached(
-                "SELECT pack, offset, length, raw_length FROM blobs WHERE id = ?1 AND type = ?2",
-            )
+            .prepare_cached("SELECT pack, offset, length, raw_length FROM blobs WHERE id = ?1 AND type = ?2")
             .map_err(|e| self.error(e))?;
         let row = statement
             .query_row(params![id.as_bytes(), blob_type.code()], |row| {
-                Ok((
-                    row.get::<_, Vec<u8>>(0)?,
-                    row.get::<_, u32>(1)?,
-                    row.get::<_, u32>(2)?,
-                    row.get::<_, u32>(3)?,
-                ))
+                Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, u32>(1)?, row.get::<_, u32>(2)?, row.get::<_, u32>(3)?))
             })
             .optional()
             .map_err(|e| self.error(e))?;
         let Some((pack, offset, length, raw_length)) = row else {
             return Ok(None);
         };
-        let pack = PackId::from_slice(&pack).ok_or_else(|| Error::Cache {
-            path: self.path.clone(),
-            message: "malformed pack id".into(),
-        })?;
-        Ok(Some(BlobLocation {
-            pack,
-            entry: PackEntry {
-                id: *id,
-                blob_type,
-                offset,
-                length,
-                raw_length,
-            },
-        }))
+        let pack = PackId::from_slice(&pack)
+            .ok_or_else(|| Error::Cache { path: self.path.clone(), message: "malformed pack id".into() })?;
+        Ok(Some(BlobLocation { pack, entry: PackEntry { id: *id, blob_type, offset, length, raw_length } }))
     }
 
     /// Size of an indexed pack.
     pub fn pack_size(&self, pack: &PackId) -> Result<Option<u64>> {
         self.connection
-            .query_row(
-                "SELECT size FROM packs WHERE id = ?1",
-                [pack.as_bytes()],
-                |row| row.get::<_, i64>(0).map(|size| size as u64),
-            )
+            .query_row("SELECT size FROM packs WHERE id = ?1", [pack.as_bytes()], |row| {
+                row.get::<_, i64>(0).map(|size| size as u64)
+            })
             .optional()
             .map_err(|e| self.error(e))
     }
@@ -304,9 +256,7 @@ impl IndexCache {
     /// Number of indexed blobs.
     pub fn blob_count(&self) -> Result<u64> {
         self.connection
-            .query_row("SELECT count(*) FROM blobs", [], |row| {
-                row.get::<_, i64>(0).map(|count| count as u64)
-            })
+            .query_row("SELECT count(*) FROM blobs", [], |row| row.get::<_, i64>(0).map(|count| count as u64))
             .map_err(|e| self.error(e))
     }
 }
@@ -317,13 +267,9 @@ fn insert_index(
     file: &IndexFile,
 ) -> rusqlite::Result<()> {
     if let Some(id) = id {
-        transaction.execute(
-            "INSERT OR IGNORE INTO index_files (id) VALUES (?1)",
-            [id.as_bytes()],
-        )?;
+        transaction.execute("INSERT OR IGNORE INTO index_files (id) VALUES (?1)", [id.as_bytes()])?;
     }
-    let mut pack_insert =
-        transaction.prepare_cached("INSERT OR IGNORE INTO packs (id, size) VALUES (?1, ?2)")?;
+    let mut pack_insert = transaction.prepare_cached("INSERT OR IGNORE INTO packs (id, size) VALUES (?1, ?2)")?;
     let mut blob_insert = transaction.prepare_cached(
         "INSERT OR IGNORE INTO blobs (id, type, pack, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
@@ -344,10 +290,7 @@ fn insert_index(
 }
 
 fn cache_error(path: &Path, error: rusqlite::Error) -> Error {
-    Error::Cache {
-        path: path.to_path_buf(),
-        message: error.to_string(),
-    }
+    Error::Cache { path: path.to_path_buf(), message: error.to_string() }
 }
 
 #[cfg(test)]
@@ -356,45 +299,23 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry_strategy() -> impl Strategy<Value = PackEntry> {
-        (
-            any::<[u8; 32]>(),
-            any::<bool>(),
-            any::<u32>(),
-            any::<u32>(),
-            any::<u32>(),
-        )
-            .prop_map(|(id, meta, offset, length, raw_length)| PackEntry {
+        (any::<[u8; 32]>(), any::<bool>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+            |(id, meta, offset, length, raw_length)| PackEntry {
                 id: BlobId(id),
-                blob_type: if meta {
-                    BlobType::Metadata
-                } else {
-                    BlobType::Data
-                },
+                blob_type: if meta { BlobType::Metadata } else { BlobType::Data },
                 offset,
                 length,
                 raw_length,
-            })
+            },
+        )
     }
 
     fn index_strategy() -> impl Strategy<Value = IndexFile> {
-        let pack = (
-            any::<[u8; 32]>(),
-            any::<u64>(),
-            proptest::collection::vec(entry_strategy(), 0..10),
+        let pack = (any::<[u8; 32]>(), any::<u64>(), proptest::collection::vec(entry_strategy(), 0..10))
+            .prop_map(|(id, size, blobs)| IndexedPack { id: PackId(id), size, blobs });
+        (proptest::collection::vec(any::<[u8; 32]>(), 0..3), proptest::collection::vec(pack, 0..5)).prop_map(
+            |(supersedes, packs)| IndexFile { supersedes: supersedes.into_iter().map(IndexId).collect(), packs },
         )
-            .prop_map(|(id, size, blobs)| IndexedPack {
-                id: PackId(id),
-                size,
-                blobs,
-            });
-        (
-            proptest::collection::vec(any::<[u8; 32]>(), 0..3),
-            proptest::collection::vec(pack, 0..5),
-        )
-            .prop_map(|(supersedes, packs)| IndexFile {
-                supersedes: supersedes.into_iter().map(IndexId).collect(),
-                packs,
-            })
     }
 
     proptest! {
@@ -426,39 +347,16 @@ mod tests {
     fn cache_survives_reopen_and_clear() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("index.sqlite");
-        let blob = PackEntry {
-            id: BlobId([5; 32]),
-            blob_type: BlobType::Data,
-            offset: 0,
-            length: 10,
-            raw_length: 3,
-        };
+        let blob = PackEntry { id: BlobId([5; 32]), blob_type: BlobType::Data, offset: 0, length: 10, raw_length: 3 };
         let file = IndexFile {
             supersedes: vec![],
-            packs: vec![IndexedPack {
-                id: PackId([6; 32]),
-                size: 50,
-                blobs: vec![blob],
-            }],
+            packs: vec![IndexedPack { id: PackId([6; 32]), size: 50, blobs: vec![blob] }],
         };
-        IndexCache::open(&path)
-            .unwrap()
-            .add(Some(IndexId([7; 32])), &file)
-            .unwrap();
+        IndexCache::open(&path).unwrap().add(Some(IndexId([7; 32])), &file).unwrap();
         let cache = IndexCache::open(&path).unwrap();
         assert_eq!(cache.index_files().unwrap().len(), 1);
-        assert_eq!(
-            cache
-                .lookup(&blob.id, BlobType::Data)
-                .unwrap()
-                .unwrap()
-                .pack,
-            PackId([6; 32])
-        );
-        assert!(cache
-            .lookup(&blob.id, BlobType::Metadata)
-            .unwrap()
-            .is_none());
+        assert_eq!(cache.lookup(&blob.id, BlobType::Data).unwrap().unwrap().pack, PackId([6; 32]));
+        assert!(cache.lookup(&blob.id, BlobType::Metadata).unwrap().is_none());
         assert_eq!(cache.pack_size(&PackId([6; 32])).unwrap(), Some(50));
         cache.clear().unwrap();
         assert_eq!(cache.blob_count().unwrap(), 0);

@@ -32,9 +32,7 @@ pub use lock::{remove_locks, LockGuard, LockRecord, STALE_AFTER};
 pub use manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestWriter, MANIFEST_SCHEMA};
 pub use pack::{BlobType, PackEntry};
 pub use packer::{Packer, PackerStats};
-pub use repository::{
-    pack_key, read_config, Config, InitOptions, Repository, DEFAULT_PACK_SIZE, REPOSITORY_VERSION,
-};
+pub use repository::{pack_key, read_config, Config, InitOptions, Repository, DEFAULT_PACK_SIZE, REPOSITORY_VERSION};
 pub use snapshot::{ManifestRef, Snapshot, Source, Summary};
 
 /// Reads one file of a snapshot into `out`, verifying every blob and the file's SHA-256.
@@ -45,31 +43,22 @@ pub fn dump_file(
     out: &mut dyn std::io::Write,
 ) -> Result<u64> {
     let shown = String::from_utf8_lossy(path).into_owned();
-    let (entry_id, entry) = manifest.entry(path)?.ok_or_else(|| Error::NotFound {
-        what: format!("path {shown} in the snapshot"),
-    })?;
+    let (entry_id, entry) =
+        manifest.entry(path)?.ok_or_else(|| Error::NotFound { what: format!("path {shown} in the snapshot") })?;
     if entry.kind != EntryKind::File {
-        return Err(Error::InvalidInput(format!(
-            "{shown} is a {}, not a file",
-            entry.kind.name()
-        )));
+        return Err(Error::InvalidInput(format!("{shown} is a {}, not a file", entry.kind.name())));
     }
     let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
     let mut written = 0u64;
     for chunk in manifest.chunks(entry_id)? {
-        let data =
-            repository
-                .read_blob(&chunk.blob, BlobType::Data)
-                .map_err(|error| match error {
-                    Error::Integrity { object, reason } => Error::Integrity {
-                        object,
-                        reason: format!("{reason}; file {shown} is affected"),
-                    },
-                    other => other,
-                })?;
+        let data = repository.read_blob(&chunk.blob, BlobType::Data).map_err(|error| match error {
+            Error::Integrity { object, reason } => {
+                Error::Integrity { object, reason: format!("{reason}; file {shown} is affected") }
+            }
+            other => other,
+        })?;
         sha2::Digest::update(&mut hasher, &data);
-        out.write_all(&data)
-            .map_err(|e| Error::io("cannot write", "standard output", e))?;
+        out.write_all(&data).map_err(|e| Error::io("cannot write", "standard output", e))?;
         written += data.len() as u64;
     }
     let actual: [u8; 32] = sha2::Digest::finalize(hasher).into();

@@ -55,15 +55,8 @@ impl LockRecord {
 
     /// "by alice@db1 (pid 42, exclusive) since ..." for messages.
     pub fn describe(&self) -> String {
-        let kind = if self.exclusive {
-            "exclusive"
-        } else {
-            "shared"
-        };
-        format!(
-            "by {}@{} (pid {}, {kind}) since {}",
-            self.user, self.host, self.pid, self.time
-        )
+        let kind = if self.exclusive { "exclusive" } else { "shared" };
+        format!("by {}@{} (pid {}, {kind}) since {}", self.user, self.host, self.pid, self.time)
     }
 }
 
@@ -72,17 +65,10 @@ fn key_of(id: &LockId) -> String {
 }
 
 /// Reads every lock object; unreadable ones are reported as stale records.
-pub fn list_locks(
-    backend: &dyn Backend,
-    master: &MasterKey,
-) -> Result<Vec<(LockId, Option<LockRecord>)>> {
+pub fn list_locks(backend: &dyn Backend, master: &MasterKey) -> Result<Vec<(LockId, Option<LockRecord>)>> {
     let mut locks = Vec::new();
     for info in backend.list("locks/")? {
-        let Some(id) = info
-            .key
-            .strip_prefix("locks/")
-            .and_then(|name| name.parse::<LockId>().ok())
-        else {
+        let Some(id) = info.key.strip_prefix("locks/").and_then(|name| name.parse::<LockId>().ok()) else {
             continue;
         };
         let record = match backend.get(&info.key) {
@@ -110,20 +96,13 @@ impl LockGuard {
     pub fn acquire(backend: Arc<dyn Backend>, master: &MasterKey, exclusive: bool) -> Result<Self> {
         let id = LockId::random();
         write_lock(&*backend, master, &id, &LockRecord::new(exclusive))?;
-        let mut guard = Self {
-            backend: backend.clone(),
-            id,
-            stop: None,
-            refresher: None,
-        };
+        let mut guard = Self { backend: backend.clone(), id, stop: None, refresher: None };
         for (other, record) in list_locks(&*backend, master)? {
             let Some(record) = record.filter(|_| other != id) else {
                 continue;
             };
             if !record.is_stale() && (exclusive || record.exclusive) {
-                return Err(Error::Locked {
-                    holder: record.describe(),
-                });
+                return Err(Error::Locked { holder: record.describe() });
             }
         }
         guard.start_refresher(master.clone(), exclusive);
@@ -144,17 +123,9 @@ impl LockGuard {
     }
 }
 
-fn write_lock(
-    backend: &dyn Backend,
-    master: &MasterKey,
-    id: &LockId,
-    record: &LockRecord,
-) -> Result<()> {
+fn write_lock(backend: &dyn Backend, master: &MasterKey, id: &LockId, record: &LockRecord) -> Result<()> {
     let plain = serde_json::to_vec(record).unwrap_or_default();
-    backend.put(
-        &key_of(id),
-        Bytes::from(seal_object(master, "lock", &plain)),
-    )
+    backend.put(&key_of(id), Bytes::from(seal_object(master, "lock", &plain)))
 }
 
 impl Drop for LockGuard {
@@ -190,9 +161,7 @@ mod tests {
         let master = MasterKey::generate();
         let one = LockGuard::acquire(backend.clone(), &master, false).unwrap();
         let two = LockGuard::acquire(backend.clone(), &master, false).unwrap();
-        let error = LockGuard::acquire(backend.clone(), &master, true)
-            .err()
-            .unwrap();
+        let error = LockGuard::acquire(backend.clone(), &master, true).err().unwrap();
         assert!(matches!(error, Error::Locked { .. }), "{error}");
         drop((one, two));
         let held = LockGuard::acquire(backend.clone(), &master, true).unwrap();

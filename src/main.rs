@@ -8,11 +8,7 @@ fn main() {
     let parsed = match cli::Cli::try_parse() {
         Ok(parsed) => parsed,
         Err(error) => {
-            let code = if error.use_stderr() {
-                cli::exit::USAGE
-            } else {
-                cli::exit::SUCCESS
-            };
+            let code = if error.use_stderr() { cli::exit::USAGE } else { cli::exit::SUCCESS };
             let _ = error.print();
             std::process::exit(code);
         }
@@ -43,10 +39,7 @@ fn exit_code(error: &anyhow::Error) -> i32 {
     if let Some(exit) = error.downcast_ref::<cli::ExitError>() {
         return exit.code;
     }
-    if let Some(error) = error
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<coffer::Error>())
-    {
+    if let Some(error) = error.chain().find_map(|cause| cause.downcast_ref::<coffer::Error>()) {
         return cli::exit::code_of(error);
     }
     cli::exit::FAILURE

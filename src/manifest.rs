@@ -42,17 +42,9 @@ impl EntryKind {
 
     /// The kind of a stored name.
     pub fn from_name(name: &str) -> Option<Self> {
-        [
-            Self::File,
-            Self::Dir,
-            Self::Symlink,
-            Self::Fifo,
-            Self::CharDevice,
-            Self::BlockDevice,
-            Self::Socket,
-        ]
-        .into_iter()
-        .find(|kind| kind.name() == name)
+        [Self::File, Self::Dir, Self::Symlink, Self::Fifo, Self::CharDevice, Self::BlockDevice, Self::Socket]
+            .into_iter()
+            .find(|kind| kind.name() == name)
     }
 }
 
@@ -144,57 +136,32 @@ pub struct ManifestWriter {
 impl ManifestWriter {
     /// Creates a new manifest at `path`, which must not exist.
     pub fn create(path: &Path) -> Result<Self> {
-        let error = |e| Error::Cache {
-            path: path.to_path_buf(),
-            message: format!("cannot create manifest: {e}"),
-        };
+        let error = |e| Error::Cache { path: path.to_path_buf(), message: format!("cannot create manifest: {e}") };
         let connection = Connection::open(path).map_err(error)?;
         connection
-            .execute_batch(
-                "PRAGMA page_size = 4096; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;",
-            )
+            .execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
             .map_err(error)?;
         connection.execute_batch(SCHEMA).map_err(error)?;
         connection
             .execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?1), ('writer', ?2)",
-                params![
-                    MANIFEST_SCHEMA,
-                    concat!("coffer ", env!("CARGO_PKG_VERSION"))
-                ],
+                params![MANIFEST_SCHEMA, concat!("coffer ", env!("CARGO_PKG_VERSION"))],
             )
             .map_err(error)?;
         connection.execute_batch("BEGIN").map_err(error)?;
-        Ok(Self {
-            connection,
-            path: path.to_path_buf(),
-        })
+        Ok(Self { connection, path: path.to_path_buf() })
     }
 
     fn error(&self, error: rusqlite::Error) -> Error {
-        Error::Cache {
-            path: self.path.clone(),
-            message: format!("cannot write manifest: {error}"),
-        }
+        Error::Cache { path: self.path.clone(), message: format!("cannot write manifest: {error}") }
     }
 
     /// Adds an entry with its extended attributes and chunks; returns its row id.
-    pub fn add(
-        &mut self,
-        entry: &Entry,
-        xattrs: &[(Vec<u8>, Vec<u8>)],
-        chunks: &[ChunkRef],
-    ) -> Result<i64> {
-        self.insert(entry, xattrs, chunks)
-            .map_err(|e| self.error(e))
+    pub fn add(&mut self, entry: &Entry, xattrs: &[(Vec<u8>, Vec<u8>)], chunks: &[ChunkRef]) -> Result<i64> {
+        self.insert(entry, xattrs, chunks).map_err(|e| self.error(e))
     }
 
-    fn insert(
-        &mut self,
-        entry: &Entry,
-        xattrs: &[(Vec<u8>, Vec<u8>)],
-        chunks: &[ChunkRef],
-    ) -> rusqlite::Result<i64> {
+    fn insert(&mut self, entry: &Entry, xattrs: &[(Vec<u8>, Vec<u8>)], chunks: &[ChunkRef]) -> rusqlite::Result<i64> {
         let mut insert = self.connection.prepare_cached(
             "INSERT INTO entries (path, kind, mode, uid, gid, user, grp, mtime_ns, ctime_ns, inode, device,
              nlink, size, rdev, sha256, link_target, hardlink_group)
@@ -220,23 +187,17 @@ impl ManifestWriter {
             entry.hardlink_group,
         ])?;
         let id = self.connection.last_insert_rowid();
-        let mut xattr_insert = self.connection.prepare_cached(
-            "INSERT OR REPLACE INTO xattrs (entry_id, name, value) VALUES (?1, ?2, ?3)",
-        )?;
+        let mut xattr_insert = self
+            .connection
+            .prepare_cached("INSERT OR REPLACE INTO xattrs (entry_id, name, value) VALUES (?1, ?2, ?3)")?;
         for (name, value) in xattrs {
             xattr_insert.execute(params![id, name, value])?;
         }
-        let mut chunk_insert = self.connection.prepare_cached(
-            "INSERT INTO chunks (entry_id, seq, blob, offset, length) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
+        let mut chunk_insert = self
+            .connection
+            .prepare_cached("INSERT INTO chunks (entry_id, seq, blob, offset, length) VALUES (?1, ?2, ?3, ?4, ?5)")?;
         for (seq, chunk) in chunks.iter().enumerate() {
-            chunk_insert.execute(params![
-                id,
-                seq as i64,
-                chunk.blob.as_bytes(),
-                chunk.offset as i64,
-                chunk.length
-            ])?;
+            chunk_insert.execute(params![id, seq as i64, chunk.blob.as_bytes(), chunk.offset as i64, chunk.length])?;
         }
         Ok(id)
     }
@@ -244,10 +205,7 @@ impl ManifestWriter {
     /// Puts an entry in a hard-link group, named by the row id of its first member.
     pub fn set_hardlink_group(&mut self, id: i64, group: i64) -> Result<()> {
         self.connection
-            .execute(
-                "UPDATE entries SET hardlink_group = ?2 WHERE id = ?1",
-                params![id, group],
-            )
+            .execute("UPDATE entries SET hardlink_group = ?2 WHERE id = ?1", params![id, group])
             .map_err(|e| self.error(e))?;
         Ok(())
     }
@@ -256,9 +214,7 @@ impl ManifestWriter {
     pub fn contains(&self, path: &[u8]) -> Result<bool> {
         let found: Option<i64> = self
             .connection
-            .query_row("SELECT id FROM entries WHERE path = ?1", [path], |row| {
-                row.get(0)
-            })
+            .query_row("SELECT id FROM entries WHERE path = ?1", [path], |row| row.get(0))
             .optional()
             .map_err(|e| self.error(e))?;
         Ok(found.is_some())
@@ -266,13 +222,8 @@ impl ManifestWriter {
 
     /// Commits and compacts the file; returns its path.
     pub fn finish(self) -> Result<PathBuf> {
-        self.connection
-            .execute_batch("COMMIT; VACUUM;")
-            .map_err(|e| self.error(e))?;
-        self.connection.close().map_err(|(_, e)| Error::Cache {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
+        self.connection.execute_batch("COMMIT; VACUUM;").map_err(|e| self.error(e))?;
+        self.connection.close().map_err(|(_, e)| Error::Cache { path: self.path.clone(), message: e.to_string() })?;
         Ok(self.path)
     }
 }
@@ -289,19 +240,11 @@ impl Manifest {
     /// Opens a manifest file read-only and checks its schema version.
     pub fn open(path: &Path) -> Result<Self> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let connection =
-            Connection::open_with_flags(path, flags).map_err(|e| sql_error(path, e))?;
-        let manifest = Self {
-            connection,
-            path: path.to_path_buf(),
-        };
+        let connection = Connection::open_with_flags(path, flags).map_err(|e| sql_error(path, e))?;
+        let manifest = Self { connection, path: path.to_path_buf() };
         let version: Option<i64> = manifest
             .connection
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'schema_version'",
-                [],
-                |row| row.get(0),
-            )
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |row| row.get(0))
             .optional()
             .map_err(|e| manifest.error(e))?;
         match version {
@@ -311,10 +254,7 @@ impl Manifest {
                 found: found as u64,
                 supported: MANIFEST_SCHEMA as u64,
             }),
-            None => Err(Error::integrity(
-                format!("manifest {}", path.display()),
-                "it has no schema version",
-            )),
+            None => Err(Error::integrity(format!("manifest {}", path.display()), "it has no schema version")),
         }
     }
 
@@ -330,11 +270,7 @@ impl Manifest {
     /// The entry at exactly `path`.
     pub fn entry(&self, path: &[u8]) -> Result<Option<(i64, Entry)>> {
         let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE path = ?1");
-        let row = self
-            .connection
-            .query_row(&sql, [path], read_entry)
-            .optional()
-            .map_err(|e| self.error(e))?;
+        let row = self.connection.query_row(&sql, [path], read_entry).optional().map_err(|e| self.error(e))?;
         row.map(|(id, entry)| Ok((id, entry?))).transpose()
     }
 
@@ -342,11 +278,10 @@ impl Manifest {
     pub fn entries_under(&self, path: &[u8]) -> Result<Vec<(i64, Entry)>> {
         let base = path.strip_suffix(b"/").unwrap_or(path);
         let (low, high) = ([base, b"/"].concat(), [base, b"0"].concat());
-        let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3) ORDER BY path");
+        let sql =
+            format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3) ORDER BY path");
         let mut statement = self.connection.prepare(&sql).map_err(|e| self.error(e))?;
-        let rows = statement
-            .query_map(params![base, low, high], read_entry)
-            .map_err(|e| self.error(e))?;
+        let rows = statement.query_map(params![base, low, high], read_entry).map_err(|e| self.error(e))?;
         let mut entries = Vec::new();
         for row in rows {
             let (id, entry) = row.map_err(|e| self.error(e))?;
@@ -359,33 +294,18 @@ impl Manifest {
     pub fn chunks(&self, entry_id: i64) -> Result<Vec<ChunkRef>> {
         let mut statement = self
             .connection
-            .prepare_cached(
-                "SELECT blob, offset, length FROM chunks WHERE entry_id = ?1 ORDER BY seq",
-            )
+            .prepare_cached("SELECT blob, offset, length FROM chunks WHERE entry_id = ?1 ORDER BY seq")
             .map_err(|e| self.error(e))?;
         let rows = statement
-            .query_map([entry_id], |row| {
-                Ok((
-                    row.get::<_, Vec<u8>>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, u32>(2)?,
-                ))
-            })
+            .query_map([entry_id], |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?, row.get::<_, u32>(2)?)))
             .map_err(|e| self.error(e))?;
         let mut chunks = Vec::new();
         for row in rows {
             let (blob, offset, length) = row.map_err(|e| self.error(e))?;
             let blob = BlobId::from_slice(&blob).ok_or_else(|| {
-                Error::integrity(
-                    format!("manifest {}", self.path.display()),
-                    "a chunk id is malformed",
-                )
+                Error::integrity(format!("manifest {}", self.path.display()), "a chunk id is malformed")
             })?;
-            chunks.push(ChunkRef {
-                blob,
-                offset: offset as u64,
-                length,
-            });
+            chunks.push(ChunkRef { blob, offset: offset as u64, length });
         }
         Ok(chunks)
     }
@@ -396,19 +316,14 @@ impl Manifest {
             .connection
             .prepare_cached("SELECT name, value FROM xattrs WHERE entry_id = ?1 ORDER BY name")
             .map_err(|e| self.error(e))?;
-        let rows = statement
-            .query_map([entry_id], |row| Ok((row.get(0)?, row.get(1)?)))
-            .map_err(|e| self.error(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.error(e))
+        let rows = statement.query_map([entry_id], |row| Ok((row.get(0)?, row.get(1)?))).map_err(|e| self.error(e))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.error(e))
     }
 
     /// Number of entries.
     pub fn len(&self) -> Result<u64> {
         self.connection
-            .query_row("SELECT count(*) FROM entries", [], |row| {
-                row.get::<_, i64>(0).map(|count| count as u64)
-            })
+            .query_row("SELECT count(*) FROM entries", [], |row| row.get::<_, i64>(0).map(|count| count as u64))
             .map_err(|e| self.error(e))
     }
 
@@ -419,21 +334,13 @@ impl Manifest {
 
     /// Every distinct blob the manifest refers to.
     pub fn blobs(&self) -> Result<Vec<BlobId>> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT DISTINCT blob FROM chunks")
-            .map_err(|e| self.error(e))?;
-        let rows = statement
-            .query_map([], |row| row.get::<_, Vec<u8>>(0))
-            .map_err(|e| self.error(e))?;
+        let mut statement = self.connection.prepare("SELECT DISTINCT blob FROM chunks").map_err(|e| self.error(e))?;
+        let rows = statement.query_map([], |row| row.get::<_, Vec<u8>>(0)).map_err(|e| self.error(e))?;
         let mut blobs = Vec::new();
         for row in rows {
             let bytes = row.map_err(|e| self.error(e))?;
             blobs.push(BlobId::from_slice(&bytes).ok_or_else(|| {
-                Error::integrity(
-                    format!("manifest {}", self.path.display()),
-                    "a chunk id is malformed",
-                )
+                Error::integrity(format!("manifest {}", self.path.display()), "a chunk id is malformed")
             })?);
         }
         Ok(blobs)
@@ -447,17 +354,14 @@ fn read_entry(row: &Row<'_>) -> rusqlite::Result<EntryRow> {
     let kind_name: String = row.get(2)?;
     let sha: Option<Vec<u8>> = row.get(15)?;
     let entry = (|| {
-        let kind = EntryKind::from_name(&kind_name).ok_or_else(|| {
-            Error::integrity(
-                "manifest",
-                format!("entry {id} has unknown kind {kind_name:?}"),
-            )
-        })?;
+        let kind = EntryKind::from_name(&kind_name)
+            .ok_or_else(|| Error::integrity("manifest", format!("entry {id} has unknown kind {kind_name:?}")))?;
         let sha256 = match sha {
             None => None,
-            Some(bytes) => Some(<[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-                Error::integrity("manifest", format!("entry {id} has a malformed SHA-256"))
-            })?),
+            Some(bytes) => Some(
+                <[u8; 32]>::try_from(bytes.as_slice())
+                    .map_err(|_| Error::integrity("manifest", format!("entry {id} has a malformed SHA-256")))?,
+            ),
         };
         Ok(Entry {
             path: row.get(1)?,
@@ -549,17 +453,10 @@ mod tests {
         let path = directory.path().join("m.sqlite");
         let mut writer = ManifestWriter::create(&path).unwrap();
         for name in ["/a", "/a/b", "/a/b/c", "/a-b", "/a0", "/ab", "/a/b0"] {
-            writer
-                .add(&sample(name.as_bytes(), EntryKind::Dir), &[], &[])
-                .unwrap();
+            writer.add(&sample(name.as_bytes(), EntryKind::Dir), &[], &[]).unwrap();
         }
         let manifest = Manifest::open(&writer.finish().unwrap()).unwrap();
-        let under: Vec<Vec<u8>> = manifest
-            .entries_under(b"/a/b")
-            .unwrap()
-            .into_iter()
-            .map(|(_, e)| e.path)
-            .collect();
+        let under: Vec<Vec<u8>> = manifest.entries_under(b"/a/b").unwrap().into_iter().map(|(_, e)| e.path).collect();
         assert_eq!(under, vec![b"/a/b".to_vec(), b"/a/b/c".to_vec()]);
         assert_eq!(manifest.entries_under(b"/a").unwrap().len(), 4);
         assert_eq!(manifest.entries_under(b"/").unwrap().len(), 7);

@@ -107,13 +107,7 @@ fn decode_payload(payload: &[u8], limit: u64) -> Option<Vec<u8>> {
 
 /// Compresses (when it shrinks), seals and then verifies a blob by opening it again,
 /// so a compressor or memory fault is caught before anything is stored.
-pub fn seal_blob(
-    master: &MasterKey,
-    blob_type: BlobType,
-    id: BlobId,
-    data: &[u8],
-    level: i32,
-) -> Result<SealedBlob> {
+pub fn seal_blob(master: &MasterKey, blob_type: BlobType, id: BlobId, data: &[u8], level: i32) -> Result<SealedBlob> {
     let payload = encode_payload(data, level);
     let bytes = master.seal(&payload, &blob_associated(blob_type, &id));
     let raw_length = data.len() as u32;
@@ -123,12 +117,7 @@ pub fn seal_blob(
             "it did not verify after sealing (memory or compressor fault)",
         ));
     }
-    Ok(SealedBlob {
-        id,
-        blob_type,
-        raw_length,
-        bytes,
-    })
+    Ok(SealedBlob { id, blob_type, raw_length, bytes })
 }
 
 /// Opens a sealed blob and checks its content against its id; `None` if anything is off.
@@ -160,14 +149,8 @@ pub fn seal_object(master: &MasterKey, kind: &str, data: &[u8]) -> Vec<u8> {
 pub fn open_object(master: &MasterKey, kind: &str, sealed: &[u8], name: &str) -> Result<Vec<u8>> {
     let payload = master
         .open(sealed, &object_associated(kind))
-        .ok_or_else(|| {
-            Error::integrity(
-                name,
-                "it does not decrypt (damaged, truncated or not a coffer object)",
-            )
-        })?;
-    decode_payload(&payload, MAX_OBJECT_LENGTH)
-        .ok_or_else(|| Error::integrity(name, "its content does not decompress"))
+        .ok_or_else(|| Error::integrity(name, "it does not decrypt (damaged, truncated or not a coffer object)"))?;
+    decode_payload(&payload, MAX_OBJECT_LENGTH).ok_or_else(|| Error::integrity(name, "its content does not decompress"))
 }
 
 /// Collects sealed blobs into one pack.
@@ -212,14 +195,9 @@ impl PackWriter {
     pub fn finish(mut self, master: &MasterKey) -> FinishedPack {
         let header = seal_object(master, "pack-header", &encode_header(&self.entries));
         self.bytes.extend_from_slice(&header);
-        self.bytes
-            .extend_from_slice(&(header.len() as u32).to_le_bytes());
+        self.bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
         let id = PackId(*blake3::hash(&self.bytes).as_bytes());
-        FinishedPack {
-            id,
-            bytes: self.bytes.into(),
-            entries: self.entries,
-        }
+        FinishedPack { id, bytes: self.bytes.into(), entries: self.entries }
     }
 }
 
@@ -244,29 +222,18 @@ pub fn decode_header(plain: &[u8], blob_area: u64, name: &str) -> Result<Vec<Pac
     let count = plain.get(..4).ok_or_else(|| bad("is empty"))?;
     let count = u32::from_le_bytes(count.try_into().map_err(|_| bad("is empty"))?) as usize;
     let body = &plain[4..];
-    if body.len()
-        != count
-            .checked_mul(HEADER_ENTRY_LENGTH)
-            .ok_or_else(|| bad("is too long"))?
-    {
+    if body.len() != count.checked_mul(HEADER_ENTRY_LENGTH).ok_or_else(|| bad("is too long"))? {
         return Err(bad("has the wrong length for its entry count"));
     }
     let mut offset = 0u64;
     let mut entries = Vec::with_capacity(count);
     for raw in body.chunks_exact(HEADER_ENTRY_LENGTH) {
-        let blob_type =
-            BlobType::from_code(raw[0]).ok_or_else(|| bad("names an unknown blob type"))?;
+        let blob_type = BlobType::from_code(raw[0]).ok_or_else(|| bad("names an unknown blob type"))?;
         let length = u32::from_le_bytes([raw[1], raw[2], raw[3], raw[4]]);
         let raw_length = u32::from_le_bytes([raw[5], raw[6], raw[7], raw[8]]);
         let id = BlobId::from_slice(&raw[9..41]).ok_or_else(|| bad("is malformed"))?;
         let offset32 = u32::try_from(offset).map_err(|_| bad("has offsets beyond 4 GiB"))?;
-        entries.push(PackEntry {
-            id,
-            blob_type,
-            offset: offset32,
-            length,
-            raw_length,
-        });
+        entries.push(PackEntry { id, blob_type, offset: offset32, length, raw_length });
         offset += length as u64;
     }
     if offset != blob_area {
@@ -276,25 +243,14 @@ pub fn decode_header(plain: &[u8], blob_area: u64, name: &str) -> Result<Vec<Pac
 }
 
 /// Reads the entries of a whole pack held in memory, checking its hash against `expected`.
-pub fn read_pack(
-    master: &MasterKey,
-    bytes: &[u8],
-    expected: Option<PackId>,
-    name: &str,
-) -> Result<Vec<PackEntry>> {
+pub fn read_pack(master: &MasterKey, bytes: &[u8], expected: Option<PackId>, name: &str) -> Result<Vec<PackEntry>> {
     if let Some(expected) = expected {
         if *blake3::hash(bytes).as_bytes() != expected.0 {
-            return Err(Error::integrity(
-                name,
-                "its content does not match its name (hash mismatch)",
-            ));
+            return Err(Error::integrity(name, "its content does not match its name (hash mismatch)"));
         }
     }
-    let (header_start, header_length) = header_bounds(
-        bytes.get(bytes.len().saturating_sub(4)..).unwrap_or(&[]),
-        bytes.len() as u64,
-        name,
-    )?;
+    let (header_start, header_length) =
+        header_bounds(bytes.get(bytes.len().saturating_sub(4)..).unwrap_or(&[]), bytes.len() as u64, name)?;
     let sealed = &bytes[header_start as usize..(header_start + header_length) as usize];
     let plain = open_object(master, "pack-header", sealed, name)?;
     decode_header(&plain, header_start, name)
@@ -302,9 +258,7 @@ pub fn read_pack(
 
 /// From a pack's last four bytes and its size, the start and length of its sealed header.
 pub fn header_bounds(last_four: &[u8], pack_size: u64, name: &str) -> Result<(u64, u64)> {
-    let length: [u8; 4] = last_four
-        .try_into()
-        .map_err(|_| Error::integrity(name, "it is too short to be a pack"))?;
+    let length: [u8; 4] = last_four.try_into().map_err(|_| Error::integrity(name, "it is too short to be a pack"))?;
     let length = u32::from_le_bytes(length) as u64;
     let start = pack_size
         .checked_sub(4 + length)
@@ -349,9 +303,7 @@ mod tests {
         let text = vec![b'a'; 100_000];
         let sealed = seal_blob(&master, BlobType::Data, master.blob_id(&text), &text, 3).unwrap();
         assert!(sealed.bytes.len() < 1000);
-        let noise: Vec<u8> = (0..10_000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
+        let noise: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         let sealed = seal_blob(&master, BlobType::Data, master.blob_id(&noise), &noise, 3).unwrap();
         assert!(sealed.bytes.len() <= noise.len() + 1 + crate::crypto::SEAL_OVERHEAD);
     }
@@ -361,14 +313,7 @@ mod tests {
         let master = MasterKey::generate();
         let sealed = seal_blob(&master, BlobType::Data, master.blob_id(b"x"), b"x", 3).unwrap();
         assert!(open_blob(&master, BlobType::Metadata, sealed.id, &sealed.bytes, 1).is_none());
-        assert!(open_blob(
-            &master,
-            BlobType::Data,
-            master.blob_id(b"y"),
-            &sealed.bytes,
-            1
-        )
-        .is_none());
+        assert!(open_blob(&master, BlobType::Data, master.blob_id(b"y"), &sealed.bytes, 1).is_none());
     }
 
     #[test]

@@ -39,11 +39,7 @@ pub struct Packer<'r> {
 
 impl<'r> Packer<'r> {
     pub fn new(repository: &'r Repository) -> Self {
-        Self {
-            repository,
-            claimed: Mutex::new(HashSet::new()),
-            state: Mutex::new(State::default()),
-        }
+        Self { repository, claimed: Mutex::new(HashSet::new()), state: Mutex::new(State::default()) }
     }
 
     /// The repository written to.
@@ -53,34 +49,19 @@ impl<'r> Packer<'r> {
 
     /// True if the caller must store this blob: it is neither indexed nor claimed by this run.
     pub fn claim(&self, id: BlobId, blob_type: BlobType) -> Result<bool> {
-        if self
-            .claimed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&(id, blob_type))
-        {
+        if self.claimed.lock().unwrap_or_else(|p| p.into_inner()).contains(&(id, blob_type)) {
             return Ok(false);
         }
         if self.repository.lookup(&id, blob_type)?.is_some() {
             return Ok(false);
         }
-        Ok(self
-            .claimed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((id, blob_type)))
+        Ok(self.claimed.lock().unwrap_or_else(|p| p.into_inner()).insert((id, blob_type)))
     }
 
     /// Seals a claimed blob and adds it to the current pack of its type.
     pub fn store(&self, id: BlobId, blob_type: BlobType, data: &[u8]) -> Result<()> {
         let repository = self.repository;
-        let sealed = seal_blob(
-            repository.master(),
-            blob_type,
-            id,
-            data,
-            repository.config().compression_level,
-        )?;
+        let sealed = seal_blob(repository.master(), blob_type, id, data, repository.config().compression_level)?;
         self.add(sealed)
     }
 
@@ -117,18 +98,12 @@ impl<'r> Packer<'r> {
     fn upload(&self, writer: PackWriter) -> Result<()> {
         let pack: FinishedPack = writer.finish(self.repository.master());
         let size = pack.bytes.len() as u64;
-        self.repository
-            .backend()
-            .put(&pack_key(&pack.id), Bytes::clone(&pack.bytes))?;
+        self.repository.backend().put(&pack_key(&pack.id), Bytes::clone(&pack.bytes))?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.stats.blobs += pack.entries.len() as u64;
         state.stats.packs += 1;
         state.stats.bytes += size;
-        state.written.push(IndexedPack {
-            id: pack.id,
-            size,
-            blobs: pack.entries,
-        });
+        state.written.push(IndexedPack { id: pack.id, size, blobs: pack.entries });
         Ok(())
     }
 
@@ -137,10 +112,7 @@ impl<'r> Packer<'r> {
     pub fn flush(&self) -> Result<IndexFile> {
         let (data, metadata) = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            (
-                std::mem::take(&mut state.data),
-                std::mem::take(&mut state.metadata),
-            )
+            (std::mem::take(&mut state.data), std::mem::take(&mut state.metadata))
         };
         for writer in [data, metadata] {
             if !writer.is_empty() {
@@ -148,10 +120,7 @@ impl<'r> Packer<'r> {
             }
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(IndexFile {
-            supersedes: Vec::new(),
-            packs: std::mem::take(&mut state.written),
-        })
+        Ok(IndexFile { supersedes: Vec::new(), packs: std::mem::take(&mut state.written) })
     }
 
     /// Counters of what was written.

@@ -12,23 +12,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::chunker::{Chunker, ChunkerParams};
-use crate::crypto::{
-    unwrap_master_key, wrap_master_key, KdfParams, KeyFile, MasterKey, KEY_FILE_VERSION,
-};
+use crate::crypto::{unwrap_master_key, wrap_master_key, KdfParams, KeyFile, MasterKey, KEY_FILE_VERSION};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, KeyId, PackId, RepositoryId, SnapshotId};
 use crate::index::{BlobLocation, IndexCache, IndexFile};
 use crate::lock::LockGuard;
 use crate::manifest::Manifest;
-use crate::pack::{
-    decode_header, header_bounds, open_blob, open_object, seal_object, BlobType, PackEntry,
-};
+use crate::pack::{decode_header, header_bounds, open_blob, open_object, seal_object, BlobType, PackEntry};
 use crate::snapshot::Snapshot;
 
 /// The repository format version this program writes and reads.
 pub const REPOSITORY_VERSION: u64 = 1;
 /// Default target pack size on local disk.
 pub const DEFAULT_PACK_SIZE: u64 = 16 * 1024 * 1024;
+/// Smallest pack size a repository may be configured with.
+pub const MIN_PACK_SIZE: u64 = 1024;
+/// Largest pack size: offsets inside a pack are 32-bit.
+pub const MAX_PACK_SIZE: u64 = 1 << 31;
 
 /// The plaintext `config` object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,21 +44,14 @@ pub struct Config {
 }
 
 impl Serialize for RepositoryId {
-    fn serialize<S: serde::Serializer>(
-        &self,
-        serializer: S,
-    ) -> std::result::Result<S::Ok, S::Error> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.to_hex())
     }
 }
 
 impl<'de> Deserialize<'de> for RepositoryId {
-    fn deserialize<D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> std::result::Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -81,17 +74,11 @@ impl Config {
         let config: Config = serde_json::from_slice(bytes)
             .map_err(|e| Error::integrity("config", format!("it is not a coffer config: {e}")))?;
         for params in [config.chunker, config.metadata_chunker] {
-            params
-                .validate()
-                .map_err(|reason| Error::integrity("config", reason))?;
+            params.validate().map_err(|reason| Error::integrity("config", reason))?;
         }
-        if !(1024..=1 << 32).contains(&config.pack_size)
-            || !(0..=22).contains(&config.compression_level)
+        if !(MIN_PACK_SIZE..=MAX_PACK_SIZE).contains(&config.pack_size) || !(0..=22).contains(&config.compression_level)
         {
-            return Err(Error::integrity(
-                "config",
-                "its pack size or compression level is out of range",
-            ));
+            return Err(Error::integrity("config", "its pack size or compression level is out of range"));
         }
         Ok(config)
     }
@@ -143,10 +130,20 @@ impl Repository {
         cache_root: Option<&Path>,
     ) -> Result<Self> {
         let location = backend.location();
-        if !backend.list("config")?.is_empty() || !backend.list("keys/")?.is_empty() {
+        // `config` is written last and is the commit point of `init`: key files left by
+        // an `init` that crashed before it are bound to another repository id and unused.
+        if !backend.list("config")?.is_empty() {
             return Err(Error::AlreadyInitialized { location });
         }
         options.chunker.validate().map_err(Error::InvalidInput)?;
+        if !(MIN_PACK_SIZE..=MAX_PACK_SIZE).contains(&options.pack_size)
+            || !(0..=22).contains(&options.compression_level)
+        {
+            return Err(Error::InvalidInput(format!(
+                "pack size {} must be between {MIN_PACK_SIZE} and {MAX_PACK_SIZE} bytes and compression level {} between 0 and 22",
+                options.pack_size, options.compression_level
+            )));
+        }
         let config = Config {
             version: REPOSITORY_VERSION,
             id: RepositoryId::random(),
@@ -165,11 +162,7 @@ impl Repository {
     }
 
     /// Opens a repository with a password, trying every key file.
-    pub fn open(
-        backend: Arc<dyn Backend>,
-        password: &[u8],
-        cache_root: Option<&Path>,
-    ) -> Result<Self> {
+    pub fn open(backend: Arc<dyn Backend>, password: &[u8], cache_root: Option<&Path>) -> Result<Self> {
         let config = read_config(&*backend)?;
         let (key_id, master) = find_key(&*backend, &config.id, password)?;
         let repository = Self::assemble(backend, config, master, key_id, cache_root)?;
@@ -187,28 +180,15 @@ impl Repository {
         let (cache_dir, temporary) = match cache_root {
             Some(root) => (root.join(config.id.to_hex()), None),
             None => {
-                let temporary = tempfile::tempdir().map_err(|e| {
-                    Error::io(
-                        "cannot create a temporary cache in",
-                        std::env::temp_dir(),
-                        e,
-                    )
-                })?;
+                let temporary = tempfile::tempdir()
+                    .map_err(|e| Error::io("cannot create a temporary cache in", std::env::temp_dir(), e))?;
                 (temporary.path().to_path_buf(), Some(temporary))
             }
         };
         std::fs::create_dir_all(cache_dir.join("manifests"))
             .map_err(|e| Error::io("cannot create cache directory", &cache_dir, e))?;
         let index = IndexCache::open(&cache_dir.join("index.sqlite"))?;
-        Ok(Self {
-            backend,
-            config,
-            master,
-            key_id,
-            cache_dir,
-            _temporary_cache: temporary,
-            index: Mutex::new(index),
-        })
+        Ok(Self { backend, config, master, key_id, cache_dir, _temporary_cache: temporary, index: Mutex::new(index) })
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -244,9 +224,7 @@ impl Repository {
     }
 
     fn index(&self) -> MutexGuard<'_, IndexCache> {
-        self.index
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.index.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Takes a shared or exclusive lock on the repository.
@@ -258,11 +236,7 @@ impl Repository {
     pub fn sync_index(&self) -> Result<()> {
         let mut stored = Vec::new();
         for info in self.backend.list("index/")? {
-            if let Some(id) = info
-                .key
-                .strip_prefix("index/")
-                .and_then(|n| n.parse::<IndexId>().ok())
-            {
+            if let Some(id) = info.key.strip_prefix("index/").and_then(|n| n.parse::<IndexId>().ok()) {
                 stored.push(id);
             }
         }
@@ -272,15 +246,10 @@ impl Repository {
             self.index().clear()?;
         }
         let known = self.index().index_files()?;
-        let missing: Vec<IndexId> = stored
-            .into_iter()
-            .filter(|id| !known.contains(id))
-            .collect();
+        let missing: Vec<IndexId> = stored.into_iter().filter(|id| !known.contains(id)).collect();
         for batch in missing.chunks(16) {
-            let loaded: Vec<(IndexId, IndexFile)> = batch
-                .par_iter()
-                .map(|id| Ok((*id, self.load_index(id)?)))
-                .collect::<Result<_>>()?;
+            let loaded: Vec<(IndexId, IndexFile)> =
+                batch.par_iter().map(|id| Ok((*id, self.load_index(id)?))).collect::<Result<_>>()?;
             let mut index = self.index();
             for (id, file) in loaded {
                 index.add(Some(id), &file)?;
@@ -294,10 +263,7 @@ impl Repository {
         let name = format!("index/{id}");
         let bytes = self.backend.get(&name)?;
         if *blake3::hash(&bytes).as_bytes() != id.0 {
-            return Err(Error::integrity(
-                &name,
-                "its content does not match its name (hash mismatch)",
-            ));
+            return Err(Error::integrity(&name, "its content does not match its name (hash mismatch)"));
         }
         let plain = open_object(&self.master, "index", &bytes, &name)?;
         IndexFile::decode(&plain, &name)
@@ -307,8 +273,7 @@ impl Repository {
     pub fn write_index(&self, file: &IndexFile) -> Result<IndexId> {
         let sealed = seal_object(&self.master, "index", &file.encode());
         let id = IndexId(*blake3::hash(&sealed).as_bytes());
-        self.backend
-            .put(&format!("index/{id}"), Bytes::from(sealed))?;
+        self.backend.put(&format!("index/{id}"), Bytes::from(sealed))?;
         self.index().add(Some(id), file)?;
         Ok(id)
     }
@@ -322,35 +287,20 @@ impl Repository {
     pub fn read_blob(&self, id: &BlobId, blob_type: BlobType) -> Result<Vec<u8>> {
         let location = self
             .lookup(id, blob_type)?
-            .ok_or_else(|| Error::MissingObject {
-                object: format!("blob {id} (not in the index)"),
-            })?;
+            .ok_or_else(|| Error::MissingObject { object: format!("blob {id} (not in the index)") })?;
         let entry = location.entry;
         let key = pack_key(&location.pack);
-        let sealed = self.backend.get_range(
-            &key,
-            entry.offset as u64..entry.offset as u64 + entry.length as u64,
-        )?;
+        let sealed = self.backend.get_range(&key, entry.offset as u64..entry.offset as u64 + entry.length as u64)?;
         self.open_sealed_blob(&location, &sealed)
     }
 
     /// Opens a blob read from its pack, naming the pack if it is damaged.
     pub fn open_sealed_blob(&self, location: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>> {
         let entry = location.entry;
-        open_blob(
-            &self.master,
-            entry.blob_type,
-            entry.id,
-            sealed,
-            entry.raw_length,
-        )
-        .ok_or_else(|| {
+        open_blob(&self.master, entry.blob_type, entry.id, sealed, entry.raw_length).ok_or_else(|| {
             Error::integrity(
                 pack_key(&location.pack),
-                format!(
-                    "blob {} at offset {} fails authentication",
-                    entry.id, entry.offset
-                ),
+                format!("blob {} at offset {} fails authentication", entry.id, entry.offset),
             )
         })
     }
@@ -363,17 +313,11 @@ impl Repository {
         let size = self
             .index()
             .pack_size(pack)?
-            .ok_or_else(|| Error::MissingObject {
-                object: format!("{key} (not in the index)"),
-            })?;
+            .ok_or_else(|| Error::MissingObject { object: format!("{key} (not in the index)") })?;
         let last_four = self.backend.get_range(&key, size.saturating_sub(4)..size)?;
         let (start, length) = header_bounds(&last_four, size, &key)?;
         let sealed = self.backend.get_range(&key, start..start + length)?;
-        let entries = decode_header(
-            &open_object(&self.master, "pack-header", &sealed, &key)?,
-            start,
-            &key,
-        )?;
+        let entries = decode_header(&open_object(&self.master, "pack-header", &sealed, &key)?, start, &key)?;
         for entry in &entries {
             let indexed = self.lookup(&entry.id, entry.blob_type)?;
             if indexed.is_some_and(|location| location.pack == *pack && location.entry != *entry) {
@@ -390,8 +334,7 @@ impl Repository {
     pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
         let sealed = seal_object(&self.master, "snapshot", &snapshot.encode());
         let id = SnapshotId(*blake3::hash(&sealed).as_bytes());
-        self.backend
-            .put_new(&format!("snapshots/{id}"), Bytes::from(sealed))?;
+        self.backend.put_new(&format!("snapshots/{id}"), Bytes::from(sealed))?;
         Ok(id)
     }
 
@@ -400,48 +343,46 @@ impl Repository {
         let name = format!("snapshots/{id}");
         let bytes = self.backend.get(&name)?;
         if *blake3::hash(&bytes).as_bytes() != id.0 {
-            return Err(Error::integrity(
-                &name,
-                "its content does not match its name (hash mismatch)",
-            ));
+            return Err(Error::integrity(&name, "its content does not match its name (hash mismatch)"));
         }
-        Snapshot::decode(
-            &open_object(&self.master, "snapshot", &bytes, &name)?,
-            &name,
-        )
+        Snapshot::decode(&open_object(&self.master, "snapshot", &bytes, &name)?, &name)
     }
 
-    /// Every snapshot, oldest first.
-    pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+    /// Every readable snapshot, oldest first, and the errors of those that are damaged:
+    /// one damaged record must not hide the others.
+    pub fn list_snapshots(&self) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<Error>)> {
         let ids: Vec<SnapshotId> = self
             .backend
             .list("snapshots/")?
             .into_iter()
-            .filter_map(|info| {
-                info.key
-                    .strip_prefix("snapshots/")
-                    .and_then(|n| n.parse().ok())
-            })
+            .filter_map(|info| info.key.strip_prefix("snapshots/").and_then(|n| n.parse().ok()))
             .collect();
-        let mut snapshots: Vec<(SnapshotId, Snapshot)> = ids
-            .par_iter()
-            .map(|id| Ok((*id, self.load_snapshot(id)?)))
-            .collect::<Result<_>>()?;
+        let loaded: Vec<(SnapshotId, Result<Snapshot>)> =
+            ids.par_iter().map(|id| (*id, self.load_snapshot(id))).collect();
+        let mut snapshots = Vec::new();
+        let mut damaged = Vec::new();
+        for (id, result) in loaded {
+            match result {
+                Ok(snapshot) => snapshots.push((id, snapshot)),
+                Err(error) if error.is_integrity() || matches!(error, Error::UnsupportedVersion { .. }) => {
+                    damaged.push(error)
+                }
+                Err(error) => return Err(error),
+            }
+        }
         snapshots.sort_by(|a, b| a.1.timestamp().cmp(&b.1.timestamp()).then(a.0.cmp(&b.0)));
-        Ok(snapshots)
+        Ok((snapshots, damaged))
     }
 
-    /// Finds a snapshot by `latest`, id or unique prefix.
+    /// Finds a snapshot by `latest`, id or unique prefix among the readable ones.
     pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
-        let snapshots = self.list_snapshots()?;
+        let (snapshots, _) = self.list_snapshots()?;
         crate::snapshot::resolve(spec, &snapshots).cloned()
     }
 
     /// Path of a snapshot's manifest in the local cache.
     pub fn manifest_cache_path(&self, id: &SnapshotId) -> PathBuf {
-        self.cache_dir
-            .join("manifests")
-            .join(format!("{id}.sqlite"))
+        self.cache_dir.join("manifests").join(format!("{id}.sqlite"))
     }
 
     /// Opens a snapshot's manifest, from the cache if it is there and intact.
@@ -454,11 +395,9 @@ impl Repository {
         }
         let mut packs = std::collections::BTreeSet::new();
         for blob in &snapshot.manifest.blobs {
-            let location =
-                self.lookup(blob, BlobType::Metadata)?
-                    .ok_or_else(|| Error::MissingObject {
-                        object: format!("manifest blob {blob} (not in the index)"),
-                    })?;
+            let location = self
+                .lookup(blob, BlobType::Metadata)?
+                .ok_or_else(|| Error::MissingObject { object: format!("manifest blob {blob} (not in the index)") })?;
             packs.insert(location.pack);
         }
         for pack in &packs {
@@ -496,9 +435,7 @@ pub fn pack_key(id: &PackId) -> String {
 pub fn read_config(backend: &dyn Backend) -> Result<Config> {
     match backend.get("config") {
         Ok(bytes) => Config::decode(&bytes),
-        Err(Error::MissingObject { .. }) => Err(Error::NoRepository {
-            location: backend.location(),
-        }),
+        Err(Error::MissingObject { .. }) => Err(Error::NoRepository { location: backend.location() }),
         Err(error) => Err(error),
     }
 }
@@ -520,53 +457,38 @@ fn add_key(
         crate::system::host_name(),
         crate::system::user_name(),
     )
-    .ok_or_else(|| {
-        Error::InvalidInput(format!(
-            "key derivation parameters {kdf:?} are not valid for Argon2id"
-        ))
-    })?;
+    .ok_or_else(|| Error::InvalidInput(format!("key derivation parameters {kdf:?} are not valid for Argon2id")))?;
     let id = KeyId::random();
     let bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
     backend.put_new(&format!("keys/{id}"), Bytes::from(bytes))?;
     Ok(id)
 }
 
-fn find_key(
-    backend: &dyn Backend,
-    repository: &RepositoryId,
-    password: &[u8],
-) -> Result<(KeyId, MasterKey)> {
+/// Tries the password on every key file. A damaged or newer key file does not stop
+/// the others from opening; it is reported only if no key opens.
+fn find_key(backend: &dyn Backend, repository: &RepositoryId, password: &[u8]) -> Result<(KeyId, MasterKey)> {
     let mut files = Vec::new();
+    let mut unreadable = None;
     for info in backend.list("keys/")? {
-        let Some(id) = info
-            .key
-            .strip_prefix("keys/")
-            .and_then(|n| n.parse::<KeyId>().ok())
-        else {
-            continue;
-        };
+        let Some(id) = info.key.strip_prefix("keys/").and_then(|n| n.parse::<KeyId>().ok()) else { continue };
         let bytes = backend.get(&info.key)?;
-        let file: KeyFile = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::integrity(&info.key, format!("it is not a key file: {e}")))?;
-        if file.version != KEY_FILE_VERSION {
-            return Err(Error::UnsupportedVersion {
-                what: info.key,
-                found: file.version,
-                supported: KEY_FILE_VERSION,
-            });
+        match serde_json::from_slice::<KeyFile>(&bytes) {
+            Ok(file) if file.version == KEY_FILE_VERSION => files.push((id, file)),
+            Ok(file) => {
+                unreadable =
+                    Some(Error::UnsupportedVersion { what: info.key, found: file.version, supported: KEY_FILE_VERSION })
+            }
+            Err(e) => unreadable = Some(Error::integrity(&info.key, format!("it is not a key file: {e}"))),
         }
-        files.push((id, file));
     }
-    if files.is_empty() {
-        return Err(Error::integrity(
-            format!("{}/keys", backend.location()),
-            "the repository has no key files",
-        ));
+    let opened =
+        files.par_iter().find_map_any(|(id, file)| unwrap_master_key(file, password, repository).map(|key| (*id, key)));
+    match (opened, unreadable) {
+        (Some(found), _) => Ok(found),
+        (None, Some(error)) => Err(error),
+        (None, None) if files.is_empty() => {
+            Err(Error::integrity(format!("{}/keys", backend.location()), "the repository has no key files"))
+        }
+        (None, None) => Err(Error::WrongPassword { location: backend.location() }),
     }
-    let opened = files.par_iter().find_map_any(|(id, file)| {
-        unwrap_master_key(file, password, repository).map(|key| (*id, key))
-    });
-    opened.ok_or_else(|| Error::WrongPassword {
-        location: backend.location(),
-    })
 }

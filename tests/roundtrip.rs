@@ -15,21 +15,9 @@ fn build_odd_tree(root: &Path) {
     std::fs::create_dir_all(root.join("dir/nested/deeper")).unwrap();
     std::fs::write(root.join("empty"), b"").unwrap();
     std::fs::write(root.join("small.txt"), b"hello coffer\n").unwrap();
-    std::fs::write(
-        root.join("dir/nested/deeper/random.bin"),
-        random_bytes(3_000_000, 1),
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("dir/compressible.txt"),
-        "patient record line\n".repeat(50_000),
-    )
-    .unwrap();
-    std::fs::write(
-        root.join(OsStr::from_bytes(b"caf\xe9-latin1")),
-        b"not utf-8 name",
-    )
-    .unwrap();
+    std::fs::write(root.join("dir/nested/deeper/random.bin"), random_bytes(3_000_000, 1)).unwrap();
+    std::fs::write(root.join("dir/compressible.txt"), "patient record line\n".repeat(50_000)).unwrap();
+    std::fs::write(root.join(OsStr::from_bytes(b"caf\xe9-latin1")), b"not utf-8 name").unwrap();
     std::fs::write(root.join("line\nbreak"), b"newline in name").unwrap();
     std::fs::write(root.join("spaces and 'quotes'"), b"x").unwrap();
     std::os::unix::fs::symlink("small.txt", root.join("link")).unwrap();
@@ -37,26 +25,14 @@ fn build_odd_tree(root: &Path) {
     std::fs::write(root.join("hard_a"), b"linked content").unwrap();
     std::fs::hard_link(root.join("hard_a"), root.join("dir/hard_b")).unwrap();
     std::fs::hard_link(root.join("hard_a"), root.join("hard_c")).unwrap();
-    nix::unistd::mkfifo(
-        &root.join("fifo"),
-        nix::sys::stat::Mode::from_bits_truncate(0o640),
-    )
-    .unwrap();
+    nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
     let sparse = std::fs::File::create(root.join("sparse")).unwrap();
     sparse.set_len(64 << 20).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&sparse, b"start", 0).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&sparse, b"end", (64 << 20) - 3).unwrap();
     drop(sparse);
-    std::fs::set_permissions(
-        root.join("small.txt"),
-        std::fs::Permissions::from_mode(0o751),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        root.join("dir/nested"),
-        std::fs::Permissions::from_mode(0o2750),
-    )
-    .unwrap();
+    std::fs::set_permissions(root.join("small.txt"), std::fs::Permissions::from_mode(0o751)).unwrap();
+    std::fs::set_permissions(root.join("dir/nested"), std::fs::Permissions::from_mode(0o2750)).unwrap();
     xattr::set(root.join("small.txt"), "user.comment", b"study 42").unwrap();
     xattr::set(root.join("dir"), "user.binary", &[0u8, 255, 10]).unwrap();
     if nix::unistd::geteuid().is_root() {
@@ -87,28 +63,17 @@ fn every_kind_of_entry_round_trips() {
     let summary = fixture.backup(&source);
     assert_eq!(summary["complete"], true, "{summary}");
     let target = fixture.path("restored");
-    fixture.ok(&[
-        "restore",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-        "--verify",
-    ]);
+    fixture.ok(&["restore", "latest", "--target", target.to_str().unwrap(), "--verify"]);
     let restored = target.join(source.strip_prefix("/").unwrap());
     let walk = common::stat_walk(&source);
-    let kinds: std::collections::BTreeSet<&str> =
-        walk.values().map(|(stat, _, _)| stat.kind).collect();
+    let kinds: std::collections::BTreeSet<&str> = walk.values().map(|(stat, _, _)| stat.kind).collect();
     let expected_kinds: &[&str] = if nix::unistd::geteuid().is_root() {
         &["chardev", "dir", "fifo", "file", "symlink"]
     } else {
         &["dir", "fifo", "file", "symlink"]
     };
     assert_eq!(kinds.into_iter().collect::<Vec<_>>(), expected_kinds);
-    assert!(
-        walk.len() >= 20,
-        "the odd tree has only {} entries",
-        walk.len()
-    );
+    assert!(walk.len() >= 20, "the odd tree has only {} entries", walk.len());
     assert_eq!(common::link_groups(&walk).len(), 1);
     assert_same_tree(&source, &restored);
     let source_blocks = std::fs::metadata(source.join("sparse")).unwrap().blocks();
@@ -127,11 +92,8 @@ fn one_folder_restores_into_the_target_and_fetches_only_its_data() {
         let folder = source.join(format!("study_{study:03}"));
         std::fs::create_dir_all(&folder).unwrap();
         for image in 0..3u64 {
-            std::fs::write(
-                folder.join(format!("image_{image}.dcm")),
-                random_bytes(700_000, study * 10 + image),
-            )
-            .unwrap();
+            std::fs::write(folder.join(format!("image_{image}.dcm")), random_bytes(700_000, study * 10 + image))
+                .unwrap();
         }
     }
     fixture.backup(&source);
@@ -140,10 +102,7 @@ fn one_folder_restores_into_the_target_and_fetches_only_its_data() {
     let report = fixture.json(&["restore", &spec, "--target", target.to_str().unwrap()]);
     assert_same_tree(&source.join("study_002"), &target);
     let fetched = report["bytes_fetched"].as_u64().unwrap();
-    assert!(
-        fetched < 2_300_000,
-        "fetched {fetched} bytes for a 2.1 MB folder: {report}"
-    );
+    assert!(fetched < 2_300_000, "fetched {fetched} bytes for a 2.1 MB folder: {report}");
     assert!(fetched >= 2_100_000, "fetched {fetched}: {report}");
 }
 
@@ -157,10 +116,7 @@ fn a_single_file_restores_by_name() {
     let target = fixture.path("out");
     let spec = format!("latest:{}/report.pdf", source.display());
     fixture.ok(&["restore", &spec, "--target", target.to_str().unwrap()]);
-    assert_eq!(
-        std::fs::read(target.join("report.pdf")).unwrap(),
-        b"%PDF-1.7 contents"
-    );
+    assert_eq!(std::fs::read(target.join("report.pdf")).unwrap(), b"%PDF-1.7 contents");
 }
 
 #[test]
@@ -175,25 +131,11 @@ fn include_and_exclude_select_entries() {
     fixture.backup(&source);
     let spec = format!("latest:{}", source.display());
     let included = fixture.path("included");
-    fixture.ok(&[
-        "restore",
-        &spec,
-        "--target",
-        included.to_str().unwrap(),
-        "--include",
-        "*.dcm",
-    ]);
+    fixture.ok(&["restore", &spec, "--target", included.to_str().unwrap(), "--include", "*.dcm"]);
     assert!(included.join("a/one.dcm").exists() && included.join("a/b/two.dcm").exists());
     assert!(!included.join("a/b/notes.txt").exists() && !included.join("c").exists());
     let excluded = fixture.path("excluded");
-    fixture.ok(&[
-        "restore",
-        &spec,
-        "--target",
-        excluded.to_str().unwrap(),
-        "--exclude",
-        "b",
-    ]);
+    fixture.ok(&["restore", &spec, "--target", excluded.to_str().unwrap(), "--exclude", "b"]);
     assert!(excluded.join("a/one.dcm").exists() && excluded.join("c/three.txt").exists());
     assert!(!excluded.join("a/b").exists());
 }
@@ -209,29 +151,13 @@ fn restore_over_existing_files_replaces_them_and_dry_run_changes_nothing() {
     std::fs::create_dir_all(&target).unwrap();
     std::fs::write(target.join("record"), b"damaged by a mistake").unwrap();
     let spec = format!("latest:{}", source.display());
-    let plan = fixture.json(&[
-        "restore",
-        &spec,
-        "--target",
-        target.to_str().unwrap(),
-        "--dry-run",
-    ]);
+    let plan = fixture.json(&["restore", &spec, "--target", target.to_str().unwrap(), "--dry-run"]);
     assert_eq!(plan["overwrites"], 1, "{plan}");
-    assert_eq!(
-        std::fs::read(target.join("record")).unwrap(),
-        b"damaged by a mistake"
-    );
+    assert_eq!(std::fs::read(target.join("record")).unwrap(), b"damaged by a mistake");
     fixture.ok(&["restore", &spec, "--target", target.to_str().unwrap()]);
     assert_eq!(std::fs::read(target.join("record")).unwrap(), b"original");
-    let leftovers: Vec<_> = std::fs::read_dir(&target)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        leftovers.len(),
-        1,
-        "temporary files left behind: {leftovers:?}"
-    );
+    let leftovers: Vec<_> = std::fs::read_dir(&target).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "temporary files left behind: {leftovers:?}");
 }
 
 #[test]
@@ -246,17 +172,9 @@ fn stdin_backup_dumps_back_identically() {
         .unwrap();
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), &content).unwrap();
     let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let dumped = fixture.run(&["dump", "latest", "/db/app.dump"]);
-    assert!(
-        dumped.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dumped.stderr)
-    );
+    assert!(dumped.status.success(), "{}", String::from_utf8_lossy(&dumped.stderr));
     assert!(dumped.stdout == content, "dumped content differs");
 }
 
@@ -266,10 +184,7 @@ fn listings_are_json_documents_and_ids_resolve_by_prefix() {
     let source = fixture.path("data");
     std::fs::create_dir_all(source.join("sub")).unwrap();
     std::fs::write(source.join("sub/file"), b"x").unwrap();
-    let first = fixture.backup(&source)["snapshot"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let first = fixture.backup(&source)["snapshot"].as_str().unwrap().to_string();
     std::fs::write(source.join("sub/second"), b"y").unwrap();
     fixture.backup(&source);
     let snapshots = fixture.json(&["snapshots"]);
@@ -279,19 +194,8 @@ fn listings_are_json_documents_and_ids_resolve_by_prefix() {
     assert_eq!(list[0]["paths"][0], source.to_str().unwrap());
     let spec = format!("{}:{}/sub", &first[..8], source.display());
     let entries = fixture.json(&["ls", &spec]);
-    let paths: Vec<&str> = entries
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["path"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        paths,
-        vec![
-            format!("{}/sub", source.display()),
-            format!("{}/sub/file", source.display())
-        ]
-    );
+    let paths: Vec<&str> = entries.as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, vec![format!("{}/sub", source.display()), format!("{}/sub/file", source.display())]);
     let latest = fixture.json(&["ls", &format!("latest:{}/sub", source.display())]);
     assert_eq!(latest.as_array().unwrap().len(), 3);
 }
@@ -310,27 +214,16 @@ fn the_same_data_twice_is_stored_once_and_an_insertion_costs_a_chunk_or_two() {
     std::fs::write(copy.join("big"), &content).unwrap();
     let again = fixture.backup(&copy);
     let data_added = again["summary"]["bytes_added"].as_u64().unwrap();
-    assert!(
-        data_added < 64 * 1024,
-        "same content stored again: {data_added} bytes added"
-    );
+    assert!(data_added < 64 * 1024, "same content stored again: {data_added} bytes added");
     let mut edited = b"inserted at the front".to_vec();
     edited.extend_from_slice(&content);
     std::fs::write(source.join("big"), &edited).unwrap();
     let after = fixture.backup(&source);
     let added = after["summary"]["bytes_added"].as_u64().unwrap();
-    assert!(
-        added < 9 << 20,
-        "an insertion at the front added {added} bytes of 24 MiB"
-    );
-    let repo_size: u64 = walkdir::WalkDir::new(fixture.repo())
-        .into_iter()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
-    assert!(
-        repo_size < 35 << 20,
-        "repository is {repo_size} bytes for ~24 MiB of unique data"
-    );
+    assert!(added < 9 << 20, "an insertion at the front added {added} bytes of 24 MiB");
+    let repo_size: u64 =
+        walkdir::WalkDir::new(fixture.repo()).into_iter().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(repo_size < 35 << 20, "repository is {repo_size} bytes for ~24 MiB of unique data");
 }
 
 #[test]
@@ -353,13 +246,7 @@ fn files_beyond_four_gib_keep_their_offsets() {
     fixture.backup(&source);
     let target = fixture.path("out");
     let spec = format!("latest:{}", source.display());
-    fixture.ok(&[
-        "restore",
-        &spec,
-        "--target",
-        target.to_str().unwrap(),
-        "--verify",
-    ]);
+    fixture.ok(&["restore", &spec, "--target", target.to_str().unwrap(), "--verify"]);
     let restored = std::fs::File::open(target.join("volume.img")).unwrap();
     assert_eq!(restored.metadata().unwrap().len(), size);
     for (offset, bytes) in &marks {
@@ -367,8 +254,20 @@ fn files_beyond_four_gib_keep_their_offsets() {
         std::os::unix::fs::FileExt::read_exact_at(&restored, &mut back, *offset).unwrap();
         assert!(&back == bytes, "data at offset {offset} differs");
     }
-    assert!(
-        restored.metadata().unwrap().blocks() * 512 < 64 << 20,
-        "the 4 GiB hole was written out"
-    );
+    assert!(restored.metadata().unwrap().blocks() * 512 < 64 << 20, "the 4 GiB hole was written out");
+}
+
+#[test]
+fn a_backup_path_that_is_a_symlink_is_stored_as_the_link() {
+    let fixture = Fixture::new();
+    let real = fixture.path("real");
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::write(real.join("inside"), b"x").unwrap();
+    let link = fixture.path("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    fixture.backup(&link);
+    let entries = fixture.json(&["ls", &format!("latest:{}", link.display())]);
+    let entries = entries.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["kind"], "symlink");
 }

@@ -81,11 +81,7 @@ impl FaultyBackend {
     }
 
     fn damaged(&self, key: &str, data: Bytes, start: u64) -> Bytes {
-        let damage = self
-            .damage
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let damage = self.damage.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match damage {
             Some(ReadDamage::FlipByte { key_prefix, offset }) if key.starts_with(&key_prefix) => {
                 let Some(at) = offset.checked_sub(start) else {

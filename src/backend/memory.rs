@@ -25,15 +25,11 @@ impl MemoryBackend {
     }
 
     fn objects(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Bytes>> {
-        self.objects
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.objects.read().unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn objects_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Bytes>> {
-        self.objects
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.objects.write().unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Replaces an object's bytes directly, bypassing counters (for damage tests).
@@ -44,8 +40,7 @@ impl MemoryBackend {
     fn count(&self, read: usize, written: usize) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.bytes_read.fetch_add(read as u64, Ordering::Relaxed);
-        self.bytes_written
-            .fetch_add(written as u64, Ordering::Relaxed);
+        self.bytes_written.fetch_add(written as u64, Ordering::Relaxed);
     }
 }
 
@@ -56,9 +51,7 @@ impl Backend for MemoryBackend {
 
     fn get(&self, key: &str) -> Result<Bytes> {
         let data = self.objects().get(key).cloned();
-        let data = data.ok_or_else(|| Error::MissingObject {
-            object: key.to_string(),
-        })?;
+        let data = data.ok_or_else(|| Error::MissingObject { object: key.to_string() })?;
         self.count(data.len(), 0);
         Ok(data)
     }
@@ -90,10 +83,7 @@ impl Backend for MemoryBackend {
         let listed = objects
             .range(prefix.to_string()..)
             .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(key, data)| ObjectInfo {
-                key: key.clone(),
-                size: data.len() as u64,
-            });
+            .map(|(key, data)| ObjectInfo { key: key.clone(), size: data.len() as u64 });
         Ok(listed.collect())
     }
 

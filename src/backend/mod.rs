@@ -62,12 +62,7 @@ pub(crate) fn slice_range(key: &str, data: &Bytes, range: Range<u64>) -> Result<
     if range.start > range.end || end > data.len() {
         return Err(crate::error::Error::integrity(
             key,
-            format!(
-                "range {}..{} is beyond its end ({} bytes)",
-                range.start,
-                range.end,
-                data.len()
-            ),
+            format!("range {}..{} is beyond its end ({} bytes)", range.start, range.end, data.len()),
         ));
     }
     Ok(data.slice(start..end))

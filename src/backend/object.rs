@@ -33,10 +33,8 @@ impl ObjectStoreBackend {
         if !path.is_dir() {
             return Err(Error::NoRepository { location });
         }
-        let store = LocalFileSystem::new_with_prefix(path).map_err(|e| Error::Backend {
-            location: location.clone(),
-            message: e.to_string(),
-        })?;
+        let store = LocalFileSystem::new_with_prefix(path)
+            .map_err(|e| Error::Backend { location: location.clone(), message: e.to_string() })?;
         Self::new(Arc::new(store), location)
     }
 
@@ -63,21 +61,15 @@ impl ObjectStoreBackend {
 
     fn failure(&self, key: &str, error: object_store::Error) -> Error {
         match error {
-            object_store::Error::NotFound { .. } => Error::MissingObject {
-                object: key.to_string(),
-            },
-            other => Error::Backend {
-                location: format!("{}/{key}", self.location),
-                message: other.to_string(),
-            },
+            object_store::Error::NotFound { .. } => Error::MissingObject { object: key.to_string() },
+            other => Error::Backend { location: format!("{}/{key}", self.location), message: other.to_string() },
         }
     }
 
     fn count(&self, read: usize, written: usize) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.bytes_read.fetch_add(read as u64, Ordering::Relaxed);
-        self.bytes_written
-            .fetch_add(written as u64, Ordering::Relaxed);
+        self.bytes_written.fetch_add(written as u64, Ordering::Relaxed);
     }
 }
 
@@ -99,16 +91,10 @@ impl Backend for ObjectStoreBackend {
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         let path = StorePath::from(key);
         let wanted = range.end.saturating_sub(range.start);
-        let data = self
-            .runtime
-            .block_on(self.store.get_range(&path, range))
-            .map_err(|e| self.failure(key, e))?;
+        let data = self.runtime.block_on(self.store.get_range(&path, range)).map_err(|e| self.failure(key, e))?;
         self.count(data.len(), 0);
         if data.len() as u64 != wanted {
-            return Err(Error::integrity(
-                key,
-                "object is shorter than its index says",
-            ));
+            return Err(Error::integrity(key, "object is shorter than its index says"));
         }
         Ok(data)
     }
@@ -116,22 +102,15 @@ impl Backend for ObjectStoreBackend {
     fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let path = StorePath::from(key);
         self.count(0, data.len());
-        self.runtime
-            .block_on(self.store.put(&path, PutPayload::from(data)))
-            .map_err(|e| self.failure(key, e))?;
+        self.runtime.block_on(self.store.put(&path, PutPayload::from(data))).map_err(|e| self.failure(key, e))?;
         Ok(())
     }
 
     fn put_new(&self, key: &str, data: Bytes) -> Result<bool> {
         let path = StorePath::from(key);
         self.count(0, data.len());
-        let options = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        let put =
-            self.runtime
-                .block_on(self.store.put_opts(&path, PutPayload::from(data), options));
+        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+        let put = self.runtime.block_on(self.store.put_opts(&path, PutPayload::from(data), options));
         match put {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
@@ -142,14 +121,9 @@ impl Backend for ObjectStoreBackend {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let folder = StorePath::from(prefix.trim_end_matches('/'));
         self.count(0, 0);
-        let listed: Vec<object_store::ObjectMeta> = self
-            .runtime
-            .block_on(self.store.list(Some(&folder)).try_collect())
-            .map_err(|e| self.failure(prefix, e))?;
-        let infos = listed.into_iter().map(|meta| ObjectInfo {
-            key: meta.location.to_string(),
-            size: meta.size,
-        });
+        let listed: Vec<object_store::ObjectMeta> =
+            self.runtime.block_on(self.store.list(Some(&folder)).try_collect()).map_err(|e| self.failure(prefix, e))?;
+        let infos = listed.into_iter().map(|meta| ObjectInfo { key: meta.location.to_string(), size: meta.size });
         Ok(infos.filter(|info| info.key.starts_with(prefix)).collect())
     }
 

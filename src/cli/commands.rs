@@ -28,57 +28,27 @@ fn init(cli: &Cli, args: &InitArgs) -> Result<i32> {
     let backend = super::backend(cli, true)?;
     let password = super::password::read(cli, true)?;
     let options = InitOptions {
-        kdf: KdfParams {
-            memory_kib: args.kdf_memory_kib,
-            iterations: args.kdf_iterations,
-            parallelism: 1,
-        },
+        kdf: KdfParams { memory_kib: args.kdf_memory_kib, iterations: args.kdf_iterations, parallelism: 1 },
         pack_size: args.pack_size.clamp(1, 4096) * 1024 * 1024,
         compression_level: args.compression,
         ..InitOptions::default()
     };
-    let repository = Repository::init(
-        backend,
-        password.as_bytes(),
-        &options,
-        super::cache_root(cli).as_deref(),
-    )?;
+    let repository = Repository::init(backend, password.as_bytes(), &options, super::cache_root(cli).as_deref())?;
     let id = repository.config().id;
     if cli.json {
-        output::json(
-            &json!({"repository": id.to_hex(), "location": repository.backend().location()}),
-        );
+        output::json(&json!({"repository": id.to_hex(), "location": repository.backend().location()}));
     } else {
-        note(
-            cli.quiet,
-            &format!(
-                "created coffer repository {} at {}",
-                id.short(),
-                repository.backend().location()
-            ),
-        );
-        note(
-            cli.quiet,
-            "Keep the password safe: without it the data cannot be read.",
-        );
+        note(cli.quiet, &format!("created coffer repository {} at {}", id.short(), repository.backend().location()));
+        note(cli.quiet, "Keep the password safe: without it the data cannot be read.");
     }
     Ok(exit::SUCCESS)
 }
 
 fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
     let repository = super::open(cli)?;
-    let stdin: Option<(Box<dyn std::io::Read + Send>, String)> = args.stdin.then(|| {
-        (
-            Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>,
-            args.stdin_name.clone(),
-        )
-    });
-    let options = BackupOptions {
-        paths: args.paths.clone(),
-        stdin,
-        tags: args.tags.clone(),
-        host: args.host.clone(),
-    };
+    let stdin: Option<(Box<dyn std::io::Read + Send>, String)> =
+        args.stdin.then(|| (Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>, args.stdin_name.clone()));
+    let options = BackupOptions { paths: args.paths.clone(), stdin, tags: args.tags.clone(), host: args.host.clone() };
     let report = coffer::backup(&repository, options)?;
     for warning in &report.warnings {
         eprintln!("warning: {warning}");
@@ -89,47 +59,47 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
             &json!({"snapshot": report.id.to_hex(), "complete": report.snapshot.complete, "warnings": report.warnings, "summary": summary}),
         );
     } else {
-        note(cli.quiet, &format!(
-            "snapshot {} saved: {} files, {} dirs, {} read, {} added to the repository ({} new blobs) in {:.1}s",
-            report.id.short(), summary.files, summary.dirs, output::size(summary.bytes_read), output::size(summary.bytes_added), summary.blobs_added, summary.duration_seconds
-        ));
+        note(
+            cli.quiet,
+            &format!(
+                "snapshot {} saved: {} files, {} dirs, {} read, {} added to the repository ({} new blobs) in {:.1}s",
+                report.id.short(),
+                summary.files,
+                summary.dirs,
+                output::size(summary.bytes_read),
+                output::size(summary.bytes_added),
+                summary.blobs_added,
+                summary.duration_seconds
+            ),
+        );
     }
     if report.snapshot.complete {
         return Ok(exit::SUCCESS);
     }
     note(
         cli.quiet,
-        &format!(
-            "snapshot {} is incomplete: {} path(s) could not be read",
-            report.id.short(),
-            report.warnings.len()
-        ),
+        &format!("snapshot {} is incomplete: {} path(s) could not be read", report.id.short(), report.warnings.len()),
     );
     Ok(exit::INCOMPLETE)
 }
 
 fn snapshots(cli: &Cli) -> Result<i32> {
     let repository = super::open(cli)?;
-    let snapshots = repository.list_snapshots()?;
+    let (snapshots, damaged) = repository.list_snapshots()?;
+    for error in &damaged {
+        eprintln!("error: {error}");
+    }
+    let code = if damaged.is_empty() { exit::SUCCESS } else { exit::DAMAGED };
     if cli.json {
-        output::json(&serde_json::Value::Array(
-            snapshots
-                .iter()
-                .map(|(id, s)| output::snapshot_json(id, s))
-                .collect(),
-        ));
-        return Ok(exit::SUCCESS);
+        output::json(&serde_json::Value::Array(snapshots.iter().map(|(id, s)| output::snapshot_json(id, s)).collect()));
+        return Ok(code);
     }
     output::line(&format!(
         "{:<8}  {:<19}  {:<16}  {:<10}  {:>10}  {}",
         "ID", "Time (UTC)", "Host", "Tags", "Size", "Paths"
     ));
     for (id, snapshot) in &snapshots {
-        let flag = if snapshot.complete {
-            ""
-        } else {
-            " (incomplete)"
-        };
+        let flag = if snapshot.complete { "" } else { " (incomplete)" };
         output::line(&format!(
             "{:<8}  {:<19}  {:<16}  {:<10}  {:>10}  {}{flag}",
             id.short(),
@@ -141,7 +111,10 @@ fn snapshots(cli: &Cli) -> Result<i32> {
         ));
     }
     note(cli.quiet, &format!("{} snapshot(s)", snapshots.len()));
-    Ok(exit::SUCCESS)
+    if !damaged.is_empty() {
+        return fail(exit::DAMAGED, format!("{} snapshot record(s) are damaged and were not listed", damaged.len()));
+    }
+    Ok(code)
 }
 
 /// Splits `SNAP[:PATH]`; the path is made absolute.
@@ -151,15 +124,8 @@ fn split_spec(spec: &OsStr) -> (String, Option<Vec<u8>>) {
         None => (String::from_utf8_lossy(bytes).into_owned(), None),
         Some(at) => {
             let path = &bytes[at + 1..];
-            let path = if path.starts_with(b"/") {
-                path.to_vec()
-            } else {
-                [b"/", path].concat()
-            };
-            (
-                String::from_utf8_lossy(&bytes[..at]).into_owned(),
-                Some(path),
-            )
+            let path = if path.starts_with(b"/") { path.to_vec() } else { [b"/", path].concat() };
+            (String::from_utf8_lossy(&bytes[..at]).into_owned(), Some(path))
         }
     }
 }
@@ -174,25 +140,15 @@ fn ls(cli: &Cli, args: &LsArgs) -> Result<i32> {
     if entries.is_empty() {
         return fail(
             exit::NOT_FOUND,
-            format!(
-                "path {} not found in snapshot {}",
-                output::path_text(&base),
-                id.short()
-            ),
+            format!("path {} not found in snapshot {}", output::path_text(&base), id.short()),
         );
     }
     if cli.json {
-        output::json(&serde_json::Value::Array(
-            entries.iter().map(|(_, e)| output::entry_json(e)).collect(),
-        ));
+        output::json(&serde_json::Value::Array(entries.iter().map(|(_, e)| output::entry_json(e)).collect()));
         return Ok(exit::SUCCESS);
     }
     for (_, entry) in &entries {
-        output::line(&if args.long {
-            output::entry_long(entry)
-        } else {
-            output::path_text(&entry.path)
-        });
+        output::line(&if args.long { output::entry_long(entry) } else { output::path_text(&entry.path) });
     }
     Ok(exit::SUCCESS)
 }
@@ -232,8 +188,19 @@ fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
             "bytes_written": report.bytes_written, "bytes_fetched": report.bytes_fetched, "requests": report.requests, "failed": failed, "warnings": report.warnings}),
         );
     } else {
-        note(cli.quiet, &format!("restored {} files and {} dirs ({}) from snapshot {} to {}; fetched {} in {} requests",
-            report.files, report.dirs, output::size(report.bytes_written), id.short(), args.target.display(), output::size(report.bytes_fetched), report.requests));
+        note(
+            cli.quiet,
+            &format!(
+                "restored {} files and {} dirs ({}) from snapshot {} to {}; fetched {} in {} requests",
+                report.files,
+                report.dirs,
+                output::size(report.bytes_written),
+                id.short(),
+                args.target.display(),
+                output::size(report.bytes_fetched),
+                report.requests
+            ),
+        );
     }
     if report.failed.is_empty() {
         return Ok(exit::SUCCESS);
@@ -266,16 +233,19 @@ fn print_plan(cli: &Cli, plan: &restorer::RestorePlan) {
     }
     if cli.verbose > 0 {
         for planned in &plan.entries {
-            output::line(&format!(
-                "{:<9} {}",
-                action_name(planned.action),
-                planned.target.display()
-            ));
+            output::line(&format!("{:<9} {}", action_name(planned.action), planned.target.display()));
         }
     }
     output::line(&format!(
         "would restore {} files ({}) and {} dirs: {} created, {} overwritten; fetch {} in {} blobs from {} packs",
-        plan.files, output::size(plan.file_bytes), plan.dirs, plan.creates, plan.overwrites, output::size(plan.fetch_bytes), plan.blobs, plan.packs
+        plan.files,
+        output::size(plan.file_bytes),
+        plan.dirs,
+        plan.creates,
+        plan.overwrites,
+        output::size(plan.fetch_bytes),
+        plan.blobs,
+        plan.packs
     ));
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
@@ -287,11 +257,7 @@ fn dump(cli: &Cli, args: &DumpArgs) -> Result<i32> {
     let (id, snapshot) = repository.find_snapshot(&args.snapshot)?;
     let manifest = repository.load_manifest(&id, &snapshot)?;
     let path = args.path.as_bytes();
-    let path = if path.starts_with(b"/") {
-        path.to_vec()
-    } else {
-        [b"/", path].concat()
-    };
+    let path = if path.starts_with(b"/") { path.to_vec() } else { [b"/", path].concat() };
     let mut stdout = std::io::stdout().lock();
     coffer::dump_file(&repository, &manifest, &path, &mut stdout)?;
     Ok(exit::SUCCESS)
@@ -299,11 +265,7 @@ fn dump(cli: &Cli, args: &DumpArgs) -> Result<i32> {
 
 fn unlock(cli: &Cli, args: &UnlockArgs) -> Result<i32> {
     let repository = super::open(cli)?;
-    let removed = coffer::remove_locks(
-        &**repository.backend(),
-        repository.master(),
-        args.remove_all,
-    )?;
+    let removed = coffer::remove_locks(&**repository.backend(), repository.master(), args.remove_all)?;
     if cli.json {
         output::json(&json!({"removed": removed}));
     } else {

@@ -32,11 +32,7 @@ impl std::error::Error for ExitError {}
 
 /// Fails with a message and an exit code.
 pub fn fail<T>(code: i32, message: impl Into<String>) -> Result<T> {
-    Err(ExitError {
-        code,
-        message: message.into(),
-    }
-    .into())
+    Err(ExitError { code, message: message.into() }.into())
 }
 
 /// Runs the parsed command; returns the exit code.
@@ -47,22 +43,20 @@ pub fn run(cli: Cli) -> Result<i32> {
 /// Where the repository is, from `--repo` or `COFFER_REPOSITORY`.
 fn repository_path(cli: &Cli) -> Result<PathBuf> {
     let Some(spec) = cli.repo.as_deref() else {
-        return fail(
-            exit::USAGE,
-            "no repository given: use --repo or set COFFER_REPOSITORY",
-        );
+        return fail(exit::USAGE, "no repository given: use --repo or set COFFER_REPOSITORY");
     };
     if spec.starts_with("s3://") || spec.starts_with("s3:") {
         return fail(
             exit::FAILURE,
-            format!(
-                "S3 repositories ({spec}) are not supported by this version yet; use a local path"
-            ),
+            format!("S3 repositories ({spec}) are not supported by this version yet; use a local path"),
         );
     }
     let path = spec.strip_prefix("file://").unwrap_or(spec);
     if path.is_empty() || spec.contains("://") && !spec.starts_with("file://") {
-        return fail(exit::USAGE, format!("{spec:?} is not a repository location (a path, file:///path or s3://bucket/prefix)"));
+        return fail(
+            exit::USAGE,
+            format!("{spec:?} is not a repository location (a path, file:///path or s3://bucket/prefix)"),
+        );
     }
     Ok(PathBuf::from(path))
 }
@@ -92,9 +86,5 @@ fn open(cli: &Cli) -> Result<Repository> {
     let backend = backend(cli, false)?;
     coffer::read_config(&*backend)?;
     let password = password::read(cli, false)?;
-    Ok(Repository::open(
-        backend,
-        password.as_bytes(),
-        cache_root(cli).as_deref(),
-    )?)
+    Ok(Repository::open(backend, password.as_bytes(), cache_root(cli).as_deref())?)
 }

@@ -50,10 +50,7 @@ pub fn time_ns(nanoseconds: i64) -> String {
 
 /// A snapshot's time as local-looking "YYYY-MM-DD HH:MM:SS" (UTC).
 pub fn short_time(snapshot: &Snapshot) -> String {
-    snapshot
-        .timestamp()
-        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_else(|| snapshot.time.clone())
+    snapshot.timestamp().map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| snapshot.time.clone())
 }
 
 pub fn snapshot_json(id: &SnapshotId, snapshot: &Snapshot) -> Value {

@@ -53,28 +53,21 @@ pub(super) fn restore_contents(
 ) -> Result<HashSet<i64>> {
     let mut pending = Vec::new();
     let failures: Mutex<HashMap<usize, String>> = Mutex::new(HashMap::new());
-    for planned in plan
-        .entries
-        .iter()
-        .filter(|p| p.entry.kind == EntryKind::File && p.action != Action::HardLink)
-    {
+    for planned in plan.entries.iter().filter(|p| p.entry.kind == EntryKind::File && p.action != Action::HardLink) {
         let temporary = temporary_name(&planned.target);
         let created = File::create(&temporary).and_then(|file| file.set_len(planned.entry.size));
         if let Err(error) = created {
-            failures.lock().unwrap_or_else(|p| p.into_inner()).insert(
-                pending.len(),
-                format!("cannot create {}: {error}", temporary.display()),
-            );
+            failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pending.len(), format!("cannot create {}: {error}", temporary.display()));
         }
         pending.push(Pending { planned, temporary });
     }
     let mut destinations: HashMap<BlobId, Destinations> = HashMap::new();
     for (index, file) in pending.iter().enumerate() {
         for chunk in &file.planned.chunks {
-            destinations
-                .entry(chunk.blob)
-                .or_default()
-                .push((index, chunk.offset));
+            destinations.entry(chunk.blob).or_default().push((index, chunk.offset));
         }
     }
     let requests = plan_requests(repository, &destinations, &pending, &failures)?;
@@ -83,19 +76,13 @@ pub(super) fn restore_contents(
         .build()
         .map_err(|e| Error::InvalidInput(format!("cannot start restore threads: {e}")))?;
     let written: u64 = pool.install(|| {
-        requests
-            .par_iter()
-            .map(|request| fetch_request(repository, request, &destinations, &pending, &failures))
-            .sum()
+        requests.par_iter().map(|request| fetch_request(repository, request, &destinations, &pending, &failures)).sum()
     });
     report.bytes_written += written;
     let mut failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
     finish_files(&pending, options.verify, &mut failures, report);
     link_files(plan, report);
-    let failed_ids = failures
-        .keys()
-        .map(|&index| pending[index].planned.entry_id)
-        .collect();
+    let failed_ids = failures.keys().map(|&index| pending[index].planned.entry_id).collect();
     Ok(failed_ids)
 }
 
@@ -106,11 +93,7 @@ fn temporary_name(target: &Path) -> PathBuf {
 }
 
 fn fail(failures: &Mutex<HashMap<usize, String>>, index: usize, reason: String) {
-    failures
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(index)
-        .or_insert(reason);
+    failures.lock().unwrap_or_else(|p| p.into_inner()).entry(index).or_insert(reason);
 }
 
 /// Looks up every blob and groups them into coalesced range requests per pack.
@@ -139,28 +122,19 @@ fn plan_requests(
         }
     }
     let packs: Vec<PackId> = by_pack.keys().copied().collect();
-    let headers: Vec<(PackId, Result<()>)> = packs
-        .par_iter()
-        .map(|pack| (*pack, repository.verify_pack_header(pack).map(drop)))
-        .collect();
+    let headers: Vec<(PackId, Result<()>)> =
+        packs.par_iter().map(|pack| (*pack, repository.verify_pack_header(pack).map(drop))).collect();
     for (pack, verified) in headers {
         let Err(error) = verified else { continue };
         let Some(blobs) = by_pack.remove(&pack) else {
             continue;
         };
         for location in blobs {
-            for &(index, _) in destinations
-                .get(&location.entry.id)
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
+            for &(index, _) in destinations.get(&location.entry.id).map(Vec::as_slice).unwrap_or_default() {
                 fail(
                     failures,
                     index,
-                    format!(
-                        "{} cannot be restored: {error}",
-                        pending[index].planned.target.display()
-                    ),
+                    format!("{} cannot be restored: {error}", pending[index].planned.target.display()),
                 );
             }
         }
@@ -170,24 +144,16 @@ fn plan_requests(
         blobs.sort_by_key(|location| location.entry.offset);
         let mut current: Option<Request> = None;
         for location in blobs {
-            let (start, end) = (
-                location.entry.offset as u64,
-                location.entry.offset as u64 + location.entry.length as u64,
-            );
-            if let Some(request) = current
-                .as_mut()
-                .filter(|r| start <= r.end + COALESCE_GAP && end - r.start <= MAX_REQUEST)
+            let (start, end) =
+                (location.entry.offset as u64, location.entry.offset as u64 + location.entry.length as u64);
+            if let Some(request) =
+                current.as_mut().filter(|r| start <= r.end + COALESCE_GAP && end - r.start <= MAX_REQUEST)
             {
                 request.end = request.end.max(end);
                 request.blobs.push(location);
                 continue;
             }
-            requests.extend(current.replace(Request {
-                pack,
-                start,
-                end,
-                blobs: vec![location],
-            }));
+            requests.extend(current.replace(Request { pack, start, end, blobs: vec![location] }));
         }
         requests.extend(current);
     }
@@ -203,31 +169,14 @@ fn fetch_request(
     failures: &Mutex<HashMap<usize, String>>,
 ) -> u64 {
     let fail_blob = |location: &BlobLocation, reason: &str| {
-        for &(index, _) in destinations
-            .get(&location.entry.id)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            fail(
-                failures,
-                index,
-                format!(
-                    "{} cannot be restored: {reason}",
-                    pending[index].planned.target.display()
-                ),
-            );
+        for &(index, _) in destinations.get(&location.entry.id).map(Vec::as_slice).unwrap_or_default() {
+            fail(failures, index, format!("{} cannot be restored: {reason}", pending[index].planned.target.display()));
         }
     };
-    let bytes = match repository
-        .backend()
-        .get_range(&pack_key(&request.pack), request.start..request.end)
-    {
+    let bytes = match repository.backend().get_range(&pack_key(&request.pack), request.start..request.end) {
         Ok(bytes) => bytes,
         Err(error) => {
-            request
-                .blobs
-                .iter()
-                .for_each(|location| fail_blob(location, &error.to_string()));
+            request.blobs.iter().for_each(|location| fail_blob(location, &error.to_string()));
             return 0;
         }
     };
@@ -242,19 +191,11 @@ fn fetch_request(
                 continue;
             }
         };
-        for &(index, offset) in destinations
-            .get(&location.entry.id)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
+        for &(index, offset) in destinations.get(&location.entry.id).map(Vec::as_slice).unwrap_or_default() {
             let file = &pending[index];
             match write_sparse(&file.temporary, offset, &data) {
                 Ok(()) => written += data.len() as u64,
-                Err(error) => fail(
-                    failures,
-                    index,
-                    format!("cannot write {}: {error}", file.temporary.display()),
-                ),
+                Err(error) => fail(failures, index, format!("cannot write {}: {error}", file.temporary.display())),
             }
         }
     }
@@ -297,10 +238,7 @@ fn finish_files(
         let target = &file.planned.target;
         if !failures.contains_key(&index) && verify {
             if let Some(reason) = verify_file(&file.temporary, file.planned.entry.sha256) {
-                failures.insert(
-                    index,
-                    format!("{} failed verification: {reason}", target.display()),
-                );
+                failures.insert(index, format!("{} failed verification: {reason}", target.display()));
             }
         }
         if let Some(reason) = failures.get(&index) {
@@ -336,13 +274,8 @@ fn verify_file(path: &Path, expected: Option<[u8; 32]>) -> Option<String> {
         }
     }
     let actual: [u8; 32] = hasher.finalize().into();
-    (actual != expected).then(|| {
-        format!(
-            "SHA-256 {} differs from the manifest's {}",
-            hex::encode(actual),
-            hex::encode(expected)
-        )
-    })
+    (actual != expected)
+        .then(|| format!("SHA-256 {} differs from the manifest's {}", hex::encode(actual), hex::encode(expected)))
 }
 
 /// Creates the further names of hard-linked files.
@@ -352,10 +285,9 @@ fn link_files(plan: &RestorePlan, report: &mut RestoreReport) {
             continue;
         };
         if report.failed.iter().any(|(path, _)| path == leader) {
-            report.failed.push((
-                planned.target.clone(),
-                format!("its hard link {} could not be restored", leader.display()),
-            ));
+            report
+                .failed
+                .push((planned.target.clone(), format!("its hard link {} could not be restored", leader.display())));
             continue;
         }
         if std::fs::symlink_metadata(&planned.target).is_ok_and(|m| !m.is_dir()) {
@@ -365,11 +297,7 @@ fn link_files(plan: &RestorePlan, report: &mut RestoreReport) {
             Ok(()) => report.files += 1,
             Err(error) => report.failed.push((
                 planned.target.clone(),
-                format!(
-                    "cannot link {} to {}: {error}",
-                    planned.target.display(),
-                    leader.display()
-                ),
+                format!("cannot link {} to {}: {error}", planned.target.display(), leader.display()),
             )),
         }
     }
@@ -398,15 +326,8 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("f");
         File::create(&path).unwrap().set_len(20_000).unwrap();
-        let data: Vec<u8> = (0..15_000u32)
-            .map(|i| {
-                if (5000..12000).contains(&i) {
-                    0
-                } else {
-                    (i % 251 + 1) as u8
-                }
-            })
-            .collect();
+        let data: Vec<u8> =
+            (0..15_000u32).map(|i| if (5000..12000).contains(&i) { 0 } else { (i % 251 + 1) as u8 }).collect();
         write_sparse(&path, 4_999, &data).unwrap();
         let back = std::fs::read(&path).unwrap();
         assert_eq!(&back[4_999..19_999], &data[..]);

@@ -37,13 +37,8 @@ pub(super) fn create_special(planned: &PlannedEntry) -> Result<()> {
         }
         EntryKind::CharDevice | EntryKind::BlockDevice => {
             remove_existing(path);
-            let kind = if entry.kind == EntryKind::CharDevice {
-                SFlag::S_IFCHR
-            } else {
-                SFlag::S_IFBLK
-            };
-            nix::sys::stat::mknod(path, kind, mode, entry.rdev as libc::dev_t)
-                .map_err(std::io::Error::from)
+            let kind = if entry.kind == EntryKind::CharDevice { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
+            nix::sys::stat::mknod(path, kind, mode, entry.rdev as libc::dev_t).map_err(std::io::Error::from)
         }
         _ => Ok(()),
     };
@@ -54,17 +49,10 @@ pub(super) fn create_special(planned: &PlannedEntry) -> Result<()> {
 /// the deepest up, so creating entries does not disturb a directory's times afterwards.
 pub(super) fn apply_all(entries: &[&PlannedEntry], warnings: &mut Vec<String>) {
     let root = crate::system::is_root();
-    for planned in entries
-        .iter()
-        .filter(|p| p.entry.kind != EntryKind::Dir && p.action != Action::HardLink)
-    {
+    for planned in entries.iter().filter(|p| p.entry.kind != EntryKind::Dir && p.action != Action::HardLink) {
         apply(planned, root, warnings);
     }
-    for planned in entries
-        .iter()
-        .rev()
-        .filter(|p| p.entry.kind == EntryKind::Dir)
-    {
+    for planned in entries.iter().rev().filter(|p| p.entry.kind == EntryKind::Dir) {
         apply(planned, root, warnings);
     }
 }
@@ -72,16 +60,8 @@ pub(super) fn apply_all(entries: &[&PlannedEntry], warnings: &mut Vec<String>) {
 fn apply(planned: &PlannedEntry, root: bool, warnings: &mut Vec<String>) {
     let (entry, path) = (&planned.entry, planned.target.as_path());
     if root {
-        let uid = entry
-            .user
-            .as_deref()
-            .and_then(crate::system::uid_of)
-            .unwrap_or(entry.uid);
-        let gid = entry
-            .group
-            .as_deref()
-            .and_then(crate::system::gid_of)
-            .unwrap_or(entry.gid);
+        let uid = entry.user.as_deref().and_then(crate::system::uid_of).unwrap_or(entry.uid);
+        let gid = entry.group.as_deref().and_then(crate::system::gid_of).unwrap_or(entry.gid);
         let owned = nix::unistd::fchownat(
             AT_FDCWD,
             path,
@@ -94,24 +74,13 @@ fn apply(planned: &PlannedEntry, root: bool, warnings: &mut Vec<String>) {
         }
     }
     if entry.kind != EntryKind::Symlink {
-        if let Err(error) =
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(entry.mode))
-        {
+        if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(entry.mode)) {
             warnings.push(format!("cannot set mode of {}: {error}", path.display()));
         }
     }
     apply_xattrs(&planned.xattrs, path, warnings);
-    let mtime = TimeSpec::new(
-        entry.mtime_ns.div_euclid(1_000_000_000),
-        entry.mtime_ns.rem_euclid(1_000_000_000),
-    );
-    if let Err(error) = nix::sys::stat::utimensat(
-        AT_FDCWD,
-        path,
-        &mtime,
-        &mtime,
-        UtimensatFlags::NoFollowSymlink,
-    ) {
+    let mtime = TimeSpec::new(entry.mtime_ns.div_euclid(1_000_000_000), entry.mtime_ns.rem_euclid(1_000_000_000));
+    if let Err(error) = nix::sys::stat::utimensat(AT_FDCWD, path, &mtime, &mtime, UtimensatFlags::NoFollowSymlink) {
         warnings.push(format!("cannot set times of {}: {error}", path.display()));
     }
 }

@@ -94,35 +94,24 @@ fn glob_set(patterns: &[String]) -> Result<Option<GlobSet>> {
     }
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
-        let full = if pattern.contains('/') {
-            pattern.clone()
-        } else {
-            format!("**/{pattern}")
-        };
-        let glob = Glob::new(&full).map_err(|e| {
-            Error::InvalidInput(format!("pattern {pattern:?} is not a valid glob: {e}"))
-        })?;
+        let full = if pattern.contains('/') { pattern.clone() } else { format!("**/{pattern}") };
+        let glob = Glob::new(&full)
+            .map_err(|e| Error::InvalidInput(format!("pattern {pattern:?} is not a valid glob: {e}")))?;
         builder.add(glob);
     }
-    builder
-        .build()
-        .map(Some)
-        .map_err(|e| Error::InvalidInput(format!("patterns cannot be compiled: {e}")))
+    builder.build().map(Some).map_err(|e| Error::InvalidInput(format!("patterns cannot be compiled: {e}")))
 }
 
 /// True if the path or one of its ancestors matches.
 fn matches_or_below(set: &GlobSet, path: &[u8]) -> bool {
     let path = Path::new(OsStr::from_bytes(path));
-    path.ancestors()
-        .any(|ancestor| ancestor != Path::new("/") && set.is_match(ancestor))
+    path.ancestors().any(|ancestor| ancestor != Path::new("/") && set.is_match(ancestor))
 }
 
 /// Where an entry lands: below `target`, relative to the subpath or to `/`.
 fn target_of(entry_path: &[u8], base: &[u8], base_is_file: bool, target: &Path) -> PathBuf {
     if base_is_file {
-        let name = Path::new(OsStr::from_bytes(entry_path))
-            .file_name()
-            .unwrap_or_default();
+        let name = Path::new(OsStr::from_bytes(entry_path)).file_name().unwrap_or_default();
         return target.join(name);
     }
     let relative = entry_path.get(base.len()..).unwrap_or_default();
@@ -135,36 +124,22 @@ fn target_of(entry_path: &[u8], base: &[u8], base_is_file: bool, target: &Path) 
 }
 
 /// Builds the plan: reads only the manifest rows below the subpath.
-pub fn plan(
-    repository: &Repository,
-    manifest: &Manifest,
-    options: &RestoreOptions,
-) -> Result<RestorePlan> {
+pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptions) -> Result<RestorePlan> {
     let base = options.subpath.clone().unwrap_or_else(|| b"/".to_vec());
-    let base = if base.len() > 1 {
-        base.strip_suffix(b"/").unwrap_or(&base).to_vec()
-    } else {
-        base
-    };
+    let base = if base.len() > 1 { base.strip_suffix(b"/").unwrap_or(&base).to_vec() } else { base };
     let rows = manifest.entries_under(&base)?;
     if rows.is_empty() {
         let shown = String::from_utf8_lossy(&base);
-        return Err(Error::NotFound {
-            what: format!("path {shown} in the snapshot"),
-        });
+        return Err(Error::NotFound { what: format!("path {shown} in the snapshot") });
     }
-    let base_is_file =
-        rows.len() == 1 && rows[0].1.path == base && rows[0].1.kind != EntryKind::Dir;
+    let base_is_file = rows.len() == 1 && rows[0].1.path == base && rows[0].1.kind != EntryKind::Dir;
     let (include, exclude) = (glob_set(&options.include)?, glob_set(&options.exclude)?);
     let mut plan = RestorePlan::default();
     let mut leaders: HashMap<i64, PathBuf> = HashMap::new();
     for (entry_id, entry) in rows {
-        let wanted = include
-            .as_ref()
-            .is_none_or(|set| entry.kind == EntryKind::Dir || matches_or_below(set, &entry.path));
-        let unwanted = exclude
-            .as_ref()
-            .is_some_and(|set| matches_or_below(set, &entry.path));
+        let wanted =
+            include.as_ref().is_none_or(|set| entry.kind == EntryKind::Dir || matches_or_below(set, &entry.path));
+        let unwanted = exclude.as_ref().is_some_and(|set| matches_or_below(set, &entry.path));
         if !wanted || unwanted || (entry.path == b"/" && options.subpath.is_none()) {
             continue;
         }
@@ -188,11 +163,7 @@ fn plan_entry(
     plan: &mut RestorePlan,
 ) -> Result<PlannedEntry> {
     let exists = std::fs::symlink_metadata(&target).is_ok();
-    let mut action = if exists && entry.kind != EntryKind::Dir {
-        Action::Overwrite
-    } else {
-        Action::Create
-    };
+    let mut action = if exists && entry.kind != EntryKind::Dir { Action::Overwrite } else { Action::Create };
     let mut link_to = None;
     let mut chunks = Vec::new();
     match entry.kind {
@@ -215,10 +186,7 @@ fn plan_entry(
         EntryKind::Dir => plan.dirs += 1,
         EntryKind::CharDevice | EntryKind::BlockDevice if !crate::system::is_root() => {
             action = Action::Skip;
-            plan.warnings.push(format!(
-                "skipping device {}: creating devices needs root",
-                target.display()
-            ));
+            plan.warnings.push(format!("skipping device {}: creating devices needs root", target.display()));
         }
         EntryKind::Socket => {
             action = Action::Skip;
@@ -235,30 +203,17 @@ fn plan_entry(
         _ => {}
     }
     let xattrs = manifest.xattrs(entry_id)?;
-    Ok(PlannedEntry {
-        entry_id,
-        entry,
-        target,
-        action,
-        link_to,
-        chunks,
-        xattrs,
-    })
+    Ok(PlannedEntry { entry_id, entry, target, action, link_to, chunks, xattrs })
 }
 
 /// With `--include`, drops directories that hold nothing included.
 fn prune_empty_dirs(plan: &mut RestorePlan) {
     let mut needed: HashSet<PathBuf> = HashSet::new();
-    for planned in plan
-        .entries
-        .iter()
-        .filter(|p| p.entry.kind != EntryKind::Dir)
-    {
+    for planned in plan.entries.iter().filter(|p| p.entry.kind != EntryKind::Dir) {
         needed.extend(planned.target.ancestors().skip(1).map(Path::to_path_buf));
     }
     let before = plan.entries.len();
-    plan.entries
-        .retain(|p| p.entry.kind != EntryKind::Dir || needed.contains(&p.target));
+    plan.entries.retain(|p| p.entry.kind != EntryKind::Dir || needed.contains(&p.target));
     plan.dirs -= (before - plan.entries.len()) as u64;
 }
 
@@ -279,59 +234,35 @@ fn count_fetches(repository: &Repository, plan: &mut RestorePlan) -> Result<()> 
 }
 
 /// Carries out a plan. Damaged data fails only the files that need it; the report lists them.
-pub fn execute(
-    repository: &Repository,
-    plan: &RestorePlan,
-    options: &RestoreOptions,
-) -> Result<RestoreReport> {
+pub fn execute(repository: &Repository, plan: &RestorePlan, options: &RestoreOptions) -> Result<RestoreReport> {
     let _lock = repository.lock(false)?;
     let target = &options.target;
-    std::fs::create_dir_all(target)
-        .map_err(|e| Error::io("cannot create restore target", target, e))?;
+    std::fs::create_dir_all(target).map_err(|e| Error::io("cannot create restore target", target, e))?;
     let probe = target.join(format!(".coffer-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"")
-        .map_err(|e| Error::io("cannot write to restore target", target, e))?;
+    std::fs::write(&probe, b"").map_err(|e| Error::io("cannot write to restore target", target, e))?;
     let _ = std::fs::remove_file(&probe);
     let started = repository.backend().stats();
-    let mut report = RestoreReport {
-        warnings: plan.warnings.clone(),
-        ..Default::default()
-    };
-    for planned in plan
-        .entries
-        .iter()
-        .filter(|p| p.entry.kind == EntryKind::Dir)
-    {
+    let mut report = RestoreReport { warnings: plan.warnings.clone(), ..Default::default() };
+    for planned in plan.entries.iter().filter(|p| p.entry.kind == EntryKind::Dir) {
         std::fs::create_dir_all(&planned.target)
             .map_err(|e| Error::io("cannot create directory", &planned.target, e))?;
         report.dirs += 1;
     }
     let failed = fetch::restore_contents(repository, plan, options, &mut report)?;
-    for planned in plan
-        .entries
-        .iter()
-        .filter(|p| p.entry.kind != EntryKind::Dir && p.action != Action::Skip)
-    {
+    for planned in plan.entries.iter().filter(|p| p.entry.kind != EntryKind::Dir && p.action != Action::Skip) {
         if failed.contains(&planned.entry_id)
-            || planned
-                .link_to
-                .as_ref()
-                .is_some_and(|leader| report.failed.iter().any(|(path, _)| path == leader))
+            || planned.link_to.as_ref().is_some_and(|leader| report.failed.iter().any(|(path, _)| path == leader))
         {
             continue;
         }
         if let Err(error) = metadata::create_special(planned) {
-            report
-                .failed
-                .push((planned.target.clone(), error.to_string()));
+            report.failed.push((planned.target.clone(), error.to_string()));
         }
     }
     let restored: Vec<&PlannedEntry> = plan
         .entries
         .iter()
-        .filter(|p| {
-            p.action != Action::Skip && !report.failed.iter().any(|(path, _)| path == &p.target)
-        })
+        .filter(|p| p.action != Action::Skip && !report.failed.iter().any(|(path, _)| path == &p.target))
         .collect();
     metadata::apply_all(&restored, &mut report.warnings);
     let finished = repository.backend().stats();

@@ -21,19 +21,13 @@ impl Fixture {
     pub fn new() -> Self {
         let fixture = Self::empty();
         let output = fixture.run(&["init", "--kdf-memory-kib", "64", "--kdf-iterations", "1"]);
-        assert!(
-            output.status.success(),
-            "init failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "init failed: {}", String::from_utf8_lossy(&output.stderr));
         fixture
     }
 
     /// A fixture without a repository.
     pub fn empty() -> Self {
-        Self {
-            root: tempfile::tempdir().unwrap(),
-        }
+        Self { root: tempfile::tempdir().unwrap() }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -124,21 +118,8 @@ pub fn stat_walk(root: &Path) -> BTreeMap<Vec<u8>, (Stat, u64, u64)> {
     for item in walkdir::WalkDir::new(root).follow_links(false) {
         let item = item.unwrap();
         let metadata = std::fs::symlink_metadata(item.path()).unwrap();
-        let relative = item
-            .path()
-            .strip_prefix(root)
-            .unwrap()
-            .as_os_str()
-            .as_bytes()
-            .to_vec();
-        found.insert(
-            relative,
-            (
-                stat_of(item.path(), &metadata),
-                metadata.ino(),
-                metadata.blocks(),
-            ),
-        );
+        let relative = item.path().strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+        found.insert(relative, (stat_of(item.path(), &metadata), metadata.ino(), metadata.blocks()));
     }
     found
 }
@@ -158,16 +139,8 @@ fn stat_of(path: &Path, metadata: &std::fs::Metadata) -> Stat {
     } else {
         "other"
     };
-    let sha256 = file_type
-        .is_file()
-        .then(|| Sha256::digest(std::fs::read(path).unwrap()).into());
-    let link_target = file_type.is_symlink().then(|| {
-        std::fs::read_link(path)
-            .unwrap()
-            .as_os_str()
-            .as_bytes()
-            .to_vec()
-    });
+    let sha256 = file_type.is_file().then(|| Sha256::digest(std::fs::read(path).unwrap()).into());
+    let link_target = file_type.is_symlink().then(|| std::fs::read_link(path).unwrap().as_os_str().as_bytes().to_vec());
     let mut xattrs = BTreeMap::new();
     for name in xattr::list(path).into_iter().flatten() {
         if let Ok(Some(value)) = xattr::get(path, &name) {
@@ -179,11 +152,7 @@ fn stat_of(path: &Path, metadata: &std::fs::Metadata) -> Stat {
         mode: metadata.mode() & 0o7777,
         uid: metadata.uid(),
         gid: metadata.gid(),
-        size: if file_type.is_file() {
-            metadata.size()
-        } else {
-            0
-        },
+        size: if file_type.is_file() { metadata.size() } else { 0 },
         mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
         rdev: metadata.rdev(),
         link_target,
@@ -200,37 +169,21 @@ pub fn link_groups(walk: &BTreeMap<Vec<u8>, (Stat, u64, u64)>) -> BTreeSet<BTree
             by_inode.entry(*inode).or_default().insert(path.clone());
         }
     }
-    by_inode
-        .into_values()
-        .filter(|group| group.len() > 1)
-        .collect()
+    by_inode.into_values().filter(|group| group.len() > 1).collect()
 }
 
 /// Asserts two trees are identical in content and metadata, entry by entry.
 pub fn assert_same_tree(source: &Path, restored: &Path) {
     let expected = stat_walk(source);
     let actual = stat_walk(restored);
-    let expected_paths: Vec<_> = expected
-        .keys()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect();
-    let actual_paths: Vec<_> = actual
-        .keys()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect();
-    assert_eq!(
-        expected_paths, actual_paths,
-        "the restored tree has different entries"
-    );
+    let expected_paths: Vec<_> = expected.keys().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+    let actual_paths: Vec<_> = actual.keys().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+    assert_eq!(expected_paths, actual_paths, "the restored tree has different entries");
     for (path, (stat, _, _)) in &expected {
         let shown = OsStr::from_bytes(path).to_string_lossy();
         assert_eq!(&actual[path].0, stat, "entry {shown:?} differs");
     }
-    assert_eq!(
-        link_groups(&expected),
-        link_groups(&actual),
-        "hard-link groups differ"
-    );
+    assert_eq!(link_groups(&expected), link_groups(&actual), "hard-link groups differ");
 }
 
 /// Sets a path's mtime (and atime) without following symlinks.
