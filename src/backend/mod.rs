@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::error::Result;
 
-pub use faulty::FaultyBackend;
+pub use faulty::{FaultyBackend, ReadDamage};
 pub use memory::MemoryBackend;
 pub use object::ObjectStoreBackend;
 
