@@ -14,7 +14,21 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
-echo "== cargo test"
+STATE="$(mktemp -d "${TMPDIR:-/tmp}/coffer-test.XXXXXX")"
+cleanup() {
+    scripts/s3_server.sh stop "$STATE/s3s"
+    scripts/s3_server.sh stop "$STATE/moto"
+    rm -rf "$STATE"
+}
+trap cleanup EXIT
+echo "== starting S3 servers on loopback (s3s-fs, moto)"
+eval "$(scripts/s3_server.sh start "$STATE/s3s")"
+eval "$(scripts/s3_server.sh start-moto "$STATE/moto")"
+export COFFER_REQUIRE_S3=1
+
+echo "== cargo test (local repositories, S3 tests against s3s-fs and moto)"
 cargo test --all-targets --locked
+echo "== integration suite again with every repository on S3"
+COFFER_TEST_BACKEND=s3 cargo test --locked --test roundtrip
 echo "== benchmarks build"
 cargo bench --no-run --locked >/dev/null

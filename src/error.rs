@@ -44,6 +44,14 @@ pub enum Error {
     #[error("storage error on {location}: {message}")]
     Backend { location: String, message: String },
 
+    /// The storage could not be reached (connection refused, DNS, timeouts), after retries.
+    #[error("cannot reach {location}: {message}")]
+    Unreachable { location: String, message: String },
+
+    /// The storage refused the credentials or the operation.
+    #[error("access denied by {location}: {message}")]
+    AccessDenied { location: String, message: String },
+
     /// A local file-system operation failed.
     #[error("{action} {path}: {source}")]
     Io {

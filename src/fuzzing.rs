@@ -51,10 +51,12 @@ pub fn snapshot(bytes: &[u8]) {
     let _ = Snapshot::decode(bytes, "snapshot");
 }
 
-/// Blob opening (decrypt, decompress, re-hash).
+/// Blob opening (decrypt, decompress, re-hash): the first 32 bytes name the blob id,
+/// the rest is the sealed blob.
 pub fn blob(key: &MasterKey, bytes: &[u8]) {
-    let id = key.blob_id(bytes);
-    let _ = crate::pack::open_blob(key, crate::pack::BlobType::Data, id, bytes, 1 << 20);
+    let Some(id) = bytes.get(..32).and_then(crate::id::BlobId::from_slice) else { return };
+    let _ = crate::pack::open_blob(key, crate::pack::BlobType::Data, id, &bytes[32..], 1 << 20);
+    let _ = crate::pack::open_blob(key, crate::pack::BlobType::Metadata, id, &bytes[32..], 1 << 20);
 }
 
 /// Manifest loading: the bytes are written to a file and queried like a real manifest.

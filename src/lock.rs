@@ -95,7 +95,10 @@ impl LockGuard {
     /// Takes a shared or exclusive lock, or fails with `Error::Locked` naming the holder.
     pub fn acquire(backend: Arc<dyn Backend>, master: &MasterKey, exclusive: bool) -> Result<Self> {
         let id = LockId::random();
-        write_lock(&*backend, master, &id, &LockRecord::new(exclusive))?;
+        let sealed = seal_object(master, "lock", &serde_json::to_vec(&LockRecord::new(exclusive)).unwrap_or_default());
+        if !backend.put_new(&key_of(&id), Bytes::from(sealed))? {
+            return Err(Error::Locked { holder: format!("by another process that chose the same lock id {id}") });
+        }
         let mut guard = Self { backend: backend.clone(), id, stop: None, refresher: None };
         for (other, record) in list_locks(&*backend, master)? {
             let Some(record) = record.filter(|_| other != id) else {

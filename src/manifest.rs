@@ -242,6 +242,7 @@ impl Manifest {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = Connection::open_with_flags(path, flags).map_err(|e| sql_error(path, e))?;
         let manifest = Self { connection, path: path.to_path_buf() };
+        manifest.check_schema_objects()?;
         let version: Option<i64> = manifest
             .connection
             .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |row| row.get(0))
@@ -260,6 +261,39 @@ impl Manifest {
 
     fn error(&self, error: rusqlite::Error) -> Error {
         sql_error(&self.path, error)
+    }
+
+    /// Accepts only the tables and indexes coffer creates: a view or trigger in a
+    /// manifest could make a query run forever or change what it returns.
+    fn check_schema_objects(&self) -> Result<()> {
+        let mut statement =
+            self.connection.prepare("SELECT type, name FROM sqlite_master").map_err(|e| self.error(e))?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
+            .map_err(|e| self.error(e))?;
+        let mut tables = Vec::new();
+        for row in rows {
+            let (kind, name) = row.map_err(|e| self.error(e))?;
+            match kind.as_str() {
+                "table" => tables.push(name),
+                "index" => {}
+                _ => {
+                    return Err(Error::integrity(
+                        format!("manifest {}", self.path.display()),
+                        format!("it contains a {kind} ({name})"),
+                    ))
+                }
+            }
+        }
+        for required in ["meta", "entries", "xattrs", "chunks"] {
+            if !tables.iter().any(|name| name == required) {
+                return Err(Error::integrity(
+                    format!("manifest {}", self.path.display()),
+                    format!("it has no {required} table"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The file holding this manifest, for direct SQL queries.
@@ -460,6 +494,24 @@ mod tests {
         assert_eq!(under, vec![b"/a/b".to_vec(), b"/a/b/c".to_vec()]);
         assert_eq!(manifest.entries_under(b"/a").unwrap().len(), 4);
         assert_eq!(manifest.entries_under(b"/").unwrap().len(), 7);
+    }
+
+    #[test]
+    fn a_view_posing_as_a_table_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("hostile.sqlite");
+        let connection = Connection::open(&path).unwrap();
+        connection
+            .execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY);
+                 INSERT INTO meta VALUES ('schema_version', 1);
+                 CREATE TABLE xattrs (entry_id, name, value); CREATE TABLE chunks (entry_id, seq, blob, offset, length);
+                 CREATE VIEW entries AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x AS id FROM c;",
+            )
+            .unwrap();
+        drop(connection);
+        let error = Manifest::open(&path).err().unwrap();
+        assert!(error.to_string().contains("view"), "{error}");
     }
 
     #[test]

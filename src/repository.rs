@@ -30,6 +30,9 @@ pub const MIN_PACK_SIZE: u64 = 1024;
 /// Largest pack size: offsets inside a pack are 32-bit.
 pub const MAX_PACK_SIZE: u64 = 1 << 31;
 
+/// Readable snapshots (oldest first) and the errors of damaged snapshot records.
+pub type SnapshotList = (Vec<(SnapshotId, Snapshot)>, Vec<Error>);
+
 /// The plaintext `config` object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
@@ -350,7 +353,7 @@ impl Repository {
 
     /// Every readable snapshot, oldest first, and the errors of those that are damaged:
     /// one damaged record must not hide the others.
-    pub fn list_snapshots(&self) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<Error>)> {
+    pub fn list_snapshots(&self) -> Result<SnapshotList> {
         let ids: Vec<SnapshotId> = self
             .backend
             .list("snapshots/")?

@@ -114,14 +114,6 @@ fn unwritable_target_exits_15() {
 }
 
 #[test]
-fn s3_is_refused_clearly_for_now() {
-    let fixture = Fixture::empty();
-    let output = fixture.command(&["snapshots"]).arg("--repo").arg("s3://bucket/prefix").output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not supported"));
-}
-
-#[test]
 fn damaged_pack_fails_restore_naming_pack_and_file() {
     let (fixture, source) = backed_up_fixture();
     let pack = first_data_pack(&fixture.repo());

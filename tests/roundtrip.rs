@@ -221,9 +221,11 @@ fn the_same_data_twice_is_stored_once_and_an_insertion_costs_a_chunk_or_two() {
     let after = fixture.backup(&source);
     let added = after["summary"]["bytes_added"].as_u64().unwrap();
     assert!(added < 9 << 20, "an insertion at the front added {added} bytes of 24 MiB");
-    let repo_size: u64 =
-        walkdir::WalkDir::new(fixture.repo()).into_iter().map(|e| e.unwrap().metadata().unwrap().len()).sum();
-    assert!(repo_size < 35 << 20, "repository is {repo_size} bytes for ~24 MiB of unique data");
+    if !Fixture::on_s3() {
+        let repo_size: u64 =
+            walkdir::WalkDir::new(fixture.repo()).into_iter().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+        assert!(repo_size < 35 << 20, "repository is {repo_size} bytes for ~24 MiB of unique data");
+    }
 }
 
 #[test]

@@ -3,9 +3,11 @@
 //! Keys are `/`-separated names relative to the repository root, such as
 //! `data/3f/3f0a...`. Every backend stores the same keys with the same bytes.
 
+mod aws_profile;
 mod faulty;
 mod memory;
 mod object;
+mod s3;
 
 use std::ops::Range;
 
@@ -16,6 +18,7 @@ use crate::error::Result;
 pub use faulty::{FaultyBackend, ReadDamage};
 pub use memory::MemoryBackend;
 pub use object::ObjectStoreBackend;
+pub use s3::{open_s3, S3Options, DEFAULT_CONNECTIONS, DEFAULT_S3_PACK_SIZE};
 
 /// One stored object as listed by a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,10 +8,59 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 
 use super::{Backend, BackendStats, ObjectInfo};
 use crate::error::{Error, Result};
+
+/// Objects at least this large are uploaded in parts.
+const MULTIPART_THRESHOLD: usize = 32 * 1024 * 1024;
+/// Size of one part of a multipart upload (S3 needs at least 5 MiB).
+const MULTIPART_PART: usize = 16 * 1024 * 1024;
+
+/// The error and all its sources, joined.
+fn chain_text(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().chars().take(400).collect()
+}
+
+/// Sorts a generic storage failure into unreachable, missing bucket, or other.
+fn classify(location: String, root: &str, text: String) -> Error {
+    let lower = text.to_ascii_lowercase();
+    let unreachable = [
+        "connection refused",
+        "error sending request",
+        "dns error",
+        "timed out",
+        "connection reset",
+        "tcp connect",
+        "operation timed out",
+    ];
+    if lower.contains("nosuchbucket") {
+        return Error::NoRepository { location: format!("{root} (the bucket does not exist)") };
+    }
+    if unreachable.iter().any(|needle| lower.contains(needle)) {
+        return Error::Unreachable { location: root.to_string(), message: first_line(&text) };
+    }
+    if lower.contains("accessdenied") || lower.contains("signaturedoesnotmatch") || lower.contains("invalidaccesskeyid")
+    {
+        return Error::AccessDenied { location: root.to_string(), message: first_line(&text) };
+    }
+    Error::Backend { location, message: first_line(&text) }
+}
 
 /// A backend over any `object_store` implementation, driven from synchronous code.
 pub struct ObjectStoreBackend {
@@ -60,9 +109,23 @@ impl ObjectStoreBackend {
     }
 
     fn failure(&self, key: &str, error: object_store::Error) -> Error {
+        let location = format!("{}/{key}", self.location);
         match error {
             object_store::Error::NotFound { .. } => Error::MissingObject { object: key.to_string() },
-            other => Error::Backend { location: format!("{}/{key}", self.location), message: other.to_string() },
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+                Error::AccessDenied { location: self.location.clone(), message: first_line(&chain_text(&error)) }
+            }
+            other => classify(location, &self.location, chain_text(&other)),
+        }
+    }
+
+    /// A `NotFound` from a write or a listing means the bucket itself is missing.
+    fn write_failure(&self, key: &str, error: object_store::Error) -> Error {
+        match error {
+            object_store::Error::NotFound { .. } => {
+                Error::NoRepository { location: format!("{} (the bucket does not exist)", self.location) }
+            }
+            other => self.failure(key, other),
         }
     }
 
@@ -101,8 +164,24 @@ impl Backend for ObjectStoreBackend {
 
     fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let path = StorePath::from(key);
+        let parts = data.len().div_ceil(MULTIPART_PART);
+        if data.len() < MULTIPART_THRESHOLD {
+            self.count(0, data.len());
+            self.runtime
+                .block_on(self.store.put(&path, PutPayload::from(data)))
+                .map_err(|e| self.write_failure(key, e))?;
+            return Ok(());
+        }
+        self.requests.fetch_add(parts as u64 + 1, Ordering::Relaxed);
         self.count(0, data.len());
-        self.runtime.block_on(self.store.put(&path, PutPayload::from(data))).map_err(|e| self.failure(key, e))?;
+        self.runtime
+            .block_on(async {
+                let upload = self.store.put_multipart(&path).await?;
+                let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+                writer.put(data);
+                writer.finish().await
+            })
+            .map_err(|e| self.write_failure(key, e))?;
         Ok(())
     }
 
@@ -114,7 +193,7 @@ impl Backend for ObjectStoreBackend {
         match put {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(self.failure(key, e)),
+            Err(e) => Err(self.write_failure(key, e)),
         }
     }
 

@@ -24,6 +24,12 @@ pub struct Cli {
     /// Use a temporary cache that is removed at exit.
     #[arg(long, global = true)]
     pub no_cache: bool,
+    /// Requests to the storage in flight at once (S3).
+    #[arg(long, default_value_t = coffer::backend::DEFAULT_CONNECTIONS, global = true)]
+    pub connections: usize,
+    /// S3 endpoint of a non-AWS server (default: AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, global = true)]
+    pub s3_endpoint: Option<String>,
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -57,9 +63,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Target pack size in MiB.
-    #[arg(long, default_value_t = 16)]
-    pub pack_size: u64,
+    /// Target pack size in MiB (default 16 on local disk, 64 on S3).
+    #[arg(long)]
+    pub pack_size: Option<u64>,
     /// zstd level for stored blobs (0 stores them uncompressed).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub compression: i32,

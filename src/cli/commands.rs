@@ -29,7 +29,10 @@ fn init(cli: &Cli, args: &InitArgs) -> Result<i32> {
     let password = super::password::read(cli, true)?;
     let options = InitOptions {
         kdf: KdfParams { memory_kib: args.kdf_memory_kib, iterations: args.kdf_iterations, parallelism: 1 },
-        pack_size: args.pack_size.clamp(1, 4096) * 1024 * 1024,
+        pack_size: match args.pack_size {
+            Some(mebibytes) => mebibytes.clamp(1, 2048) * 1024 * 1024,
+            None => super::default_pack_size(cli)?,
+        },
         compression_level: args.compression,
         ..InitOptions::default()
     };
@@ -54,9 +57,11 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
         eprintln!("warning: {warning}");
     }
     let summary = &report.snapshot.summary;
+    let storage = repository.backend().stats();
     if cli.json {
         output::json(
-            &json!({"snapshot": report.id.to_hex(), "complete": report.snapshot.complete, "warnings": report.warnings, "summary": summary}),
+            &json!({"snapshot": report.id.to_hex(), "complete": report.snapshot.complete, "warnings": report.warnings, "summary": summary,
+                "storage": {"requests": storage.requests, "bytes_read": storage.bytes_read, "bytes_written": storage.bytes_written}}),
         );
     } else {
         note(

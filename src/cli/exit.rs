@@ -13,6 +13,8 @@ pub const DAMAGED: i32 = 13;
 pub const NOT_FOUND: i32 = 14;
 pub const LOCAL_IO: i32 = 15;
 pub const UNSUPPORTED_VERSION: i32 = 16;
+pub const UNREACHABLE: i32 = 17;
+pub const ACCESS_DENIED: i32 = 18;
 
 /// The exit code for a library error.
 pub fn code_of(error: &Error) -> i32 {
@@ -27,5 +29,7 @@ pub fn code_of(error: &Error) -> i32 {
         Error::Io { .. } | Error::Cache { .. } => LOCAL_IO,
         Error::InvalidInput(_) => USAGE,
         Error::Backend { .. } => FAILURE,
+        Error::Unreachable { .. } => UNREACHABLE,
+        Error::AccessDenied { .. } => ACCESS_DENIED,
     }
 }

@@ -40,16 +40,24 @@ pub fn run(cli: Cli) -> Result<i32> {
     commands::dispatch(&cli)
 }
 
-/// Where the repository is, from `--repo` or `COFFER_REPOSITORY`.
-fn repository_path(cli: &Cli) -> Result<PathBuf> {
+/// Where the repository is.
+enum Location {
+    Local(PathBuf),
+    S3(Box<coffer::backend::S3Options>),
+}
+
+/// Parses `--repo` or `COFFER_REPOSITORY`.
+fn location(cli: &Cli) -> Result<Location> {
     let Some(spec) = cli.repo.as_deref() else {
         return fail(exit::USAGE, "no repository given: use --repo or set COFFER_REPOSITORY");
     };
-    if spec.starts_with("s3://") || spec.starts_with("s3:") {
-        return fail(
-            exit::FAILURE,
-            format!("S3 repositories ({spec}) are not supported by this version yet; use a local path"),
-        );
+    if spec.starts_with("s3:") {
+        let mut options = coffer::backend::S3Options::from_url(spec)?;
+        options.connections = cli.connections;
+        if let Some(endpoint) = &cli.s3_endpoint {
+            options.endpoint = Some(endpoint.clone());
+        }
+        return Ok(Location::S3(Box::new(options)));
     }
     let path = spec.strip_prefix("file://").unwrap_or(spec);
     if path.is_empty() || spec.contains("://") && !spec.starts_with("file://") {
@@ -58,12 +66,22 @@ fn repository_path(cli: &Cli) -> Result<PathBuf> {
             format!("{spec:?} is not a repository location (a path, file:///path or s3://bucket/prefix)"),
         );
     }
-    Ok(PathBuf::from(path))
+    Ok(Location::Local(PathBuf::from(path)))
 }
 
 fn backend(cli: &Cli, create: bool) -> Result<Arc<dyn Backend>> {
-    let path = repository_path(cli)?;
-    Ok(Arc::new(ObjectStoreBackend::local(&path, create)?))
+    match location(cli)? {
+        Location::Local(path) => Ok(Arc::new(ObjectStoreBackend::local(&path, create)?)),
+        Location::S3(options) => Ok(Arc::new(coffer::backend::open_s3(&options)?)),
+    }
+}
+
+/// The default pack size for the repository's kind of storage.
+fn default_pack_size(cli: &Cli) -> Result<u64> {
+    Ok(match location(cli)? {
+        Location::Local(_) => coffer::DEFAULT_PACK_SIZE,
+        Location::S3(_) => coffer::backend::DEFAULT_S3_PACK_SIZE,
+    })
 }
 
 /// The cache root, or `None` for a temporary cache.

@@ -38,6 +38,21 @@ impl Fixture {
         self.path("repo")
     }
 
+    /// True when the suite runs against S3 (`COFFER_TEST_BACKEND=s3`, set by scripts/test.sh).
+    pub fn on_s3() -> bool {
+        std::env::var("COFFER_TEST_BACKEND").is_ok_and(|kind| kind == "s3")
+    }
+
+    /// The repository location: a local directory, or a fresh prefix in the test bucket.
+    pub fn repo_spec(&self) -> String {
+        if !Self::on_s3() {
+            return self.repo().display().to_string();
+        }
+        let bucket = std::env::var("COFFER_TEST_S3_BUCKET").expect("COFFER_TEST_S3_BUCKET names the test bucket");
+        let unique = self.root.path().file_name().unwrap().to_string_lossy().trim_start_matches('.').to_string();
+        format!("s3://{bucket}/{unique}")
+    }
+
     /// Runs coffer against the fixture's repository.
     pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
@@ -47,7 +62,7 @@ impl Fixture {
         let mut command = Command::new(env!("CARGO_BIN_EXE_coffer"));
         command
             .arg("--repo")
-            .arg(self.repo())
+            .arg(self.repo_spec())
             .args(args)
             .env("COFFER_PASSWORD", "correct horse")
             .env("COFFER_CACHE_DIR", self.path("cache"))

@@ -1,0 +1,167 @@
+//! S3-compatible object storage through object_store's AWS client: AWS, MinIO, Ceph,
+//! Wasabi, Backblaze, s3s and others, addressed as `s3://bucket/prefix`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::limit::LimitStore;
+use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+
+use super::ObjectStoreBackend;
+use crate::error::{Error, Result};
+
+/// Default number of requests in flight at once.
+pub const DEFAULT_CONNECTIONS: usize = 16;
+/// Default pack size on S3: larger packs mean fewer requests.
+pub const DEFAULT_S3_PACK_SIZE: u64 = 64 * 1024 * 1024;
+
+/// Where an S3 repository is and how to reach it. `from_env` fills it the usual way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Options {
+    pub bucket: String,
+    /// Key prefix inside the bucket, without leading or trailing `/`.
+    pub prefix: String,
+    /// `https://host:port` of a non-AWS server; AWS when `None`.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// Permit plain HTTP to an endpoint that is not on loopback.
+    pub allow_http: bool,
+    /// Use `bucket.host` addressing instead of path style (`host/bucket`).
+    pub virtual_hosted: bool,
+    pub connections: usize,
+    /// How long failing requests are retried before the error is reported.
+    pub retry_timeout: Duration,
+}
+
+impl S3Options {
+    /// Parses `s3://bucket/prefix` and reads settings from `AWS_*` variables, falling
+    /// back to the shared credentials and config files for the selected profile.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let rest = url.strip_prefix("s3://").or_else(|| url.strip_prefix("s3:")).unwrap_or(url);
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::InvalidInput(format!("{url:?} names no bucket; use s3://bucket/prefix")));
+        }
+        let profile = super::aws_profile::Profile::load();
+        let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let retry_seconds = env("COFFER_S3_RETRY_TIMEOUT").and_then(|v| v.parse().ok()).unwrap_or(180);
+        Ok(Self {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            endpoint: env("AWS_ENDPOINT_URL_S3")
+                .or_else(|| env("AWS_ENDPOINT_URL"))
+                .or_else(|| profile.get("endpoint_url")),
+            region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).or_else(|| profile.get("region")),
+            access_key_id: env("AWS_ACCESS_KEY_ID").or_else(|| profile.get("aws_access_key_id")),
+            secret_access_key: env("AWS_SECRET_ACCESS_KEY").or_else(|| profile.get("aws_secret_access_key")),
+            session_token: env("AWS_SESSION_TOKEN").or_else(|| profile.get("aws_session_token")),
+            allow_http: env("COFFER_S3_ALLOW_HTTP").is_some_and(|v| v == "1" || v == "true"),
+            virtual_hosted: env("COFFER_S3_VIRTUAL_HOSTED").is_some_and(|v| v == "1" || v == "true"),
+            connections: DEFAULT_CONNECTIONS,
+            retry_timeout: Duration::from_secs(retry_seconds),
+        })
+    }
+
+    /// `s3://bucket/prefix`, for messages.
+    pub fn url(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+
+    fn check_http(&self) -> Result<()> {
+        let Some(endpoint) = &self.endpoint else { return Ok(()) };
+        let Some(rest) = endpoint.strip_prefix("http://") else { return Ok(()) };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+            None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+        };
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if loopback || self.allow_http {
+            return Ok(());
+        }
+        Err(Error::InvalidInput(format!(
+            "endpoint {endpoint} is plain HTTP to a host that is not loopback; use https, or set COFFER_S3_ALLOW_HTTP=1 if you accept sending data unencrypted in transit"
+        )))
+    }
+}
+
+/// Opens the S3 repository described by `options`.
+pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
+    options.check_http()?;
+    let mut builder = AmazonS3Builder::new()
+        .with_bucket_name(&options.bucket)
+        .with_region(options.region.clone().unwrap_or_else(|| "us-east-1".to_string()))
+        .with_virtual_hosted_style_request(options.virtual_hosted)
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .with_client_options(
+            ClientOptions::new()
+                .with_allow_http(options.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")))
+                .with_timeout(Duration::from_secs(120))
+                .with_connect_timeout(Duration::from_secs(10)),
+        )
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(15),
+                base: 2.0,
+            },
+            max_retries: 10,
+            retry_timeout: options.retry_timeout,
+        });
+    if let Some(endpoint) = &options.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let (Some(key), Some(secret)) = (&options.access_key_id, &options.secret_access_key) {
+        builder = builder.with_access_key_id(key).with_secret_access_key(secret);
+    }
+    if let Some(token) = &options.session_token {
+        builder = builder.with_token(token);
+    }
+    let store =
+        builder.build().map_err(|e| Error::InvalidInput(format!("cannot configure S3 for {}: {e}", options.url())))?;
+    let limited = LimitStore::new(store, options.connections.max(1));
+    let store: Arc<dyn ObjectStore> = if options.prefix.is_empty() {
+        Arc::new(limited)
+    } else {
+        Arc::new(PrefixStore::new(limited, options.prefix.as_str()))
+    };
+    ObjectStoreBackend::new(store, options.url())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_endpoint(endpoint: &str) -> S3Options {
+        S3Options { bucket: "b".into(), endpoint: Some(endpoint.into()), ..Default::default() }
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback_unless_asked() {
+        assert!(with_endpoint("http://127.0.0.1:9000").check_http().is_ok());
+        assert!(with_endpoint("http://localhost:9000/").check_http().is_ok());
+        assert!(with_endpoint("http://[::1]:9000").check_http().is_ok());
+        assert!(with_endpoint("https://s3.example.com").check_http().is_ok());
+        assert!(with_endpoint("http://s3.example.com:9000").check_http().is_err());
+        let mut allowed = with_endpoint("http://10.1.2.3:9000");
+        allowed.allow_http = true;
+        assert!(allowed.check_http().is_ok());
+    }
+
+    #[test]
+    fn urls_split_into_bucket_and_prefix() {
+        let options = S3Options::from_url("s3://backups/clinic/nightly/").unwrap();
+        assert_eq!((options.bucket.as_str(), options.prefix.as_str()), ("backups", "clinic/nightly"));
+        assert_eq!(options.url(), "s3://backups/clinic/nightly");
+        assert!(S3Options::from_url("s3:///x").is_err());
+    }
+}
