@@ -73,7 +73,13 @@ fn pipeline(c: &mut Criterion) {
             |repository| {
                 coffer::backup(
                     &repository,
-                    BackupOptions { paths: vec![source.path().to_path_buf()], stdin: None, tags: vec![], host: None },
+                    BackupOptions {
+                        paths: vec![source.path().to_path_buf()],
+                        stdin: None,
+                        tags: vec![],
+                        host: None,
+                        ..Default::default()
+                    },
                 )
                 .unwrap()
             },

@@ -18,15 +18,23 @@ STATE="$(mktemp -d "${TMPDIR:-/tmp}/coffer-test.XXXXXX")"
 cleanup() {
     scripts/s3_server.sh stop "$STATE/s3s"
     scripts/s3_server.sh stop "$STATE/moto"
+    scripts/pg_server.sh stop "$STATE/pg"
     rm -rf "$STATE"
 }
 trap cleanup EXIT
 echo "== starting S3 servers on loopback (s3s-fs, moto)"
-eval "$(scripts/s3_server.sh start "$STATE/s3s")"
-eval "$(scripts/s3_server.sh start-moto "$STATE/moto")"
+# Assignments first, so a server that fails to start stops the script (set -e).
+S3S_ENV="$(scripts/s3_server.sh start "$STATE/s3s")"
+eval "$S3S_ENV"
+MOTO_ENV="$(scripts/s3_server.sh start-moto "$STATE/moto")"
+eval "$MOTO_ENV"
 export COFFER_REQUIRE_S3=1
+echo "== starting a private PostgreSQL cluster on loopback"
+PG_ENV="$(scripts/pg_server.sh start "$STATE/pg")"
+eval "$PG_ENV"
+export COFFER_REQUIRE_PG=1
 
-echo "== cargo test (local repositories, S3 tests against s3s-fs and moto)"
+echo "== cargo test (local repositories; S3 tests against s3s-fs and moto; PostgreSQL tests)"
 cargo test --all-targets --locked
 echo "== integration suite again with every repository on S3"
 COFFER_TEST_BACKEND=s3 cargo test --locked --test roundtrip

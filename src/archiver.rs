@@ -2,7 +2,6 @@
 //! and commits a snapshot (packs, then index, then snapshot record).
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -15,16 +14,19 @@ use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver};
 use sha2::{Digest, Sha256};
 
+use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, SnapshotId};
 use crate::manifest::{ChunkRef, Entry, EntryKind, ManifestWriter};
 use crate::pack::BlobType;
 use crate::packer::Packer;
+use crate::pg::{self, PgBackupOptions, PgTools};
 use crate::repository::Repository;
-use crate::snapshot::{ManifestRef, Snapshot, Source, Summary, SNAPSHOT_VERSION};
+use crate::snapshot::{ManifestRef, PostgresSource, Snapshot, Source, Summary, SNAPSHOT_VERSION};
 use crate::system::OwnerNames;
 
 /// What to back up.
+#[derive(Default)]
 pub struct BackupOptions {
     /// Trees to back up; made absolute.
     pub paths: Vec<PathBuf>,
@@ -33,6 +35,10 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Host name recorded in the snapshot; the system's by default.
     pub host: Option<String>,
+    /// Databases to dump into the same snapshot.
+    pub postgres: Vec<PgBackupOptions>,
+    /// The PostgreSQL programs to run.
+    pub pg_tools: PgTools,
 }
 
 /// The outcome of a backup.
@@ -85,6 +91,10 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
             walker.add_stdin(reader, &name, time, &sender)?;
             sources.push(Source::Stdin { name });
         }
+        for database in &options.postgres {
+            let source = walker.add_postgres(&options.pg_tools, database, time, &sender)?;
+            sources.push(Source::Postgres(source));
+        }
         Ok(())
     })
     .map_err(|error| failure.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or(error))?;
@@ -100,6 +110,7 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
     let stats = packer.stats();
     summary.blobs_added = stats.blobs;
     summary.bytes_added = stats.bytes;
+    summary.bytes_new = stats.raw_bytes;
     summary.warnings = warnings.len() as u64;
     summary.duration_seconds = started.elapsed().as_secs_f64();
     let snapshot = Snapshot {
@@ -333,7 +344,8 @@ impl Walker<'_, '_> {
 
     fn read_file(&mut self, path: &Path, entry: &mut Entry, sender: &BlobSender<'_>) -> Result<Vec<ChunkRef>> {
         let file = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
-        let (chunks, size, sha256) = self.store_stream(file, sender).map_err(|e| match e {
+        let chunker = self.packer.repository().file_chunker();
+        let (chunks, size, sha256) = self.store_stream(file, &chunker, sender).map_err(|e| match e {
             StreamError::Read(source) => Error::io("cannot read", path, source),
             StreamError::Store(error) => error,
         })?;
@@ -345,10 +357,10 @@ impl Walker<'_, '_> {
     fn store_stream(
         &mut self,
         reader: impl Read,
+        chunker: &Chunker,
         sender: &BlobSender<'_>,
     ) -> std::result::Result<(Vec<ChunkRef>, u64, [u8; 32]), StreamError> {
         let repository = self.packer.repository();
-        let chunker = repository.file_chunker();
         let mut hasher = Sha256::new();
         let mut chunks = Vec::new();
         let mut offset = 0u64;
@@ -377,15 +389,33 @@ impl Walker<'_, '_> {
         if clean.is_empty() || clean.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
             return Err(Error::InvalidInput(format!("--stdin-name {name:?} is not a usable file name")));
         }
-        let path = PathBuf::from("/").join(OsStr::new(clean));
-        let (chunks, size, sha256) = self.store_stream(reader, sender).map_err(|e| match e {
-            StreamError::Read(source) => Error::io("cannot read", "standard input", source),
+        let path = format!("/{clean}");
+        if self.manifest.contains(path.as_bytes())? {
+            return Err(Error::InvalidInput(format!("--stdin-name {name:?} collides with a backed-up path")));
+        }
+        let chunker = self.packer.repository().file_chunker();
+        self.add_stream(reader, &path, "standard input", &chunker, time, sender)?;
+        Ok(())
+    }
+
+    /// Stores a stream as one regular file of the manifest; returns its size and SHA-256.
+    fn add_stream(
+        &mut self,
+        reader: impl Read,
+        path: &str,
+        what: &str,
+        chunker: &Chunker,
+        time: jiff::Timestamp,
+        sender: &BlobSender<'_>,
+    ) -> Result<(u64, [u8; 32])> {
+        let (chunks, size, sha256) = self.store_stream(reader, chunker, sender).map_err(|e| match e {
+            StreamError::Read(source) => Error::io("cannot read", what, source),
             StreamError::Store(error) => error,
         })?;
         let uid = nix::unistd::geteuid().as_raw();
         let gid = nix::unistd::getegid().as_raw();
         let entry = Entry {
-            path: path.as_os_str().as_bytes().to_vec(),
+            path: path.as_bytes().to_vec(),
             kind: EntryKind::File,
             mode: 0o600,
             uid,
@@ -406,7 +436,77 @@ impl Walker<'_, '_> {
         self.summary.files += 1;
         self.summary.total_bytes += size;
         self.manifest.add(&entry, &[], &chunks)?;
-        Ok(())
+        Ok((size, sha256))
+    }
+
+    /// A path under `/postgres/` not yet used in this manifest.
+    fn free_pg_path(&self, database: &str, extension: &str) -> Result<String> {
+        let safe: String = database.chars().map(|c| if c == '/' || c.is_control() { '_' } else { c }).collect();
+        for attempt in 1.. {
+            let suffix = if attempt == 1 { String::new() } else { format!("-{attempt}") };
+            let path = format!("/postgres/{safe}{suffix}.{extension}");
+            if !self.manifest.contains(path.as_bytes())? {
+                return Ok(path);
+            }
+        }
+        unreachable!("an unbounded range always yields a free name")
+    }
+
+    /// Dumps one database with pg_dump, streaming it through the dump chunker. If
+    /// pg_dump fails or stops short, the error (with pg_dump's message) aborts the backup.
+    fn add_postgres(
+        &mut self,
+        tools: &PgTools,
+        options: &PgBackupOptions,
+        time: jiff::Timestamp,
+        sender: &BlobSender<'_>,
+    ) -> Result<PostgresSource> {
+        let info = pg::inspect(tools, options)?;
+        let path = self.free_pg_path(&info.database, "dump")?;
+        let mut dump = pg::start_dump(tools, &options.conninfo)?;
+        let output = dump
+            .stdout()
+            .ok_or_else(|| Error::Postgres { tool: "pg_dump".into(), message: "no output pipe".into() })?;
+        let chunker = self.packer.repository().dump_chunker();
+        let stored = self.add_stream(output, &path, "pg_dump output", &chunker, time, sender);
+        dump.finish()?;
+        let (size, sha256) = stored?;
+        let globals_path = match options.globals {
+            true => Some(self.add_globals(tools, options, &info.database, time, sender)?),
+            false => None,
+        };
+        Ok(PostgresSource {
+            database: info.database,
+            path,
+            server_version: info.server_version,
+            pg_dump_version: info.pg_dump_version,
+            format: "custom".into(),
+            size,
+            sha256: hex::encode(sha256),
+            migrations: info.migrations,
+            schema_query: options.schema_query.clone(),
+            globals_path,
+        })
+    }
+
+    fn add_globals(
+        &mut self,
+        tools: &PgTools,
+        options: &PgBackupOptions,
+        database: &str,
+        time: jiff::Timestamp,
+        sender: &BlobSender<'_>,
+    ) -> Result<String> {
+        let path = self.free_pg_path(database, "globals.sql")?;
+        let mut globals = pg::start_globals(tools, &options.conninfo)?;
+        let output = globals
+            .stdout()
+            .ok_or_else(|| Error::Postgres { tool: "pg_dumpall".into(), message: "no output pipe".into() })?;
+        let chunker = self.packer.repository().file_chunker();
+        let stored = self.add_stream(output, &path, "pg_dumpall output", &chunker, time, sender);
+        globals.finish()?;
+        stored?;
+        Ok(path)
     }
 }
 

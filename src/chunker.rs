@@ -26,6 +26,11 @@ impl ChunkerParams {
     pub const METADATA: ChunkerParams =
         ChunkerParams { min_size: 16 * 1024, avg_size: 64 * 1024, max_size: 256 * 1024 };
 
+    /// Sizes for database dumps: 4 / 16 / 64 KiB. Measured on pgbench dumps, a night
+    /// that changed 0.02% of rows added 12% of the dump at these sizes against 97% at
+    /// the file defaults (see the PostgreSQL notes in the README).
+    pub const DUMPS: ChunkerParams = ChunkerParams { min_size: 4 * 1024, avg_size: 16 * 1024, max_size: 64 * 1024 };
+
     /// Checks the sizes against what FastCDC supports.
     pub fn validate(&self) -> Result<(), String> {
         use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
@@ -236,6 +241,7 @@ mod tests {
     fn default_params_are_valid() {
         ChunkerParams::FILES.validate().unwrap();
         ChunkerParams::METADATA.validate().unwrap();
+        ChunkerParams::DUMPS.validate().unwrap();
         assert!(ChunkerParams { min_size: 10, avg_size: 5, max_size: 1 }.validate().is_err());
     }
 }

@@ -52,6 +52,14 @@ pub enum Error {
     #[error("access denied by {location}: {message}")]
     AccessDenied { location: String, message: String },
 
+    /// A PostgreSQL program (pg_dump, pg_restore, psql) failed; the message is its own.
+    #[error("{tool} failed: {message}")]
+    Postgres { tool: String, message: String },
+
+    /// A safety check refused the operation; `--force` overrides it where offered.
+    #[error("refused: {0}")]
+    Refused(String),
+
     /// A local file-system operation failed.
     #[error("{action} {path}: {source}")]
     Io {

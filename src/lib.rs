@@ -17,6 +17,7 @@ mod lock;
 mod manifest;
 mod pack;
 mod packer;
+pub mod pg;
 mod repository;
 pub mod restorer;
 mod snapshot;
@@ -33,7 +34,7 @@ pub use manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestWriter, MANIFES
 pub use pack::{BlobType, PackEntry};
 pub use packer::{Packer, PackerStats};
 pub use repository::{pack_key, read_config, Config, InitOptions, Repository, DEFAULT_PACK_SIZE, REPOSITORY_VERSION};
-pub use snapshot::{ManifestRef, Snapshot, Source, Summary};
+pub use snapshot::{ManifestRef, PostgresSource, Snapshot, Source, Summary};
 
 /// Reads one file of a snapshot into `out`, verifying every blob and the file's SHA-256.
 pub fn dump_file(

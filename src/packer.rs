@@ -18,6 +18,8 @@ use crate::repository::{pack_key, Repository};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PackerStats {
     pub blobs: u64,
+    /// Uncompressed size of the blobs written.
+    pub raw_bytes: u64,
     pub packs: u64,
     pub bytes: u64,
 }
@@ -101,6 +103,7 @@ impl<'r> Packer<'r> {
         self.repository.backend().put(&pack_key(&pack.id), Bytes::clone(&pack.bytes))?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.stats.blobs += pack.entries.len() as u64;
+        state.stats.raw_bytes += pack.entries.iter().map(|entry| entry.raw_length as u64).sum::<u64>();
         state.stats.packs += 1;
         state.stats.bytes += size;
         state.written.push(IndexedPack { id: pack.id, size, blobs: pack.entries });

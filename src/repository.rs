@@ -40,6 +40,8 @@ pub struct Config {
     pub id: RepositoryId,
     pub chunker: ChunkerParams,
     pub metadata_chunker: ChunkerParams,
+    /// FastCDC sizes for database dumps, whose nightly changes are small and scattered.
+    pub dump_chunker: ChunkerParams,
     /// Packs are closed once they reach this many bytes.
     pub pack_size: u64,
     /// zstd level for blobs; 0 stores them uncompressed.
@@ -76,7 +78,7 @@ impl Config {
         }
         let config: Config = serde_json::from_slice(bytes)
             .map_err(|e| Error::integrity("config", format!("it is not a coffer config: {e}")))?;
-        for params in [config.chunker, config.metadata_chunker] {
+        for params in [config.chunker, config.metadata_chunker, config.dump_chunker] {
             params.validate().map_err(|reason| Error::integrity("config", reason))?;
         }
         if !(MIN_PACK_SIZE..=MAX_PACK_SIZE).contains(&config.pack_size) || !(0..=22).contains(&config.compression_level)
@@ -152,6 +154,7 @@ impl Repository {
             id: RepositoryId::random(),
             chunker: options.chunker,
             metadata_chunker: ChunkerParams::METADATA,
+            dump_chunker: ChunkerParams::DUMPS,
             pack_size: options.pack_size,
             compression_level: options.compression_level,
         };
@@ -219,6 +222,11 @@ impl Repository {
     /// The chunker for file content.
     pub fn file_chunker(&self) -> Chunker {
         Chunker::new(self.master.chunker_secret(), self.config.chunker)
+    }
+
+    /// The chunker for database dumps.
+    pub fn dump_chunker(&self) -> Chunker {
+        Chunker::new(self.master.chunker_secret(), self.config.dump_chunker)
     }
 
     /// The chunker for manifests.

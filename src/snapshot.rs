@@ -40,6 +40,32 @@ pub enum Source {
     Files { paths: Vec<String> },
     /// Standard input, stored as one file.
     Stdin { name: String },
+    /// A PostgreSQL database, dumped by pg_dump and stored as one file of the manifest.
+    Postgres(PostgresSource),
+}
+
+/// What a snapshot records about one dumped database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostgresSource {
+    /// The database's name on its server.
+    pub database: String,
+    /// Where the dump is in the manifest, e.g. `/postgres/app.dump`.
+    pub path: String,
+    pub server_version: String,
+    pub pg_dump_version: String,
+    /// `custom` (pg_dump -Fc, uncompressed).
+    pub format: String,
+    pub size: u64,
+    /// SHA-256 of the dump stream, hex.
+    pub sha256: String,
+    /// Latest entries of the detected migration tables (or of `--pg-schema-query`).
+    pub migrations: Vec<crate::pg::MigrationState>,
+    /// The query used instead of the detected tables, if any.
+    #[serde(default)]
+    pub schema_query: Option<String>,
+    /// Where `pg_dumpall --globals-only` output is in the manifest, if it was taken.
+    #[serde(default)]
+    pub globals_path: Option<String>,
 }
 
 /// Counts and sizes of one backup.
@@ -56,6 +82,9 @@ pub struct Summary {
     pub blobs_added: u64,
     /// Bytes of new packs written by this backup (after dedup, compression, encryption).
     pub bytes_added: u64,
+    /// Uncompressed size of the new blobs this backup stored (after dedup, before compression).
+    #[serde(default)]
+    pub bytes_new: u64,
     pub warnings: u64,
     pub duration_seconds: f64,
 }

@@ -38,7 +38,11 @@ fn every_flipped_byte_of_every_pack_is_detected() {
     let backend = Arc::new(MemoryBackend::new());
     let dynamic: Arc<dyn Backend> = backend.clone();
     let repository = Repository::init(dynamic, b"pw", &quick_init(), None).unwrap();
-    coffer::backup(&repository, BackupOptions { paths: vec![source], stdin: None, tags: vec![], host: None }).unwrap();
+    coffer::backup(
+        &repository,
+        BackupOptions { paths: vec![source], stdin: None, tags: vec![], host: None, ..Default::default() },
+    )
+    .unwrap();
     drop(repository);
     restore_everything(&backend, &work.path().join("clean")).expect("an undamaged repository restores");
     let packs = backend.list("data/").unwrap();
@@ -77,9 +81,11 @@ fn a_missing_pack_names_the_pack_and_the_files() {
     let backend = Arc::new(MemoryBackend::new());
     let dynamic: Arc<dyn Backend> = backend.clone();
     let repository = Repository::init(dynamic, b"pw", &quick_init(), Some(&work.path().join("cache"))).unwrap();
-    let report =
-        coffer::backup(&repository, BackupOptions { paths: vec![source], stdin: None, tags: vec![], host: None })
-            .unwrap();
+    let report = coffer::backup(
+        &repository,
+        BackupOptions { paths: vec![source], stdin: None, tags: vec![], host: None, ..Default::default() },
+    )
+    .unwrap();
     let manifest = repository.load_manifest(&report.id, &report.snapshot).unwrap();
     let biggest = backend.list("data/").unwrap().into_iter().max_by_key(|info| info.size).unwrap();
     backend.delete(&biggest.key).unwrap();

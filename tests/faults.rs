@@ -23,7 +23,13 @@ fn backup(backend: Arc<dyn Backend>, source: &Path) -> coffer::Result<coffer::Ba
     let repository = Repository::open(backend, b"pw", None)?;
     coffer::backup(
         &repository,
-        BackupOptions { paths: vec![source.to_path_buf()], stdin: None, tags: vec![], host: None },
+        BackupOptions {
+            paths: vec![source.to_path_buf()],
+            stdin: None,
+            tags: vec![],
+            host: None,
+            ..Default::default()
+        },
     )
 }
 

@@ -465,7 +465,13 @@ impl Fixture {
         let repository = Repository::init(backend.clone(), PASSWORD, &options, Some(cache.path())).unwrap();
         let first = coffer::backup(
             &repository,
-            BackupOptions { paths: vec![source.path().to_path_buf()], stdin: None, tags: vec![], host: None },
+            BackupOptions {
+                paths: vec![source.path().to_path_buf()],
+                stdin: None,
+                tags: vec![],
+                host: None,
+                ..Default::default()
+            },
         )
         .unwrap();
         std::fs::write(source.path().join("sub/new"), b"added later").unwrap();
@@ -476,6 +482,7 @@ impl Fixture {
                 stdin: Some((Box::new(std::io::Cursor::new(b"CREATE TABLE t (x);\n".repeat(500))), "dump.sql".into())),
                 tags: vec!["nightly".into(), "fuzz".into()],
                 host: Some("fuzz-host".into()),
+                ..Default::default()
             },
         )
         .unwrap();

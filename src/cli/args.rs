@@ -80,8 +80,17 @@ pub struct InitArgs {
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// Files and directories to back up.
-    #[arg(required_unless_present = "stdin")]
+    #[arg(required_unless_present_any = ["stdin", "pg"])]
     pub paths: Vec<PathBuf>,
+    /// Dump this PostgreSQL database into the snapshot (a libpq connection string or URI; repeatable).
+    #[arg(long = "pg", value_name = "CONNINFO")]
+    pub pg: Vec<String>,
+    /// Query whose rows record the schema-migration state (instead of the detected tables).
+    #[arg(long, value_name = "SQL", requires = "pg")]
+    pub pg_schema_query: Option<String>,
+    /// Also store roles and tablespaces (pg_dumpall --globals-only).
+    #[arg(long, requires = "pg")]
+    pub pg_globals: bool,
     /// Read the content of one file from standard input.
     #[arg(long)]
     pub stdin: bool,
@@ -110,8 +119,29 @@ pub struct RestoreArgs {
     /// SNAP or SNAP:PATH.
     pub snapshot: OsString,
     /// Directory to restore into (created if missing).
-    #[arg(short, long)]
-    pub target: PathBuf,
+    #[arg(short, long, required_unless_present = "pg_target")]
+    pub target: Option<PathBuf>,
+    /// Restore the snapshot's database dump into this database (libpq connection string).
+    #[arg(long, value_name = "CONNINFO", conflicts_with = "target")]
+    pub pg_target: Option<String>,
+    /// Which dumped database to restore, when the snapshot holds several.
+    #[arg(long, value_name = "NAME")]
+    pub pg_database: Option<String>,
+    /// Restore only this table (repeatable).
+    #[arg(long = "pg-table", value_name = "TABLE")]
+    pub pg_tables: Vec<String>,
+    /// Create the database named in the dump; --pg-target then names a maintenance database.
+    #[arg(long)]
+    pub pg_create: bool,
+    /// Drop the target's objects before recreating them.
+    #[arg(long)]
+    pub pg_clean: bool,
+    /// Parallel pg_restore jobs (the dump is first written to a temporary file).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: u32,
+    /// Restore even if the dump's schema migrations are newer than the target's.
+    #[arg(long)]
+    pub force: bool,
     /// Restore only what matches these globs (repeatable).
     #[arg(short, long)]
     pub include: Vec<String>,
@@ -131,7 +161,11 @@ pub struct DumpArgs {
     /// Snapshot id, unique prefix or "latest".
     pub snapshot: String,
     /// Absolute path of the file in the snapshot.
-    pub path: OsString,
+    #[arg(required_unless_present = "pg")]
+    pub path: Option<OsString>,
+    /// Write the dump of this database instead (for pg_restore by hand).
+    #[arg(long = "pg", value_name = "DATABASE", conflicts_with = "path")]
+    pub pg: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -51,7 +51,23 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
     let repository = super::open(cli)?;
     let stdin: Option<(Box<dyn std::io::Read + Send>, String)> =
         args.stdin.then(|| (Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>, args.stdin_name.clone()));
-    let options = BackupOptions { paths: args.paths.clone(), stdin, tags: args.tags.clone(), host: args.host.clone() };
+    let postgres = args
+        .pg
+        .iter()
+        .map(|conninfo| coffer::pg::PgBackupOptions {
+            conninfo: conninfo.clone(),
+            schema_query: args.pg_schema_query.clone(),
+            globals: args.pg_globals,
+        })
+        .collect();
+    let options = BackupOptions {
+        paths: args.paths.clone(),
+        stdin,
+        tags: args.tags.clone(),
+        host: args.host.clone(),
+        postgres,
+        pg_tools: coffer::pg::PgTools::default(),
+    };
     let report = coffer::backup(&repository, options)?;
     for warning in &report.warnings {
         eprintln!("warning: {warning}");
@@ -114,6 +130,9 @@ fn snapshots(cli: &Cli) -> Result<i32> {
             output::size(snapshot.summary.total_bytes),
             snapshot.paths.join(" ")
         ));
+        for line in super::postgres::describe_sources(snapshot) {
+            output::line(&line);
+        }
     }
     note(cli.quiet, &format!("{} snapshot(s)", snapshots.len()));
     if !damaged.is_empty() {
@@ -163,9 +182,12 @@ fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
     let (spec, subpath) = split_spec(&args.snapshot);
     let (id, snapshot) = repository.find_snapshot(&spec)?;
     let manifest = repository.load_manifest(&id, &snapshot)?;
+    let Some(target) = args.target.clone() else {
+        return super::postgres::restore(cli, args, &repository, &manifest, &snapshot);
+    };
     let options = RestoreOptions {
         subpath,
-        target: args.target.clone(),
+        target: target.clone(),
         include: args.include.clone(),
         exclude: args.exclude.clone(),
         verify: args.verify,
@@ -189,7 +211,7 @@ fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
             .map(|(path, reason)| json!({"path": path.display().to_string(), "reason": reason}))
             .collect();
         output::json(
-            &json!({"snapshot": id.to_hex(), "target": args.target.display().to_string(), "files": report.files, "dirs": report.dirs,
+            &json!({"snapshot": id.to_hex(), "target": target.display().to_string(), "files": report.files, "dirs": report.dirs,
             "bytes_written": report.bytes_written, "bytes_fetched": report.bytes_fetched, "requests": report.requests, "failed": failed, "warnings": report.warnings}),
         );
     } else {
@@ -201,7 +223,7 @@ fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
                 report.dirs,
                 output::size(report.bytes_written),
                 id.short(),
-                args.target.display(),
+                target.display(),
                 output::size(report.bytes_fetched),
                 report.requests
             ),
@@ -261,8 +283,12 @@ fn dump(cli: &Cli, args: &DumpArgs) -> Result<i32> {
     let repository = super::open(cli)?;
     let (id, snapshot) = repository.find_snapshot(&args.snapshot)?;
     let manifest = repository.load_manifest(&id, &snapshot)?;
-    let path = args.path.as_bytes();
-    let path = if path.starts_with(b"/") { path.to_vec() } else { [b"/", path].concat() };
+    let path = match (&args.pg, &args.path) {
+        (Some(database), _) => coffer::restorer::select_source(&snapshot, Some(database))?.path.as_bytes().to_vec(),
+        (None, Some(path)) => path.as_bytes().to_vec(),
+        (None, None) => return fail(exit::USAGE, "dump needs a PATH or --pg DATABASE"),
+    };
+    let path = if path.starts_with(b"/") { path } else { [b"/", &path[..]].concat() };
     let mut stdout = std::io::stdout().lock();
     coffer::dump_file(&repository, &manifest, &path, &mut stdout)?;
     Ok(exit::SUCCESS)

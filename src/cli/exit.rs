@@ -15,6 +15,8 @@ pub const LOCAL_IO: i32 = 15;
 pub const UNSUPPORTED_VERSION: i32 = 16;
 pub const UNREACHABLE: i32 = 17;
 pub const ACCESS_DENIED: i32 = 18;
+pub const POSTGRES: i32 = 19;
+pub const REFUSED: i32 = 20;
 
 /// The exit code for a library error.
 pub fn code_of(error: &Error) -> i32 {
@@ -31,5 +33,7 @@ pub fn code_of(error: &Error) -> i32 {
         Error::Backend { .. } => FAILURE,
         Error::Unreachable { .. } => UNREACHABLE,
         Error::AccessDenied { .. } => ACCESS_DENIED,
+        Error::Postgres { .. } => POSTGRES,
+        Error::Refused(_) => REFUSED,
     }
 }

@@ -5,6 +5,7 @@ mod commands;
 pub mod exit;
 mod output;
 mod password;
+mod postgres;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -55,7 +55,10 @@ pub(super) fn restore_contents(
     let failures: Mutex<HashMap<usize, String>> = Mutex::new(HashMap::new());
     for planned in plan.entries.iter().filter(|p| p.entry.kind == EntryKind::File && p.action != Action::HardLink) {
         let temporary = temporary_name(&planned.target);
-        let created = File::create(&temporary).and_then(|file| file.set_len(planned.entry.size));
+        let parent = planned.target.parent().map(Path::to_path_buf).unwrap_or_default();
+        let created = std::fs::create_dir_all(&parent)
+            .and_then(|()| File::create(&temporary))
+            .and_then(|file| file.set_len(planned.entry.size));
         if let Err(error) = created {
             failures
                 .lock()

@@ -6,6 +6,9 @@
 
 mod fetch;
 mod metadata;
+mod postgres;
+
+pub use postgres::{restore_postgres, select_source, PgRestoreReport};
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;

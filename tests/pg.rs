@@ -1,0 +1,261 @@
+//! PostgreSQL snapshots against a real server (a private cluster started by
+//! scripts/test.sh): round trips, one table, failures, migration safety, dedup.
+
+mod common;
+
+use std::process::Command;
+
+use common::Fixture;
+
+/// True when a test server is configured; without one the tests say so and return,
+/// unless COFFER_REQUIRE_PG demands it.
+fn server() -> bool {
+    if std::env::var("COFFER_TEST_PG").is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var("COFFER_REQUIRE_PG").is_err(),
+        "COFFER_REQUIRE_PG is set but no PostgreSQL server is configured"
+    );
+    eprintln!("no PostgreSQL test server configured (run scripts/test.sh); skipping");
+    false
+}
+
+fn psql(database: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn create_database(name: &str) {
+    psql("postgres", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    psql("postgres", &format!("CREATE DATABASE {name}"));
+}
+
+/// A clinical-looking database with many types, indexes, a view, a sequence, a large
+/// object and a Django migration table.
+fn fill_clinic(name: &str) {
+    create_database(name);
+    psql(
+        name,
+        r#"
+        CREATE TABLE patients (
+            id serial PRIMARY KEY, name text NOT NULL, born date, weight numeric(6,2),
+            notes text, photo bytea, tags text[], profile jsonb, admitted timestamptz, lab_values float8[]);
+        CREATE INDEX patients_name ON patients (lower(name));
+        CREATE TABLE visits (id bigserial PRIMARY KEY, patient int REFERENCES patients, at timestamptz, summary text);
+        CREATE VIEW recent_visits AS SELECT p.name, v.at FROM visits v JOIN patients p ON p.id = v.patient WHERE v.at > '2020-01-01';
+        CREATE SEQUENCE study_numbers START 1000;
+        CREATE TABLE django_migrations (id serial PRIMARY KEY, app text, name text, applied timestamptz);
+        INSERT INTO django_migrations (app, name, applied) VALUES
+            ('clinic', '0001_initial', '2024-01-01'), ('clinic', '0002_visits', '2024-06-01'), ('clinic', '0003_consent', '2025-01-01');
+        INSERT INTO patients (name, born, weight, notes, photo, tags, profile, admitted, lab_values)
+        SELECT 'Patient ' || g || E' Ünïcødé \t tab ''quote'' \\ back', date '1950-01-01' + g, g * 1.25,
+               repeat('note ', g % 50) || E'\nline two', decode(md5(g::text), 'hex'), ARRAY['a' || g, 'b'],
+               jsonb_build_object('allergies', ARRAY['penicillin'], 'n', g), timestamptz '2024-03-01 12:00:00+02' + g * interval '1 hour',
+               ARRAY[g * 0.5, 'NaN'::float8]
+        FROM generate_series(1, 3000) g;
+        INSERT INTO visits (patient, at, summary) SELECT 1 + g % 3000, now() - g * interval '1 day', 'visit ' || g FROM generate_series(1, 5000) g;
+        SELECT nextval('study_numbers') FROM generate_series(1, 5);
+        SELECT lo_from_bytea(0, decode(repeat('deadbeef', 1000), 'hex'));
+        "#,
+    );
+}
+
+/// An ordered checksum of every table, the large objects and the sequence.
+fn fingerprint(database: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for table in ["patients", "visits", "django_migrations"] {
+        found.push((
+            table.to_string(),
+            psql(database, &format!("SELECT md5(string_agg(t::text, E'\\n' ORDER BY t::text)) FROM {table} t")),
+        ));
+    }
+    found.push((
+        "large objects".into(),
+        psql(database, "SELECT md5(string_agg(md5(lo_get(oid)), ',' ORDER BY oid)) FROM pg_largeobject_metadata"),
+    ));
+    found.push(("sequence".into(), psql(database, "SELECT last_value FROM study_numbers")));
+    found
+}
+
+fn schema(database: &str) -> String {
+    let output = Command::new("pg_dump").args(["--schema-only", "-d", database]).output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| !line.starts_with("--") && !line.starts_with("\\restrict") && !line.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn conninfo(database: &str) -> String {
+    format!("dbname={database}")
+}
+
+#[test]
+fn a_database_and_a_folder_restore_together() {
+    if !server() {
+        return;
+    }
+    let fixture = Fixture::new();
+    fill_clinic("pg_round_trip");
+    let (before, schema_before) = (fingerprint("pg_round_trip"), schema("pg_round_trip"));
+    let uploads = fixture.path("uploads");
+    std::fs::create_dir_all(&uploads).unwrap();
+    std::fs::write(uploads.join("consent.pdf"), b"%PDF consent").unwrap();
+    let report = fixture.json(&["backup", uploads.to_str().unwrap(), "--pg", &conninfo("pg_round_trip")]);
+    assert_eq!(report["complete"], true);
+    let snapshots = fixture.json(&["snapshots"]);
+    let source = snapshots[0]["sources"].as_array().unwrap().iter().find(|s| s["kind"] == "postgres").unwrap().clone();
+    assert_eq!(source["database"], "pg_round_trip");
+    assert_eq!(source["migrations"][0]["source"], "django_migrations");
+    assert_eq!(source["migrations"][0]["latest"][0], "clinic.0003_consent");
+    assert!(source["server_version"].as_str().unwrap().starts_with(char::is_numeric));
+    psql("postgres", "DROP DATABASE pg_round_trip WITH (FORCE)");
+    fixture.ok(&["restore", "latest", "--pg-target", &conninfo("postgres"), "--pg-create"]);
+    assert_eq!(fingerprint("pg_round_trip"), before);
+    assert_eq!(schema("pg_round_trip"), schema_before);
+    let target = fixture.path("files");
+    fixture.ok(&["restore", &format!("latest:{}", uploads.display()), "--target", target.to_str().unwrap()]);
+    assert_eq!(std::fs::read(target.join("consent.pdf")).unwrap(), b"%PDF consent");
+    let dumped = fixture.run(&["dump", "latest", "--pg", "pg_round_trip"]);
+    assert!(dumped.status.success());
+    let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&dumped.stdout));
+    assert_eq!(
+        hex::encode(digest),
+        source["sha256"].as_str().unwrap(),
+        "dump --pg does not give back the recorded stream"
+    );
+}
+
+#[test]
+fn one_table_restores_into_a_fresh_database() {
+    if !server() {
+        return;
+    }
+    let fixture = Fixture::new();
+    fill_clinic("pg_one_table");
+    fixture.json(&["backup", "--pg", &conninfo("pg_one_table")]);
+    create_database("pg_one_table_fresh");
+    let listing = fixture.ok(&["restore", "latest", "--pg-target", &conninfo("pg_one_table_fresh"), "--dry-run"]);
+    assert!(listing.contains("TABLE DATA public patients"), "{listing}");
+    fixture.ok(&["restore", "latest", "--pg-target", &conninfo("pg_one_table_fresh"), "--pg-table", "patients"]);
+    let table = |db: &str| psql(db, "SELECT md5(string_agg(t::text, E'\\n' ORDER BY t::text)) FROM patients t");
+    assert_eq!(table("pg_one_table_fresh"), table("pg_one_table"));
+    assert_eq!(psql("pg_one_table_fresh", "SELECT count(*) FROM pg_tables WHERE tablename = 'visits'"), "0");
+}
+
+fn expect_failure(fixture: &Fixture, args: &[&str], code: i32, words: &[&str]) {
+    let output = fixture.run(args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "coffer {args:?}: {stderr}");
+    for word in words {
+        assert!(stderr.contains(word), "coffer {args:?}: {stderr:?} lacks {word:?}");
+    }
+}
+
+#[test]
+fn failed_dumps_commit_nothing_and_say_why() {
+    if !server() {
+        return;
+    }
+    let fixture = Fixture::new();
+    fill_clinic("pg_failures");
+    let data = fixture.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let bad_port = "host=127.0.0.1 port=1 dbname=pg_failures connect_timeout=3";
+    expect_failure(&fixture, &["backup", data.to_str().unwrap(), "--pg", bad_port], 19, &["psql failed", "127.0.0.1"]);
+    expect_failure(
+        &fixture,
+        &["backup", "--pg", &conninfo("no_such_database")],
+        19,
+        &["no_such_database", "does not exist"],
+    );
+    let wrapper = fixture.path("pg_dump_killed");
+    std::fs::write(&wrapper, "#!/bin/sh\npg_dump \"$@\" | head -c 100000\nkill -9 $$\n").unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&wrapper).unwrap().permissions(), 0o755);
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let output = fixture
+        .command(&["backup", "--pg", &conninfo("pg_failures")])
+        .env("COFFER_PG_DUMP", &wrapper)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(19), "{stderr}");
+    assert!(stderr.contains("pg_dump") && stderr.contains("killed by a signal"), "{stderr}");
+    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 0, "a failed dump committed a snapshot");
+}
+
+#[test]
+fn restoring_over_existing_tables_fails_whole_and_migrations_are_guarded() {
+    if !server() {
+        return;
+    }
+    let fixture = Fixture::new();
+    fill_clinic("pg_guarded");
+    fixture.json(&["backup", "--pg", &conninfo("pg_guarded")]);
+    let before = fingerprint("pg_guarded");
+    psql("pg_guarded", "INSERT INTO visits (patient, at, summary) VALUES (1, now(), 'after the backup')");
+    let changed = fingerprint("pg_guarded");
+    expect_failure(
+        &fixture,
+        &["restore", "latest", "--pg-target", &conninfo("pg_guarded")],
+        19,
+        &["already exists", "nothing was restored"],
+    );
+    assert_eq!(fingerprint("pg_guarded"), changed, "a failed restore changed the database");
+    psql("pg_guarded", "DELETE FROM django_migrations WHERE name = '0003_consent'");
+    expect_failure(
+        &fixture,
+        &["restore", "latest", "--pg-target", &conninfo("pg_guarded"), "--pg-clean"],
+        20,
+        &["clinic.0003_consent", "--force"],
+    );
+    fixture.ok(&["restore", "latest", "--pg-target", &conninfo("pg_guarded"), "--pg-clean", "--force"]);
+    assert_eq!(fingerprint("pg_guarded"), before);
+}
+
+#[test]
+fn globals_and_a_custom_schema_query_are_recorded() {
+    if !server() {
+        return;
+    }
+    let fixture = Fixture::new();
+    fill_clinic("pg_globals");
+    psql("postgres", "DO $$ BEGIN CREATE ROLE clinic_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$");
+    let query = "SELECT max(id)::text, 'schema v7' FROM patients";
+    fixture.json(&["backup", "--pg", &conninfo("pg_globals"), "--pg-globals", "--pg-schema-query", query]);
+    let source = fixture.json(&["snapshots"])[0]["sources"][0].clone();
+    assert_eq!(source["migrations"][0]["source"], "query");
+    assert_eq!(source["migrations"][0]["latest"][0], "3000 | schema v7");
+    let globals = fixture.ok(&["dump", "latest", source["globals_path"].as_str().unwrap()]);
+    assert!(globals.contains("CREATE ROLE clinic_reader"), "{globals}");
+}
+
+#[test]
+fn a_night_of_sparse_changes_adds_a_small_fraction_of_the_dump() {
+    if !server() {
+        return;
+    }
+    let fixture = Fixture::new();
+    create_database("pg_nightly");
+    let run = |args: &[&str]| {
+        assert!(Command::new("pgbench").args(args).output().unwrap().status.success(), "pgbench {args:?}")
+    };
+    run(&["-q", "-i", "-s", "2", "pg_nightly"]);
+    let first = fixture.json(&["backup", "--pg", &conninfo("pg_nightly")]);
+    run(&["-c", "1", "-t", "40", "pg_nightly"]);
+    let second = fixture.json(&["backup", "--pg", &conninfo("pg_nightly")]);
+    let dump_size = first["summary"]["bytes_read"].as_u64().unwrap();
+    let new_bytes = second["summary"]["bytes_new"].as_u64().unwrap();
+    let stored = second["summary"]["bytes_added"].as_u64().unwrap();
+    eprintln!(
+        "night-to-night: dump {dump_size} bytes; after 40 pgbench transactions the second snapshot added {new_bytes} new bytes ({:.1}% of the dump), {stored} bytes stored",
+        100.0 * new_bytes as f64 / dump_size as f64
+    );
+    assert!(new_bytes * 5 < dump_size, "the second night added {new_bytes} of {dump_size} bytes");
+}
