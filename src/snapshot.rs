@@ -72,6 +72,15 @@ pub struct PostgresSource {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub files: u64,
+    /// Files not in the parent snapshot (all files when there is no parent).
+    #[serde(default)]
+    pub files_new: u64,
+    /// Files in the parent whose metadata changed, so they were read again.
+    #[serde(default)]
+    pub files_changed: u64,
+    /// Files whose metadata matched the parent: not read, their chunks reused.
+    #[serde(default)]
+    pub files_unchanged: u64,
     pub dirs: u64,
     pub other_entries: u64,
     /// Total size of the regular files.

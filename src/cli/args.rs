@@ -103,6 +103,18 @@ pub struct BackupArgs {
     /// Host name to record instead of this machine's.
     #[arg(long)]
     pub host: Option<String>,
+    /// Compare with this snapshot (default: the latest of the same host and paths).
+    #[arg(long, value_name = "SNAP")]
+    pub parent: Option<String>,
+    /// Read every file, even those unchanged since the parent snapshot.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not compare inode numbers when looking for changes (network, FUSE file systems).
+    #[arg(long)]
+    pub ignore_inode: bool,
+    /// Do not compare ctimes when looking for changes.
+    #[arg(long)]
+    pub ignore_ctime: bool,
 }
 
 #[derive(Debug, Args)]

@@ -67,10 +67,19 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
         host: args.host.clone(),
         postgres,
         pg_tools: coffer::pg::PgTools::default(),
+        parent: args.parent.clone(),
+        change_rules: coffer::ChangeRules {
+            force: args.force,
+            ignore_inode: args.ignore_inode,
+            ignore_ctime: args.ignore_ctime,
+        },
     };
     let report = coffer::backup(&repository, options)?;
     for warning in &report.warnings {
         eprintln!("warning: {warning}");
+    }
+    for line in &report.notes {
+        note(cli.quiet, &format!("note: {line}"));
     }
     let summary = &report.snapshot.summary;
     let storage = repository.backend().stats();
@@ -83,16 +92,18 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
         note(
             cli.quiet,
             &format!(
-                "snapshot {} saved: {} files, {} dirs, {} read, {} added to the repository ({} new blobs) in {:.1}s",
-                report.id.short(),
-                summary.files,
-                summary.dirs,
-                output::size(summary.bytes_read),
-                output::size(summary.bytes_added),
-                summary.blobs_added,
-                summary.duration_seconds
-            ),
-        );
+                "snapshot {} saved: {} files ({} new, {} changed, {} unchanged), {} dirs, {} read, {} added to the repository ({} new blobs) in {:.1}s",
+            report.id.short(),
+            summary.files,
+            summary.files_new,
+            summary.files_changed,
+            summary.files_unchanged,
+            summary.dirs,
+            output::size(summary.bytes_read),
+            output::size(summary.bytes_added),
+            summary.blobs_added,
+            summary.duration_seconds
+        ));
     }
     if report.snapshot.complete {
         return Ok(exit::SUCCESS);

@@ -1,6 +1,11 @@
 //! Backup: walks trees (or reads stdin), chunks and stores content, writes the manifest,
 //! and commits a snapshot (packs, then index, then snapshot record).
 
+mod parent;
+
+pub use parent::ChangeRules;
+use parent::{Change, Parent};
+
 use std::collections::HashMap;
 use std::fs::Metadata;
 use std::io::Read;
@@ -39,6 +44,11 @@ pub struct BackupOptions {
     pub postgres: Vec<PgBackupOptions>,
     /// The PostgreSQL programs to run.
     pub pg_tools: PgTools,
+    /// The parent snapshot (`latest`, an id or a prefix); by default the latest of the
+    /// same host and paths.
+    pub parent: Option<String>,
+    /// When a file counts as unchanged against its parent.
+    pub change_rules: ChangeRules,
 }
 
 /// The outcome of a backup.
@@ -48,6 +58,8 @@ pub struct BackupReport {
     pub snapshot: Snapshot,
     /// Files that could not be read; the snapshot is incomplete if there are any.
     pub warnings: Vec<String>,
+    /// Things worth knowing that do not make the snapshot incomplete (e.g. an unusable parent).
+    pub notes: Vec<String>,
 }
 
 /// Runs a backup and commits its snapshot.
@@ -59,8 +71,24 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
     let manifest_path =
         repository.cache_dir().join("manifests").join(format!("new-{}.sqlite", crate::id::LockId::random().short()));
     let _cleanup = RemoveOnDrop(manifest_path.clone());
+    let host = options.host.clone().unwrap_or_else(crate::system::host_name);
+    let path_texts: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let mut notes = Vec::new();
+    let parent_snapshot = choose_parent(repository, &options, &host, &path_texts)?;
+    let parent = match &parent_snapshot {
+        Some((id, snapshot)) if !paths.is_empty() => match Parent::open(repository, id, snapshot, options.change_rules)
+        {
+            Ok(parent) => Some(parent),
+            Err(error) => {
+                notes.push(format!("cannot use parent snapshot {}, reading every file: {error}", id.short()));
+                None
+            }
+        },
+        _ => None,
+    };
     let packer = Packer::new(repository);
     let mut walker = Walker {
+        parent,
         manifest: ManifestWriter::create(&manifest_path)?,
         packer: &packer,
         owners: OwnerNames::default(),
@@ -116,13 +144,13 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
     let snapshot = Snapshot {
         version: SNAPSHOT_VERSION,
         time: time.to_string(),
-        host: options.host.unwrap_or_else(crate::system::host_name),
+        host,
         user: crate::system::user_name(),
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
         paths: paths.iter().map(|p| p.display().to_string()).collect(),
         tags: options.tags,
-        parent: None,
+        parent: parent_snapshot.as_ref().filter(|_| !paths.is_empty()).map(|(id, _)| *id),
         complete: warnings.is_empty(),
         sources,
         summary,
@@ -131,7 +159,7 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
     };
     let id = repository.save_snapshot(&snapshot)?;
     let _ = std::fs::rename(&manifest_path, repository.manifest_cache_path(&id));
-    Ok(BackupReport { id, snapshot, warnings })
+    Ok(BackupReport { id, snapshot, warnings, notes })
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -158,6 +186,23 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     }
 }
 
+/// The parent named by `--parent`, or the latest snapshot of the same host and paths.
+fn choose_parent(
+    repository: &Repository,
+    options: &BackupOptions,
+    host: &str,
+    paths: &[String],
+) -> Result<Option<(SnapshotId, Snapshot)>> {
+    if options.change_rules.force || paths.is_empty() {
+        return Ok(None);
+    }
+    if let Some(spec) = &options.parent {
+        return repository.find_snapshot(spec).map(Some);
+    }
+    let (snapshots, _) = repository.list_snapshots()?;
+    Ok(parent::find_parent(&snapshots, host, paths))
+}
+
 fn store_blobs(packer: &Packer<'_>, receiver: Receiver<(BlobId, Bytes)>, failure: &Mutex<Option<Error>>) {
     for (id, data) in receiver {
         if let Err(error) = packer.store(id, BlobType::Data, &data) {
@@ -182,6 +227,7 @@ impl BlobSender<'_> {
 }
 
 struct Walker<'a, 'r> {
+    parent: Option<Parent<'r>>,
     manifest: ManifestWriter,
     packer: &'a Packer<'r>,
     owners: OwnerNames,
@@ -267,7 +313,7 @@ impl Walker<'_, '_> {
                 if let Some(first) = hard_link.and_then(|key| self.hard_links.get(&key)) {
                     entry.hardlink_group = Some(*first);
                 }
-                match self.read_file(path, &mut entry, sender) {
+                match self.file_content(path, &mut entry, sender) {
                     Ok(read) => chunks = read,
                     Err(Error::Io { source, .. }) => {
                         self.warn(format!("cannot read {}: {source}", path.display()));
@@ -340,6 +386,31 @@ impl Walker<'_, '_> {
             }
         }
         xattrs
+    }
+
+    /// The file's chunks: the parent's when it is unchanged, else read now.
+    fn file_content(&mut self, path: &Path, entry: &mut Entry, sender: &BlobSender<'_>) -> Result<Vec<ChunkRef>> {
+        let change = match &self.parent {
+            Some(parent) => parent.compare(entry)?,
+            None => Change::New,
+        };
+        match change {
+            Change::Unchanged(chunks, sha256) => {
+                self.summary.files_unchanged += 1;
+                entry.sha256 = Some(sha256);
+                Ok(chunks)
+            }
+            Change::Changed => {
+                let chunks = self.read_file(path, entry, sender)?;
+                self.summary.files_changed += 1;
+                Ok(chunks)
+            }
+            Change::New => {
+                let chunks = self.read_file(path, entry, sender)?;
+                self.summary.files_new += 1;
+                Ok(chunks)
+            }
+        }
     }
 
     fn read_file(&mut self, path: &Path, entry: &mut Entry, sender: &BlobSender<'_>) -> Result<Vec<ChunkRef>> {

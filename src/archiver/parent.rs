@@ -1,0 +1,96 @@
+//! Change detection against a parent snapshot: a file whose size, mtime, ctime and
+//! inode match its entry in the parent is not read again; its chunks and SHA-256 are
+//! reused when every chunk is still in the index.
+
+use crate::error::Result;
+use crate::id::SnapshotId;
+use crate::manifest::{ChunkRef, Entry, EntryKind, Manifest};
+use crate::pack::BlobType;
+use crate::repository::Repository;
+use crate::snapshot::Snapshot;
+
+/// A file modified less than this before its backup started may change again within
+/// the file system's timestamp granularity without its mtime changing, so it is read
+/// again next time even if nothing seems to have changed.
+const RACY_WINDOW_NS: i64 = 1_000_000_000;
+
+/// Which metadata must match for a file to count as unchanged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeRules {
+    /// Read every file, trusting no parent.
+    pub force: bool,
+    /// Do not compare inode and device numbers (unstable on some network and FUSE file systems).
+    pub ignore_inode: bool,
+    /// Do not compare ctimes (changed by tools that rewrite metadata).
+    pub ignore_ctime: bool,
+}
+
+/// How a file compares with its parent entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Not in the parent: read it.
+    New,
+    /// In the parent but changed (or not to be trusted): read it.
+    Changed,
+    /// Unchanged: these chunks and this SHA-256 stand for its content.
+    Unchanged(Vec<ChunkRef>, [u8; 32]),
+}
+
+/// The parent snapshot's manifest, queried file by file.
+pub struct Parent<'r> {
+    repository: &'r Repository,
+    manifest: Manifest,
+    racy_after_ns: i64,
+    rules: ChangeRules,
+}
+
+impl<'r> Parent<'r> {
+    /// Opens the parent's manifest.
+    pub fn open(repository: &'r Repository, id: &SnapshotId, snapshot: &Snapshot, rules: ChangeRules) -> Result<Self> {
+        let manifest = repository.load_manifest(id, snapshot)?;
+        let started_ns = snapshot.timestamp().map_or(i64::MAX, |time| time.as_nanosecond() as i64);
+        Ok(Self { repository, manifest, racy_after_ns: started_ns.saturating_sub(RACY_WINDOW_NS), rules })
+    }
+
+    /// Compares a file just stat'ed with its parent entry.
+    pub fn compare(&self, entry: &Entry) -> Result<Change> {
+        let Some((id, old)) = self.manifest.entry(&entry.path)? else { return Ok(Change::New) };
+        if self.rules.force || old.kind != EntryKind::File || !self.metadata_matches(&old, entry) {
+            return Ok(Change::Changed);
+        }
+        let Some(sha256) = old.sha256 else { return Ok(Change::Changed) };
+        let chunks = self.manifest.chunks(id)?;
+        for chunk in &chunks {
+            if self.repository.lookup(&chunk.blob, BlobType::Data)?.is_none() {
+                return Ok(Change::Changed);
+            }
+        }
+        Ok(Change::Unchanged(chunks, sha256))
+    }
+
+    fn metadata_matches(&self, old: &Entry, new: &Entry) -> bool {
+        let racy = old.mtime_ns >= self.racy_after_ns;
+        let inode = self.rules.ignore_inode || (old.inode == new.inode && old.device == new.device);
+        let ctime = self.rules.ignore_ctime || old.ctime_ns == new.ctime_ns;
+        !racy && old.size == new.size && old.mtime_ns == new.mtime_ns && inode && ctime
+    }
+}
+
+/// The latest snapshot of the same host whose paths are exactly `paths`.
+pub fn find_parent(
+    snapshots: &[(SnapshotId, Snapshot)],
+    host: &str,
+    paths: &[String],
+) -> Option<(SnapshotId, Snapshot)> {
+    let mut wanted = paths.to_vec();
+    wanted.sort();
+    snapshots
+        .iter()
+        .filter(|(_, snapshot)| {
+            let mut theirs = snapshot.paths.clone();
+            theirs.sort();
+            snapshot.host == host && theirs == wanted
+        })
+        .max_by(|a, b| a.1.timestamp().cmp(&b.1.timestamp()))
+        .cloned()
+}
