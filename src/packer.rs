@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -14,6 +15,11 @@ use crate::index::{IndexFile, IndexedPack};
 use crate::pack::{seal_blob, BlobType, FinishedPack, PackWriter, SealedBlob};
 use crate::repository::{pack_key, Repository};
 
+/// A checkpoint index object is written after this many packs...
+pub const CHECKPOINT_PACKS: usize = 32;
+/// ...or when this much time has passed since the last one, whichever comes first.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
+
 /// What a packer has written so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PackerStats {
@@ -22,26 +28,46 @@ pub struct PackerStats {
     pub raw_bytes: u64,
     pub packs: u64,
     pub bytes: u64,
+    /// Index objects written at checkpoints.
+    pub checkpoints: u64,
 }
 
-#[derive(Default)]
 struct State {
     data: PackWriter,
     metadata: PackWriter,
     written: Vec<IndexedPack>,
     stats: PackerStats,
+    last_checkpoint: Instant,
 }
 
 /// Collects blobs of one run into data and metadata packs.
 pub struct Packer<'r> {
     repository: &'r Repository,
+    checkpoint_packs: usize,
     claimed: Mutex<HashSet<(BlobId, BlobType)>>,
     state: Mutex<State>,
 }
 
 impl<'r> Packer<'r> {
     pub fn new(repository: &'r Repository) -> Self {
-        Self { repository, claimed: Mutex::new(HashSet::new()), state: Mutex::new(State::default()) }
+        Self::with_checkpoints(repository, CHECKPOINT_PACKS)
+    }
+
+    /// A packer that writes a checkpoint index after every `packs` packs (at least 1).
+    pub fn with_checkpoints(repository: &'r Repository, packs: usize) -> Self {
+        let state = State {
+            data: PackWriter::default(),
+            metadata: PackWriter::default(),
+            written: Vec::new(),
+            stats: PackerStats::default(),
+            last_checkpoint: Instant::now(),
+        };
+        Self {
+            repository,
+            checkpoint_packs: packs.max(1),
+            claimed: Mutex::new(HashSet::new()),
+            state: Mutex::new(state),
+        }
     }
 
     /// The repository written to.
@@ -101,12 +127,29 @@ impl<'r> Packer<'r> {
         let pack: FinishedPack = writer.finish(self.repository.master());
         let size = pack.bytes.len() as u64;
         self.repository.backend().put(&pack_key(&pack.id), Bytes::clone(&pack.bytes))?;
+        let checkpoint = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.stats.blobs += pack.entries.len() as u64;
+            state.stats.raw_bytes += pack.entries.iter().map(|entry| entry.raw_length as u64).sum::<u64>();
+            state.stats.packs += 1;
+            state.stats.bytes += size;
+            state.written.push(IndexedPack { id: pack.id, size, blobs: pack.entries });
+            let due =
+                state.written.len() >= self.checkpoint_packs || state.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
+            due.then(|| std::mem::take(&mut state.written))
+        };
+        match checkpoint {
+            Some(packs) => self.checkpoint(packs),
+            None => Ok(()),
+        }
+    }
+
+    /// Indexes the packs written so far, so a run killed later reuses them.
+    fn checkpoint(&self, packs: Vec<IndexedPack>) -> Result<()> {
+        self.repository.write_index(&IndexFile { supersedes: Vec::new(), packs })?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.stats.blobs += pack.entries.len() as u64;
-        state.stats.raw_bytes += pack.entries.iter().map(|entry| entry.raw_length as u64).sum::<u64>();
-        state.stats.packs += 1;
-        state.stats.bytes += size;
-        state.written.push(IndexedPack { id: pack.id, size, blobs: pack.entries });
+        state.stats.checkpoints += 1;
+        state.last_checkpoint = Instant::now();
         Ok(())
     }
 

@@ -152,3 +152,40 @@ fn a_parent_whose_chunks_left_the_index_is_not_trusted() {
     assert!(stderr.contains("cannot use parent snapshot"), "{stderr}");
     assert_eq!(summary["summary"]["files_unchanged"], 0, "{summary} {stderr}");
 }
+
+#[test]
+fn a_backup_killed_after_a_checkpoint_is_resumed_without_uploading_twice() {
+    if Fixture::on_s3() {
+        return;
+    }
+    let fixture = Fixture::empty();
+    fixture.ok(&["init", "--kdf-memory-kib", "64", "--kdf-iterations", "1", "--pack-size", "1"]);
+    let source = fixture.path("data");
+    std::fs::create_dir_all(&source).unwrap();
+    let total = 80u64 << 20;
+    for index in 0..80u64 {
+        std::fs::write(source.join(format!("scan_{index:02}.dcm")), random_bytes(1 << 20, index)).unwrap();
+    }
+    let mut running = fixture
+        .command(&["backup", source.to_str().unwrap(), "--checkpoint-packs", "4"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let index = fixture.repo().join("index");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_dir(&index).map_or(0, |entries| entries.count()) < 2 {
+        assert!(running.try_wait().unwrap().is_none(), "the backup finished before it could be killed");
+        assert!(std::time::Instant::now() < deadline, "no checkpoint was written");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    running.kill().unwrap();
+    let status = running.wait().unwrap();
+    assert!(status.code().is_none(), "the backup was not killed: {status:?}");
+    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 0, "a killed backup committed a snapshot");
+    let resumed = fixture.backup(&source);
+    let new_bytes = resumed["summary"]["bytes_new"].as_u64().unwrap();
+    assert!(new_bytes + (7 << 20) < total, "the rerun stored {new_bytes} of {total} bytes again");
+    let target = fixture.path("out");
+    fixture.ok(&["restore", &format!("latest:{}", source.display()), "--target", target.to_str().unwrap(), "--verify"]);
+    common::assert_same_tree(&source, &target);
+}

@@ -49,6 +49,8 @@ pub struct BackupOptions {
     pub parent: Option<String>,
     /// When a file counts as unchanged against its parent.
     pub change_rules: ChangeRules,
+    /// Write a checkpoint index after this many packs (default `CHECKPOINT_PACKS`).
+    pub checkpoint_packs: Option<usize>,
 }
 
 /// The outcome of a backup.
@@ -86,7 +88,8 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
         },
         _ => None,
     };
-    let packer = Packer::new(repository);
+    let packer =
+        Packer::with_checkpoints(repository, options.checkpoint_packs.unwrap_or(crate::packer::CHECKPOINT_PACKS));
     let mut walker = Walker {
         parent,
         manifest: ManifestWriter::create(&manifest_path)?,

@@ -115,6 +115,9 @@ pub struct BackupArgs {
     /// Do not compare ctimes when looking for changes.
     #[arg(long)]
     pub ignore_ctime: bool,
+    /// Write a checkpoint index after this many packs (default 32, or every 5 minutes).
+    #[arg(long, value_name = "N", hide = true)]
+    pub checkpoint_packs: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -73,6 +73,7 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
             ignore_inode: args.ignore_inode,
             ignore_ctime: args.ignore_ctime,
         },
+        checkpoint_packs: args.checkpoint_packs,
     };
     let report = coffer::backup(&repository, options)?;
     for warning in &report.warnings {
