@@ -22,6 +22,17 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+wait_for_port() {
+    for _ in $(seq 1 100); do
+        if python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "no server came up on port $1" >&2
+    return 1
+}
+
 case "$action" in
 start)
     binary="$(install_s3s)"
@@ -30,12 +41,7 @@ start)
     "$binary" --host 127.0.0.1 --port "$port" --access-key coffer-test-key --secret-key coffer-test-secret "$dir/data" \
         >"$dir/server.log" 2>&1 &
     echo $! >"$dir/pid"
-    for _ in $(seq 1 100); do
-        if python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then
-            break
-        fi
-        sleep 0.1
-    done
+    wait_for_port "$port"
     cat <<ENV
 export AWS_ENDPOINT_URL=http://127.0.0.1:$port
 export AWS_ACCESS_KEY_ID=coffer-test-key
@@ -55,12 +61,7 @@ start-moto)
     port="$(free_port)"
     moto_server -H 127.0.0.1 -p "$port" >"$dir/server.log" 2>&1 &
     echo $! >"$dir/pid"
-    for _ in $(seq 1 100); do
-        if python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then
-            break
-        fi
-        sleep 0.1
-    done
+    wait_for_port "$port"
     AWS_ACCESS_KEY_ID=moto AWS_SECRET_ACCESS_KEY=moto python3 -c "
 import boto3
 boto3.client('s3', endpoint_url='http://127.0.0.1:$port', region_name='us-east-1').create_bucket(Bucket='coffer-moto')" >&2

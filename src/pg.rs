@@ -186,6 +186,11 @@ impl Running {
         Ok(Self { tool, child, stderr: Some(stderr) })
     }
 
+    /// The program's name, for messages.
+    pub fn tool(&self) -> &'static str {
+        self.tool
+    }
+
     /// The program's standard output.
     pub fn stdout(&mut self) -> Option<ChildStdout> {
         self.child.stdout.take()

@@ -513,6 +513,24 @@ impl Walker<'_, '_> {
         Ok((size, sha256))
     }
 
+    /// Stores what a PostgreSQL program writes as one file; its failure (or a stop short)
+    /// is the error, with the program's own message.
+    fn add_program_output(
+        &mut self,
+        mut program: pg::Running,
+        path: &str,
+        chunker: &Chunker,
+        time: jiff::Timestamp,
+        sender: &BlobSender<'_>,
+    ) -> Result<(u64, [u8; 32])> {
+        let tool = program.tool();
+        let output =
+            program.stdout().ok_or_else(|| Error::Postgres { tool: tool.into(), message: "no output pipe".into() })?;
+        let stored = self.add_stream(output, path, &format!("{tool} output"), chunker, time, sender);
+        program.finish()?;
+        stored
+    }
+
     /// A path under `/postgres/` not yet used in this manifest.
     fn free_pg_path(&self, database: &str, extension: &str) -> Result<String> {
         let safe: String = database.chars().map(|c| if c == '/' || c.is_control() { '_' } else { c }).collect();
@@ -537,14 +555,9 @@ impl Walker<'_, '_> {
     ) -> Result<PostgresSource> {
         let info = pg::inspect(tools, options)?;
         let path = self.free_pg_path(&info.database, "dump")?;
-        let mut dump = pg::start_dump(tools, &options.conninfo)?;
-        let output = dump
-            .stdout()
-            .ok_or_else(|| Error::Postgres { tool: "pg_dump".into(), message: "no output pipe".into() })?;
         let chunker = self.packer.repository().dump_chunker();
-        let stored = self.add_stream(output, &path, "pg_dump output", &chunker, time, sender);
-        dump.finish()?;
-        let (size, sha256) = stored?;
+        let dump = pg::start_dump(tools, &options.conninfo)?;
+        let (size, sha256) = self.add_program_output(dump, &path, &chunker, time, sender)?;
         let globals_path = match options.globals {
             true => Some(self.add_globals(tools, options, &info.database, time, sender)?),
             false => None,
@@ -572,14 +585,9 @@ impl Walker<'_, '_> {
         sender: &BlobSender<'_>,
     ) -> Result<String> {
         let path = self.free_pg_path(database, "globals.sql")?;
-        let mut globals = pg::start_globals(tools, &options.conninfo)?;
-        let output = globals
-            .stdout()
-            .ok_or_else(|| Error::Postgres { tool: "pg_dumpall".into(), message: "no output pipe".into() })?;
         let chunker = self.packer.repository().file_chunker();
-        let stored = self.add_stream(output, &path, "pg_dumpall output", &chunker, time, sender);
-        globals.finish()?;
-        stored?;
+        let globals = pg::start_globals(tools, &options.conninfo)?;
+        self.add_program_output(globals, &path, &chunker, time, sender)?;
         Ok(path)
     }
 }

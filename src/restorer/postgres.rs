@@ -106,7 +106,7 @@ fn through_pipe(
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => 0,
         other => other?,
     };
-    Ok(PgRestoreReport { database: source.database.clone(), bytes, output: output.join().unwrap_or_default() })
+    Ok(report(source, bytes, output))
 }
 
 /// Parallel pg_restore needs a seekable file: the dump is written to a private temporary file first.
@@ -123,7 +123,11 @@ fn through_file(
     let mut running = pg::start_restore(tools, options, Some(file.path()))?;
     let output = collect(running.stdout());
     running.finish()?;
-    Ok(PgRestoreReport { database: source.database.clone(), bytes, output: output.join().unwrap_or_default() })
+    Ok(report(source, bytes, output))
+}
+
+fn report(source: &PostgresSource, bytes: u64, output: std::thread::JoinHandle<String>) -> PgRestoreReport {
+    PgRestoreReport { database: source.database.clone(), bytes, output: output.join().unwrap_or_default() }
 }
 
 fn collect(stdout: Option<std::process::ChildStdout>) -> std::thread::JoinHandle<String> {
