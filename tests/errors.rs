@@ -204,3 +204,35 @@ fn init_completes_after_a_crash_that_left_only_a_key() {
     fixture.ok(&["init", "--kdf-memory-kib", "64", "--kdf-iterations", "1"]);
     fixture.ok(&["snapshots"]);
 }
+
+/// Runs coffer on a pseudo-terminal (util-linux `script`), typing `typed` at its prompts.
+fn on_a_terminal(fixture: &Fixture, args: &str, typed: &str) -> std::process::Output {
+    use std::io::Write;
+    let command = format!("{} --repo {} {args}", env!("CARGO_BIN_EXE_coffer"), fixture.repo().display());
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("COFFER_CACHE_DIR", fixture.path("cache"))
+        .env_remove("COFFER_PASSWORD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(typed.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_password_is_asked_for_on_a_terminal() {
+    let fixture = Fixture::empty();
+    let init = on_a_terminal(&fixture, "init --kdf-memory-kib 64", "typed secret\ntyped secret\n");
+    let shown = String::from_utf8_lossy(&init.stdout).into_owned();
+    assert!(init.status.success(), "{shown}");
+    assert!(shown.contains("repeat the password"), "{shown}");
+    let mismatch = on_a_terminal(&Fixture::empty(), "init --kdf-memory-kib 64", "one\ntwo\n");
+    assert_eq!(mismatch.status.code(), Some(2));
+    let listed = on_a_terminal(&fixture, "snapshots", "typed secret\n");
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stdout));
+    let wrong = on_a_terminal(&fixture, "snapshots", "not it\n");
+    assert_eq!(wrong.status.code(), Some(12));
+}
