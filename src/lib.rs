@@ -23,7 +23,7 @@ pub mod restorer;
 mod snapshot;
 mod system;
 
-pub use archiver::{backup, BackupOptions, BackupReport, ChangeRules};
+pub use archiver::{backup, BackupOptions, BackupReport, ChangeRules, Excludes};
 pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::{KdfParams, MasterKey};
 pub use error::{Error, Result};

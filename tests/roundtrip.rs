@@ -273,3 +273,38 @@ fn a_backup_path_that_is_a_symlink_is_stored_as_the_link() {
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0]["kind"], "symlink");
 }
+
+#[test]
+fn excluded_paths_are_left_out() {
+    let fixture = Fixture::new();
+    let source = fixture.path("data");
+    for dir in ["keep", "cache/deep", "marked/inner", "logs"] {
+        std::fs::create_dir_all(source.join(dir)).unwrap();
+    }
+    for file in ["keep/a.dcm", "keep/scratch.tmp", "cache/deep/x", "marked/inner/y", "marked/.nobackup", "logs/app.log"]
+    {
+        std::fs::write(source.join(file), file).unwrap();
+    }
+    let exclude_file = fixture.path("excludes.txt");
+    std::fs::write(&exclude_file, format!("# comments and blank lines are ignored\n\n{}/logs\n", source.display()))
+        .unwrap();
+    let args = [
+        "backup",
+        source.to_str().unwrap(),
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        "cache",
+        "--exclude-if-present",
+        ".nobackup",
+    ];
+    let mut all = args.to_vec();
+    all.extend(["--exclude-file", exclude_file.to_str().unwrap()]);
+    fixture.json(&all);
+    let listed = fixture.json(&["ls", &format!("latest:{}", source.display())]);
+    let mut paths: Vec<String> =
+        listed.as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap().to_string()).collect();
+    paths.sort();
+    let root = source.display().to_string();
+    assert_eq!(paths, vec![root.clone(), format!("{root}/keep"), format!("{root}/keep/a.dcm")]);
+}

@@ -51,6 +51,20 @@ pub struct BackupOptions {
     pub change_rules: ChangeRules,
     /// Write a checkpoint index after this many packs (default `CHECKPOINT_PACKS`).
     pub checkpoint_packs: Option<usize>,
+    /// What to leave out of the walk.
+    pub excludes: Excludes,
+}
+
+/// Paths left out of a backup.
+#[derive(Debug, Clone, Default)]
+pub struct Excludes {
+    /// Globs; a pattern without `/` matches a name at any depth. A matching directory
+    /// is skipped with everything below it.
+    pub patterns: Vec<String>,
+    /// A directory holding a file of one of these names is skipped (e.g. `.nobackup`).
+    pub if_present: Vec<String>,
+    /// Do not descend into other file systems mounted below a backup path.
+    pub one_file_system: bool,
 }
 
 /// The outcome of a backup.
@@ -114,7 +128,7 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
         if !paths.is_empty() {
             walker.add_ancestors(&paths)?;
             for path in &paths {
-                walker.walk(path, &sender)?;
+                walker.walk(path, &options.excludes, &sender)?;
             }
             sources.push(Source::Files { paths: paths.iter().map(|p| p.display().to_string()).collect() });
         }
@@ -261,8 +275,21 @@ impl Walker<'_, '_> {
         Ok(())
     }
 
-    fn walk(&mut self, root: &Path, sender: &BlobSender<'_>) -> Result<()> {
-        let walk = walkdir::WalkDir::new(root).follow_links(false).follow_root_links(false).sort_by_file_name();
+    fn walk(&mut self, root: &Path, excludes: &Excludes, sender: &BlobSender<'_>) -> Result<()> {
+        let patterns = crate::restorer::glob_set(&excludes.patterns)?;
+        let keep = |item: &walkdir::DirEntry| {
+            let matched = patterns.as_ref().is_some_and(|set| set.is_match(item.path()));
+            let marked =
+                item.file_type().is_dir() && excludes.if_present.iter().any(|name| item.path().join(name).exists());
+            item.depth() == 0 || !(matched || marked)
+        };
+        let walk = walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .follow_root_links(false)
+            .same_file_system(excludes.one_file_system)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(keep);
         for item in walk {
             let item = match item {
                 Ok(item) => item,

@@ -115,6 +115,18 @@ pub struct BackupArgs {
     /// Do not compare ctimes when looking for changes.
     #[arg(long)]
     pub ignore_ctime: bool,
+    /// Leave out paths matching this glob (repeatable; without `/` it matches a name at any depth).
+    #[arg(short = 'e', long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Read exclude globs from this file, one per line (`#` starts a comment).
+    #[arg(long, value_name = "FILE")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Leave out directories that hold a file of this name (e.g. .nobackup).
+    #[arg(long, value_name = "NAME")]
+    pub exclude_if_present: Vec<String>,
+    /// Stay on the file system of each backup path.
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
     /// Write a checkpoint index after this many packs (default 32, or every 5 minutes).
     #[arg(long, value_name = "N", hide = true)]
     pub checkpoint_packs: Option<usize>,

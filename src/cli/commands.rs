@@ -74,6 +74,11 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
             ignore_ctime: args.ignore_ctime,
         },
         checkpoint_packs: args.checkpoint_packs,
+        excludes: coffer::Excludes {
+            patterns: exclude_patterns(args)?,
+            if_present: args.exclude_if_present.clone(),
+            one_file_system: args.one_file_system,
+        },
     };
     let report = coffer::backup(&repository, options)?;
     for warning in &report.warnings {
@@ -114,6 +119,17 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
         &format!("snapshot {} is incomplete: {} path(s) could not be read", report.id.short(), report.warnings.len()),
     );
     Ok(exit::INCOMPLETE)
+}
+
+/// `--exclude` globs and the lines of every `--exclude-file`.
+fn exclude_patterns(args: &BackupArgs) -> Result<Vec<String>> {
+    let mut patterns = args.excludes.clone();
+    for file in &args.exclude_file {
+        let text = std::fs::read_to_string(file).map_err(|e| coffer::Error::io("cannot read exclude file", file, e))?;
+        let lines = text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#'));
+        patterns.extend(lines.map(str::to_string));
+    }
+    Ok(patterns)
 }
 
 fn snapshots(cli: &Cli) -> Result<i32> {

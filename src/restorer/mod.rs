@@ -91,7 +91,8 @@ pub struct RestoreReport {
     pub warnings: Vec<String>,
 }
 
-fn glob_set(patterns: &[String]) -> Result<Option<GlobSet>> {
+/// Compiles globs; a pattern without `/` matches a name at any depth.
+pub(crate) fn glob_set(patterns: &[String]) -> Result<Option<GlobSet>> {
     if patterns.is_empty() {
         return Ok(None);
     }
