@@ -7,6 +7,7 @@
 
 mod archiver;
 pub mod backend;
+mod check;
 mod chunker;
 mod crypto;
 mod error;
@@ -23,6 +24,7 @@ mod snapshot;
 mod system;
 
 pub use archiver::{backup, BackupOptions, BackupReport};
+pub use check::{check, AffectedSnapshot, CheckOptions, CheckReport, Damage, ReadSubset};
 pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::{KdfParams, MasterKey};
 pub use error::{Error, Result};
