@@ -1,10 +1,13 @@
 //! Maintenance commands: check, forget and prune.
 
+use std::collections::HashSet;
+
 use anyhow::Result;
-use coffer::{CheckOptions, CheckReport, ReadSubset, Repository};
+use coffer::prune::{self, PruneOptions, PrunePlan, PruneReport};
+use coffer::{CheckOptions, CheckReport, Decision, GroupBy, ReadSubset, Repository, RetentionPolicy, SnapshotId};
 use serde_json::{json, Value};
 
-use super::args::{CheckArgs, ForgetArgs, PruneArgs};
+use super::args::{CheckArgs, ForgetArgs, PruneArgs, PruneOptionsArgs};
 use super::output::{self, note};
 use super::{exit, fail, Cli};
 
@@ -113,10 +116,137 @@ fn print_check(cli: &Cli, report: &CheckReport) {
     }
 }
 
-pub fn forget(_cli: &Cli, _args: &ForgetArgs) -> Result<i32> {
-    fail(exit::FAILURE, "forget is not implemented yet")
+pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
+    let policy = retention_policy(args)?;
+    let group_by: GroupBy = args.group_by.parse()?;
+    if policy.is_empty() {
+        return fail(exit::USAGE, "no retention policy given: add at least one --keep-* option");
+    }
+    let repository = super::open(cli)?;
+    let _lock = repository.lock(true)?;
+    let (snapshots, damaged) = repository.list_snapshots()?;
+    for error in &damaged {
+        eprintln!("warning: {error} (not considered)");
+    }
+    let decisions = coffer::apply_policy(&snapshots, &policy, group_by, &jiff::tz::TimeZone::system())?;
+    let removed = if args.dry_run { 0 } else { coffer::remove_snapshots(&repository, &decisions)? };
+    print_decisions(cli, &decisions, args.dry_run, removed);
+    if !args.prune {
+        return Ok(exit::SUCCESS);
+    }
+    let forgotten = if args.dry_run {
+        decisions.iter().filter(|decision| !decision.keep).map(|decision| decision.id).collect()
+    } else {
+        HashSet::new()
+    };
+    run_prune(cli, &repository, &args.prune_options, args.dry_run, &forgotten)
 }
 
-pub fn prune(_cli: &Cli, _args: &PruneArgs) -> Result<i32> {
-    fail(exit::FAILURE, "prune is not implemented yet")
+fn retention_policy(args: &ForgetArgs) -> Result<RetentionPolicy> {
+    Ok(RetentionPolicy {
+        last: args.keep_last,
+        hourly: args.keep_hourly,
+        daily: args.keep_daily,
+        weekly: args.keep_weekly,
+        monthly: args.keep_monthly,
+        yearly: args.keep_yearly,
+        within: args.keep_within.as_deref().map(coffer::parse_duration).transpose()?,
+        tags: args.keep_tags.clone(),
+    })
+}
+
+fn print_decisions(cli: &Cli, decisions: &[Decision], dry_run: bool, removed: usize) {
+    let removing = decisions.iter().filter(|decision| !decision.keep).count();
+    if cli.json {
+        let list: Vec<Value> = decisions
+            .iter()
+            .map(|d| json!({"snapshot": d.id.to_hex(), "time": d.time, "group": d.group, "keep": d.keep, "reasons": d.reasons}))
+            .collect();
+        output::json(&json!({"dry_run": dry_run, "snapshots": list, "removed": removed}));
+        return;
+    }
+    let mut group = None;
+    for decision in decisions {
+        if group != Some(&decision.group) {
+            output::line(&format!("group: {}", decision.group));
+            group = Some(&decision.group);
+        }
+        let action = if decision.keep { "keep" } else { "remove" };
+        output::line(&format!(
+            "  {}  {:<24}  {action:<6}  {}",
+            decision.id.short(),
+            decision.time,
+            decision.reasons.join(", ")
+        ));
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let count = if dry_run { removing } else { removed };
+    note(cli.quiet, &format!("{verb} {count} of {} snapshot(s)", decisions.len()));
+}
+
+pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<i32> {
+    let repository = super::open(cli)?;
+    let _lock = repository.lock(true)?;
+    run_prune(cli, &repository, &args.options, args.dry_run, &HashSet::new())
+}
+
+/// Plans a prune, prints the plan, and executes it unless this is a dry run. The
+/// caller holds an exclusive lock.
+fn run_prune(
+    cli: &Cli,
+    repository: &Repository,
+    args: &PruneOptionsArgs,
+    dry_run: bool,
+    forgotten: &HashSet<SnapshotId>,
+) -> Result<i32> {
+    if !(0.0..=100.0).contains(&args.max_unused) {
+        return fail(exit::USAGE, format!("--max-unused {} must be a percentage from 0 to 100", args.max_unused));
+    }
+    let options = PruneOptions {
+        max_unused: args.max_unused / 100.0,
+        max_repack_size: args.max_repack_size.map(|mebibytes| mebibytes.saturating_mul(1024 * 1024)),
+    };
+    let plan = prune::plan(repository, &options, forgotten)?;
+    if dry_run {
+        print_prune(cli, &plan, None);
+        return Ok(exit::SUCCESS);
+    }
+    let report = prune::execute(repository, &plan)?;
+    print_prune(cli, &plan, Some(&report));
+    Ok(exit::SUCCESS)
+}
+
+fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) {
+    let deleted = plan.delete.len() + plan.unindexed.len();
+    if cli.json {
+        let mut value = json!({"dry_run": report.is_none(), "snapshots": plan.snapshots, "used_blobs": plan.used_blobs,
+            "packs_kept": plan.keep.len(), "packs_deleted": deleted, "packs_unindexed": plan.unindexed.len(),
+            "packs_repacked": plan.repack.len(), "bytes_deleted": plan.bytes_deleted(), "bytes_repacked": plan.bytes_repacked(),
+            "bytes_freed": plan.bytes_freed(), "index_objects_replaced": if plan.rewrite_index { plan.old_indexes.len() } else { 0 }});
+        if let Some(report) = report {
+            value["packs_written"] = json!(report.packs_written);
+            value["bytes_written"] = json!(report.bytes_written);
+        }
+        output::json(&value);
+        return;
+    }
+    let verb = if report.is_some() { "" } else { "would " };
+    output::line(&format!(
+        "{verb}delete {deleted} pack(s) ({}; {} in no index), {verb}repack {} pack(s) ({}), keep {}; frees about {}",
+        output::size(plan.bytes_deleted()),
+        plan.unindexed.len(),
+        plan.repack.len(),
+        output::size(plan.bytes_repacked()),
+        plan.keep.len(),
+        output::size(plan.bytes_freed())
+    ));
+    if plan.rewrite_index {
+        output::line(&format!("{verb}replace {} index object(s) with one", plan.old_indexes.len()));
+    }
+    if let Some(report) = report {
+        note(
+            cli.quiet,
+            &format!("wrote {} new pack(s) ({})", report.packs_written, output::size(report.bytes_written)),
+        );
+    }
 }
