@@ -130,8 +130,11 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
     }
     let decisions = coffer::apply_policy(&snapshots, &policy, group_by, &jiff::tz::TimeZone::system())?;
     let removed = if args.dry_run { 0 } else { coffer::remove_snapshots(&repository, &decisions)? };
-    print_decisions(cli, &decisions, args.dry_run, removed);
+    let forgotten_json = print_decisions(cli, &decisions, args.dry_run, removed);
     if !args.prune {
+        if let Some(value) = forgotten_json {
+            output::json(&value);
+        }
         return Ok(exit::SUCCESS);
     }
     let forgotten = if args.dry_run {
@@ -139,7 +142,12 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
     } else {
         HashSet::new()
     };
-    run_prune(cli, &repository, &args.prune_options, args.dry_run, &forgotten)
+    let pruned = plan_and_prune(cli, &repository, &args.prune_options, args.dry_run, &forgotten)?;
+    if let (Some(mut value), Some(pruned)) = (forgotten_json, pruned) {
+        value["prune"] = pruned;
+        output::json(&value);
+    }
+    Ok(exit::SUCCESS)
 }
 
 fn retention_policy(args: &ForgetArgs) -> Result<RetentionPolicy> {
@@ -155,15 +163,15 @@ fn retention_policy(args: &ForgetArgs) -> Result<RetentionPolicy> {
     })
 }
 
-fn print_decisions(cli: &Cli, decisions: &[Decision], dry_run: bool, removed: usize) {
+/// Prints the decisions as text, or returns them as JSON for the caller to print.
+fn print_decisions(cli: &Cli, decisions: &[Decision], dry_run: bool, removed: usize) -> Option<Value> {
     let removing = decisions.iter().filter(|decision| !decision.keep).count();
     if cli.json {
         let list: Vec<Value> = decisions
             .iter()
             .map(|d| json!({"snapshot": d.id.to_hex(), "time": d.time, "group": d.group, "keep": d.keep, "reasons": d.reasons}))
             .collect();
-        output::json(&json!({"dry_run": dry_run, "snapshots": list, "removed": removed}));
-        return;
+        return Some(json!({"dry_run": dry_run, "snapshots": list, "removed": removed}));
     }
     let mut group = None;
     for decision in decisions {
@@ -182,23 +190,27 @@ fn print_decisions(cli: &Cli, decisions: &[Decision], dry_run: bool, removed: us
     let verb = if dry_run { "would remove" } else { "removed" };
     let count = if dry_run { removing } else { removed };
     note(cli.quiet, &format!("{verb} {count} of {} snapshot(s)", decisions.len()));
+    None
 }
 
 pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<i32> {
     let repository = super::open(cli)?;
     let _lock = repository.lock(true)?;
-    run_prune(cli, &repository, &args.options, args.dry_run, &HashSet::new())
+    if let Some(value) = plan_and_prune(cli, &repository, &args.options, args.dry_run, &HashSet::new())? {
+        output::json(&value);
+    }
+    Ok(exit::SUCCESS)
 }
 
-/// Plans a prune, prints the plan, and executes it unless this is a dry run. The
-/// caller holds an exclusive lock.
-fn run_prune(
+/// Plans a prune, prints the plan (or returns it as JSON), and executes it unless this
+/// is a dry run. The caller holds an exclusive lock.
+fn plan_and_prune(
     cli: &Cli,
     repository: &Repository,
     args: &PruneOptionsArgs,
     dry_run: bool,
     forgotten: &HashSet<SnapshotId>,
-) -> Result<i32> {
+) -> Result<Option<Value>> {
     if !(0.0..=100.0).contains(&args.max_unused) {
         return fail(exit::USAGE, format!("--max-unused {} must be a percentage from 0 to 100", args.max_unused));
     }
@@ -207,16 +219,12 @@ fn run_prune(
         max_repack_size: args.max_repack_size.map(|mebibytes| mebibytes.saturating_mul(1024 * 1024)),
     };
     let plan = prune::plan(repository, &options, forgotten)?;
-    if dry_run {
-        print_prune(cli, &plan, None);
-        return Ok(exit::SUCCESS);
-    }
-    let report = prune::execute(repository, &plan)?;
-    print_prune(cli, &plan, Some(&report));
-    Ok(exit::SUCCESS)
+    let report = if dry_run { None } else { Some(prune::execute(repository, &plan)?) };
+    Ok(print_prune(cli, &plan, report.as_ref()))
 }
 
-fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) {
+/// Prints a prune's plan and outcome as text, or returns them as JSON.
+fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) -> Option<Value> {
     let deleted = plan.delete.len() + plan.unindexed.len();
     if cli.json {
         let mut value = json!({"dry_run": report.is_none(), "snapshots": plan.snapshots, "used_blobs": plan.used_blobs,
@@ -227,8 +235,7 @@ fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) {
             value["packs_written"] = json!(report.packs_written);
             value["bytes_written"] = json!(report.bytes_written);
         }
-        output::json(&value);
-        return;
+        return Some(value);
     }
     let verb = if report.is_some() { "" } else { "would " };
     output::line(&format!(
@@ -249,4 +256,5 @@ fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) {
             &format!("wrote {} new pack(s) ({})", report.packs_written, output::size(report.bytes_written)),
         );
     }
+    None
 }
