@@ -20,6 +20,7 @@ mod manifest;
 mod pack;
 mod packer;
 pub mod prune;
+mod repair;
 mod repository;
 pub mod restorer;
 mod snapshot;
@@ -38,6 +39,7 @@ pub use manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestWriter, MANIFES
 pub use pack::{BlobType, PackEntry};
 pub use packer::{Packer, PackerStats};
 pub use prune::{PruneOptions, PrunePlan, PruneReport, Repack};
+pub use repair::{repair_index, RepairIndexReport};
 pub use repository::{pack_key, read_config, Config, InitOptions, Repository, DEFAULT_PACK_SIZE, REPOSITORY_VERSION};
 pub use snapshot::{ManifestRef, Snapshot, Source, Summary};
 

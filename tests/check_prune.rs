@@ -309,3 +309,90 @@ fn cli_check_forget_prune_exit_codes() {
     assert!(report["damage"][0]["object"].as_str().unwrap().ends_with(&name), "{report}");
     assert!(!report["affected"][0]["paths"].as_array().unwrap().is_empty(), "{report}");
 }
+
+fn repair(backend: Arc<dyn Backend>) -> coffer::Result<coffer::RepairIndexReport> {
+    let (repository, _) = Repository::open_damaged(backend, b"pw", None)?;
+    let _lock = repository.lock(true)?;
+    coffer::repair_index(&repository, 4, false)
+}
+
+#[test]
+fn repair_index_brings_back_a_truncated_or_lost_index() {
+    let work = tempfile::tempdir().unwrap();
+    let (memory, expected) = three_versions(work.path());
+    let index = memory.list("index/").unwrap().remove(0).key;
+    let bytes = memory.get(&index).unwrap();
+    memory.tamper(&index, bytes.slice(..bytes.len() - 7));
+    assert!(check(memory.clone(), false).is_damaged());
+    let report = repair(memory.clone()).unwrap();
+    assert_eq!((report.packs, report.replaced.len()), (memory.list("data/").unwrap().len(), 3));
+    assert!(report.unreadable.is_empty());
+    assert_eq!(memory.list("index/").unwrap().len(), 1);
+    assert_clean(memory.clone(), "after repairing a truncated index object");
+    assert_eq!(assert_every_snapshot_restores(memory.clone(), &expected, work.path()), 3);
+    for object in memory.list("index/").unwrap() {
+        memory.delete(&object.key).unwrap();
+    }
+    assert!(check(memory.clone(), false).affected.len() == 3, "without an index nothing restores");
+    repair(memory.clone()).unwrap();
+    assert_clean(memory.clone(), "after rebuilding a lost index");
+    assert_eq!(assert_every_snapshot_restores(memory.clone(), &expected, work.path()), 3);
+}
+
+#[test]
+fn repair_index_survives_a_failed_write_and_lost_deletes() {
+    let work = tempfile::tempdir().unwrap();
+    let (memory, expected) = three_versions(work.path());
+    let mut failures = 0;
+    for n in 1.. {
+        let repository = copy_of(&memory);
+        let faulty = Arc::new(FaultyBackend::new(repository.clone()));
+        faulty.fail_put_number(n);
+        match repair(faulty.clone()) {
+            Err(error) => {
+                failures += 1;
+                assert!(error.to_string().contains("injected failure"), "write {n}: {error}");
+            }
+            Ok(_) => break,
+        }
+        assert_clean(repository.clone(), &format!("after failed write {n}"));
+        assert_eq!(assert_every_snapshot_restores(repository.clone(), &expected, work.path()), 3);
+        assert!(n < 10, "repair never completed");
+    }
+    assert_eq!(failures, 2, "the lock and the index are the only writes");
+    let faulty = Arc::new(FaultyBackend::new(memory.clone()));
+    faulty.lose_deletes(true);
+    repair(faulty).unwrap();
+    assert_eq!(memory.list("index/").unwrap().len(), 4, "the old index objects were not deleted");
+    for lock in memory.list("locks/").unwrap() {
+        memory.delete(&lock.key).unwrap();
+    }
+    assert_clean(memory.clone(), "with superseded index objects left by repair");
+    assert_eq!(assert_every_snapshot_restores(memory.clone(), &expected, work.path()), 3);
+}
+
+#[test]
+fn cli_repair_index_after_a_truncated_index_object() {
+    let fixture = Fixture::new();
+    let source = fixture.path("data");
+    write_tree(&source, 1);
+    fixture.backup(&source);
+    let index = walkdir::WalkDir::new(fixture.repo().join("index"))
+        .into_iter()
+        .map(|e| e.unwrap())
+        .find(|e| e.file_type().is_file())
+        .unwrap()
+        .into_path();
+    let bytes = std::fs::read(&index).unwrap();
+    std::fs::write(&index, &bytes[..bytes.len() / 3]).unwrap();
+    let output = fixture.run(&["--no-cache", "check"]);
+    assert_eq!(output.status.code(), Some(13), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(&index.file_name().unwrap().to_string_lossy().into_owned())
+    );
+    let repaired = fixture.json(&["repair", "index"]);
+    assert_eq!(repaired["replaced"].as_array().unwrap().len(), 1);
+    fixture.ok(&["--no-cache", "check", "--read-data"]);
+    let target = fixture.path("out");
+    fixture.ok(&["--no-cache", "restore", "latest", "--target", target.to_str().unwrap(), "--verify"]);
+}

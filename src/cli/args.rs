@@ -65,6 +65,9 @@ pub enum Command {
     Forget(ForgetArgs),
     /// Remove data no snapshot uses and repack mostly-unused packs.
     Prune(PruneArgs),
+    /// Rebuild damaged repository structures.
+    #[command(subcommand)]
+    Repair(RepairCommand),
 }
 
 #[derive(Debug, Args)]
@@ -216,4 +219,20 @@ pub struct PruneArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub options: PruneOptionsArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepairCommand {
+    /// Rebuild the index from the pack headers, replacing every index object.
+    Index(RepairIndexArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepairIndexArgs {
+    /// Read the pack headers and report, but write and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Pack headers read at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
 }

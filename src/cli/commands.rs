@@ -24,6 +24,7 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Check(args) => super::maintenance::check(cli, args),
         Command::Forget(args) => super::maintenance::forget(cli, args),
         Command::Prune(args) => super::maintenance::prune(cli, args),
+        Command::Repair(what) => super::maintenance::repair(cli, what),
     }
 }
 

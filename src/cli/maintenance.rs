@@ -7,7 +7,7 @@ use coffer::prune::{self, PruneOptions, PrunePlan, PruneReport};
 use coffer::{CheckOptions, CheckReport, Decision, GroupBy, ReadSubset, Repository, RetentionPolicy, SnapshotId};
 use serde_json::{json, Value};
 
-use super::args::{CheckArgs, ForgetArgs, PruneArgs, PruneOptionsArgs};
+use super::args::{CheckArgs, ForgetArgs, PruneArgs, PruneOptionsArgs, RepairCommand, RepairIndexArgs};
 use super::output::{self, note};
 use super::{exit, fail, Cli};
 
@@ -257,4 +257,38 @@ fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) -> Opt
         );
     }
     None
+}
+
+pub fn repair(cli: &Cli, what: &RepairCommand) -> Result<i32> {
+    match what {
+        RepairCommand::Index(args) => repair_index(cli, args),
+    }
+}
+
+fn repair_index(cli: &Cli, args: &RepairIndexArgs) -> Result<i32> {
+    let repository = open_damaged(cli)?;
+    let _lock = repository.lock(true)?;
+    let report = coffer::repair_index(&repository, args.jobs as usize, args.dry_run)?;
+    for (pack, reason) in &report.unreadable {
+        eprintln!("warning: {} is left out: {reason}", coffer::pack_key(pack));
+    }
+    if cli.json {
+        let unreadable: Vec<Value> =
+            report.unreadable.iter().map(|(pack, reason)| json!({"pack": pack.to_hex(), "reason": reason})).collect();
+        let replaced: Vec<String> = report.replaced.iter().map(|id| id.to_hex()).collect();
+        output::json(&json!({"dry_run": args.dry_run, "packs": report.packs, "blobs": report.blobs,
+            "unreadable": unreadable, "written": report.written.map(|id| id.to_hex()), "replaced": replaced}));
+    } else {
+        let verb = if args.dry_run { "would replace" } else { "replaced" };
+        note(
+            cli.quiet,
+            &format!(
+                "read the headers of {} pack(s) ({} blobs); {verb} {} index object(s) with one",
+                report.packs,
+                report.blobs,
+                report.replaced.len()
+            ),
+        );
+    }
+    Ok(exit::SUCCESS)
 }
