@@ -396,3 +396,131 @@ fn cli_repair_index_after_a_truncated_index_object() {
     let target = fixture.path("out");
     fixture.ok(&["--no-cache", "restore", "latest", "--target", target.to_str().unwrap(), "--verify"]);
 }
+
+/// Copies a directory tree (a local repository).
+fn copy_dir(from: &Path, to: &Path) {
+    for item in walkdir::WalkDir::new(from).into_iter().map(|e| e.unwrap()) {
+        let target = to.join(item.path().strip_prefix(from).unwrap());
+        if item.file_type().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+        } else {
+            std::fs::copy(item.path(), &target).unwrap();
+        }
+    }
+}
+
+fn write_big_tree(root: &Path, seed: u64) {
+    std::fs::create_dir_all(root).unwrap();
+    for index in 0..40u64 {
+        let content_seed = if index % 3 == 0 { seed * 1000 + index } else { index };
+        std::fs::write(root.join(format!("scan_{index}")), common::random_bytes(150_000, content_seed)).unwrap();
+    }
+}
+
+/// Every snapshot in the fixture's repository restores identical to the version it was
+/// taken of; snapshots not in `versions` must match `newest`, if given.
+fn assert_cli_snapshots_restore(fixture: &Fixture, versions: &[(String, PathBuf)], source: &Path) -> usize {
+    assert_cli_restores_with(fixture, versions, None, source)
+}
+
+fn assert_cli_restores_with(
+    fixture: &Fixture,
+    versions: &[(String, PathBuf)],
+    newest: Option<&Path>,
+    source: &Path,
+) -> usize {
+    let listed = fixture.json(&["snapshots"]);
+    for snapshot in listed.as_array().unwrap() {
+        let id = snapshot["id"].as_str().unwrap();
+        let known = versions.iter().find(|(known, _)| known == id).map(|(_, copy)| copy.as_path());
+        let copy = known.or(newest).expect("an unknown snapshot appeared");
+        let target = fixture.path(&format!("restored_{}", &id[..8]));
+        fixture.ok(&[
+            "restore",
+            &format!("{id}:{}", source.display()),
+            "--target",
+            target.to_str().unwrap(),
+            "--verify",
+        ]);
+        for item in std::fs::read_dir(copy).unwrap().map(|e| e.unwrap()) {
+            let restored = std::fs::read(target.join(item.file_name())).unwrap();
+            assert!(restored == std::fs::read(item.path()).unwrap(), "{:?} differs", item.file_name());
+        }
+        std::fs::remove_dir_all(&target).unwrap();
+    }
+    listed.as_array().unwrap().len()
+}
+
+/// A local repository with three snapshots of three versions of a 6 MB tree, and a
+/// copy of each version keyed by snapshot id.
+fn cli_three_versions() -> (Fixture, PathBuf, Vec<(String, PathBuf)>) {
+    let origin = Fixture::empty();
+    origin.ok(&["init", "--kdf-memory-kib", "64", "--kdf-iterations", "1", "--pack-size", "1"]);
+    let source = origin.path("source");
+    let mut versions = Vec::new();
+    for version in 1..=3 {
+        write_big_tree(&source, version);
+        let copy = origin.path(&format!("copy_{version}"));
+        write_big_tree(&copy, version);
+        versions.push((origin.backup(&source)["snapshot"].as_str().unwrap().to_string(), copy));
+    }
+    (origin, source, versions)
+}
+
+/// Runs `command` on copies of `origin`'s repository, killing it with SIGKILL at eight
+/// moments spread over an uninterrupted run; `after` checks each copy. Returns how many
+/// runs were killed before they finished.
+fn kill_at_eight_moments(origin: &Fixture, command: &[&str], after: impl Fn(&Fixture, u32)) -> usize {
+    let timing = Fixture::empty();
+    copy_dir(&origin.repo(), &timing.repo());
+    let started = std::time::Instant::now();
+    timing.ok(command);
+    let full = started.elapsed();
+    let mut interrupted = 0;
+    for round in 0..8u32 {
+        let fixture = Fixture::empty();
+        copy_dir(&origin.repo(), &fixture.repo());
+        let quiet = || std::process::Stdio::null();
+        let mut child = fixture.command(command).stdout(quiet()).stderr(quiet()).spawn().unwrap();
+        std::thread::sleep(full * round / 7);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        interrupted += usize::from(std::os::unix::process::ExitStatusExt::signal(&status) == Some(9));
+        // The killed process's lock is stale at once: its pid is gone on this host.
+        let output = fixture.run(&["check", "--read-data"]);
+        assert_eq!(output.status.code(), Some(0), "round {round}: {}", String::from_utf8_lossy(&output.stdout));
+        after(&fixture, round);
+    }
+    interrupted
+}
+
+#[test]
+fn killing_forget_and_prune_at_any_moment_loses_nothing() {
+    let (origin, source, versions) = cli_three_versions();
+    let command = ["forget", "--keep-last", "1", "--prune", "--max-unused", "0"];
+    let interrupted = kill_at_eight_moments(&origin, &command, |fixture, round| {
+        assert!(assert_cli_snapshots_restore(fixture, &versions, &source) >= 1, "round {round}");
+        fixture.ok(&command);
+        fixture.ok(&["check", "--read-data"]);
+        assert_eq!(assert_cli_snapshots_restore(fixture, &versions, &source), 1, "round {round}");
+    });
+    assert!(interrupted >= 4, "only {interrupted} of 8 runs were killed before they finished");
+}
+
+#[test]
+fn killing_a_backup_at_any_moment_loses_nothing() {
+    let (origin, source, versions) = cli_three_versions();
+    write_big_tree(&source, 4);
+    let copy = origin.path("copy_4");
+    write_big_tree(&copy, 4);
+    let command = ["backup", source.to_str().unwrap()];
+    let interrupted = kill_at_eight_moments(&origin, &command, |fixture, round| {
+        // A backup killed after its commit point may have left its snapshot: then it is whole.
+        let listed = assert_cli_restores_with(fixture, &versions, Some(&copy), &source);
+        assert!(listed == 3 || listed == 4, "round {round}: {listed} snapshots");
+        fixture.backup(&source);
+        fixture.ok(&["check", "--read-data"]);
+        assert_eq!(assert_cli_restores_with(fixture, &versions, Some(&copy), &source), listed + 1, "round {round}");
+    });
+    assert!(interrupted >= 4, "only {interrupted} of 8 runs were killed before they finished");
+}
