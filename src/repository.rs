@@ -137,8 +137,11 @@ impl Repository {
         let location = backend.location();
         // `config` is written last and is the commit point of `init`: key files left by
         // an `init` that crashed before it are bound to another repository id and unused.
-        if !backend.list("config")?.is_empty() {
-            return Err(Error::AlreadyInitialized { location });
+        // A read, not a listing: a local store lists `config` as the folder `config/`.
+        match backend.get("config") {
+            Ok(_) => return Err(Error::AlreadyInitialized { location }),
+            Err(Error::MissingObject { .. }) => {}
+            Err(error) => return Err(error),
         }
         options.chunker.validate().map_err(Error::InvalidInput)?;
         if !(MIN_PACK_SIZE..=MAX_PACK_SIZE).contains(&options.pack_size)

@@ -524,3 +524,15 @@ fn killing_a_backup_at_any_moment_loses_nothing() {
     });
     assert!(interrupted >= 4, "only {interrupted} of 8 runs were killed before they finished");
 }
+
+/// Regression: `init` over an existing local repository wrote a stray key file before
+/// refusing, because a local store lists `config` as the folder `config/`.
+#[test]
+fn init_over_an_existing_repository_writes_nothing() {
+    let fixture = Fixture::new();
+    let keys = || std::fs::read_dir(fixture.repo().join("keys")).unwrap().count();
+    assert_eq!(keys(), 1);
+    let output = fixture.run(&["init", "--kdf-memory-kib", "64", "--kdf-iterations", "1"]);
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(keys(), 1, "a refused init left a key file");
+}
