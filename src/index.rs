@@ -184,7 +184,8 @@ impl IndexCache {
              CREATE TABLE IF NOT EXISTS blobs (
                  id BLOB NOT NULL, type INTEGER NOT NULL, pack BLOB NOT NULL,
                  offset INTEGER NOT NULL, length INTEGER NOT NULL, raw_length INTEGER NOT NULL,
-                 PRIMARY KEY (id, type)) WITHOUT ROWID;",
+                 PRIMARY KEY (id, type)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS superseded (id BLOB PRIMARY KEY) WITHOUT ROWID;",
         )?;
         self.connection.pragma_update(None, "user_version", CACHE_SCHEMA)
     }
@@ -204,6 +205,19 @@ impl IndexCache {
                 IndexId::from_slice(&bytes)
                     .ok_or_else(|| Error::Cache { path: self.path.clone(), message: "malformed index id".into() })?,
             );
+        }
+        Ok(ids)
+    }
+
+    /// Index objects named in the `supersedes` list of an object loaded so far. They
+    /// stay listed across `clear`: once superseded, an object is never read again.
+    pub fn superseded(&self) -> Result<HashSet<IndexId>> {
+        let mut statement = self.connection.prepare("SELECT id FROM superseded").map_err(|e| self.error(e))?;
+        let rows = statement.query_map([], |row| row.get::<_, Vec<u8>>(0)).map_err(|e| self.error(e))?;
+        let mut ids = HashSet::new();
+        for row in rows {
+            let bytes = row.map_err(|e| self.error(e))?;
+            ids.extend(IndexId::from_slice(&bytes));
         }
         Ok(ids)
     }
@@ -269,6 +283,9 @@ fn insert_index(
     if let Some(id) = id {
         transaction.execute("INSERT OR IGNORE INTO index_files (id) VALUES (?1)", [id.as_bytes()])?;
     }
+    for superseded in &file.supersedes {
+        transaction.execute("INSERT OR IGNORE INTO superseded (id) VALUES (?1)", [superseded.as_bytes()])?;
+    }
     let mut pack_insert = transaction.prepare_cached("INSERT OR IGNORE INTO packs (id, size) VALUES (?1, ?2)")?;
     let mut blob_insert = transaction.prepare_cached(
         "INSERT OR IGNORE INTO blobs (id, type, pack, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -287,6 +304,12 @@ fn insert_index(
         }
     }
     Ok(())
+}
+
+/// The ids among `files` that another of them supersedes: readers ignore those, since
+/// the superseding object (written by prune) lists every pack that still exists.
+pub fn superseded_ids(files: &[(IndexId, IndexFile)]) -> HashSet<IndexId> {
+    files.iter().flat_map(|(_, file)| file.supersedes.iter().copied()).collect()
 }
 
 fn cache_error(path: &Path, error: rusqlite::Error) -> Error {
@@ -360,5 +383,17 @@ mod tests {
         assert_eq!(cache.pack_size(&PackId([6; 32])).unwrap(), Some(50));
         cache.clear().unwrap();
         assert_eq!(cache.blob_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn superseded_objects_are_remembered_across_clear() {
+        let mut cache = IndexCache::in_memory().unwrap();
+        let newer = IndexFile { supersedes: vec![IndexId([1; 32]), IndexId([2; 32])], packs: vec![] };
+        cache.add(Some(IndexId([3; 32])), &newer).unwrap();
+        cache.clear().unwrap();
+        let expected: HashSet<IndexId> = [IndexId([1; 32]), IndexId([2; 32])].into();
+        assert_eq!(cache.superseded().unwrap(), expected);
+        let files = vec![(IndexId([3; 32]), newer), (IndexId([1; 32]), IndexFile::default())];
+        assert_eq!(superseded_ids(&files), expected);
     }
 }

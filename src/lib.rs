@@ -7,9 +7,11 @@
 
 mod archiver;
 pub mod backend;
+mod check;
 mod chunker;
 mod crypto;
 mod error;
+mod forget;
 pub mod fuzzing;
 mod id;
 mod index;
@@ -18,21 +20,27 @@ mod manifest;
 mod pack;
 mod packer;
 pub mod pg;
+pub mod prune;
+mod repair;
 mod repository;
 pub mod restorer;
 mod snapshot;
 mod system;
 
 pub use archiver::{backup, BackupOptions, BackupReport, ChangeRules, Excludes};
+pub use check::{check, AffectedSnapshot, CheckOptions, CheckReport, Damage, ReadSubset};
 pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::{KdfParams, MasterKey};
 pub use error::{Error, Result};
+pub use forget::{apply_policy, parse_duration, remove_snapshots, Decision, GroupBy, RetentionPolicy};
 pub use id::{BlobId, IndexId, KeyId, LockId, PackId, RepositoryId, SnapshotId};
 pub use index::{BlobLocation, IndexCache, IndexFile, IndexedPack};
 pub use lock::{remove_locks, LockGuard, LockRecord, STALE_AFTER};
 pub use manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestWriter, MANIFEST_SCHEMA};
 pub use pack::{BlobType, PackEntry};
 pub use packer::{Packer, PackerStats};
+pub use prune::{PruneOptions, PrunePlan, PruneReport, Repack};
+pub use repair::{repair_index, RepairIndexReport};
 pub use repository::{pack_key, read_config, Config, InitOptions, Repository, DEFAULT_PACK_SIZE, REPOSITORY_VERSION};
 pub use snapshot::{ManifestRef, PostgresSource, Snapshot, Source, Summary};
 

@@ -381,6 +381,28 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// The paths of the entries whose content uses any of `blobs`, in path order: one
+    /// pass over the chunk list, for naming what a damaged blob takes with it.
+    pub fn paths_using(&self, blobs: &std::collections::HashSet<BlobId>) -> Result<Vec<Vec<u8>>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT c.blob, e.path FROM chunks c JOIN entries e ON e.id = c.entry_id")
+            .map_err(|e| self.error(e))?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?)))
+            .map_err(|e| self.error(e))?;
+        let mut paths = std::collections::BTreeSet::new();
+        for row in rows {
+            let (blob, path) = row.map_err(|e| self.error(e))?;
+            if BlobId::from_slice(&blob).is_some_and(|id| blobs.contains(&id)) {
+                paths.insert(path);
+            }
+        }
+        Ok(paths.into_iter().collect())
+    }
+}
+
 type EntryRow = (i64, Result<Entry>);
 
 fn read_entry(row: &Row<'_>) -> rusqlite::Result<EntryRow> {

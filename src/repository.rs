@@ -32,6 +32,8 @@ pub const MAX_PACK_SIZE: u64 = 1 << 31;
 
 /// Readable snapshots (oldest first) and the errors of damaged snapshot records.
 pub type SnapshotList = (Vec<(SnapshotId, Snapshot)>, Vec<Error>);
+/// Readable index objects in force, and the errors of damaged ones.
+pub type IndexObjects = (Vec<(IndexId, IndexFile)>, Vec<Error>);
 
 /// The plaintext `config` object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,8 +139,11 @@ impl Repository {
         let location = backend.location();
         // `config` is written last and is the commit point of `init`: key files left by
         // an `init` that crashed before it are bound to another repository id and unused.
-        if !backend.list("config")?.is_empty() {
-            return Err(Error::AlreadyInitialized { location });
+        // A read, not a listing: a local store lists `config` as the folder `config/`.
+        match backend.get("config") {
+            Ok(_) => return Err(Error::AlreadyInitialized { location }),
+            Err(Error::MissingObject { .. }) => {}
+            Err(error) => return Err(error),
         }
         options.chunker.validate().map_err(Error::InvalidInput)?;
         if !(MIN_PACK_SIZE..=MAX_PACK_SIZE).contains(&options.pack_size)
@@ -245,28 +250,108 @@ impl Repository {
 
     /// Brings the index cache up to date with the `index/` objects in storage.
     pub fn sync_index(&self) -> Result<()> {
-        let mut stored = Vec::new();
-        for info in self.backend.list("index/")? {
-            if let Some(id) = info.key.strip_prefix("index/").and_then(|n| n.parse::<IndexId>().ok()) {
-                stored.push(id);
-            }
+        match self.sync_index_reporting()?.into_iter().next() {
+            Some(damaged) => Err(damaged),
+            None => Ok(()),
         }
+    }
+
+    /// Opens a repository whose damaged index objects are skipped and returned, for
+    /// `check` and `repair`, which must work on a damaged repository.
+    pub fn open_damaged(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        cache_root: Option<&Path>,
+    ) -> Result<(Self, Vec<Error>)> {
+        let config = read_config(&*backend)?;
+        let (key_id, master) = find_key(&*backend, &config.id, password)?;
+        let repository = Self::assemble(backend, config, master, key_id, cache_root)?;
+        let damaged = repository.sync_index_reporting()?;
+        Ok((repository, damaged))
+    }
+
+    /// Syncs the cache, skipping index objects that are damaged (returned) or that a
+    /// loaded object supersedes (FORMAT.md section 8).
+    fn sync_index_reporting(&self) -> Result<Vec<Error>> {
+        let stored = self.stored_index_ids()?;
         let known = self.index().index_files()?;
-        let stored_set: std::collections::HashSet<IndexId> = stored.iter().copied().collect();
-        if !known.is_subset(&stored_set) {
+        if !known.is_subset(&stored.iter().copied().collect()) {
             self.index().clear()?;
         }
+        let damaged = self.load_missing_indexes(&stored)?;
+        let loaded = self.index().index_files()?;
+        if self.index().superseded()?.is_disjoint(&loaded) {
+            return Ok(damaged);
+        }
+        // A superseded object was loaded before the one superseding it: its rows may
+        // point at packs prune has deleted, so rebuild without it.
+        self.index().clear()?;
+        self.load_missing_indexes(&stored)
+    }
+
+    fn stored_index_ids(&self) -> Result<Vec<IndexId>> {
+        let listed = self.backend.list("index/")?;
+        Ok(listed.iter().filter_map(|info| info.key.strip_prefix("index/").and_then(|n| n.parse().ok())).collect())
+    }
+
+    /// Loads the stored index objects the cache does not know and does not skip.
+    fn load_missing_indexes(&self, stored: &[IndexId]) -> Result<Vec<Error>> {
         let known = self.index().index_files()?;
-        let missing: Vec<IndexId> = stored.into_iter().filter(|id| !known.contains(id)).collect();
+        let superseded = self.index().superseded()?;
+        let missing: Vec<IndexId> =
+            stored.iter().copied().filter(|id| !known.contains(id) && !superseded.contains(id)).collect();
+        let mut damaged = Vec::new();
         for batch in missing.chunks(16) {
-            let loaded: Vec<(IndexId, IndexFile)> =
-                batch.par_iter().map(|id| Ok((*id, self.load_index(id)?))).collect::<Result<_>>()?;
+            let loaded: Vec<(IndexId, Result<IndexFile>)> =
+                batch.par_iter().map(|id| (*id, self.load_index(id))).collect();
             let mut index = self.index();
             for (id, file) in loaded {
-                index.add(Some(id), &file)?;
+                match file {
+                    Ok(file) => index.add(Some(id), &file)?,
+                    Err(error) if is_damage(&error) => damaged.push(error),
+                    Err(error) => return Err(error),
+                }
             }
         }
-        Ok(())
+        Ok(damaged)
+    }
+
+    /// Every stored index object, read and verified, except those another stored
+    /// object supersedes; and the errors of the damaged ones. Holds them all in memory.
+    pub fn load_index_objects(&self) -> Result<IndexObjects> {
+        let stored = self.stored_index_ids()?;
+        let loaded: Vec<(IndexId, Result<IndexFile>)> =
+            stored.par_iter().map(|id| (*id, self.load_index(id))).collect();
+        let mut files = Vec::new();
+        let mut damaged = Vec::new();
+        for (id, file) in loaded {
+            match file {
+                Ok(file) => files.push((id, file)),
+                Err(error) if is_damage(&error) => damaged.push(error),
+                Err(error) => return Err(error),
+            }
+        }
+        let superseded = crate::index::superseded_ids(&files);
+        files.retain(|(id, _)| !superseded.contains(id));
+        Ok((files, damaged))
+    }
+
+    /// Every pack in storage and its size, from one listing of `data/`. Names that are
+    /// not `data/<xx>/<pack id>` are left out.
+    pub fn list_packs(&self) -> Result<std::collections::HashMap<PackId, u64>> {
+        let mut packs = std::collections::HashMap::new();
+        for info in self.backend.list("data/")? {
+            let Some(id) = info.key.rsplit('/').next().and_then(|name| name.parse::<PackId>().ok()) else { continue };
+            if info.key == pack_key(&id) {
+                packs.insert(id, info.size);
+            }
+        }
+        Ok(packs)
+    }
+
+    /// Ids of every object under `index/`, superseded or not.
+    pub fn index_object_ids(&self) -> Result<Vec<IndexId>> {
+        self.stored_index_ids()
     }
 
     /// Reads and decodes one index object, checking its name against its hash.
@@ -375,9 +460,7 @@ impl Repository {
         for (id, result) in loaded {
             match result {
                 Ok(snapshot) => snapshots.push((id, snapshot)),
-                Err(error) if error.is_integrity() || matches!(error, Error::UnsupportedVersion { .. }) => {
-                    damaged.push(error)
-                }
+                Err(error) if is_damage(&error) => damaged.push(error),
                 Err(error) => return Err(error),
             }
         }
@@ -434,6 +517,11 @@ impl Repository {
     pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<KeyId> {
         add_key(&*self.backend, &self.master, &self.config.id, password, kdf)
     }
+}
+
+/// Damage or an unknown version: reported per object rather than failing a listing.
+fn is_damage(error: &Error) -> bool {
+    error.is_integrity() || matches!(error, Error::UnsupportedVersion { .. })
 }
 
 /// The object name of a pack.

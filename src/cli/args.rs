@@ -59,6 +59,15 @@ pub enum Command {
     Dump(DumpArgs),
     /// Remove stale locks (all locks with --remove-all).
     Unlock(UnlockArgs),
+    /// Verify the repository: index, packs, snapshots, manifests (and data on request).
+    Check(CheckArgs),
+    /// Remove snapshots according to a retention policy.
+    Forget(ForgetArgs),
+    /// Remove data no snapshot uses and repack mostly-unused packs.
+    Prune(PruneArgs),
+    /// Rebuild damaged repository structures.
+    #[command(subcommand)]
+    Repair(RepairCommand),
 }
 
 #[derive(Debug, Args)]
@@ -200,4 +209,91 @@ pub struct UnlockArgs {
     /// Remove every lock, not only stale ones.
     #[arg(long)]
     pub remove_all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Download every pack and verify its hash and every blob in it.
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Download and verify a subset of the packs: N/M (part N of M) or P% (a random share).
+    #[arg(long, value_name = "N/M|P%")]
+    pub read_data_subset: Option<String>,
+    /// Packs downloaded at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ForgetArgs {
+    /// Keep the N latest snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the latest snapshot of each of the N latest hours (local time).
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the latest snapshot of each of the N latest days.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the latest snapshot of each of the N latest ISO weeks.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the latest snapshot of each of the N latest months.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the latest snapshot of each of the N latest years.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot taken within this duration of the group's latest (e.g. 7d, 2w, 1m, 1y, 12h, 1y6m).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep every snapshot with this tag (repeatable).
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+    /// Apply the policy per group of snapshots with the same host, paths and/or tags.
+    #[arg(long, default_value = "host,paths", value_name = "host,paths,tags")]
+    pub group_by: String,
+    /// Show what would be kept and removed, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run prune after removing snapshots.
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub prune_options: PruneOptionsArgs,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct PruneOptionsArgs {
+    /// Repack packs of which more than this share (percent) is unused.
+    #[arg(long, default_value_t = 5.0, value_name = "PERCENT")]
+    pub max_unused: f64,
+    /// Repack at most this many MiB of packs per run.
+    #[arg(long, value_name = "MiB")]
+    pub max_repack_size: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Show what would be deleted and repacked, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub options: PruneOptionsArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepairCommand {
+    /// Rebuild the index from the pack headers, replacing every index object.
+    Index(RepairIndexArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepairIndexArgs {
+    /// Read the pack headers and report, but write and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Pack headers read at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
 }

@@ -21,6 +21,10 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Restore(args) => restore(cli, args),
         Command::Dump(args) => dump(cli, args),
         Command::Unlock(args) => unlock(cli, args),
+        Command::Check(args) => super::maintenance::check(cli, args),
+        Command::Forget(args) => super::maintenance::forget(cli, args),
+        Command::Prune(args) => super::maintenance::prune(cli, args),
+        Command::Repair(what) => super::maintenance::repair(cli, what),
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod args;
 mod commands;
 pub mod exit;
+mod maintenance;
 mod output;
 mod password;
 mod postgres;

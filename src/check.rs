@@ -1,0 +1,401 @@
+//! Repository check: structure (index, packs, snapshots, manifests) and, on request,
+//! the content of packs, reporting which snapshots and files any damage takes away.
+//!
+//! Read only. The caller holds a shared lock.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::id::{BlobId, IndexId, PackId, SnapshotId};
+use crate::index::{IndexFile, IndexedPack};
+use crate::pack::{open_blob, read_pack, BlobType};
+use crate::repository::{pack_key, Repository};
+use crate::snapshot::Snapshot;
+
+/// Which packs `--read-data` downloads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadSubset {
+    /// Every pack.
+    All,
+    /// Part `n` of `m` (1-based): the packs whose id, read as a number, is `n - 1` mod `m`.
+    /// The parts are disjoint and `1/m` to `m/m` cover every pack.
+    Part { n: u32, m: u32 },
+    /// A random share of the packs, in percent.
+    Percent(f64),
+}
+
+impl FromStr for ReadSubset {
+    type Err = Error;
+
+    /// Parses `N/M` or `P%`.
+    fn from_str(text: &str) -> Result<Self> {
+        let invalid =
+            || Error::InvalidInput(format!("{text:?} is not a subset: give N/M (such as 2/7) or P% (such as 10%)"));
+        if let Some(percent) = text.strip_suffix('%') {
+            let value: f64 = percent.trim().parse().map_err(|_| invalid())?;
+            return if value > 0.0 && value <= 100.0 { Ok(Self::Percent(value)) } else { Err(invalid()) };
+        }
+        let (n, m) = text.split_once('/').ok_or_else(invalid)?;
+        let (n, m): (u32, u32) = (n.trim().parse().map_err(|_| invalid())?, m.trim().parse().map_err(|_| invalid())?);
+        if n == 0 || n > m {
+            return Err(invalid());
+        }
+        Ok(Self::Part { n, m })
+    }
+}
+
+/// What to check.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Download and verify these packs; `None` checks the structure only.
+    pub read_data: Option<ReadSubset>,
+    /// Packs downloaded at once.
+    pub jobs: usize,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        Self { read_data: None, jobs: 4 }
+    }
+}
+
+/// One damaged or missing object and the blobs lost with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The object's name, such as `data/3f/3f0a...` or `index/...`.
+    pub object: String,
+    pub reason: String,
+    /// Blobs that can no longer be read because of it (no other copy is indexed).
+    pub lost_blobs: Vec<BlobId>,
+}
+
+/// A snapshot that cannot be restored in full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AffectedSnapshot {
+    pub id: SnapshotId,
+    pub time: String,
+    pub host: String,
+    /// Why the manifest cannot be read, if it cannot: then every file is lost.
+    pub manifest_lost: Option<String>,
+    /// Data blobs the manifest names that are lost.
+    pub lost_blobs: u64,
+    /// Paths of the files that lose content, in path order.
+    pub paths: Vec<Vec<u8>>,
+}
+
+/// What a check found.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    pub index_objects: usize,
+    pub packs: usize,
+    pub snapshots: usize,
+    pub packs_read: usize,
+    pub bytes_read: u64,
+    pub blobs_read: u64,
+    pub damage: Vec<Damage>,
+    pub affected: Vec<AffectedSnapshot>,
+    /// Findings that lose nothing, such as packs no index names (left by an
+    /// interrupted backup or prune; prune removes them).
+    pub warnings: Vec<String>,
+}
+
+impl CheckReport {
+    /// True if anything is damaged or missing.
+    pub fn is_damaged(&self) -> bool {
+        !self.damage.is_empty() || !self.affected.is_empty()
+    }
+}
+
+/// The repository's index as the check sees it: only packs that exist at the size the
+/// index gives, and why each blob that cannot be read is lost.
+#[derive(Default)]
+struct IndexView {
+    packs: HashMap<PackId, IndexedPack>,
+    blobs: HashMap<(BlobId, BlobType), PackId>,
+    lost: HashMap<(BlobId, BlobType), String>,
+}
+
+impl IndexView {
+    /// Why a blob cannot be read, or `None` if it can (as far as the check knows).
+    fn lost_reason(&self, id: BlobId, blob_type: BlobType) -> Option<String> {
+        if let Some(reason) = self.lost.get(&(id, blob_type)) {
+            return Some(reason.clone());
+        }
+        (!self.blobs.contains_key(&(id, blob_type))).then(|| "it is in no index object".to_string())
+    }
+}
+
+/// Checks the repository; see the module documentation.
+pub fn check(repository: &Repository, options: &CheckOptions) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let stored = repository.list_packs()?;
+    let (files, damaged) = repository.load_index_objects()?;
+    report.index_objects = files.len() + damaged.len();
+    report.damage.extend(damaged.iter().map(damage_of));
+    warn_superseded(repository, &files, &mut report)?;
+    let view = build_view(&files, &stored, &mut report);
+    drop(files);
+    report.packs = stored.len();
+    let mut view = view;
+    if let Some(subset) = options.read_data {
+        read_packs(repository, &mut view, subset, options.jobs, &mut report)?;
+    }
+    check_snapshots(repository, &view, &mut report)?;
+    Ok(report)
+}
+
+fn damage_of(error: &Error) -> Damage {
+    let (object, reason) = match error {
+        Error::Integrity { object, reason } => (object.clone(), reason.clone()),
+        Error::MissingObject { object } => (object.clone(), "it is missing".to_string()),
+        other => (String::new(), other.to_string()),
+    };
+    Damage { object, reason, lost_blobs: Vec::new() }
+}
+
+fn warn_superseded(repository: &Repository, files: &[(IndexId, IndexFile)], report: &mut CheckReport) -> Result<()> {
+    let stored = repository.index_object_ids()?.len();
+    let leftover = stored.saturating_sub(report.index_objects);
+    if leftover > 0 {
+        report.warnings.push(format!(
+            "{leftover} superseded index object(s) are still stored; the next prune deletes them ({} in use)",
+            files.len()
+        ));
+    }
+    Ok(())
+}
+
+fn build_view(files: &[(IndexId, IndexFile)], stored: &HashMap<PackId, u64>, report: &mut CheckReport) -> IndexView {
+    let mut view = IndexView::default();
+    let mut bad: Vec<(&IndexedPack, String)> = Vec::new();
+    let mut listed = HashSet::new();
+    for pack in files.iter().flat_map(|(_, file)| &file.packs) {
+        if !listed.insert(pack.id) {
+            continue;
+        }
+        match stored.get(&pack.id) {
+            None => bad.push((pack, "it is in the index but missing from storage".into())),
+            Some(&size) if size != pack.size => {
+                bad.push((pack, format!("it has {size} bytes but the index says {}", pack.size)))
+            }
+            Some(_) => {
+                for blob in &pack.blobs {
+                    view.blobs.entry((blob.id, blob.blob_type)).or_insert(pack.id);
+                }
+                view.packs.insert(pack.id, pack.clone());
+            }
+        }
+    }
+    for (pack, reason) in bad {
+        let key = pack_key(&pack.id);
+        let lost: Vec<BlobId> =
+            lose_blobs(&mut view, &pack.blobs.iter().map(|b| (b.id, b.blob_type)).collect::<Vec<_>>(), &key);
+        report.damage.push(Damage { object: key, reason, lost_blobs: lost });
+    }
+    let mut unindexed: Vec<&PackId> = stored.keys().filter(|id| !listed.contains(id)).collect();
+    unindexed.sort();
+    for pack in unindexed {
+        report
+            .warnings
+            .push(format!("{} is in no index object (left by an interrupted run; prune removes it)", pack_key(pack)));
+    }
+    view
+}
+
+/// Marks blobs of a damaged object as lost unless another indexed copy exists.
+fn lose_blobs(view: &mut IndexView, blobs: &[(BlobId, BlobType)], object: &str) -> Vec<BlobId> {
+    let mut lost = Vec::new();
+    for &(id, blob_type) in blobs {
+        let elsewhere = view.blobs.get(&(id, blob_type)).is_some_and(|pack| pack_key(pack) != object);
+        if !elsewhere {
+            view.blobs.remove(&(id, blob_type));
+            view.lost.insert((id, blob_type), format!("{object} is damaged or missing"));
+            lost.push(id);
+        }
+    }
+    lost
+}
+
+/// The packs a subset selects, in id order.
+fn select_packs(view: &IndexView, subset: ReadSubset) -> Vec<PackId> {
+    let mut ids: Vec<PackId> = view.packs.keys().copied().collect();
+    ids.sort();
+    match subset {
+        ReadSubset::All => ids,
+        ReadSubset::Part { n, m } => {
+            ids.into_iter().filter(|id| u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]) % m == n - 1).collect()
+        }
+        ReadSubset::Percent(percent) => {
+            let count = ((ids.len() as f64) * percent / 100.0).ceil() as usize;
+            rand::seq::SliceRandom::shuffle(&mut ids[..], &mut rand::rng());
+            ids.truncate(count);
+            ids.sort();
+            ids
+        }
+    }
+}
+
+/// What reading one pack found.
+struct PackReading {
+    bytes: u64,
+    blobs: u64,
+    problems: Vec<String>,
+    bad_blobs: Vec<(BlobId, BlobType)>,
+}
+
+fn read_packs(
+    repository: &Repository,
+    view: &mut IndexView,
+    subset: ReadSubset,
+    jobs: usize,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let selected = select_packs(view, subset);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs.max(1))
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("cannot start {jobs} check threads: {e}")))?;
+    let packs = &view.packs;
+    let readings: Vec<(PackId, Result<PackReading>)> =
+        pool.install(|| selected.par_iter().map(|id| (*id, read_one_pack(repository, &packs[id]))).collect());
+    for (id, reading) in readings {
+        let reading = reading?;
+        report.packs_read += 1;
+        report.bytes_read += reading.bytes;
+        report.blobs_read += reading.blobs;
+        if reading.problems.is_empty() && reading.bad_blobs.is_empty() {
+            continue;
+        }
+        let key = pack_key(&id);
+        let lost = lose_blobs(view, &reading.bad_blobs, &key);
+        let mut reason = reading.problems.join("; ");
+        if !reading.bad_blobs.is_empty() {
+            let sep = if reason.is_empty() { "" } else { "; " };
+            reason.push_str(&format!("{sep}{} blob(s) fail authentication", reading.bad_blobs.len()));
+        }
+        report.damage.push(Damage { object: key, reason, lost_blobs: lost });
+    }
+    Ok(())
+}
+
+/// Downloads one pack, checks its hash and header against the index, and opens every
+/// blob the index places in it.
+fn read_one_pack(repository: &Repository, pack: &IndexedPack) -> Result<PackReading> {
+    let key = pack_key(&pack.id);
+    let bytes = match repository.backend().get(&key) {
+        Ok(bytes) => bytes,
+        Err(error) if error.is_integrity() => {
+            let bad_blobs = pack.blobs.iter().map(|b| (b.id, b.blob_type)).collect();
+            return Ok(PackReading { bytes: 0, blobs: 0, problems: vec![error.to_string()], bad_blobs });
+        }
+        Err(error) => return Err(error),
+    };
+    let mut problems = Vec::new();
+    if *blake3::hash(&bytes).as_bytes() != pack.id.0 {
+        problems.push("its content does not match its name (hash mismatch)".to_string());
+    }
+    match read_pack(repository.master(), &bytes, None, &key) {
+        Ok(header) => {
+            if pack.blobs.iter().any(|blob| !header.contains(blob)) {
+                problems.push("its header and the index disagree".to_string());
+            }
+        }
+        Err(error) => problems.push(damage_of(&error).reason),
+    }
+    let mut bad_blobs = Vec::new();
+    for blob in &pack.blobs {
+        let range = blob.offset as usize..blob.offset as usize + blob.length as usize;
+        let opened = bytes
+            .get(range)
+            .and_then(|sealed| open_blob(repository.master(), blob.blob_type, blob.id, sealed, blob.raw_length));
+        if opened.is_none() {
+            bad_blobs.push((blob.id, blob.blob_type));
+        }
+    }
+    Ok(PackReading { bytes: bytes.len() as u64, blobs: pack.blobs.len() as u64, problems, bad_blobs })
+}
+
+fn check_snapshots(repository: &Repository, view: &IndexView, report: &mut CheckReport) -> Result<()> {
+    let (snapshots, damaged) = repository.list_snapshots()?;
+    report.damage.extend(damaged.iter().map(damage_of));
+    for (id, snapshot) in &snapshots {
+        report.snapshots += 1;
+        if let Some(affected) = check_snapshot(repository, view, id, snapshot)? {
+            report.affected.push(affected);
+        }
+    }
+    Ok(())
+}
+
+/// What a snapshot loses, if anything: its manifest, or the files using lost blobs.
+fn check_snapshot(
+    repository: &Repository,
+    view: &IndexView,
+    id: &SnapshotId,
+    snapshot: &Snapshot,
+) -> Result<Option<AffectedSnapshot>> {
+    let mut affected = AffectedSnapshot {
+        id: *id,
+        time: snapshot.time.clone(),
+        host: snapshot.host.clone(),
+        manifest_lost: None,
+        lost_blobs: 0,
+        paths: Vec::new(),
+    };
+    let manifest_blob_lost =
+        snapshot.manifest.blobs.iter().find_map(|blob| view.lost_reason(*blob, BlobType::Metadata));
+    if let Some(reason) = manifest_blob_lost {
+        affected.manifest_lost = Some(format!("a blob of its manifest is lost: {reason}"));
+        return Ok(Some(affected));
+    }
+    let manifest = match repository.load_manifest(id, snapshot) {
+        Ok(manifest) => manifest,
+        Err(error) if error.is_integrity() || matches!(error, Error::UnsupportedVersion { .. }) => {
+            affected.manifest_lost = Some(error.to_string());
+            return Ok(Some(affected));
+        }
+        Err(error) => return Err(error),
+    };
+    let lost: HashSet<BlobId> =
+        manifest.blobs()?.into_iter().filter(|blob| view.lost_reason(*blob, BlobType::Data).is_some()).collect();
+    if lost.is_empty() {
+        return Ok(None);
+    }
+    affected.lost_blobs = lost.len() as u64;
+    affected.paths = manifest.paths_using(&lost)?;
+    Ok(Some(affected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_parse_and_reject_nonsense() {
+        assert_eq!("2/7".parse::<ReadSubset>().unwrap(), ReadSubset::Part { n: 2, m: 7 });
+        assert_eq!("12.5%".parse::<ReadSubset>().unwrap(), ReadSubset::Percent(12.5));
+        for bad in ["0/3", "4/3", "x/3", "0%", "101%", "7", ""] {
+            assert!(bad.parse::<ReadSubset>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parts_are_disjoint_and_cover_every_pack() {
+        let mut view = IndexView::default();
+        for byte in 0..=255u8 {
+            let id = PackId([byte; 32]);
+            view.packs.insert(id, IndexedPack { id, size: 1, blobs: vec![] });
+        }
+        let mut seen = HashSet::new();
+        for n in 1..=5 {
+            for id in select_packs(&view, ReadSubset::Part { n, m: 5 }) {
+                assert!(seen.insert(id), "{id:?} is in two parts");
+            }
+        }
+        assert_eq!(seen.len(), 256);
+        assert_eq!(select_packs(&view, ReadSubset::Percent(10.0)).len(), 26);
+    }
+}

@@ -1,0 +1,294 @@
+//! Maintenance commands: check, forget and prune.
+
+use std::collections::HashSet;
+
+use anyhow::Result;
+use coffer::prune::{self, PruneOptions, PrunePlan, PruneReport};
+use coffer::{CheckOptions, CheckReport, Decision, GroupBy, ReadSubset, Repository, RetentionPolicy, SnapshotId};
+use serde_json::{json, Value};
+
+use super::args::{CheckArgs, ForgetArgs, PruneArgs, PruneOptionsArgs, RepairCommand, RepairIndexArgs};
+use super::output::{self, note};
+use super::{exit, fail, Cli};
+
+/// Paths listed per affected snapshot in text output without `-v`.
+const PATHS_SHOWN: usize = 20;
+
+/// Opens the repository even if some index objects are damaged: check reports them.
+fn open_damaged(cli: &Cli) -> Result<Repository> {
+    let backend = super::backend(cli, false)?;
+    coffer::read_config(&*backend)?;
+    let password = super::password::read(cli, false)?;
+    Ok(Repository::open_damaged(backend, password.as_bytes(), super::cache_root(cli).as_deref())?.0)
+}
+
+pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
+    let read_data = match (&args.read_data_subset, args.read_data) {
+        (Some(subset), _) => Some(subset.parse::<ReadSubset>()?),
+        (None, true) => Some(ReadSubset::All),
+        (None, false) => None,
+    };
+    let repository = open_damaged(cli)?;
+    let _lock = repository.lock(false)?;
+    let report = coffer::check(&repository, &CheckOptions { read_data, jobs: args.jobs as usize })?;
+    if cli.json {
+        output::json(&check_json(&report));
+    } else {
+        print_check(cli, &report);
+    }
+    if !report.is_damaged() {
+        return Ok(exit::SUCCESS);
+    }
+    fail(
+        exit::DAMAGED,
+        format!(
+            "check found {} damaged or missing object(s); {} snapshot(s) cannot be restored in full",
+            report.damage.len(),
+            report.affected.len()
+        ),
+    )
+}
+
+fn check_json(report: &CheckReport) -> Value {
+    let damage: Vec<Value> = report
+        .damage
+        .iter()
+        .map(|d| {
+            let blobs: Vec<String> = d.lost_blobs.iter().map(|b| b.to_hex()).collect();
+            json!({"object": d.object, "reason": d.reason, "lost_blobs": blobs})
+        })
+        .collect();
+    let affected: Vec<Value> = report
+        .affected
+        .iter()
+        .map(|a| {
+            let paths: Vec<String> = a.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+            json!({"snapshot": a.id.to_hex(), "time": a.time, "host": a.host, "manifest_lost": a.manifest_lost,
+                "lost_blobs": a.lost_blobs, "paths": paths})
+        })
+        .collect();
+    json!({"ok": !report.is_damaged(), "index_objects": report.index_objects, "packs": report.packs,
+        "snapshots": report.snapshots, "packs_read": report.packs_read, "bytes_read": report.bytes_read,
+        "blobs_read": report.blobs_read, "damage": damage, "affected": affected, "warnings": report.warnings})
+}
+
+fn print_check(cli: &Cli, report: &CheckReport) {
+    note(
+        cli.quiet,
+        &format!(
+            "checked {} index object(s), {} pack(s), {} snapshot(s); read {} pack(s) ({}, {} blobs)",
+            report.index_objects,
+            report.packs,
+            report.snapshots,
+            report.packs_read,
+            output::size(report.bytes_read),
+            report.blobs_read
+        ),
+    );
+    for warning in &report.warnings {
+        note(cli.quiet, &format!("warning: {warning}"));
+    }
+    for damage in &report.damage {
+        output::line(&format!(
+            "damaged: {}: {} ({} blob(s) lost)",
+            damage.object,
+            damage.reason,
+            damage.lost_blobs.len()
+        ));
+    }
+    for affected in &report.affected {
+        let name = format!("snapshot {} ({}, {})", affected.id.short(), affected.time, affected.host);
+        if let Some(reason) = &affected.manifest_lost {
+            output::line(&format!("{name}: nothing can be restored: {reason}"));
+            continue;
+        }
+        output::line(&format!("{name}: {} file(s) lose data:", affected.paths.len()));
+        let shown = if cli.verbose > 0 { affected.paths.len() } else { PATHS_SHOWN };
+        for path in affected.paths.iter().take(shown) {
+            output::line(&format!("  {}", output::path_text(path)));
+        }
+        if affected.paths.len() > shown {
+            output::line(&format!("  ... and {} more (-v lists all)", affected.paths.len() - shown));
+        }
+    }
+    if !report.is_damaged() {
+        note(cli.quiet, "no damage found");
+    }
+}
+
+pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
+    let policy = retention_policy(args)?;
+    let group_by: GroupBy = args.group_by.parse()?;
+    if policy.is_empty() {
+        return fail(exit::USAGE, "no retention policy given: add at least one --keep-* option");
+    }
+    let repository = super::open(cli)?;
+    let _lock = repository.lock(true)?;
+    let (snapshots, damaged) = repository.list_snapshots()?;
+    for error in &damaged {
+        eprintln!("warning: {error} (not considered)");
+    }
+    let decisions = coffer::apply_policy(&snapshots, &policy, group_by, &jiff::tz::TimeZone::system())?;
+    let removed = if args.dry_run { 0 } else { coffer::remove_snapshots(&repository, &decisions)? };
+    let forgotten_json = print_decisions(cli, &decisions, args.dry_run, removed);
+    if !args.prune {
+        if let Some(value) = forgotten_json {
+            output::json(&value);
+        }
+        return Ok(exit::SUCCESS);
+    }
+    let forgotten = if args.dry_run {
+        decisions.iter().filter(|decision| !decision.keep).map(|decision| decision.id).collect()
+    } else {
+        HashSet::new()
+    };
+    let pruned = plan_and_prune(cli, &repository, &args.prune_options, args.dry_run, &forgotten)?;
+    if let (Some(mut value), Some(pruned)) = (forgotten_json, pruned) {
+        value["prune"] = pruned;
+        output::json(&value);
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn retention_policy(args: &ForgetArgs) -> Result<RetentionPolicy> {
+    Ok(RetentionPolicy {
+        last: args.keep_last,
+        hourly: args.keep_hourly,
+        daily: args.keep_daily,
+        weekly: args.keep_weekly,
+        monthly: args.keep_monthly,
+        yearly: args.keep_yearly,
+        within: args.keep_within.as_deref().map(coffer::parse_duration).transpose()?,
+        tags: args.keep_tags.clone(),
+    })
+}
+
+/// Prints the decisions as text, or returns them as JSON for the caller to print.
+fn print_decisions(cli: &Cli, decisions: &[Decision], dry_run: bool, removed: usize) -> Option<Value> {
+    let removing = decisions.iter().filter(|decision| !decision.keep).count();
+    if cli.json {
+        let list: Vec<Value> = decisions
+            .iter()
+            .map(|d| json!({"snapshot": d.id.to_hex(), "time": d.time, "group": d.group, "keep": d.keep, "reasons": d.reasons}))
+            .collect();
+        return Some(json!({"dry_run": dry_run, "snapshots": list, "removed": removed}));
+    }
+    let mut group = None;
+    for decision in decisions {
+        if group != Some(&decision.group) {
+            output::line(&format!("group: {}", decision.group));
+            group = Some(&decision.group);
+        }
+        let action = if decision.keep { "keep" } else { "remove" };
+        output::line(&format!(
+            "  {}  {:<24}  {action:<6}  {}",
+            decision.id.short(),
+            decision.time,
+            decision.reasons.join(", ")
+        ));
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let count = if dry_run { removing } else { removed };
+    note(cli.quiet, &format!("{verb} {count} of {} snapshot(s)", decisions.len()));
+    None
+}
+
+pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<i32> {
+    let repository = super::open(cli)?;
+    let _lock = repository.lock(true)?;
+    if let Some(value) = plan_and_prune(cli, &repository, &args.options, args.dry_run, &HashSet::new())? {
+        output::json(&value);
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// Plans a prune, prints the plan (or returns it as JSON), and executes it unless this
+/// is a dry run. The caller holds an exclusive lock.
+fn plan_and_prune(
+    cli: &Cli,
+    repository: &Repository,
+    args: &PruneOptionsArgs,
+    dry_run: bool,
+    forgotten: &HashSet<SnapshotId>,
+) -> Result<Option<Value>> {
+    if !(0.0..=100.0).contains(&args.max_unused) {
+        return fail(exit::USAGE, format!("--max-unused {} must be a percentage from 0 to 100", args.max_unused));
+    }
+    let options = PruneOptions {
+        max_unused: args.max_unused / 100.0,
+        max_repack_size: args.max_repack_size.map(|mebibytes| mebibytes.saturating_mul(1024 * 1024)),
+    };
+    let plan = prune::plan(repository, &options, forgotten)?;
+    let report = if dry_run { None } else { Some(prune::execute(repository, &plan)?) };
+    Ok(print_prune(cli, &plan, report.as_ref()))
+}
+
+/// Prints a prune's plan and outcome as text, or returns them as JSON.
+fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) -> Option<Value> {
+    let deleted = plan.delete.len() + plan.unindexed.len();
+    if cli.json {
+        let mut value = json!({"dry_run": report.is_none(), "snapshots": plan.snapshots, "used_blobs": plan.used_blobs,
+            "packs_kept": plan.keep.len(), "packs_deleted": deleted, "packs_unindexed": plan.unindexed.len(),
+            "packs_repacked": plan.repack.len(), "bytes_deleted": plan.bytes_deleted(), "bytes_repacked": plan.bytes_repacked(),
+            "bytes_freed": plan.bytes_freed(), "index_objects_replaced": if plan.rewrite_index { plan.old_indexes.len() } else { 0 }});
+        if let Some(report) = report {
+            value["packs_written"] = json!(report.packs_written);
+            value["bytes_written"] = json!(report.bytes_written);
+        }
+        return Some(value);
+    }
+    let verb = if report.is_some() { "" } else { "would " };
+    output::line(&format!(
+        "{verb}delete {deleted} pack(s) ({}; {} in no index), {verb}repack {} pack(s) ({}), keep {}; frees about {}",
+        output::size(plan.bytes_deleted()),
+        plan.unindexed.len(),
+        plan.repack.len(),
+        output::size(plan.bytes_repacked()),
+        plan.keep.len(),
+        output::size(plan.bytes_freed())
+    ));
+    if plan.rewrite_index {
+        output::line(&format!("{verb}replace {} index object(s) with one", plan.old_indexes.len()));
+    }
+    if let Some(report) = report {
+        note(
+            cli.quiet,
+            &format!("wrote {} new pack(s) ({})", report.packs_written, output::size(report.bytes_written)),
+        );
+    }
+    None
+}
+
+pub fn repair(cli: &Cli, what: &RepairCommand) -> Result<i32> {
+    match what {
+        RepairCommand::Index(args) => repair_index(cli, args),
+    }
+}
+
+fn repair_index(cli: &Cli, args: &RepairIndexArgs) -> Result<i32> {
+    let repository = open_damaged(cli)?;
+    let _lock = repository.lock(true)?;
+    let report = coffer::repair_index(&repository, args.jobs as usize, args.dry_run)?;
+    for (pack, reason) in &report.unreadable {
+        eprintln!("warning: {} is left out: {reason}", coffer::pack_key(pack));
+    }
+    if cli.json {
+        let unreadable: Vec<Value> =
+            report.unreadable.iter().map(|(pack, reason)| json!({"pack": pack.to_hex(), "reason": reason})).collect();
+        let replaced: Vec<String> = report.replaced.iter().map(|id| id.to_hex()).collect();
+        output::json(&json!({"dry_run": args.dry_run, "packs": report.packs, "blobs": report.blobs,
+            "unreadable": unreadable, "written": report.written.map(|id| id.to_hex()), "replaced": replaced}));
+    } else {
+        let verb = if args.dry_run { "would replace" } else { "replaced" };
+        note(
+            cli.quiet,
+            &format!(
+                "read the headers of {} pack(s) ({} blobs); {verb} {} index object(s) with one",
+                report.packs,
+                report.blobs,
+                report.replaced.len()
+            ),
+        );
+    }
+    Ok(exit::SUCCESS)
+}

@@ -1,0 +1,370 @@
+//! Retention policies: which snapshots `forget` keeps, decided by a pure function of
+//! their times, hosts, paths and tags, with periods counted in local calendar time.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use jiff::tz::TimeZone;
+use jiff::{Span, Timestamp, Zoned};
+
+use crate::error::{Error, Result};
+use crate::id::SnapshotId;
+use crate::repository::Repository;
+use crate::snapshot::Snapshot;
+
+/// What to keep; a snapshot is kept if any rule keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionPolicy {
+    pub last: Option<u32>,
+    pub hourly: Option<u32>,
+    pub daily: Option<u32>,
+    pub weekly: Option<u32>,
+    pub monthly: Option<u32>,
+    pub yearly: Option<u32>,
+    /// Keep snapshots taken within this span before the group's latest one.
+    pub within: Option<Span>,
+    /// Keep snapshots carrying any of these tags.
+    pub tags: Vec<String>,
+}
+
+impl RetentionPolicy {
+    /// True if no rule is set: forgetting with it would remove everything.
+    pub fn is_empty(&self) -> bool {
+        let counts = [self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly];
+        counts.iter().all(Option::is_none) && self.within.is_none() && self.tags.is_empty()
+    }
+}
+
+/// Parses a duration such as `7d`, `2w`, `1m` (a month), `1y`, `12h` or `1y6m`.
+pub fn parse_duration(text: &str) -> Result<Span> {
+    let invalid = || {
+        Error::InvalidInput(format!("{text:?} is not a duration: use numbers with y, m, w, d or h, such as 7d or 1y6m"))
+    };
+    let mut span = Span::new();
+    let mut digits = String::new();
+    for character in text.trim().chars() {
+        if character.is_ascii_digit() {
+            digits.push(character);
+            continue;
+        }
+        let count: i64 = digits.parse().ok().filter(|n| *n <= 100_000).ok_or_else(invalid)?;
+        digits.clear();
+        span = match character {
+            'y' => span.try_years(count),
+            'm' => span.try_months(count),
+            'w' => span.try_weeks(count),
+            'd' => span.try_days(count),
+            'h' => span.try_hours(count),
+            _ => return Err(invalid()),
+        }
+        .map_err(|_| invalid())?;
+    }
+    if !digits.is_empty() || span.is_zero() {
+        return Err(invalid());
+    }
+    Ok(span)
+}
+
+/// Which facts put snapshots in the same group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GroupBy {
+    pub host: bool,
+    pub paths: bool,
+    pub tags: bool,
+}
+
+impl FromStr for GroupBy {
+    type Err = Error;
+
+    /// Parses a comma-separated list of `host`, `paths` and `tags` (empty: one group).
+    fn from_str(text: &str) -> Result<Self> {
+        let mut group = GroupBy::default();
+        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+            match part {
+                "host" => group.host = true,
+                "paths" => group.paths = true,
+                "tags" => group.tags = true,
+                other => {
+                    return Err(Error::InvalidInput(format!("cannot group by {other:?}: use host, paths or tags")))
+                }
+            }
+        }
+        Ok(group)
+    }
+}
+
+impl GroupBy {
+    /// The group a snapshot falls in, as text for display.
+    pub fn key(&self, snapshot: &Snapshot) -> String {
+        let mut parts = Vec::new();
+        if self.host {
+            parts.push(format!("host {}", snapshot.host));
+        }
+        if self.paths {
+            let mut paths = snapshot.paths.clone();
+            paths.sort();
+            parts.push(format!("paths {}", paths.join(" ")));
+        }
+        if self.tags {
+            let mut tags = snapshot.tags.clone();
+            tags.sort();
+            parts.push(format!("tags {}", tags.join(",")));
+        }
+        parts.join(", ")
+    }
+}
+
+/// Whether one snapshot stays, and the rules that keep it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub id: SnapshotId,
+    pub group: String,
+    pub time: String,
+    pub keep: bool,
+    pub reasons: Vec<String>,
+}
+
+/// Decides, group by group, which snapshots a policy keeps. Periods (hours, days, ISO
+/// weeks, months, years) are calendar periods in `zone`; for each period rule the
+/// latest snapshot of each of the N latest periods that have one is kept, as restic
+/// does. A snapshot whose time cannot be read is kept. Decisions come newest first
+/// within each group.
+pub fn apply_policy(
+    snapshots: &[(SnapshotId, Snapshot)],
+    policy: &RetentionPolicy,
+    group_by: GroupBy,
+    zone: &TimeZone,
+) -> Result<Vec<Decision>> {
+    if policy.is_empty() {
+        return Err(Error::InvalidInput("no retention policy given: add at least one --keep-* option".into()));
+    }
+    let mut groups: BTreeMap<String, Vec<Member<'_>>> = BTreeMap::new();
+    for (id, snapshot) in snapshots {
+        let group = group_by.key(snapshot);
+        let zoned = snapshot.time.parse::<Timestamp>().ok().map(|time| time.to_zoned(zone.clone()));
+        let decision =
+            Decision { id: *id, group: group.clone(), time: snapshot.time.clone(), keep: false, reasons: vec![] };
+        groups.entry(group).or_default().push((decision, zoned, snapshot));
+    }
+    let mut decisions = Vec::new();
+    for (_, mut members) in groups {
+        members.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.id.cmp(&a.0.id)));
+        decide_group(&mut members, policy)?;
+        decisions.extend(members.into_iter().map(|(decision, _, _)| decision));
+    }
+    Ok(decisions)
+}
+
+/// A number naming the calendar day of `zoned`.
+fn day_number(zoned: &Zoned) -> i64 {
+    zoned.year() as i64 * 10_000 + zoned.month() as i64 * 100 + zoned.day() as i64
+}
+
+/// A snapshot's decision, its local time (if readable) and the record.
+type Member<'a> = (Decision, Option<Zoned>, &'a Snapshot);
+/// A period rule: its name, its count, and the period a time falls in.
+type Rule = (&'static str, Option<u32>, fn(&Zoned) -> i64);
+
+fn keep(decision: &mut Decision, reason: &str) {
+    decision.keep = true;
+    decision.reasons.push(reason.to_string());
+}
+
+/// Applies every rule to one group, sorted newest first.
+fn decide_group(members: &mut [Member<'_>], policy: &RetentionPolicy) -> Result<()> {
+    let rules: [Rule; 6] = [
+        ("last", policy.last, |_| 0),
+        ("hourly", policy.hourly, |z| day_number(z) * 100 + z.hour() as i64),
+        ("daily", policy.daily, day_number),
+        ("weekly", policy.weekly, |z| {
+            let week = z.date().iso_week_date();
+            week.year() as i64 * 100 + week.week() as i64
+        }),
+        ("monthly", policy.monthly, |z| z.year() as i64 * 100 + z.month() as i64),
+        ("yearly", policy.yearly, |z| z.year() as i64),
+    ];
+    for (name, count, period) in rules {
+        let Some(mut remaining) = count else { continue };
+        let mut previous = None;
+        for (index, (decision, zoned, _)) in members.iter_mut().enumerate() {
+            let Some(zoned) = zoned else { continue };
+            // keep-last counts snapshots, not periods: each is its own "period".
+            let current = if name == "last" { index as i64 } else { period(zoned) };
+            if remaining > 0 && previous != Some(current) {
+                keep(decision, name);
+                remaining -= 1;
+            }
+            previous = Some(current);
+        }
+    }
+    keep_within_and_tagged(members, policy)
+}
+
+fn keep_within_and_tagged(members: &mut [Member<'_>], policy: &RetentionPolicy) -> Result<()> {
+    let newest = members.iter().find_map(|(_, zoned, _)| zoned.clone());
+    let threshold = match (&policy.within, newest) {
+        (Some(span), Some(newest)) => Some(
+            newest
+                .checked_sub(*span)
+                .map_err(|e| Error::InvalidInput(format!("--keep-within reaches beyond the calendar: {e}")))?,
+        ),
+        _ => None,
+    };
+    for (decision, zoned, snapshot) in members.iter_mut() {
+        let Some(zoned) = zoned else {
+            keep(decision, "time unreadable");
+            continue;
+        };
+        if threshold.as_ref().is_some_and(|threshold| *zoned >= *threshold) {
+            keep(decision, "within");
+        }
+        for tag in policy.tags.iter().filter(|tag| snapshot.tags.contains(tag)) {
+            keep(decision, &format!("tag {tag}"));
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the snapshot records of the decisions that do not keep them, and their
+/// cached manifests; returns how many were removed. The caller holds an exclusive lock.
+pub fn remove_snapshots(repository: &Repository, decisions: &[Decision]) -> Result<usize> {
+    let mut removed = 0;
+    for decision in decisions.iter().filter(|decision| !decision.keep) {
+        repository.backend().delete(&format!("snapshots/{}", decision.id))?;
+        let _ = std::fs::remove_file(repository.manifest_cache_path(&decision.id));
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{ManifestRef, Source, Summary};
+
+    fn snapshot(time: &str, host: &str, tags: &[&str]) -> Snapshot {
+        Snapshot {
+            version: 1,
+            time: time.into(),
+            host: host.into(),
+            user: "u".into(),
+            uid: 0,
+            gid: 0,
+            paths: vec!["/d".into()],
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            parent: None,
+            complete: true,
+            sources: vec![Source::Files { paths: vec!["/d".into()] }],
+            summary: Summary::default(),
+            program_version: "t".into(),
+            manifest: ManifestRef { blobs: vec![], size: 0, blake3: String::new() },
+        }
+    }
+
+    /// Snapshots at the given UTC times, ids numbered in order.
+    fn list(times: &[&str]) -> Vec<(SnapshotId, Snapshot)> {
+        times.iter().enumerate().map(|(n, time)| (SnapshotId([n as u8; 32]), snapshot(time, "h", &[]))).collect()
+    }
+
+    fn kept(decisions: &[Decision]) -> Vec<u8> {
+        let mut kept: Vec<u8> = decisions.iter().filter(|d| d.keep).map(|d| d.id.0[0]).collect();
+        kept.sort();
+        kept
+    }
+
+    fn by_host() -> GroupBy {
+        "host,paths".parse().unwrap()
+    }
+
+    #[test]
+    fn daily_keeps_the_latest_of_each_of_the_last_days() {
+        let mut times = Vec::new();
+        for day in 1..=10 {
+            times.push(format!("2026-03-{day:02}T02:00:00Z"));
+            times.push(format!("2026-03-{day:02}T14:00:00Z"));
+        }
+        let times: Vec<&str> = times.iter().map(String::as_str).collect();
+        let policy = RetentionPolicy { daily: Some(7), ..Default::default() };
+        let decisions = apply_policy(&list(&times), &policy, by_host(), &TimeZone::UTC).unwrap();
+        // The 14:00 snapshot of days 4 to 10 is at index 2 * day - 1.
+        assert_eq!(kept(&decisions), vec![7, 9, 11, 13, 15, 17, 19]);
+        assert!(decisions.iter().filter(|d| d.keep).all(|d| d.reasons == ["daily"]));
+    }
+
+    #[test]
+    fn days_are_local_calendar_days() {
+        let times = ["2026-03-01T22:30:00Z", "2026-03-02T01:30:00Z", "2026-03-02T23:30:00Z"];
+        let policy = RetentionPolicy { daily: Some(5), ..Default::default() };
+        let utc = apply_policy(&list(&times), &policy, by_host(), &TimeZone::UTC).unwrap();
+        assert_eq!(kept(&utc), vec![0, 2]);
+        // At UTC+3 the first two fall on 2 March and the last on 3 March.
+        let east = TimeZone::fixed(jiff::tz::offset(3));
+        let local = apply_policy(&list(&times), &policy, by_host(), &east).unwrap();
+        assert_eq!(kept(&local), vec![1, 2]);
+    }
+
+    #[test]
+    fn rules_combine_and_name_themselves() {
+        let times = ["2025-12-31T10:00:00Z", "2026-01-15T10:00:00Z", "2026-02-10T10:00:00Z", "2026-02-20T10:00:00Z"];
+        let policy = RetentionPolicy { last: Some(1), monthly: Some(2), yearly: Some(5), ..Default::default() };
+        let decisions = apply_policy(&list(&times), &policy, by_host(), &TimeZone::UTC).unwrap();
+        assert_eq!(kept(&decisions), vec![0, 1, 3]);
+        let newest = decisions.iter().find(|d| d.id.0[0] == 3).unwrap();
+        assert_eq!(newest.reasons, ["last", "monthly", "yearly"]);
+        let january = decisions.iter().find(|d| d.id.0[0] == 1).unwrap();
+        assert_eq!(january.reasons, ["monthly"]);
+    }
+
+    #[test]
+    fn weekly_uses_iso_weeks() {
+        // Sunday 2026-03-08 and Monday 2026-03-09 are in different ISO weeks.
+        let times = ["2026-03-02T10:00:00Z", "2026-03-08T10:00:00Z", "2026-03-09T10:00:00Z"];
+        let policy = RetentionPolicy { weekly: Some(2), ..Default::default() };
+        let decisions = apply_policy(&list(&times), &policy, by_host(), &TimeZone::UTC).unwrap();
+        assert_eq!(kept(&decisions), vec![1, 2]);
+    }
+
+    #[test]
+    fn within_counts_back_from_the_latest_and_tags_keep() {
+        let times = ["2026-01-01T00:00:00Z", "2026-02-20T00:00:00Z", "2026-03-01T00:00:00Z"];
+        let mut snapshots = list(&times);
+        snapshots[0].1.tags = vec!["audit".into()];
+        let policy = RetentionPolicy {
+            within: Some(parse_duration("2w").unwrap()),
+            tags: vec!["audit".into()],
+            ..Default::default()
+        };
+        let decisions = apply_policy(&snapshots, &policy, by_host(), &TimeZone::UTC).unwrap();
+        assert_eq!(kept(&decisions), vec![0, 1, 2]);
+        assert_eq!(decisions.iter().find(|d| d.id.0[0] == 0).unwrap().reasons, ["tag audit"]);
+        let narrow = RetentionPolicy { within: Some(parse_duration("5d").unwrap()), ..Default::default() };
+        assert_eq!(kept(&apply_policy(&snapshots, &narrow, by_host(), &TimeZone::UTC).unwrap()), vec![2]);
+    }
+
+    #[test]
+    fn groups_are_decided_separately() {
+        let snapshots = vec![
+            (SnapshotId([0; 32]), snapshot("2026-03-01T00:00:00Z", "a", &[])),
+            (SnapshotId([1; 32]), snapshot("2026-03-02T00:00:00Z", "a", &[])),
+            (SnapshotId([2; 32]), snapshot("2026-03-01T00:00:00Z", "b", &[])),
+        ];
+        let policy = RetentionPolicy { last: Some(1), ..Default::default() };
+        assert_eq!(kept(&apply_policy(&snapshots, &policy, by_host(), &TimeZone::UTC).unwrap()), vec![1, 2]);
+        let one_group = "".parse().unwrap();
+        assert_eq!(kept(&apply_policy(&snapshots, &policy, one_group, &TimeZone::UTC).unwrap()), vec![1]);
+    }
+
+    #[test]
+    fn no_policy_is_refused_and_durations_parse() {
+        let error =
+            apply_policy(&list(&["2026-03-01T00:00:00Z"]), &RetentionPolicy::default(), by_host(), &TimeZone::UTC);
+        assert!(matches!(error, Err(Error::InvalidInput(_))));
+        assert_eq!(parse_duration("1y6m").unwrap().get_years(), 1);
+        assert_eq!(parse_duration("1y6m").unwrap().get_months(), 6);
+        assert_eq!(parse_duration("12h").unwrap().get_hours(), 12);
+        for bad in ["", "7", "d", "7x", "0d", "99999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!("host,colour".parse::<GroupBy>().is_err());
+    }
+}

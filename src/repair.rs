@@ -1,0 +1,67 @@
+//! Repair: rebuild the index from the pack headers, when index objects are damaged or lost.
+//!
+//! The caller holds an exclusive lock.
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::id::{IndexId, PackId};
+use crate::index::{IndexFile, IndexedPack};
+use crate::pack::{decode_header, header_bounds, open_object, PackEntry};
+use crate::repository::{pack_key, Repository};
+
+/// What rebuilding the index found and did.
+#[derive(Debug, Clone, Default)]
+pub struct RepairIndexReport {
+    /// Packs whose headers were read and indexed.
+    pub packs: usize,
+    pub blobs: u64,
+    /// Packs whose header cannot be read, and why; they are left in place, unindexed.
+    pub unreadable: Vec<(PackId, String)>,
+    /// The new index object, if one was written.
+    pub written: Option<IndexId>,
+    /// Index objects it replaced (and deleted).
+    pub replaced: Vec<IndexId>,
+}
+
+/// Reads every pack's header (`jobs` at a time) and, unless `dry_run`, writes one index
+/// object listing them that supersedes every stored index object, then deletes those.
+pub fn repair_index(repository: &Repository, jobs: usize, dry_run: bool) -> Result<RepairIndexReport> {
+    let mut stored: Vec<(PackId, u64)> = repository.list_packs()?.into_iter().collect();
+    stored.sort();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs.max(1))
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("cannot start {jobs} threads: {e}")))?;
+    let headers: Vec<(PackId, u64, Result<Vec<PackEntry>>)> =
+        pool.install(|| stored.par_iter().map(|(id, size)| (*id, *size, read_header(repository, id, *size))).collect());
+    let mut report = RepairIndexReport::default();
+    let mut packs = Vec::new();
+    for (id, size, header) in headers {
+        match header {
+            Ok(blobs) => packs.push(IndexedPack { id, size, blobs }),
+            Err(error) if error.is_integrity() => report.unreadable.push((id, error.to_string())),
+            Err(error) => return Err(error),
+        }
+    }
+    report.packs = packs.len();
+    report.blobs = packs.iter().map(|pack| pack.blobs.len() as u64).sum();
+    report.replaced = repository.index_object_ids()?;
+    if dry_run {
+        return Ok(report);
+    }
+    report.written = Some(repository.write_index(&IndexFile { supersedes: report.replaced.clone(), packs })?);
+    for id in &report.replaced {
+        repository.backend().delete(&format!("index/{id}"))?;
+    }
+    Ok(report)
+}
+
+/// Reads and authenticates the header of a pack of known size.
+fn read_header(repository: &Repository, pack: &PackId, size: u64) -> Result<Vec<PackEntry>> {
+    let key = pack_key(pack);
+    let last_four = repository.backend().get_range(&key, size.saturating_sub(4)..size)?;
+    let (start, length) = header_bounds(&last_four, size, &key)?;
+    let sealed = repository.backend().get_range(&key, start..start + length)?;
+    decode_header(&open_object(repository.master(), "pack-header", &sealed, &key)?, start, &key)
+}
