@@ -251,12 +251,15 @@ pub struct PgRestoreOptions {
     pub jobs: u32,
     /// Only list what would be restored.
     pub list: bool,
+    /// Convert the whole dump to SQL into this file instead of restoring it (a full
+    /// read of the archive, used by `check --pg` with `/dev/null`).
+    pub to_file: Option<PathBuf>,
 }
 
 impl PgRestoreOptions {
     /// One transaction is possible unless parallel jobs or `--create` are used.
     pub fn single_transaction(&self) -> bool {
-        !self.list && self.jobs <= 1 && !self.create
+        !self.list && self.to_file.is_none() && self.jobs <= 1 && !self.create
     }
 }
 
@@ -265,6 +268,8 @@ pub fn start_restore(tools: &PgTools, options: &PgRestoreOptions, input: Option<
     let mut command = Command::new(&tools.pg_restore);
     if options.list {
         command.arg("--list");
+    } else if let Some(file) = &options.to_file {
+        command.arg("--file").arg(file);
     } else {
         command.args(["--exit-on-error", "--no-password"]).arg("--dbname").arg(&options.conninfo);
         if options.single_transaction() {

@@ -122,6 +122,9 @@ fn a_database_and_a_folder_restore_together() {
     let target = fixture.path("files");
     fixture.ok(&["restore", &format!("latest:{}", uploads.display()), "--target", target.to_str().unwrap()]);
     assert_eq!(std::fs::read(target.join("consent.pdf")).unwrap(), b"%PDF consent");
+    let checked = fixture.json(&["check", "--pg"]);
+    assert_eq!(checked["pg_dumps"][0]["ok"], true, "{checked}");
+    assert!(checked["pg_dumps"][0]["toc_entries"].as_u64().unwrap() > 10, "{checked}");
     let dumped = fixture.run(&["dump", "latest", "--pg", "pg_round_trip"]);
     assert!(dumped.status.success());
     let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&dumped.stdout));
@@ -188,6 +191,20 @@ fn failed_dumps_commit_nothing_and_say_why() {
     assert_eq!(output.status.code(), Some(19), "{stderr}");
     assert!(stderr.contains("pg_dump") && stderr.contains("killed by a signal"), "{stderr}");
     assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 0, "a failed dump committed a snapshot");
+    // A dump whose bytes were stored intact but that is not a valid archive fails check --pg.
+    let not_a_dump = fixture.path("not_a_dump");
+    std::fs::write(&not_a_dump, "#!/bin/sh\nhead -c 5000 /dev/urandom\n").unwrap();
+    std::fs::set_permissions(&not_a_dump, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let stored = fixture
+        .command(&["backup", "--pg", &conninfo("pg_failures")])
+        .env("COFFER_PG_DUMP", &not_a_dump)
+        .output()
+        .unwrap();
+    assert!(stored.status.success(), "{}", String::from_utf8_lossy(&stored.stderr));
+    let checked = fixture.run(&["--json", "check", "--pg"]);
+    assert_eq!(checked.status.code(), Some(13), "{}", String::from_utf8_lossy(&checked.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&checked.stdout).unwrap();
+    assert_eq!(report["pg_dumps"][0]["ok"], false, "{report}");
 }
 
 #[test]

@@ -31,10 +31,29 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
     let repository = open_damaged(cli)?;
     let _lock = repository.lock(false)?;
     let report = coffer::check(&repository, &CheckOptions { read_data, jobs: args.jobs as usize })?;
+    let dumps = if args.pg { check_dumps(&repository) } else { Vec::new() };
     if cli.json {
-        output::json(&check_json(&report));
+        let mut document = check_json(&report);
+        document["pg_dumps"] = json!(dumps
+            .iter()
+            .map(|(snapshot, database, result)| match result {
+                Ok(entries) => json!({"snapshot": snapshot, "database": database, "ok": true, "toc_entries": entries}),
+                Err(error) => json!({"snapshot": snapshot, "database": database, "ok": false, "error": error}),
+            })
+            .collect::<Vec<_>>());
+        output::json(&document);
     } else {
         print_check(cli, &report);
+        for (snapshot, database, result) in &dumps {
+            match result {
+                Ok(entries) => note(cli.quiet, &format!("dump of {database} in snapshot {snapshot}: pg_restore read it whole ({entries} table-of-contents entries)")),
+                Err(error) => eprintln!("error: dump of {database} in snapshot {snapshot}: {error}"),
+            }
+        }
+    }
+    let bad_dumps = dumps.iter().filter(|(_, _, result)| result.is_err()).count();
+    if bad_dumps > 0 && !report.is_damaged() {
+        return fail(exit::DAMAGED, format!("{bad_dumps} PostgreSQL dump(s) failed pg_restore's test"));
     }
     if !report.is_damaged() {
         return Ok(exit::SUCCESS);
@@ -47,6 +66,24 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
             report.affected.len()
         ),
     )
+}
+
+/// Tests every PostgreSQL dump of the latest snapshot: (snapshot, database, entries or error).
+fn check_dumps(repository: &coffer::Repository) -> Vec<(String, String, std::result::Result<usize, String>)> {
+    let Ok((id, snapshot)) = repository.find_snapshot("latest") else { return Vec::new() };
+    let manifest = match repository.load_manifest(&id, &snapshot) {
+        Ok(manifest) => manifest,
+        Err(error) => return vec![(id.short(), "(manifest)".into(), Err(error.to_string()))],
+    };
+    let tools = coffer::pg::PgTools::default();
+    let mut results = Vec::new();
+    for source in &snapshot.sources {
+        let coffer::Source::Postgres(postgres) = source else { continue };
+        let tested =
+            coffer::restorer::verify_pg_dump(repository, &manifest, postgres, &tools).map_err(|e| e.to_string());
+        results.push((id.short(), postgres.database.clone(), tested));
+    }
+    results
 }
 
 fn check_json(report: &CheckReport) -> Value {

@@ -25,6 +25,7 @@ pub fn restore(
         clean: args.pg_clean,
         jobs: args.jobs.max(1),
         list: args.dry_run,
+        to_file: None,
     };
     let report =
         coffer::restorer::restore_postgres(repository, manifest, source, &options, &PgTools::default(), args.force)?;

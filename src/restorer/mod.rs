@@ -8,7 +8,7 @@ mod fetch;
 mod metadata;
 mod postgres;
 
-pub use postgres::{restore_postgres, select_source, PgRestoreReport};
+pub use postgres::{restore_postgres, select_source, verify_pg_dump, PgRestoreReport};
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;

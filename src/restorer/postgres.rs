@@ -73,6 +73,24 @@ pub fn restore_postgres(
     result.map_err(|error| explain_failure(error, options))
 }
 
+/// Tests a stored dump: `pg_restore --list` must read its table of contents, and a full
+/// conversion to SQL (`pg_restore --file=/dev/null`) must read every byte, each blob
+/// verified and the stream's SHA-256 compared with the manifest. Returns the number of
+/// table-of-contents entries.
+pub fn verify_pg_dump(
+    repository: &Repository,
+    manifest: &Manifest,
+    source: &PostgresSource,
+    tools: &PgTools,
+) -> Result<usize> {
+    let listing = PgRestoreOptions { list: true, ..Default::default() };
+    let listed = through_pipe(repository, manifest, source, &listing, tools)?;
+    let entries = listed.output.lines().filter(|line| !line.starts_with(';') && !line.trim().is_empty()).count();
+    let full = PgRestoreOptions { to_file: Some("/dev/null".into()), ..Default::default() };
+    through_pipe(repository, manifest, source, &full, tools)?;
+    Ok(entries)
+}
+
 fn explain_failure(error: Error, options: &PgRestoreOptions) -> Error {
     let Error::Postgres { tool, message } = error else { return error };
     let outcome = if options.list {
