@@ -145,6 +145,9 @@ impl Repository {
             Err(Error::MissingObject { .. }) => {}
             Err(error) => return Err(error),
         }
+        // A listing reports a missing bucket (S3 answers a GET of a missing bucket's
+        // object like a missing object, and some servers create buckets on PUT).
+        backend.list("keys/")?;
         options.chunker.validate().map_err(Error::InvalidInput)?;
         if !(MIN_PACK_SIZE..=MAX_PACK_SIZE).contains(&options.pack_size)
             || !(0..=22).contains(&options.compression_level)
