@@ -159,10 +159,9 @@ pub fn check(repository: &Repository, options: &CheckOptions) -> Result<CheckRep
     report.index_objects = files.len() + damaged.len();
     report.damage.extend(damaged.iter().map(damage_of));
     warn_superseded(repository, &files, &mut report)?;
-    let view = build_view(&files, &stored, &mut report);
+    let mut view = build_view(&files, &stored, &mut report);
     drop(files);
     report.packs = stored.len();
-    let mut view = view;
     if let Some(subset) = options.read_data {
         read_packs(repository, &mut view, subset, options.jobs, &mut report)?;
     }
