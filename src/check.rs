@@ -159,8 +159,7 @@ pub fn check(repository: &Repository, options: &CheckOptions) -> Result<CheckRep
     report.index_objects = files.len() + damaged.len();
     report.damage.extend(damaged.iter().map(damage_of));
     warn_superseded(repository, &files, &mut report)?;
-    let mut view = build_view(&files, &stored, &mut report);
-    drop(files);
+    let mut view = build_view(files, &stored, &mut report);
     report.packs = stored.len();
     if let Some(subset) = options.read_data {
         read_packs(repository, &mut view, subset, options.jobs, &mut report)?;
@@ -190,24 +189,26 @@ fn warn_superseded(repository: &Repository, files: &[(IndexId, IndexFile)], repo
     Ok(())
 }
 
-fn build_view(files: &[(IndexId, IndexFile)], stored: &HashMap<PackId, u64>, report: &mut CheckReport) -> IndexView {
+/// Takes the index objects by value: the view keeps their packs without copying them.
+fn build_view(files: Vec<(IndexId, IndexFile)>, stored: &HashMap<PackId, u64>, report: &mut CheckReport) -> IndexView {
     let mut view = IndexView::default();
-    let mut bad: Vec<(&IndexedPack, String)> = Vec::new();
+    let mut bad: Vec<(IndexedPack, String)> = Vec::new();
     let mut listed = HashSet::new();
-    for pack in files.iter().flat_map(|(_, file)| &file.packs) {
+    for pack in files.into_iter().flat_map(|(_, file)| file.packs) {
         if !listed.insert(pack.id) {
             continue;
         }
         match stored.get(&pack.id) {
             None => bad.push((pack, "it is in the index but missing from storage".into())),
             Some(&size) if size != pack.size => {
-                bad.push((pack, format!("it has {size} bytes but the index says {}", pack.size)))
+                let reason = format!("it has {size} bytes but the index says {}", pack.size);
+                bad.push((pack, reason))
             }
             Some(_) => {
                 for blob in &pack.blobs {
                     view.blobs.entry((blob.id, blob.blob_type)).or_insert(pack.id);
                 }
-                view.packs.insert(pack.id, pack.clone());
+                view.packs.insert(pack.id, pack);
             }
         }
     }
