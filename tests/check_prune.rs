@@ -293,7 +293,8 @@ fn cli_check_forget_prune_exit_codes() {
     }
     drop(lock);
 
-    fixture.ok(&["forget", "--keep-last", "1", "--prune"]);
+    let quiet = fixture.run(&["-q", "forget", "--keep-last", "1", "--prune"]);
+    assert!(quiet.status.success() && quiet.stdout.is_empty() && quiet.stderr.is_empty(), "-q prints nothing");
     assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 1);
     let pack = walkdir::WalkDir::new(fixture.repo().join("data"))
         .into_iter()
