@@ -23,17 +23,26 @@ pub enum ReadSubset {
     /// Part `n` of `m` (1-based): the packs whose id, read as a number, is `n - 1` mod `m`.
     /// The parts are disjoint and `1/m` to `m/m` cover every pack.
     Part { n: u32, m: u32 },
-    /// A random share of the packs, in percent.
+    /// A share of the packs, in percent: those verified longest ago (per the local
+    /// cache) first, never-verified ones in random order.
     Percent(f64),
+    /// Packs up to this many bytes, in the same order as `Percent`.
+    Size(u64),
 }
 
 impl FromStr for ReadSubset {
     type Err = Error;
 
-    /// Parses `N/M` or `P%`.
+    /// Parses `N/M`, `P%` or a size such as `500M` or `2G` (K, M, G, T: powers of 1024).
     fn from_str(text: &str) -> Result<Self> {
-        let invalid =
-            || Error::InvalidInput(format!("{text:?} is not a subset: give N/M (such as 2/7) or P% (such as 10%)"));
+        let invalid = || {
+            Error::InvalidInput(format!(
+                "{text:?} is not a subset: give N/M (such as 2/7), P% (such as 10%) or a size (such as 500M)"
+            ))
+        };
+        if let Some(bytes) = parse_size(text) {
+            return Ok(Self::Size(bytes));
+        }
         if let Some(percent) = text.strip_suffix('%') {
             let value: f64 = percent.trim().parse().map_err(|_| invalid())?;
             return if value > 0.0 && value <= 100.0 { Ok(Self::Percent(value)) } else { Err(invalid()) };
@@ -45,6 +54,20 @@ impl FromStr for ReadSubset {
         }
         Ok(Self::Part { n, m })
     }
+}
+
+/// `500M`, `2G`, `100K`, `1T` (powers of 1024) as bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let shift = match text.chars().last()?.to_ascii_uppercase() {
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        'T' => 40,
+        _ => return None,
+    };
+    let number: u64 = text[..text.len() - 1].parse().ok().filter(|n| *n > 0)?;
+    number.checked_mul(1u64 << shift)
 }
 
 /// What to check.
@@ -136,10 +159,8 @@ pub fn check(repository: &Repository, options: &CheckOptions) -> Result<CheckRep
     report.index_objects = files.len() + damaged.len();
     report.damage.extend(damaged.iter().map(damage_of));
     warn_superseded(repository, &files, &mut report)?;
-    let view = build_view(&files, &stored, &mut report);
-    drop(files);
+    let mut view = build_view(files, &stored, &mut report);
     report.packs = stored.len();
-    let mut view = view;
     if let Some(subset) = options.read_data {
         read_packs(repository, &mut view, subset, options.jobs, &mut report)?;
     }
@@ -168,24 +189,26 @@ fn warn_superseded(repository: &Repository, files: &[(IndexId, IndexFile)], repo
     Ok(())
 }
 
-fn build_view(files: &[(IndexId, IndexFile)], stored: &HashMap<PackId, u64>, report: &mut CheckReport) -> IndexView {
+/// Takes the index objects by value: the view keeps their packs without copying them.
+fn build_view(files: Vec<(IndexId, IndexFile)>, stored: &HashMap<PackId, u64>, report: &mut CheckReport) -> IndexView {
     let mut view = IndexView::default();
-    let mut bad: Vec<(&IndexedPack, String)> = Vec::new();
+    let mut bad: Vec<(IndexedPack, String)> = Vec::new();
     let mut listed = HashSet::new();
-    for pack in files.iter().flat_map(|(_, file)| &file.packs) {
+    for pack in files.into_iter().flat_map(|(_, file)| file.packs) {
         if !listed.insert(pack.id) {
             continue;
         }
         match stored.get(&pack.id) {
             None => bad.push((pack, "it is in the index but missing from storage".into())),
             Some(&size) if size != pack.size => {
-                bad.push((pack, format!("it has {size} bytes but the index says {}", pack.size)))
+                let reason = format!("it has {size} bytes but the index says {}", pack.size);
+                bad.push((pack, reason))
             }
             Some(_) => {
                 for blob in &pack.blobs {
                     view.blobs.entry((blob.id, blob.blob_type)).or_insert(pack.id);
                 }
-                view.packs.insert(pack.id, pack.clone());
+                view.packs.insert(pack.id, pack);
             }
         }
     }
@@ -219,23 +242,44 @@ fn lose_blobs(view: &mut IndexView, blobs: &[(BlobId, BlobType)], object: &str) 
     lost
 }
 
-/// The packs a subset selects, in id order.
-fn select_packs(view: &IndexView, subset: ReadSubset) -> Vec<PackId> {
+/// The packs a subset selects, in id order. `verified` gives when packs were last
+/// verified; the shares and sizes take the longest unverified first.
+fn select_packs(view: &IndexView, subset: ReadSubset, verified: &HashMap<PackId, i64>) -> Vec<PackId> {
     let mut ids: Vec<PackId> = view.packs.keys().copied().collect();
     ids.sort();
-    match subset {
-        ReadSubset::All => ids,
+    let mut selected = match subset {
+        ReadSubset::All => return ids,
         ReadSubset::Part { n, m } => {
-            ids.into_iter().filter(|id| u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]) % m == n - 1).collect()
+            return ids
+                .into_iter()
+                .filter(|id| u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]) % m == n - 1)
+                .collect()
         }
         ReadSubset::Percent(percent) => {
             let count = ((ids.len() as f64) * percent / 100.0).ceil() as usize;
-            rand::seq::SliceRandom::shuffle(&mut ids[..], &mut rand::rng());
-            ids.truncate(count);
-            ids.sort();
-            ids
+            oldest_verified_first(ids, verified).into_iter().take(count).collect::<Vec<_>>()
         }
-    }
+        ReadSubset::Size(limit) => {
+            let mut total = 0u64;
+            let ordered = oldest_verified_first(ids, verified);
+            ordered
+                .into_iter()
+                .take_while(|id| {
+                    total += view.packs[id].size;
+                    total <= limit
+                })
+                .collect()
+        }
+    };
+    selected.sort();
+    selected
+}
+
+/// Packs never verified first (in random order), then by when they were last verified.
+fn oldest_verified_first(mut ids: Vec<PackId>, verified: &HashMap<PackId, i64>) -> Vec<PackId> {
+    rand::seq::SliceRandom::shuffle(&mut ids[..], &mut rand::rng());
+    ids.sort_by_key(|id| verified.get(id).copied().unwrap_or(i64::MIN));
+    ids
 }
 
 /// What reading one pack found.
@@ -253,7 +297,7 @@ fn read_packs(
     jobs: usize,
     report: &mut CheckReport,
 ) -> Result<()> {
-    let selected = select_packs(view, subset);
+    let selected = select_packs(view, subset, &repository.pack_verification_times()?);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs.max(1))
         .build()
@@ -261,12 +305,14 @@ fn read_packs(
     let packs = &view.packs;
     let readings: Vec<(PackId, Result<PackReading>)> =
         pool.install(|| selected.par_iter().map(|id| (*id, read_one_pack(repository, &packs[id]))).collect());
+    let mut intact = Vec::new();
     for (id, reading) in readings {
         let reading = reading?;
         report.packs_read += 1;
         report.bytes_read += reading.bytes;
         report.blobs_read += reading.blobs;
         if reading.problems.is_empty() && reading.bad_blobs.is_empty() {
+            intact.push(id);
             continue;
         }
         let key = pack_key(&id);
@@ -278,7 +324,7 @@ fn read_packs(
         }
         report.damage.push(Damage { object: key, reason, lost_blobs: lost });
     }
-    Ok(())
+    repository.record_verified(&intact)
 }
 
 /// Downloads one pack, checks its hash and header against the index, and opens every
@@ -389,13 +435,36 @@ mod tests {
             let id = PackId([byte; 32]);
             view.packs.insert(id, IndexedPack { id, size: 1, blobs: vec![] });
         }
+        let never = HashMap::new();
         let mut seen = HashSet::new();
         for n in 1..=5 {
-            for id in select_packs(&view, ReadSubset::Part { n, m: 5 }) {
+            for id in select_packs(&view, ReadSubset::Part { n, m: 5 }, &never) {
                 assert!(seen.insert(id), "{id:?} is in two parts");
             }
         }
         assert_eq!(seen.len(), 256);
-        assert_eq!(select_packs(&view, ReadSubset::Percent(10.0)).len(), 26);
+        assert_eq!(select_packs(&view, ReadSubset::Percent(10.0), &never).len(), 26);
+        assert_eq!(select_packs(&view, ReadSubset::Size(5), &never).len(), 5);
+    }
+
+    #[test]
+    fn shares_take_the_longest_unverified_first() {
+        let mut view = IndexView::default();
+        let mut verified = HashMap::new();
+        for byte in 0..10u8 {
+            let id = PackId([byte; 32]);
+            view.packs.insert(id, IndexedPack { id, size: 1, blobs: vec![] });
+            verified.insert(id, 1000 - byte as i64);
+        }
+        verified.remove(&PackId([4; 32]));
+        let chosen = select_packs(&view, ReadSubset::Percent(30.0), &verified);
+        assert_eq!(chosen, vec![PackId([4; 32]), PackId([8; 32]), PackId([9; 32])]);
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!("500M".parse::<ReadSubset>().unwrap(), ReadSubset::Size(500 << 20));
+        assert_eq!("2g".parse::<ReadSubset>().unwrap(), ReadSubset::Size(2 << 30));
+        assert!("0M".parse::<ReadSubset>().is_err() && "M".parse::<ReadSubset>().is_err());
     }
 }

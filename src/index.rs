@@ -185,7 +185,8 @@ impl IndexCache {
                  id BLOB NOT NULL, type INTEGER NOT NULL, pack BLOB NOT NULL,
                  offset INTEGER NOT NULL, length INTEGER NOT NULL, raw_length INTEGER NOT NULL,
                  PRIMARY KEY (id, type)) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS superseded (id BLOB PRIMARY KEY) WITHOUT ROWID;",
+             CREATE TABLE IF NOT EXISTS superseded (id BLOB PRIMARY KEY) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS verified (pack BLOB PRIMARY KEY, time INTEGER NOT NULL) WITHOUT ROWID;",
         )?;
         self.connection.pragma_update(None, "user_version", CACHE_SCHEMA)
     }
@@ -220,6 +221,33 @@ impl IndexCache {
             ids.extend(IndexId::from_slice(&bytes));
         }
         Ok(ids)
+    }
+
+    /// When each pack was last read in full and found intact (seconds since the epoch).
+    /// Kept across `clear`: a pack id names its bytes.
+    pub fn verification_times(&self) -> Result<std::collections::HashMap<PackId, i64>> {
+        let mut statement = self.connection.prepare("SELECT pack, time FROM verified").map_err(|e| self.error(e))?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?)))
+            .map_err(|e| self.error(e))?;
+        let mut times = std::collections::HashMap::new();
+        for row in rows {
+            let (pack, time) = row.map_err(|e| self.error(e))?;
+            times.extend(PackId::from_slice(&pack).map(|pack| (pack, time)));
+        }
+        Ok(times)
+    }
+
+    /// Records that these packs were verified at `time`.
+    pub fn mark_verified(&mut self, packs: &[PackId], time: i64) -> Result<()> {
+        let path = self.path.clone();
+        let transaction = self.connection.transaction().map_err(|e| cache_error(&path, e))?;
+        for pack in packs {
+            transaction
+                .execute("INSERT OR REPLACE INTO verified (pack, time) VALUES (?1, ?2)", params![pack.as_bytes(), time])
+                .map_err(|e| cache_error(&path, e))?;
+        }
+        transaction.commit().map_err(|e| cache_error(&path, e))
     }
 
     /// Forgets everything, before a rebuild.

@@ -352,6 +352,16 @@ impl Repository {
         Ok(packs)
     }
 
+    /// When each pack was last verified in full by `check` on this machine (local cache).
+    pub fn pack_verification_times(&self) -> Result<std::collections::HashMap<PackId, i64>> {
+        self.index().verification_times()
+    }
+
+    /// Records in the local cache that these packs were verified now.
+    pub fn record_verified(&self, packs: &[PackId]) -> Result<()> {
+        self.index().mark_verified(packs, jiff::Timestamp::now().as_second())
+    }
+
     /// Ids of every object under `index/`, superseded or not.
     pub fn index_object_ids(&self) -> Result<Vec<IndexId>> {
         self.stored_index_ids()

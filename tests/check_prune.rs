@@ -294,7 +294,8 @@ fn cli_check_forget_prune_exit_codes() {
     }
     drop(lock);
 
-    fixture.ok(&["forget", "--keep-last", "1", "--prune"]);
+    let quiet = fixture.run(&["-q", "forget", "--keep-last", "1", "--prune"]);
+    assert!(quiet.status.success() && quiet.stdout.is_empty() && quiet.stderr.is_empty(), "-q prints nothing");
     assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 1);
     let pack = walkdir::WalkDir::new(fixture.repo().join("data"))
         .into_iter()
@@ -536,4 +537,23 @@ fn init_over_an_existing_repository_writes_nothing() {
     let output = fixture.run(&["init", "--kdf-memory-kib", "64", "--kdf-iterations", "1"]);
     assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(keys(), 1, "a refused init left a key file");
+}
+
+#[test]
+fn rotating_subsets_read_the_least_recently_verified_packs_first() {
+    let work = tempfile::tempdir().unwrap();
+    let (memory, _) = three_versions(work.path());
+    let cache = work.path().join("cache");
+    let packs = memory.list("data/").unwrap().len();
+    assert!(packs >= 6, "{packs} packs");
+    let mut covered = Vec::new();
+    for _ in 0..3 {
+        let (repository, _) = Repository::open_damaged(memory.clone(), b"pw", Some(&cache)).unwrap();
+        let options = CheckOptions { read_data: Some(ReadSubset::Percent(34.0)), jobs: 2 };
+        let report = coffer::check(&repository, &options).unwrap();
+        assert_eq!(report.packs_read, (packs as f64 * 0.34).ceil() as usize);
+        covered.push(repository.pack_verification_times().unwrap().len());
+    }
+    let first = covered[0];
+    assert_eq!(covered, vec![first, (2 * first).min(packs), packs], "each run reads packs not read before");
 }

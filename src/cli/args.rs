@@ -216,8 +216,9 @@ pub struct CheckArgs {
     /// Download every pack and verify its hash and every blob in it.
     #[arg(long, conflicts_with = "read_data_subset")]
     pub read_data: bool,
-    /// Download and verify a subset of the packs: N/M (part N of M) or P% (a random share).
-    #[arg(long, value_name = "N/M|P%")]
+    /// Download and verify a subset of the packs: N/M (part N of M), or P% or SIZE (such
+    /// as 500M) of the packs verified longest ago on this machine (never-verified first).
+    #[arg(long, value_name = "N/M|P%|SIZE")]
     pub read_data_subset: Option<String>,
     /// Packs downloaded at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]

@@ -211,7 +211,7 @@ fn print_decisions(cli: &Cli, decisions: &[Decision], dry_run: bool, removed: us
         return Some(json!({"dry_run": dry_run, "snapshots": list, "removed": removed}));
     }
     let mut group = None;
-    for decision in decisions {
+    for decision in decisions.iter().filter(|_| !cli.quiet) {
         if group != Some(&decision.group) {
             output::line(&format!("group: {}", decision.group));
             group = Some(&decision.group);
@@ -273,6 +273,9 @@ fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) -> Opt
             value["bytes_written"] = json!(report.bytes_written);
         }
         return Some(value);
+    }
+    if cli.quiet {
+        return None;
     }
     let verb = if report.is_some() { "" } else { "would " };
     output::line(&format!(
