@@ -161,6 +161,90 @@ fn forget_and_prune_survive_a_failed_write_at_every_point() {
 }
 
 #[test]
+fn forget_and_prune_survive_a_failed_delete_at_every_point() {
+    let work = tempfile::tempdir().unwrap();
+    let (memory, expected) = three_versions(work.path());
+    let mut failures = 0;
+    for n in 1.. {
+        let repository = copy_of(&memory);
+        let faulty = Arc::new(FaultyBackend::new(repository.clone()));
+        faulty.fail_delete_number(n);
+        match forget_and_prune(faulty.clone()) {
+            Err(error) => {
+                failures += 1;
+                assert!(error.to_string().contains("injected failure of delete"), "delete {n}: {error}");
+            }
+            Ok(_) => {
+                // Either no delete was left to fail, or the failed one released the lock,
+                // which is not an error of the command: the stale lock stays behind.
+                let lock_left = !repository.list("locks/").unwrap().is_empty();
+                assert!(faulty.deletes() < n || lock_left, "delete {n} failed silently");
+                for lock in repository.list("locks/").unwrap() {
+                    repository.delete(&lock.key).unwrap();
+                }
+                assert_eq!(assert_every_snapshot_restores(repository.clone(), &expected, work.path()), 2);
+                if faulty.deletes() < n {
+                    break;
+                }
+            }
+        }
+        // A failed delete leaves its lock behind, as a crash would: `coffer unlock --remove-all`.
+        for lock in repository.list("locks/").unwrap() {
+            repository.delete(&lock.key).unwrap();
+        }
+        assert!(assert_every_snapshot_restores(repository.clone(), &expected, work.path()) >= 2, "delete {n}");
+        prune_only(repository.clone());
+        let report = check(repository.clone(), true);
+        assert!(!report.is_damaged() && report.warnings.is_empty(), "delete {n}: {:?}", report.warnings);
+        assert!(assert_every_snapshot_restores(repository.clone(), &expected, work.path()) >= 2);
+        assert!(n < 100, "forget and prune never completed");
+    }
+    assert!(failures >= 3, "only {failures} distinct delete points were exercised");
+}
+
+#[test]
+fn two_hosts_backing_up_at_once_both_commit() {
+    let fixture = Fixture::new();
+    let sources: Vec<PathBuf> = (0..2u64)
+        .map(|host| {
+            let source = fixture.path(&format!("host{host}"));
+            write_tree(&source, 40 + host);
+            source
+        })
+        .collect();
+    let running: Vec<std::process::Child> = sources
+        .iter()
+        .enumerate()
+        .map(|(host, source)| {
+            fixture.command(&["backup", source.to_str().unwrap(), "--host", &format!("host-{host}")]).spawn().unwrap()
+        })
+        .collect();
+    for mut child in running {
+        assert!(child.wait().unwrap().success());
+    }
+    let snapshots = fixture.json(&["snapshots"]);
+    let mut hosts: Vec<&str> = snapshots.as_array().unwrap().iter().map(|s| s["host"].as_str().unwrap()).collect();
+    hosts.sort();
+    assert_eq!(hosts, vec!["host-0", "host-1"]);
+    fixture.ok(&["check", "--read-data"]);
+    for (host, source) in sources.iter().enumerate() {
+        let id = snapshots.as_array().unwrap().iter().find(|s| s["host"] == format!("host-{host}")).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let target = fixture.path(&format!("restored{host}"));
+        fixture.ok(&[
+            "restore",
+            &format!("{id}:{}", source.display()),
+            "--target",
+            target.to_str().unwrap(),
+            "--verify",
+        ]);
+        common::assert_same_tree(source, &target);
+    }
+}
+
+#[test]
 fn lost_deletes_are_harmless_and_finished_later() {
     let work = tempfile::tempdir().unwrap();
     let (memory, expected) = three_versions(work.path());

@@ -16,6 +16,8 @@ pub struct FaultyBackend {
     fail_put_number: AtomicU64,
     fail_puts_after: AtomicU64,
     lose_deletes: AtomicBool,
+    deletes: AtomicU64,
+    fail_delete_number: AtomicU64,
     damage: Mutex<Option<ReadDamage>>,
 }
 
@@ -36,6 +38,8 @@ impl FaultyBackend {
             fail_put_number: AtomicU64::new(u64::MAX),
             fail_puts_after: AtomicU64::new(u64::MAX),
             lose_deletes: AtomicBool::new(false),
+            deletes: AtomicU64::new(0),
+            fail_delete_number: AtomicU64::new(u64::MAX),
             damage: Mutex::new(None),
         }
     }
@@ -50,6 +54,17 @@ impl FaultyBackend {
     pub fn fail_puts_after(&self, n: u64) {
         let done = self.puts.load(Ordering::SeqCst);
         self.fail_puts_after.store(done + n, Ordering::SeqCst);
+    }
+
+    /// The `n`th delete from now on (1-based) fails; the others succeed.
+    pub fn fail_delete_number(&self, n: u64) {
+        let done = self.deletes.load(Ordering::SeqCst);
+        self.fail_delete_number.store(done + n, Ordering::SeqCst);
+    }
+
+    /// Number of deletes attempted so far.
+    pub fn deletes(&self) -> u64 {
+        self.deletes.load(Ordering::SeqCst)
     }
 
     /// Deletes report success but remove nothing.
@@ -134,6 +149,13 @@ impl Backend for FaultyBackend {
     }
 
     fn delete(&self, key: &str) -> Result<()> {
+        let number = self.deletes.fetch_add(1, Ordering::SeqCst) + 1;
+        if number == self.fail_delete_number.load(Ordering::SeqCst) {
+            return Err(Error::Backend {
+                location: format!("{}/{key}", self.inner.location()),
+                message: format!("injected failure of delete number {number}"),
+            });
+        }
         if self.lose_deletes.load(Ordering::SeqCst) {
             return Ok(());
         }
