@@ -40,7 +40,7 @@ pub use manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestWriter, MANIFES
 pub use pack::{BlobType, PackEntry};
 pub use packer::{Packer, PackerStats};
 pub use prune::{PruneOptions, PrunePlan, PruneReport, Repack};
-pub use repair::{repair_index, RepairIndexReport};
+pub use repair::{repair_index, repair_snapshots, RepairIndexReport, SnapshotRepair, DAMAGED_TAG};
 pub use repository::{pack_key, read_config, Config, InitOptions, Repository, DEFAULT_PACK_SIZE, REPOSITORY_VERSION};
 pub use snapshot::{ManifestRef, PostgresSource, Snapshot, Source, Summary};
 

@@ -1,11 +1,11 @@
-//! Repair: rebuild the index from the pack headers, when index objects are damaged or lost.
+//! Repair: rebuild the index from the pack headers, and mark or drop snapshots that lost data.
 //!
 //! The caller holds an exclusive lock.
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::id::{IndexId, PackId};
+use crate::id::{IndexId, PackId, SnapshotId};
 use crate::index::{IndexFile, IndexedPack};
 use crate::pack::{decode_header, header_bounds, open_object, PackEntry};
 use crate::repository::{pack_key, Repository};
@@ -65,3 +65,51 @@ fn read_header(repository: &Repository, pack: &PackId, size: u64) -> Result<Vec<
     let sealed = repository.backend().get_range(&key, start..start + length)?;
     decode_header(&open_object(repository.master(), "pack-header", &sealed, &key)?, start, &key)
 }
+
+/// What `repair snapshots` did, or would do, to one snapshot that lost data.
+#[derive(Debug, Clone)]
+pub struct SnapshotRepair {
+    pub old: SnapshotId,
+    /// The replacing record when the snapshot was marked; `None` when it was dropped
+    /// (or in a dry run).
+    pub new: Option<SnapshotId>,
+    /// Files that lose content; every file when the manifest itself is lost.
+    pub lost_files: usize,
+    pub manifest_lost: bool,
+}
+
+/// Marks (tag `damaged`, `complete: false`) or, with `forget`, drops every snapshot the
+/// check found damaged. Without `apply` it only reports. A marked snapshot keeps every
+/// intact file restorable; its new record is written before the old one is deleted.
+pub fn repair_snapshots(
+    repository: &Repository,
+    report: &crate::check::CheckReport,
+    forget: bool,
+    apply: bool,
+) -> Result<Vec<SnapshotRepair>> {
+    let mut repairs = Vec::new();
+    for affected in &report.affected {
+        let mut repair = SnapshotRepair {
+            old: affected.id,
+            new: None,
+            lost_files: affected.paths.len(),
+            manifest_lost: affected.manifest_lost.is_some(),
+        };
+        if apply && !forget {
+            let mut snapshot = repository.load_snapshot(&affected.id)?;
+            snapshot.complete = false;
+            if !snapshot.tags.iter().any(|tag| tag == DAMAGED_TAG) {
+                snapshot.tags.push(DAMAGED_TAG.to_string());
+            }
+            repair.new = Some(repository.save_snapshot(&snapshot)?);
+        }
+        if apply {
+            repository.backend().delete(&format!("snapshots/{}", affected.id))?;
+        }
+        repairs.push(repair);
+    }
+    Ok(repairs)
+}
+
+/// The tag `repair snapshots` gives a snapshot that lost data.
+pub const DAMAGED_TAG: &str = "damaged";

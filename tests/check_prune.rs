@@ -641,3 +641,85 @@ fn rotating_subsets_read_the_least_recently_verified_packs_first() {
     let first = covered[0];
     assert_eq!(covered, vec![first, (2 * first).min(packs), packs], "each run reads packs not read before");
 }
+
+/// Two snapshots; the pack holding data only the second one has is deleted.
+fn second_snapshot_loses_a_pack() -> (Fixture, PathBuf, String, String) {
+    let fixture = Fixture::new();
+    let source = fixture.path("data");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("a.dcm"), common::random_bytes(100_000, 1)).unwrap();
+    let first = fixture.backup(&source)["snapshot"].as_str().unwrap().to_string();
+    let packs = |fixture: &Fixture| -> HashSet<PathBuf> {
+        walkdir::WalkDir::new(fixture.repo().join("data"))
+            .into_iter()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.into_path())
+            .collect()
+    };
+    let before = packs(&fixture);
+    std::fs::write(source.join("b.dcm"), common::random_bytes(300_000, 2)).unwrap();
+    let second = fixture.backup(&source)["snapshot"].as_str().unwrap().to_string();
+    let added: Vec<PathBuf> = packs(&fixture).difference(&before).cloned().collect();
+    let biggest = added.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    std::fs::remove_file(biggest).unwrap();
+    (fixture, source, first, second)
+}
+
+#[test]
+fn repair_snapshots_marks_or_drops_only_when_asked() {
+    let (fixture, source, first, second) = second_snapshot_loses_a_pack();
+    let plan = fixture.json(&["repair", "snapshots"]);
+    assert_eq!(plan["snapshots"].as_array().unwrap().len(), 1, "{plan}");
+    assert_eq!(plan["snapshots"][0]["snapshot"], second.as_str());
+    assert_eq!(plan["snapshots"][0]["lost_files"], 1);
+    let ids: Vec<String> = fixture
+        .json(&["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, vec![first.clone(), second.clone()], "the dry run changed something");
+    fixture.json(&["repair", "snapshots", "--apply"]);
+    let snapshots = fixture.json(&["snapshots"]);
+    let marked = snapshots.as_array().unwrap().iter().find(|s| s["id"] != first.as_str()).unwrap().clone();
+    assert_ne!(marked["id"], second.as_str());
+    assert_eq!(marked["complete"], false);
+    assert!(marked["tags"].as_array().unwrap().iter().any(|t| t == "damaged"), "{marked}");
+    let target = fixture.path("out");
+    let id = marked["id"].as_str().unwrap();
+    let restore =
+        fixture.run(&["restore", &format!("{id}:{}", source.display()), "--target", target.to_str().unwrap()]);
+    assert_eq!(restore.status.code(), Some(13));
+    assert_eq!(
+        std::fs::read(target.join("a.dcm")).unwrap(),
+        common::random_bytes(100_000, 1),
+        "the intact file was not restored"
+    );
+    assert!(!target.join("b.dcm").exists());
+}
+
+#[test]
+fn repair_snapshots_forget_then_repair_index_leaves_a_clean_repository() {
+    let (fixture, source, first, _) = second_snapshot_loses_a_pack();
+    fixture.json(&["repair", "snapshots", "--apply", "--forget"]);
+    let ids: Vec<String> = fixture
+        .json(&["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, vec![first.clone()]);
+    fixture.ok(&["repair", "index"]);
+    fixture.ok(&["check", "--read-data"]);
+    let target = fixture.path("out");
+    fixture.ok(&[
+        "restore",
+        &format!("{first}:{}", source.display()),
+        "--target",
+        target.to_str().unwrap(),
+        "--verify",
+    ]);
+}

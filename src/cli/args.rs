@@ -290,6 +290,24 @@ pub struct PruneArgs {
 pub enum RepairCommand {
     /// Rebuild the index from the pack headers, replacing every index object.
     Index(RepairIndexArgs),
+    /// Mark (or with --forget, drop) the snapshots that lost data; a dry run unless --apply.
+    Snapshots(RepairSnapshotsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepairSnapshotsArgs {
+    /// Carry out the repair; without it, only show what would be done.
+    #[arg(long)]
+    pub apply: bool,
+    /// Drop the damaged snapshots instead of marking them (tag `damaged`, incomplete).
+    #[arg(long)]
+    pub forget: bool,
+    /// Read every pack to find damaged blobs, not only missing ones.
+    #[arg(long)]
+    pub read_data: bool,
+    /// Packs downloaded at once with --read-data.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
 }
 
 #[derive(Debug, Args)]

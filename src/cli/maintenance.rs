@@ -7,7 +7,9 @@ use coffer::prune::{self, PruneOptions, PrunePlan, PruneReport};
 use coffer::{CheckOptions, CheckReport, Decision, GroupBy, ReadSubset, Repository, RetentionPolicy, SnapshotId};
 use serde_json::{json, Value};
 
-use super::args::{CheckArgs, ForgetArgs, PruneArgs, PruneOptionsArgs, RepairCommand, RepairIndexArgs};
+use super::args::{
+    CheckArgs, ForgetArgs, PruneArgs, PruneOptionsArgs, RepairCommand, RepairIndexArgs, RepairSnapshotsArgs,
+};
 use super::output::{self, note};
 use super::{exit, fail, Cli};
 
@@ -302,7 +304,43 @@ fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) -> Opt
 pub fn repair(cli: &Cli, what: &RepairCommand) -> Result<i32> {
     match what {
         RepairCommand::Index(args) => repair_index(cli, args),
+        RepairCommand::Snapshots(args) => repair_snapshots(cli, args),
     }
+}
+
+fn repair_snapshots(cli: &Cli, args: &RepairSnapshotsArgs) -> Result<i32> {
+    let repository = open_damaged(cli)?;
+    let _lock = repository.lock(args.apply)?;
+    let read_data = args.read_data.then_some(ReadSubset::All);
+    let report = coffer::check(&repository, &CheckOptions { read_data, jobs: args.jobs as usize })?;
+    let repairs = coffer::repair_snapshots(&repository, &report, args.forget, args.apply)?;
+    let action = match (args.apply, args.forget) {
+        (true, true) => "dropped",
+        (true, false) => "marked damaged",
+        (false, true) => "would drop",
+        (false, false) => "would mark damaged",
+    };
+    if cli.json {
+        let items: Vec<Value> = repairs
+            .iter()
+            .map(|r| json!({"snapshot": r.old.to_hex(), "replaced_by": r.new.map(|id| id.to_hex()), "lost_files": r.lost_files, "manifest_lost": r.manifest_lost}))
+            .collect();
+        output::json(&json!({"apply": args.apply, "forget": args.forget, "action": action, "snapshots": items}));
+    } else {
+        for repair in &repairs {
+            let loss = if repair.manifest_lost {
+                "its manifest is lost".to_string()
+            } else {
+                format!("{} file(s) lose data", repair.lost_files)
+            };
+            output::line(&format!("{action} snapshot {}: {loss}", repair.old.short()));
+        }
+        note(cli.quiet, &format!("{} snapshot(s) {action}", repairs.len()));
+        if !args.apply && !repairs.is_empty() {
+            note(cli.quiet, "nothing was changed; run again with --apply to do it");
+        }
+    }
+    Ok(exit::SUCCESS)
 }
 
 fn repair_index(cli: &Cli, args: &RepairIndexArgs) -> Result<i32> {
