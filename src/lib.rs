@@ -44,12 +44,14 @@ pub use repair::{repair_index, repair_snapshots, RepairIndexReport, SnapshotRepa
 pub use repository::{pack_key, read_config, Config, InitOptions, Repository, DEFAULT_PACK_SIZE, REPOSITORY_VERSION};
 pub use snapshot::{ManifestRef, PostgresSource, Snapshot, Source, Summary};
 
-/// Reads one file of a snapshot into `out`, verifying every blob and the file's SHA-256.
+/// Reads one file of a snapshot into `out`, verifying every blob and the file's SHA-256;
+/// `sink` names `out` in errors (a path, "standard output", "pg_restore's input").
 pub fn dump_file(
     repository: &Repository,
     manifest: &Manifest,
     path: &[u8],
     out: &mut dyn std::io::Write,
+    sink: &str,
 ) -> Result<u64> {
     let shown = String::from_utf8_lossy(path).into_owned();
     let (entry_id, entry) =
@@ -67,7 +69,7 @@ pub fn dump_file(
             other => other,
         })?;
         sha2::Digest::update(&mut hasher, &data);
-        out.write_all(&data).map_err(|e| Error::io("cannot write", "standard output", e))?;
+        out.write_all(&data).map_err(|e| Error::io("cannot write", sink, e))?;
         written += data.len() as u64;
     }
     let actual: [u8; 32] = sha2::Digest::finalize(hasher).into();

@@ -173,7 +173,7 @@ fn a_backup_killed_after_a_checkpoint_is_resumed_without_uploading_twice() {
         .unwrap();
     let index = fixture.repo().join("index");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::fs::read_dir(&index).map_or(0, |entries| entries.count()) < 2 {
+    while common::finished_objects(&index) < 2 {
         assert!(running.try_wait().unwrap().is_none(), "the backup finished before it could be killed");
         assert!(std::time::Instant::now() < deadline, "no checkpoint was written");
         std::thread::sleep(std::time::Duration::from_millis(2));

@@ -308,3 +308,59 @@ fn excluded_paths_are_left_out() {
     let root = source.display().to_string();
     assert_eq!(paths, vec![root.clone(), format!("{root}/keep"), format!("{root}/keep/a.dcm")]);
 }
+
+#[test]
+fn overlapping_paths_tags_and_long_listings() {
+    let fixture = Fixture::new();
+    let source = fixture.path("data");
+    std::fs::create_dir_all(source.join("inner")).unwrap();
+    std::fs::write(source.join("inner/x.txt"), b"once").unwrap();
+    let inner = source.join("inner");
+    fixture.json(&["backup", source.to_str().unwrap(), inner.to_str().unwrap(), "--tag", "nightly", "--tag", "site-a"]);
+    let snapshot = &fixture.json(&["snapshots"])[0];
+    assert_eq!(snapshot["tags"], serde_json::json!(["nightly", "site-a"]));
+    let listed = fixture.json(&["ls", &format!("latest:{}", source.display())]);
+    let files: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "file")
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        vec![format!("{}/x.txt", inner.display())],
+        "an entry inside both paths was recorded twice or not at all"
+    );
+    let long = fixture.ok(&["ls", "--long", &format!("latest:{}", inner.display())]);
+    let line = long.lines().find(|line| line.ends_with("/x.txt")).unwrap_or_else(|| panic!("{long}"));
+    assert!(line.starts_with("-rw") && line.contains(" 4 "), "{line}");
+}
+
+#[test]
+fn unlock_removes_the_lock_of_a_killed_backup() {
+    if Fixture::on_s3() {
+        return;
+    }
+    let fixture = Fixture::new();
+    let source = fixture.path("data");
+    std::fs::create_dir_all(&source).unwrap();
+    for index in 0..40u64 {
+        std::fs::write(source.join(format!("f{index}")), random_bytes(1 << 20, index)).unwrap();
+    }
+    let mut running =
+        fixture.command(&["backup", source.to_str().unwrap()]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let locks = fixture.repo().join("locks");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while common::finished_objects(&locks) == 0 {
+        assert!(running.try_wait().unwrap().is_none(), "the backup finished before it could be killed");
+        assert!(std::time::Instant::now() < deadline, "the backup took no lock");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    running.kill().unwrap();
+    running.wait().unwrap();
+    assert_eq!(common::finished_objects(&locks), 1);
+    let removed = fixture.json(&["unlock"]);
+    assert_eq!(removed["removed"], 1, "the dead process's lock is stale: {removed}");
+    assert_eq!(common::finished_objects(&locks), 0);
+}

@@ -126,8 +126,9 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
         drop(receiver);
         let sender = BlobSender { sender, failure: &failure };
         if !paths.is_empty() {
-            walker.add_ancestors(&paths)?;
-            for path in &paths {
+            let roots = outermost(&paths);
+            walker.add_ancestors(&roots)?;
+            for path in roots {
                 walker.walk(path, &options.excludes, &sender)?;
             }
             sources.push(Source::Files { paths: paths.iter().map(|p| p.display().to_string()).collect() });
@@ -203,6 +204,21 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     }
 }
 
+/// The backup paths that no other backup path contains: walking those once covers
+/// everything, so no entry is met twice and the walk need not look entries up.
+fn outermost(paths: &[PathBuf]) -> Vec<&PathBuf> {
+    let mut sorted: Vec<&PathBuf> = paths.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut kept: Vec<&PathBuf> = Vec::new();
+    for path in sorted {
+        if !kept.iter().any(|outer| path.starts_with(outer)) {
+            kept.push(path);
+        }
+    }
+    kept
+}
+
 /// The parent named by `--parent`, or the latest snapshot of the same host and paths.
 fn choose_parent(
     repository: &Repository,
@@ -259,7 +275,7 @@ impl Walker<'_, '_> {
     }
 
     /// Records the directories above each backed-up path, so a full restore recreates them.
-    fn add_ancestors(&mut self, paths: &[PathBuf]) -> Result<()> {
+    fn add_ancestors(&mut self, paths: &[&PathBuf]) -> Result<()> {
         for path in paths {
             for ancestor in path.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev() {
                 let bytes = ancestor.as_os_str().as_bytes();
@@ -302,9 +318,6 @@ impl Walker<'_, '_> {
                     continue;
                 }
             };
-            if self.manifest.contains(item.path().as_os_str().as_bytes())? {
-                continue;
-            }
             self.add_path(item.path(), sender)?;
         }
         Ok(())

@@ -322,7 +322,7 @@ fn dump(cli: &Cli, args: &DumpArgs) -> Result<i32> {
     };
     let path = if path.starts_with(b"/") { path } else { [b"/", &path[..]].concat() };
     let mut stdout = std::io::stdout().lock();
-    coffer::dump_file(&repository, &manifest, &path, &mut stdout)?;
+    coffer::dump_file(&repository, &manifest, &path, &mut stdout, "standard output")?;
     Ok(exit::SUCCESS)
 }
 

@@ -186,7 +186,10 @@ fn fetch_request(
     let mut written = 0;
     for location in &request.blobs {
         let from = (location.entry.offset as u64 - request.start) as usize;
-        let sealed = &bytes[from..from + location.entry.length as usize];
+        let Some(sealed) = bytes.get(from..from + location.entry.length as usize) else {
+            fail_blob(location, &format!("{} returned fewer bytes than its index says", pack_key(&request.pack)));
+            continue;
+        };
         let data = match repository.open_sealed_blob(location, sealed) {
             Ok(data) => data,
             Err(error) => {
@@ -283,11 +286,12 @@ fn verify_file(path: &Path, expected: Option<[u8; 32]>) -> Option<String> {
 
 /// Creates the further names of hard-linked files.
 fn link_files(plan: &RestorePlan, report: &mut RestoreReport) {
+    let failed: HashSet<PathBuf> = report.failed.iter().map(|(path, _)| path.clone()).collect();
     for planned in plan.entries.iter().filter(|p| p.action == Action::HardLink) {
         let Some(leader) = &planned.link_to else {
             continue;
         };
-        if report.failed.iter().any(|(path, _)| path == leader) {
+        if failed.contains(leader) {
             report
                 .failed
                 .push((planned.target.clone(), format!("its hard link {} could not be restored", leader.display())));

@@ -253,21 +253,20 @@ pub fn execute(repository: &Repository, plan: &RestorePlan, options: &RestoreOpt
         report.dirs += 1;
     }
     let failed = fetch::restore_contents(repository, plan, options, &mut report)?;
+    let mut failed_paths: HashSet<PathBuf> = report.failed.iter().map(|(path, _)| path.clone()).collect();
     for planned in plan.entries.iter().filter(|p| p.entry.kind != EntryKind::Dir && p.action != Action::Skip) {
         if failed.contains(&planned.entry_id)
-            || planned.link_to.as_ref().is_some_and(|leader| report.failed.iter().any(|(path, _)| path == leader))
+            || planned.link_to.as_ref().is_some_and(|leader| failed_paths.contains(leader))
         {
             continue;
         }
         if let Err(error) = metadata::create_special(planned) {
+            failed_paths.insert(planned.target.clone());
             report.failed.push((planned.target.clone(), error.to_string()));
         }
     }
-    let restored: Vec<&PlannedEntry> = plan
-        .entries
-        .iter()
-        .filter(|p| p.action != Action::Skip && !report.failed.iter().any(|(path, _)| path == &p.target))
-        .collect();
+    let restored: Vec<&PlannedEntry> =
+        plan.entries.iter().filter(|p| p.action != Action::Skip && !failed_paths.contains(&p.target)).collect();
     metadata::apply_all(&restored, &mut report.warnings);
     let finished = repository.backend().stats();
     report.bytes_fetched = finished.bytes_read - started.bytes_read;

@@ -115,7 +115,7 @@ fn through_pipe(
     let mut input = running
         .stdin()
         .ok_or_else(|| Error::Postgres { tool: "pg_restore".into(), message: "no input pipe".into() })?;
-    let fed = crate::dump_file(repository, manifest, source.path.as_bytes(), &mut input);
+    let fed = crate::dump_file(repository, manifest, source.path.as_bytes(), &mut input, "pg_restore's input");
     drop(input);
     running.finish()?;
     // pg_restore may stop reading once it has what it needs (as `--list` does); its
@@ -137,7 +137,8 @@ fn through_file(
 ) -> Result<PgRestoreReport> {
     let mut file = tempfile::NamedTempFile::new()
         .map_err(|e| Error::io("cannot create a temporary file in", std::env::temp_dir(), e))?;
-    let bytes = crate::dump_file(repository, manifest, source.path.as_bytes(), file.as_file_mut())?;
+    let sink = file.path().display().to_string();
+    let bytes = crate::dump_file(repository, manifest, source.path.as_bytes(), file.as_file_mut(), &sink)?;
     let mut running = pg::start_restore(tools, options, Some(file.path()))?;
     let output = collect(running.stdout());
     running.finish()?;

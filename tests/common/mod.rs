@@ -213,3 +213,17 @@ pub fn set_mtime(path: &Path, seconds: i64, nanoseconds: i64) {
     )
     .unwrap();
 }
+
+/// Finished objects in a folder of a local repository: names of 64 hex digits. The local
+/// backend writes a staging file `<name>#<n>` first, which does not count.
+pub fn finished_objects(folder: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(folder) else { return 0 };
+    entries
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .count()
+}
