@@ -9,11 +9,15 @@ use std::str::FromStr;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::id::{BlobId, IndexId, PackId, SnapshotId};
-use crate::index::{IndexFile, IndexedPack};
+use crate::id::{BlobId, PackId, SnapshotId};
+use crate::index::{IndexedPack, ScratchIndex};
 use crate::pack::{open_blob, read_pack, BlobType};
-use crate::repository::{pack_key, Repository};
+use crate::repair::DAMAGED_TAG;
+use crate::repository::{pack_key, Repository, ScratchLoad};
 use crate::snapshot::Snapshot;
+
+/// Most paths a report lists per affected snapshot; `AffectedSnapshot::files` counts all.
+pub const PATHS_LISTED: usize = 10_000;
 
 /// Which packs `--read-data` downloads.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,8 +109,13 @@ pub struct AffectedSnapshot {
     pub manifest_lost: Option<String>,
     /// Data blobs the manifest names that are lost.
     pub lost_blobs: u64,
-    /// Paths of the files that lose content, in path order.
+    /// Files that lose content.
+    pub files: u64,
+    /// Paths of the first [`PATHS_LISTED`] files that lose content, in path order.
     pub paths: Vec<Vec<u8>>,
+    /// The snapshot carries the `damaged` tag of `repair snapshots`: the loss is known
+    /// and accepted, so it alone does not make the check fail.
+    pub marked: bool,
 }
 
 /// What a check found.
@@ -126,45 +135,33 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
-    /// True if anything is damaged or missing.
+    /// True if any object is damaged or missing, or a snapshot not marked `damaged`
+    /// cannot be restored in full.
     pub fn is_damaged(&self) -> bool {
-        !self.damage.is_empty() || !self.affected.is_empty()
+        !self.damage.is_empty() || self.affected.iter().any(|affected| !affected.marked)
     }
 }
 
-/// The repository's index as the check sees it: only packs that exist at the size the
-/// index gives, and why each blob that cannot be read is lost.
-#[derive(Default)]
-struct IndexView {
-    packs: HashMap<PackId, IndexedPack>,
-    blobs: HashMap<(BlobId, BlobType), PackId>,
-    lost: HashMap<(BlobId, BlobType), String>,
-}
-
-impl IndexView {
-    /// Why a blob cannot be read, or `None` if it can (as far as the check knows).
-    fn lost_reason(&self, id: BlobId, blob_type: BlobType) -> Option<String> {
-        if let Some(reason) = self.lost.get(&(id, blob_type)) {
-            return Some(reason.clone());
-        }
-        (!self.blobs.contains_key(&(id, blob_type))).then(|| "it is in no index object".to_string())
-    }
-}
-
-/// Checks the repository; see the module documentation.
+/// Checks the repository; see the module documentation. The index is worked on in a
+/// scratch file, so memory does not grow with the number of blobs.
 pub fn check(repository: &Repository, options: &CheckOptions) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let stored = repository.list_packs()?;
-    let (files, damaged) = repository.load_index_objects()?;
-    report.index_objects = files.len() + damaged.len();
+    let ScratchLoad { mut index, damaged, objects, in_force } = repository.scratch_index()?;
+    report.index_objects = in_force + damaged.len();
     report.damage.extend(damaged.iter().map(damage_of));
-    warn_superseded(repository, &files, &mut report)?;
-    let mut view = build_view(files, &stored, &mut report);
+    let leftover = objects.saturating_sub(report.index_objects);
+    if leftover > 0 {
+        report.warnings.push(format!(
+            "{leftover} superseded index object(s) are still stored; the next prune deletes them ({in_force} in use)"
+        ));
+    }
+    check_packs(&mut index, &stored, &mut report)?;
     report.packs = stored.len();
     if let Some(subset) = options.read_data {
-        read_packs(repository, &mut view, subset, options.jobs, &mut report)?;
+        read_packs(repository, &mut index, subset, options.jobs, &mut report)?;
     }
-    check_snapshots(repository, &view, &mut report)?;
+    check_snapshots(repository, &index, &mut report)?;
     Ok(report)
 }
 
@@ -177,47 +174,21 @@ fn damage_of(error: &Error) -> Damage {
     Damage { object, reason, lost_blobs: Vec::new() }
 }
 
-fn warn_superseded(repository: &Repository, files: &[(IndexId, IndexFile)], report: &mut CheckReport) -> Result<()> {
-    let stored = repository.index_object_ids()?.len();
-    let leftover = stored.saturating_sub(report.index_objects);
-    if leftover > 0 {
-        report.warnings.push(format!(
-            "{leftover} superseded index object(s) are still stored; the next prune deletes them ({} in use)",
-            files.len()
-        ));
-    }
-    Ok(())
-}
-
-/// Takes the index objects by value: the view keeps their packs without copying them.
-fn build_view(files: Vec<(IndexId, IndexFile)>, stored: &HashMap<PackId, u64>, report: &mut CheckReport) -> IndexView {
-    let mut view = IndexView::default();
-    let mut bad: Vec<(IndexedPack, String)> = Vec::new();
-    let mut listed = HashSet::new();
-    for pack in files.into_iter().flat_map(|(_, file)| file.packs) {
-        if !listed.insert(pack.id) {
-            continue;
-        }
-        match stored.get(&pack.id) {
-            None => bad.push((pack, "it is in the index but missing from storage".into())),
-            Some(&size) if size != pack.size => {
-                let reason = format!("it has {size} bytes but the index says {}", pack.size);
-                bad.push((pack, reason))
-            }
-            Some(_) => {
-                for blob in &pack.blobs {
-                    view.blobs.entry((blob.id, blob.blob_type)).or_insert(pack.id);
-                }
-                view.packs.insert(pack.id, pack);
-            }
-        }
-    }
-    for (pack, reason) in bad {
-        let key = pack_key(&pack.id);
-        let lost: Vec<BlobId> =
-            lose_blobs(&mut view, &pack.blobs.iter().map(|b| (b.id, b.blob_type)).collect::<Vec<_>>(), &key);
+/// Takes the indexed packs that are missing or of the wrong size out of the index,
+/// recording what they lose, and warns about stored packs no index names.
+fn check_packs(index: &mut ScratchIndex, stored: &HashMap<PackId, u64>, report: &mut CheckReport) -> Result<()> {
+    let indexed = index.packs()?;
+    for (id, size) in &indexed {
+        let reason = match stored.get(id) {
+            None => "it is in the index but missing from storage".to_string(),
+            Some(stored) if stored != size => format!("it has {stored} bytes but the index says {size}"),
+            Some(_) => continue,
+        };
+        let key = pack_key(id);
+        let lost = index.lose(id, None, &format!("{key} is damaged or missing"))?;
         report.damage.push(Damage { object: key, reason, lost_blobs: lost });
     }
+    let listed: HashSet<PackId> = indexed.into_iter().map(|(id, _)| id).collect();
     let mut unindexed: Vec<&PackId> = stored.keys().filter(|id| !listed.contains(id)).collect();
     unindexed.sort();
     for pack in unindexed {
@@ -225,27 +196,13 @@ fn build_view(files: Vec<(IndexId, IndexFile)>, stored: &HashMap<PackId, u64>, r
             .warnings
             .push(format!("{} is in no index object (left by an interrupted run; prune removes it)", pack_key(pack)));
     }
-    view
-}
-
-/// Marks blobs of a damaged object as lost unless another indexed copy exists.
-fn lose_blobs(view: &mut IndexView, blobs: &[(BlobId, BlobType)], object: &str) -> Vec<BlobId> {
-    let mut lost = Vec::new();
-    for &(id, blob_type) in blobs {
-        let elsewhere = view.blobs.get(&(id, blob_type)).is_some_and(|pack| pack_key(pack) != object);
-        if !elsewhere {
-            view.blobs.remove(&(id, blob_type));
-            view.lost.insert((id, blob_type), format!("{object} is damaged or missing"));
-            lost.push(id);
-        }
-    }
-    lost
+    Ok(())
 }
 
 /// The packs a subset selects, in id order. `verified` gives when packs were last
 /// verified; the shares and sizes take the longest unverified first.
-fn select_packs(view: &IndexView, subset: ReadSubset, verified: &HashMap<PackId, i64>) -> Vec<PackId> {
-    let mut ids: Vec<PackId> = view.packs.keys().copied().collect();
+fn select_packs(packs: &HashMap<PackId, u64>, subset: ReadSubset, verified: &HashMap<PackId, i64>) -> Vec<PackId> {
+    let mut ids: Vec<PackId> = packs.keys().copied().collect();
     ids.sort();
     let mut selected = match subset {
         ReadSubset::All => return ids,
@@ -265,7 +222,7 @@ fn select_packs(view: &IndexView, subset: ReadSubset, verified: &HashMap<PackId,
             ordered
                 .into_iter()
                 .take_while(|id| {
-                    total += view.packs[id].size;
+                    total += packs[id];
                     total <= limit
                 })
                 .collect()
@@ -292,37 +249,41 @@ struct PackReading {
 
 fn read_packs(
     repository: &Repository,
-    view: &mut IndexView,
+    index: &mut ScratchIndex,
     subset: ReadSubset,
     jobs: usize,
     report: &mut CheckReport,
 ) -> Result<()> {
-    let selected = select_packs(view, subset, &repository.pack_verification_times()?);
+    let packs: HashMap<PackId, u64> = index.packs()?.into_iter().collect();
+    let selected = select_packs(&packs, subset, &repository.pack_verification_times()?);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs.max(1))
         .build()
         .map_err(|e| Error::InvalidInput(format!("cannot start {jobs} check threads: {e}")))?;
-    let packs = &view.packs;
-    let readings: Vec<(PackId, Result<PackReading>)> =
-        pool.install(|| selected.par_iter().map(|id| (*id, read_one_pack(repository, &packs[id]))).collect());
     let mut intact = Vec::new();
-    for (id, reading) in readings {
-        let reading = reading?;
-        report.packs_read += 1;
-        report.bytes_read += reading.bytes;
-        report.blobs_read += reading.blobs;
-        if reading.problems.is_empty() && reading.bad_blobs.is_empty() {
-            intact.push(id);
-            continue;
+    // A few packs per thread at a time: only their index entries are in memory.
+    for batch in selected.chunks(jobs.max(1) * 4) {
+        let batch: Vec<IndexedPack> = batch.iter().map(|id| index.pack(id, packs[id])).collect::<Result<_>>()?;
+        let readings: Vec<(PackId, Result<PackReading>)> =
+            pool.install(|| batch.par_iter().map(|pack| (pack.id, read_one_pack(repository, pack))).collect());
+        for (id, reading) in readings {
+            let reading = reading?;
+            report.packs_read += 1;
+            report.bytes_read += reading.bytes;
+            report.blobs_read += reading.blobs;
+            if reading.problems.is_empty() && reading.bad_blobs.is_empty() {
+                intact.push(id);
+                continue;
+            }
+            let key = pack_key(&id);
+            let lost = index.lose(&id, Some(&reading.bad_blobs), &format!("{key} is damaged or missing"))?;
+            let mut reason = reading.problems.join("; ");
+            if !reading.bad_blobs.is_empty() {
+                let sep = if reason.is_empty() { "" } else { "; " };
+                reason.push_str(&format!("{sep}{} blob(s) fail authentication", reading.bad_blobs.len()));
+            }
+            report.damage.push(Damage { object: key, reason, lost_blobs: lost });
         }
-        let key = pack_key(&id);
-        let lost = lose_blobs(view, &reading.bad_blobs, &key);
-        let mut reason = reading.problems.join("; ");
-        if !reading.bad_blobs.is_empty() {
-            let sep = if reason.is_empty() { "" } else { "; " };
-            reason.push_str(&format!("{sep}{} blob(s) fail authentication", reading.bad_blobs.len()));
-        }
-        report.damage.push(Damage { object: key, reason, lost_blobs: lost });
     }
     repository.record_verified(&intact)
 }
@@ -364,12 +325,12 @@ fn read_one_pack(repository: &Repository, pack: &IndexedPack) -> Result<PackRead
     Ok(PackReading { bytes: bytes.len() as u64, blobs: pack.blobs.len() as u64, problems, bad_blobs })
 }
 
-fn check_snapshots(repository: &Repository, view: &IndexView, report: &mut CheckReport) -> Result<()> {
+fn check_snapshots(repository: &Repository, index: &ScratchIndex, report: &mut CheckReport) -> Result<()> {
     let (snapshots, damaged) = repository.list_snapshots()?;
     report.damage.extend(damaged.iter().map(damage_of));
     for (id, snapshot) in &snapshots {
         report.snapshots += 1;
-        if let Some(affected) = check_snapshot(repository, view, id, snapshot)? {
+        if let Some(affected) = check_snapshot(repository, index, id, snapshot)? {
             report.affected.push(affected);
         }
     }
@@ -379,7 +340,7 @@ fn check_snapshots(repository: &Repository, view: &IndexView, report: &mut Check
 /// What a snapshot loses, if anything: its manifest, or the files using lost blobs.
 fn check_snapshot(
     repository: &Repository,
-    view: &IndexView,
+    index: &ScratchIndex,
     id: &SnapshotId,
     snapshot: &Snapshot,
 ) -> Result<Option<AffectedSnapshot>> {
@@ -389,13 +350,15 @@ fn check_snapshot(
         host: snapshot.host.clone(),
         manifest_lost: None,
         lost_blobs: 0,
+        files: 0,
         paths: Vec::new(),
+        marked: snapshot.tags.iter().any(|tag| tag == DAMAGED_TAG),
     };
-    let manifest_blob_lost =
-        snapshot.manifest.blobs.iter().find_map(|blob| view.lost_reason(*blob, BlobType::Metadata));
-    if let Some(reason) = manifest_blob_lost {
-        affected.manifest_lost = Some(format!("a blob of its manifest is lost: {reason}"));
-        return Ok(Some(affected));
+    for blob in &snapshot.manifest.blobs {
+        if let Some(reason) = index.lost_reason(blob, BlobType::Metadata)? {
+            affected.manifest_lost = Some(format!("a blob of its manifest is lost: {reason}"));
+            return Ok(Some(affected));
+        }
     }
     let manifest = match repository.load_manifest(id, snapshot) {
         Ok(manifest) => manifest,
@@ -405,13 +368,13 @@ fn check_snapshot(
         }
         Err(error) => return Err(error),
     };
-    let lost: HashSet<BlobId> =
-        manifest.blobs()?.into_iter().filter(|blob| view.lost_reason(*blob, BlobType::Data).is_some()).collect();
-    if lost.is_empty() {
+    let (lost_blobs, files, paths) = index.lost_in_manifest(manifest.path(), PATHS_LISTED)?;
+    if lost_blobs == 0 {
         return Ok(None);
     }
-    affected.lost_blobs = lost.len() as u64;
-    affected.paths = manifest.paths_using(&lost)?;
+    affected.lost_blobs = lost_blobs;
+    affected.files = files;
+    affected.paths = paths;
     Ok(Some(affected))
 }
 
@@ -430,10 +393,9 @@ mod tests {
 
     #[test]
     fn parts_are_disjoint_and_cover_every_pack() {
-        let mut view = IndexView::default();
+        let mut view = HashMap::new();
         for byte in 0..=255u8 {
-            let id = PackId([byte; 32]);
-            view.packs.insert(id, IndexedPack { id, size: 1, blobs: vec![] });
+            view.insert(PackId([byte; 32]), 1);
         }
         let never = HashMap::new();
         let mut seen = HashSet::new();
@@ -449,11 +411,11 @@ mod tests {
 
     #[test]
     fn shares_take_the_longest_unverified_first() {
-        let mut view = IndexView::default();
+        let mut view = HashMap::new();
         let mut verified = HashMap::new();
         for byte in 0..10u8 {
             let id = PackId([byte; 32]);
-            view.packs.insert(id, IndexedPack { id, size: 1, blobs: vec![] });
+            view.insert(id, 1);
             verified.insert(id, 1000 - byte as i64);
         }
         verified.remove(&PackId([4; 32]));

@@ -12,6 +12,13 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, PackId};
 use crate::pack::{BlobType, PackEntry};
 
+mod scratch;
+pub use scratch::ScratchIndex;
+
+/// Most blobs one index object written by prune or repair lists; more are split over
+/// several objects, so no single object has to be held whole in memory.
+pub const MAX_OBJECT_BLOBS: usize = 100_000;
+
 /// Version byte at the start of an index object's plaintext.
 pub const INDEX_VERSION: u8 = 1;
 const BLOB_RECORD: usize = 32 + 1 + 4 + 4 + 4;
@@ -334,12 +341,6 @@ fn insert_index(
     Ok(())
 }
 
-/// The ids among `files` that another of them supersedes: readers ignore those, since
-/// the superseding object (written by prune) lists every pack that still exists.
-pub fn superseded_ids(files: &[(IndexId, IndexFile)]) -> HashSet<IndexId> {
-    files.iter().flat_map(|(_, file)| file.supersedes.iter().copied()).collect()
-}
-
 fn cache_error(path: &Path, error: rusqlite::Error) -> Error {
     Error::Cache { path: path.to_path_buf(), message: error.to_string() }
 }
@@ -421,7 +422,5 @@ mod tests {
         cache.clear().unwrap();
         let expected: HashSet<IndexId> = [IndexId([1; 32]), IndexId([2; 32])].into();
         assert_eq!(cache.superseded().unwrap(), expected);
-        let files = vec![(IndexId([3; 32]), newer), (IndexId([1; 32]), IndexFile::default())];
-        assert_eq!(superseded_ids(&files), expected);
     }
 }

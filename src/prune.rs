@@ -7,11 +7,11 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
-use crate::id::{BlobId, IndexId, PackId, SnapshotId};
-use crate::index::{IndexFile, IndexedPack};
-use crate::pack::{open_blob, BlobType, PackEntry};
+use crate::id::{IndexId, PackId, SnapshotId};
+use crate::index::{IndexedPack, ScratchIndex};
+use crate::pack::{open_blob, BlobType};
 use crate::packer::Packer;
-use crate::repository::{pack_key, Repository};
+use crate::repository::{pack_key, Repository, ScratchLoad};
 
 /// Limits of one prune.
 #[derive(Debug, Clone, Copy)]
@@ -29,27 +29,32 @@ impl Default for PruneOptions {
 }
 
 /// A pack to rewrite: the blobs still used are copied into new packs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repack {
-    pub pack: IndexedPack,
-    pub used: Vec<PackEntry>,
+    pub pack: PackId,
+    pub size: u64,
+    /// Blobs of it still in use, and their stored bytes.
+    pub used_blobs: u64,
+    pub used_bytes: u64,
 }
 
-/// What a prune will do. Nothing is changed until it is executed.
-#[derive(Debug, Clone, Default)]
+/// What a prune will do. Nothing is changed until it is executed. Which blobs stay in
+/// use, and in which pack, is kept in a scratch index on disk, not in memory.
+#[derive(Debug)]
 pub struct PrunePlan {
     pub snapshots: usize,
-    pub used_blobs: usize,
-    /// Packs kept as they are.
-    pub keep: Vec<IndexedPack>,
+    pub used_blobs: u64,
+    /// Packs kept as they are, with their sizes.
+    pub keep: Vec<(PackId, u64)>,
     pub repack: Vec<Repack>,
     /// Indexed packs that hold nothing in use, with their sizes.
     pub delete: Vec<(PackId, u64)>,
     /// Packs no index object names (left by interrupted runs), with their sizes.
     pub unindexed: Vec<(PackId, u64)>,
-    /// Every stored index object; replaced by one new object when `rewrite_index`.
+    /// Every stored index object; replaced by new ones when `rewrite_index`.
     pub old_indexes: Vec<IndexId>,
     pub rewrite_index: bool,
+    index: ScratchIndex,
 }
 
 impl PrunePlan {
@@ -60,12 +65,12 @@ impl PrunePlan {
 
     /// Bytes of packs that are read and rewritten.
     pub fn bytes_repacked(&self) -> u64 {
-        self.repack.iter().map(|repack| repack.pack.size).sum()
+        self.repack.iter().map(|repack| repack.size).sum()
     }
 
     /// About how many bytes the prune frees (deleted packs and the unused part of repacked ones).
     pub fn bytes_freed(&self) -> u64 {
-        let kept: u64 = self.repack.iter().flat_map(|r| &r.used).map(|entry| entry.length as u64).sum();
+        let kept: u64 = self.repack.iter().map(|repack| repack.used_bytes).sum();
         self.bytes_deleted() + self.bytes_repacked().saturating_sub(kept)
     }
 
@@ -90,19 +95,28 @@ pub struct PruneReport {
 /// `forgotten` snapshots are treated as already removed, so a dry run of
 /// `forget --prune` shows what the prune after it would do.
 pub fn plan(repository: &Repository, options: &PruneOptions, forgotten: &HashSet<SnapshotId>) -> Result<PrunePlan> {
-    let (used, snapshots) = used_blobs(repository, forgotten)?;
-    let (files, damaged) = repository.load_index_objects()?;
+    let ScratchLoad { index, damaged, .. } = repository.scratch_index()?;
     if let Some(error) = damaged.into_iter().next() {
         return Err(refusal(error));
     }
+    let snapshots = mark_used(repository, &index, forgotten)?;
     let stored = repository.list_packs()?;
-    let mut plan = PrunePlan { snapshots, used_blobs: used.len(), ..Default::default() };
-    let listed = classify_packs(&files, &stored, &used, options, &mut plan)?;
+    let mut plan = PrunePlan {
+        snapshots,
+        used_blobs: index.used_count()?,
+        keep: Vec::new(),
+        repack: Vec::new(),
+        delete: Vec::new(),
+        unindexed: Vec::new(),
+        old_indexes: repository.index_object_ids()?,
+        rewrite_index: false,
+        index,
+    };
+    let listed = classify_packs(&stored, options, &mut plan)?;
     let mut unindexed: Vec<(PackId, u64)> =
         stored.iter().filter(|(id, _)| !listed.contains(*id)).map(|(id, size)| (*id, *size)).collect();
     unindexed.sort();
     plan.unindexed = unindexed;
-    plan.old_indexes = repository.index_object_ids()?;
     plan.rewrite_index = !plan.delete.is_empty() || !plan.repack.is_empty() || plan.old_indexes.len() > 1;
     Ok(plan)
 }
@@ -117,91 +131,76 @@ fn refusal(error: Error) -> Error {
     )
 }
 
-/// Every (blob, type) a readable snapshot uses, and the number of snapshots. Any
-/// snapshot or manifest that cannot be read stops the prune: its blobs are unknown.
-fn used_blobs(
-    repository: &Repository,
-    forgotten: &HashSet<SnapshotId>,
-) -> Result<(HashSet<(BlobId, BlobType)>, usize)> {
+/// Marks in the scratch index every blob a readable snapshot uses; returns the number
+/// of snapshots. Any snapshot or manifest that cannot be read stops the prune: its
+/// blobs are unknown.
+fn mark_used(repository: &Repository, index: &ScratchIndex, forgotten: &HashSet<SnapshotId>) -> Result<usize> {
     let (mut snapshots, damaged) = repository.list_snapshots()?;
     if let Some(error) = damaged.into_iter().next() {
         return Err(refusal(error));
     }
     snapshots.retain(|(id, _)| !forgotten.contains(id));
-    let mut used = HashSet::new();
     for (id, snapshot) in &snapshots {
-        used.extend(snapshot.manifest.blobs.iter().map(|blob| (*blob, BlobType::Metadata)));
+        for blob in &snapshot.manifest.blobs {
+            index.mark_used(blob, BlobType::Metadata)?;
+        }
         let manifest = repository.load_manifest(id, snapshot).map_err(refusal)?;
-        used.extend(manifest.blobs()?.into_iter().map(|blob| (blob, BlobType::Data)));
+        index.mark_manifest_used(manifest.path())?;
     }
-    Ok((used, snapshots.len()))
+    Ok(snapshots.len())
 }
 
 /// Sorts every indexed pack into keep, repack or delete; returns the ids of all packs
 /// the index names. Each used blob is assigned to the first existing pack holding it.
 fn classify_packs(
-    files: &[(IndexId, IndexFile)],
     stored: &HashMap<PackId, u64>,
-    used: &HashSet<(BlobId, BlobType)>,
     options: &PruneOptions,
     plan: &mut PrunePlan,
 ) -> Result<HashSet<PackId>> {
-    let mut listed = HashSet::new();
-    let mut assigned = HashSet::new();
+    let indexed = plan.index.packs()?;
     let mut candidates = Vec::new();
-    for pack in files.iter().flat_map(|(_, file)| &file.packs) {
-        if !listed.insert(pack.id) {
-            continue;
-        }
-        match stored.get(&pack.id) {
+    for &(id, size) in &indexed {
+        match stored.get(&id) {
             None => continue,
-            Some(&size) if size != pack.size => {
+            Some(&stored) if stored != size => {
                 return Err(refusal(Error::integrity(
-                    pack_key(&pack.id),
-                    format!("it has {size} bytes but the index says {}", pack.size),
+                    pack_key(&id),
+                    format!("it has {stored} bytes but the index says {size}"),
                 )))
             }
             Some(_) => {}
         }
-        let in_use: Vec<PackEntry> = pack
-            .blobs
-            .iter()
-            .filter(|blob| used.contains(&(blob.id, blob.blob_type)) && assigned.insert((blob.id, blob.blob_type)))
-            .copied()
-            .collect();
+        let (in_use, blob_bytes) = plan.index.assign(&id)?;
         let used_bytes: u64 = in_use.iter().map(|entry| entry.length as u64).sum();
-        let blob_bytes: u64 = pack.blobs.iter().map(|entry| entry.length as u64).sum();
         if in_use.is_empty() {
-            plan.delete.push((pack.id, pack.size));
-        } else if blob_bytes.saturating_sub(used_bytes) as f64 > options.max_unused * pack.size as f64 {
-            candidates.push(Repack { pack: pack.clone(), used: in_use });
+            plan.delete.push((id, size));
+        } else if blob_bytes.saturating_sub(used_bytes) as f64 > options.max_unused * size as f64 {
+            candidates.push(Repack { pack: id, size, used_blobs: in_use.len() as u64, used_bytes });
         } else {
-            plan.keep.push(pack.clone());
+            plan.keep.push((id, size));
         }
     }
-    if assigned.len() != used.len() {
-        let missing = used.len() - assigned.len();
+    let missing = plan.index.unassigned_count()?;
+    if missing > 0 {
         return Err(refusal(Error::MissingObject {
             object: format!("{missing} blob(s) the snapshots use (in no existing pack)"),
         }));
     }
     choose_repacks(candidates, options, plan);
-    Ok(listed)
+    Ok(indexed.into_iter().map(|(id, _)| id).collect())
 }
 
 /// Repacks the emptiest candidates first, within the size limit; keeps the rest.
 fn choose_repacks(mut candidates: Vec<Repack>, options: &PruneOptions, plan: &mut PrunePlan) {
-    let used_share = |repack: &Repack| {
-        repack.used.iter().map(|entry| entry.length as f64).sum::<f64>() / repack.pack.size.max(1) as f64
-    };
+    let used_share = |repack: &Repack| repack.used_bytes as f64 / repack.size.max(1) as f64;
     candidates.sort_by(|a, b| used_share(a).total_cmp(&used_share(b)));
     let mut budget = options.max_repack_size.unwrap_or(u64::MAX);
     for candidate in candidates {
-        if candidate.pack.size <= budget {
-            budget -= candidate.pack.size;
+        if candidate.size <= budget {
+            budget -= candidate.size;
             plan.repack.push(candidate);
         } else {
-            plan.keep.push(candidate.pack);
+            plan.keep.push((candidate.pack, candidate.size));
         }
     }
 }
@@ -210,19 +209,19 @@ fn choose_repacks(mut candidates: Vec<Repack>, options: &PruneOptions, plan: &mu
 /// the plan was made (the exclusive lock ensures it).
 pub fn execute(repository: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     let mut report = PruneReport::default();
-    let new_packs = repack(repository, &plan.repack)?;
+    let new_packs = repack(repository, plan)?;
     report.packs_written = new_packs.len() as u64;
     report.bytes_written = new_packs.iter().map(|pack| pack.size).sum();
     if plan.rewrite_index {
-        let mut packs = plan.keep.clone();
-        packs.extend(new_packs);
-        repository.write_index(&IndexFile { supersedes: plan.old_indexes.clone(), packs })?;
+        // The kept packs are read back from the scratch index one at a time.
+        let kept = plan.keep.iter().map(|(id, size)| plan.index.pack(id, *size));
+        repository.write_index_objects(kept.chain(new_packs.into_iter().map(Ok)), plan.old_indexes.clone())?;
         for id in &plan.old_indexes {
             repository.backend().delete(&format!("index/{id}"))?;
             report.index_objects_deleted += 1;
         }
     }
-    let repacked = plan.repack.iter().map(|repack| &repack.pack.id);
+    let repacked = plan.repack.iter().map(|repack| &repack.pack);
     let indexed_gone = plan.delete.iter().map(|(id, _)| id).chain(repacked);
     // Indexed packs may be deleted only once no index object in force names them.
     let deletable: Vec<&PackId> = if plan.rewrite_index { indexed_gone.collect() } else { Vec::new() };
@@ -233,16 +232,16 @@ pub fn execute(repository: &Repository, plan: &PrunePlan) -> Result<PruneReport>
     Ok(report)
 }
 
-/// Copies the used blobs of each pack into new packs; returns them (not yet indexed).
-fn repack(repository: &Repository, repacks: &[Repack]) -> Result<Vec<IndexedPack>> {
-    if repacks.is_empty() {
+/// Copies the used blobs of each pack to repack into new packs; returns them (not yet indexed).
+fn repack(repository: &Repository, plan: &PrunePlan) -> Result<Vec<IndexedPack>> {
+    if plan.repack.is_empty() {
         return Ok(Vec::new());
     }
     let packer = Packer::new(repository);
-    for repack in repacks {
-        let key = pack_key(&repack.pack.id);
+    for repack in &plan.repack {
+        let key = pack_key(&repack.pack);
         let bytes = repository.backend().get(&key)?;
-        for entry in &repack.used {
+        for entry in plan.index.assigned(&repack.pack)? {
             let range = entry.offset as usize..entry.offset as usize + entry.length as usize;
             let data = bytes
                 .get(range)

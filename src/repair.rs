@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::id::{IndexId, PackId, SnapshotId};
-use crate::index::{IndexFile, IndexedPack};
+use crate::index::IndexedPack;
 use crate::pack::{decode_header, header_bounds, open_object, PackEntry};
 use crate::repository::{pack_key, Repository};
 
@@ -18,14 +18,16 @@ pub struct RepairIndexReport {
     pub blobs: u64,
     /// Packs whose header cannot be read, and why; they are left in place, unindexed.
     pub unreadable: Vec<(PackId, String)>,
-    /// The new index object, if one was written.
-    pub written: Option<IndexId>,
+    /// The new index objects (none in a dry run).
+    pub written: Vec<IndexId>,
     /// Index objects it replaced (and deleted).
     pub replaced: Vec<IndexId>,
 }
 
-/// Reads every pack's header (`jobs` at a time) and, unless `dry_run`, writes one index
-/// object listing them that supersedes every stored index object, then deletes those.
+/// Reads every pack's header (`jobs` at a time) and, unless `dry_run`, writes index
+/// objects listing them, the last of which supersedes every stored index object, then
+/// deletes those. Headers are read a batch at a time, so memory does not grow with the
+/// repository.
 pub fn repair_index(repository: &Repository, jobs: usize, dry_run: bool) -> Result<RepairIndexReport> {
     let mut stored: Vec<(PackId, u64)> = repository.list_packs()?.into_iter().collect();
     stored.sort();
@@ -33,27 +35,43 @@ pub fn repair_index(repository: &Repository, jobs: usize, dry_run: bool) -> Resu
         .num_threads(jobs.max(1))
         .build()
         .map_err(|e| Error::InvalidInput(format!("cannot start {jobs} threads: {e}")))?;
-    let headers: Vec<(PackId, u64, Result<Vec<PackEntry>>)> =
-        pool.install(|| stored.par_iter().map(|(id, size)| (*id, *size, read_header(repository, id, *size))).collect());
-    let mut report = RepairIndexReport::default();
-    let mut packs = Vec::new();
-    for (id, size, header) in headers {
-        match header {
-            Ok(blobs) => packs.push(IndexedPack { id, size, blobs }),
-            Err(error) if error.is_integrity() => report.unreadable.push((id, error.to_string())),
-            Err(error) => return Err(error),
+    let mut report = RepairIndexReport { replaced: repository.index_object_ids()?, ..Default::default() };
+    let mut unreadable = Vec::new();
+    let mut blobs = 0u64;
+    let packs = stored.chunks(jobs.max(1) * 8).flat_map(|batch| {
+        let headers: Vec<(PackId, u64, Result<Vec<PackEntry>>)> = pool
+            .install(|| batch.par_iter().map(|(id, size)| (*id, *size, read_header(repository, id, *size))).collect());
+        let mut packs = Vec::new();
+        for (id, size, header) in headers {
+            match header {
+                Ok(entries) => {
+                    blobs += entries.len() as u64;
+                    packs.push(Ok(IndexedPack { id, size, blobs: entries }));
+                }
+                Err(error) if error.is_integrity() => unreadable.push((id, error.to_string())),
+                Err(error) => packs.push(Err(error)),
+            }
+        }
+        packs
+    });
+    if dry_run {
+        let mut count = 0;
+        for pack in packs {
+            pack?;
+            count += 1;
+        }
+        report.packs = count;
+    } else {
+        let mut count = 0;
+        let counted = packs.inspect(|pack| count += pack.is_ok() as usize);
+        report.written = repository.write_index_objects(counted, report.replaced.clone())?;
+        report.packs = count;
+        for id in &report.replaced {
+            repository.backend().delete(&format!("index/{id}"))?;
         }
     }
-    report.packs = packs.len();
-    report.blobs = packs.iter().map(|pack| pack.blobs.len() as u64).sum();
-    report.replaced = repository.index_object_ids()?;
-    if dry_run {
-        return Ok(report);
-    }
-    report.written = Some(repository.write_index(&IndexFile { supersedes: report.replaced.clone(), packs })?);
-    for id in &report.replaced {
-        repository.backend().delete(&format!("index/{id}"))?;
-    }
+    report.blobs = blobs;
+    report.unreadable = unreadable;
     Ok(report)
 }
 
@@ -74,12 +92,12 @@ pub struct SnapshotRepair {
     /// (or in a dry run).
     pub new: Option<SnapshotId>,
     /// Files that lose content; every file when the manifest itself is lost.
-    pub lost_files: usize,
+    pub lost_files: u64,
     pub manifest_lost: bool,
 }
 
 /// Marks (tag `damaged`, `complete: false`) or, with `forget`, drops every snapshot the
-/// check found damaged. Without `apply` it only reports. A marked snapshot keeps every
+/// check found damaged (marking skips those already marked). Without `apply` it only reports. A marked snapshot keeps every
 /// intact file restorable; its new record is written before the old one is deleted.
 pub fn repair_snapshots(
     repository: &Repository,
@@ -89,10 +107,13 @@ pub fn repair_snapshots(
 ) -> Result<Vec<SnapshotRepair>> {
     let mut repairs = Vec::new();
     for affected in &report.affected {
+        if affected.marked && !forget {
+            continue; // marked by an earlier run
+        }
         let mut repair = SnapshotRepair {
             old: affected.id,
             new: None,
-            lost_files: affected.paths.len(),
+            lost_files: affected.files,
             manifest_lost: affected.manifest_lost.is_some(),
         };
         if apply && !forget {

@@ -15,7 +15,7 @@ use crate::chunker::{Chunker, ChunkerParams};
 use crate::crypto::{unwrap_master_key, wrap_master_key, KdfParams, KeyFile, MasterKey, KEY_FILE_VERSION};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, KeyId, PackId, RepositoryId, SnapshotId};
-use crate::index::{BlobLocation, IndexCache, IndexFile};
+use crate::index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, MAX_OBJECT_BLOBS};
 use crate::lock::LockGuard;
 use crate::manifest::Manifest;
 use crate::pack::{decode_header, header_bounds, open_blob, open_object, seal_object, BlobType, PackEntry};
@@ -33,7 +33,16 @@ pub const MAX_PACK_SIZE: u64 = 1 << 31;
 /// Readable snapshots (oldest first) and the errors of damaged snapshot records.
 pub type SnapshotList = (Vec<(SnapshotId, Snapshot)>, Vec<Error>);
 /// Readable index objects in force, and the errors of damaged ones.
-pub type IndexObjects = (Vec<(IndexId, IndexFile)>, Vec<Error>);
+/// The index loaded by [`Repository::scratch_index`].
+pub struct ScratchLoad {
+    pub index: ScratchIndex,
+    /// Why each damaged index object cannot be read.
+    pub damaged: Vec<Error>,
+    /// Index objects stored, damaged and superseded ones included.
+    pub objects: usize,
+    /// Intact index objects no other object supersedes.
+    pub in_force: usize,
+}
 
 /// The plaintext `config` object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +129,8 @@ pub struct Repository {
     cache_dir: PathBuf,
     _temporary_cache: Option<tempfile::TempDir>,
     index: Mutex<IndexCache>,
+    /// Most blobs per index object that prune and repair write.
+    index_object_blobs: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Repository {
@@ -202,7 +213,16 @@ impl Repository {
         std::fs::create_dir_all(cache_dir.join("manifests"))
             .map_err(|e| Error::io("cannot create cache directory", &cache_dir, e))?;
         let index = IndexCache::open(&cache_dir.join("index.sqlite"))?;
-        Ok(Self { backend, config, master, key_id, cache_dir, _temporary_cache: temporary, index: Mutex::new(index) })
+        Ok(Self {
+            backend,
+            config,
+            master,
+            key_id,
+            cache_dir,
+            _temporary_cache: temporary,
+            index: Mutex::new(index),
+            index_object_blobs: MAX_OBJECT_BLOBS.into(),
+        })
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -319,24 +339,31 @@ impl Repository {
         Ok(damaged)
     }
 
-    /// Every stored index object, read and verified, except those another stored
-    /// object supersedes; and the errors of the damaged ones. Holds them all in memory.
-    pub fn load_index_objects(&self) -> Result<IndexObjects> {
+    /// Loads every stored index object (16 at a time, in parallel) into a new scratch
+    /// index in the cache directory and drops the packs only superseded objects name.
+    /// Damaged objects are skipped and returned; memory does not grow with the index.
+    pub fn scratch_index(&self) -> Result<ScratchLoad> {
         let stored = self.stored_index_ids()?;
-        let loaded: Vec<(IndexId, Result<IndexFile>)> =
-            stored.par_iter().map(|id| (*id, self.load_index(id))).collect();
-        let mut files = Vec::new();
+        let mut index = ScratchIndex::create(&self.cache_dir)?;
         let mut damaged = Vec::new();
-        for (id, file) in loaded {
-            match file {
-                Ok(file) => files.push((id, file)),
-                Err(error) if is_damage(&error) => damaged.push(error),
-                Err(error) => return Err(error),
+        let mut loaded = Vec::new();
+        for batch in stored.chunks(16) {
+            let files: Vec<(IndexId, Result<IndexFile>)> =
+                batch.par_iter().map(|id| (*id, self.load_index(id))).collect();
+            for (id, file) in files {
+                match file {
+                    Ok(file) => {
+                        index.add_index_object(&id, &file)?;
+                        loaded.push(id);
+                    }
+                    Err(error) if is_damage(&error) => damaged.push(error),
+                    Err(error) => return Err(error),
+                }
             }
         }
-        let superseded = crate::index::superseded_ids(&files);
-        files.retain(|(id, _)| !superseded.contains(id));
-        Ok((files, damaged))
+        let superseded = index.drop_superseded()?;
+        let in_force = loaded.iter().filter(|id| !superseded.contains(id)).count();
+        Ok(ScratchLoad { index, damaged, objects: stored.len(), in_force })
     }
 
     /// Every pack in storage and its size, from one listing of `data/`. Names that are
@@ -385,6 +412,41 @@ impl Repository {
         self.backend.put(&format!("index/{id}"), Bytes::from(sealed))?;
         self.index().add(Some(id), file)?;
         Ok(id)
+    }
+
+    /// Writes `packs` as index objects of at most [`MAX_OBJECT_BLOBS`] blobs each (a pack
+    /// is never split); only the last one lists `supersedes`, so until it is stored the
+    /// old objects stay in force and a crash loses nothing. Returns the ids written.
+    pub fn write_index_objects(
+        &self,
+        packs: impl IntoIterator<Item = Result<IndexedPack>>,
+        supersedes: Vec<IndexId>,
+    ) -> Result<Vec<IndexId>> {
+        let max_blobs = self.index_object_blobs.load(std::sync::atomic::Ordering::Relaxed);
+        let mut written = Vec::new();
+        let mut batch: Vec<IndexedPack> = Vec::new();
+        let mut blobs = 0;
+        for pack in packs {
+            let pack = pack?;
+            if blobs > 0 && blobs + pack.blobs.len() > max_blobs {
+                written
+                    .push(self.write_index(&IndexFile { supersedes: Vec::new(), packs: std::mem::take(&mut batch) })?);
+                blobs = 0;
+            }
+            blobs += pack.blobs.len();
+            batch.push(pack);
+        }
+        if !batch.is_empty() || !supersedes.is_empty() {
+            written.push(self.write_index(&IndexFile { supersedes, packs: batch })?);
+        }
+        Ok(written)
+    }
+
+    /// Sets the most blobs per index object written by prune and repair (tests use a
+    /// small number to split them).
+    #[doc(hidden)]
+    pub fn set_index_object_blobs(&self, blobs: usize) {
+        self.index_object_blobs.store(blobs.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Where a blob is stored, if it is.
@@ -492,11 +554,14 @@ impl Repository {
         self.cache_dir.join("manifests").join(format!("{id}.sqlite"))
     }
 
-    /// Opens a snapshot's manifest, from the cache if it is there and intact.
+    /// Opens a snapshot's manifest, from the cache if it is there and intact. Hashing
+    /// and downloading stream one blob at a time, so memory does not grow with the
+    /// manifest (about 200 bytes a file).
     pub fn load_manifest(&self, id: &SnapshotId, snapshot: &Snapshot) -> Result<Manifest> {
         let path = self.manifest_cache_path(id);
-        if let Ok(bytes) = std::fs::read(&path) {
-            if blake3::hash(&bytes).to_hex().as_str() == snapshot.manifest.blake3 {
+        if let Ok(file) = std::fs::File::open(&path) {
+            let mut hasher = blake3::Hasher::new();
+            if hasher.update_reader(file).is_ok() && hasher.finalize().to_hex().as_str() == snapshot.manifest.blake3 {
                 return Manifest::open(&path);
             }
         }
@@ -510,18 +575,23 @@ impl Repository {
         for pack in &packs {
             self.verify_pack_header(pack)?;
         }
-        let mut content = Vec::with_capacity(snapshot.manifest.size.min(1 << 30) as usize);
+        let partial = path.with_extension("part");
+        let write_error = |e| Error::io("cannot write", &partial, e);
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(write_error)?);
+        let mut hasher = blake3::Hasher::new();
         for blob in &snapshot.manifest.blobs {
-            content.extend_from_slice(&self.read_blob(blob, BlobType::Metadata)?);
+            let content = self.read_blob(blob, BlobType::Metadata)?;
+            hasher.update(&content);
+            std::io::Write::write_all(&mut file, &content).map_err(write_error)?;
         }
-        if blake3::hash(&content).to_hex().as_str() != snapshot.manifest.blake3 {
+        file.into_inner().map_err(|e| write_error(e.into_error()))?;
+        if hasher.finalize().to_hex().as_str() != snapshot.manifest.blake3 {
+            let _ = std::fs::remove_file(&partial);
             return Err(Error::integrity(
                 format!("manifest of snapshot {}", id.short()),
                 "its blobs do not add up to the recorded hash",
             ));
         }
-        let partial = path.with_extension("part");
-        std::fs::write(&partial, &content).map_err(|e| Error::io("cannot write", &partial, e))?;
         std::fs::rename(&partial, &path).map_err(|e| Error::io("cannot write", &path, e))?;
         Manifest::open(&path)
     }

@@ -63,8 +63,9 @@ fn copy_of(memory: &MemoryBackend) -> Arc<MemoryBackend> {
     copy
 }
 
-fn forget_and_prune(backend: Arc<dyn Backend>) -> coffer::Result<coffer::PruneReport> {
+fn forget_and_prune(backend: Arc<dyn Backend>, index_object_blobs: usize) -> coffer::Result<coffer::PruneReport> {
     let repository = Repository::open(backend, b"pw", None)?;
+    repository.set_index_object_blobs(index_object_blobs);
     let _lock = repository.lock(true)?;
     let (snapshots, _) = repository.list_snapshots()?;
     let policy = RetentionPolicy { last: Some(2), ..Default::default() };
@@ -128,6 +129,17 @@ fn restore_and_compare(repository: &Repository, id: &SnapshotId, snapshot: &Snap
 
 #[test]
 fn forget_and_prune_survive_a_failed_write_at_every_point() {
+    failed_write_at_every_point(coffer::MAX_OBJECT_BLOBS);
+}
+
+/// The same with the new index split over several objects, of which only the last
+/// supersedes the old ones: a crash between them must lose nothing either.
+#[test]
+fn forget_and_prune_survive_a_failed_write_between_split_index_objects() {
+    failed_write_at_every_point(4);
+}
+
+fn failed_write_at_every_point(index_object_blobs: usize) {
     let work = tempfile::tempdir().unwrap();
     let (memory, expected) = three_versions(work.path());
     let mut failures = 0;
@@ -135,7 +147,7 @@ fn forget_and_prune_survive_a_failed_write_at_every_point() {
         let repository = copy_of(&memory);
         let faulty = Arc::new(FaultyBackend::new(repository.clone()));
         faulty.fail_put_number(n);
-        match forget_and_prune(faulty.clone()) {
+        match forget_and_prune(faulty.clone(), index_object_blobs) {
             Err(error) => {
                 failures += 1;
                 assert!(error.to_string().contains("injected failure"), "write {n}: {error}");
@@ -143,6 +155,9 @@ fn forget_and_prune_survive_a_failed_write_at_every_point() {
             Ok(report) => {
                 assert!(faulty.puts() < n, "write {n} should have failed");
                 assert!(report.packs_written >= 1 && report.packs_deleted >= 1, "nothing was repacked: {report:?}");
+                if index_object_blobs < coffer::MAX_OBJECT_BLOBS {
+                    assert!(repository.list("index/").unwrap().len() > 1, "the new index was not split");
+                }
                 assert_eq!(assert_every_snapshot_restores(repository.clone(), &expected, work.path()), 2);
                 break;
             }
@@ -151,7 +166,9 @@ fn forget_and_prune_survive_a_failed_write_at_every_point() {
         assert!(assert_every_snapshot_restores(repository.clone(), &expected, work.path()) >= 2);
         // The next prune finishes the job and leaves one index object and no strays.
         prune_only(repository.clone());
-        assert_eq!(repository.list("index/").unwrap().len(), 1, "write {n}");
+        if index_object_blobs == coffer::MAX_OBJECT_BLOBS {
+            assert_eq!(repository.list("index/").unwrap().len(), 1, "write {n}");
+        }
         let report = check(repository.clone(), true);
         assert!(!report.is_damaged() && report.warnings.is_empty(), "write {n}: {:?}", report.warnings);
         assert!(assert_every_snapshot_restores(repository.clone(), &expected, work.path()) >= 2);
@@ -169,7 +186,7 @@ fn forget_and_prune_survive_a_failed_delete_at_every_point() {
         let repository = copy_of(&memory);
         let faulty = Arc::new(FaultyBackend::new(repository.clone()));
         faulty.fail_delete_number(n);
-        match forget_and_prune(faulty.clone()) {
+        match forget_and_prune(faulty.clone(), coffer::MAX_OBJECT_BLOBS) {
             Err(error) => {
                 failures += 1;
                 assert!(error.to_string().contains("injected failure of delete"), "delete {n}: {error}");
@@ -250,7 +267,7 @@ fn lost_deletes_are_harmless_and_finished_later() {
     let (memory, expected) = three_versions(work.path());
     let faulty = Arc::new(FaultyBackend::new(memory.clone()));
     faulty.lose_deletes(true);
-    forget_and_prune(faulty).unwrap();
+    forget_and_prune(faulty, coffer::MAX_OBJECT_BLOBS).unwrap();
     assert_eq!(memory.list("snapshots/").unwrap().len(), 3, "the deletes were lost");
     // So was the release of the lock, as after a crash: `coffer unlock --remove-all`.
     for lock in memory.list("locks/").unwrap() {
@@ -258,7 +275,7 @@ fn lost_deletes_are_harmless_and_finished_later() {
     }
     assert_clean(memory.clone(), "after lost deletes");
     assert_eq!(assert_every_snapshot_restores(memory.clone(), &expected, work.path()), 3);
-    forget_and_prune(memory.clone()).unwrap();
+    forget_and_prune(memory.clone(), coffer::MAX_OBJECT_BLOBS).unwrap();
     assert_eq!(memory.list("index/").unwrap().len(), 1);
     assert_clean(memory.clone(), "after the second prune");
     assert_eq!(assert_every_snapshot_restores(memory.clone(), &expected, work.path()), 2);
@@ -277,7 +294,7 @@ fn a_superseded_index_object_that_survives_its_packs_is_ignored() {
         .into_iter()
         .map(|info| (info.key.clone(), memory.get(&info.key).unwrap()))
         .collect();
-    let report = forget_and_prune(memory.clone()).unwrap();
+    let report = forget_and_prune(memory.clone(), coffer::MAX_OBJECT_BLOBS).unwrap();
     assert!(report.packs_deleted > 0 && report.index_objects_deleted == old.len() as u64);
     // The deletes of the old index objects were lost; the packs they name are gone.
     for (key, bytes) in &old {
@@ -698,6 +715,17 @@ fn repair_snapshots_marks_or_drops_only_when_asked() {
         "the intact file was not restored"
     );
     assert!(!target.join("b.dcm").exists());
+    // The missing pack is still indexed: damage, exit 13. Once the index is rebuilt the
+    // marked snapshot's loss is known and accepted: check reports it and passes.
+    assert_eq!(fixture.run(&["check"]).status.code(), Some(13));
+    fixture.ok(&["repair", "index"]);
+    let report = fixture.json(&["check"]);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["affected"][0]["marked_damaged"], true, "{report}");
+    assert_eq!(report["affected"][0]["files"], 1, "{report}");
+    let again = fixture.json(&["repair", "snapshots", "--apply"]);
+    assert!(again["snapshots"].as_array().unwrap().is_empty(), "a marked snapshot was marked again: {again}");
+    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 2);
 }
 
 #[test]

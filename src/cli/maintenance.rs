@@ -65,7 +65,7 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
         format!(
             "check found {} damaged or missing object(s); {} snapshot(s) cannot be restored in full",
             report.damage.len(),
-            report.affected.len()
+            report.affected.iter().filter(|affected| !affected.marked).count()
         ),
     )
 }
@@ -103,7 +103,7 @@ fn check_json(report: &CheckReport) -> Value {
         .map(|a| {
             let paths: Vec<String> = a.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
             json!({"snapshot": a.id.to_hex(), "time": a.time, "host": a.host, "manifest_lost": a.manifest_lost,
-                "lost_blobs": a.lost_blobs, "paths": paths})
+                "lost_blobs": a.lost_blobs, "files": a.files, "paths": paths, "marked_damaged": a.marked})
         })
         .collect();
     json!({"ok": !report.is_damaged(), "index_objects": report.index_objects, "packs": report.packs,
@@ -138,16 +138,19 @@ fn print_check(cli: &Cli, report: &CheckReport) {
     for affected in &report.affected {
         let name = format!("snapshot {} ({}, {})", affected.id.short(), affected.time, affected.host);
         if let Some(reason) = &affected.manifest_lost {
-            output::line(&format!("{name}: nothing can be restored: {reason}"));
+            let marked = if affected.marked { " (marked damaged by repair snapshots)" } else { "" };
+            output::line(&format!("{name}{marked}: nothing can be restored: {reason}"));
             continue;
         }
-        output::line(&format!("{name}: {} file(s) lose data:", affected.paths.len()));
+        let marked = if affected.marked { " (marked damaged by repair snapshots)" } else { "" };
+        output::line(&format!("{name}{marked}: {} file(s) lose data:", affected.files));
         let shown = if cli.verbose > 0 { affected.paths.len() } else { PATHS_SHOWN };
         for path in affected.paths.iter().take(shown) {
             output::line(&format!("  {}", output::path_text(path)));
         }
-        if affected.paths.len() > shown {
-            output::line(&format!("  ... and {} more (-v lists all)", affected.paths.len() - shown));
+        if affected.files > shown as u64 {
+            let hint = if shown < affected.paths.len() { " (-v lists more)" } else { "" };
+            output::line(&format!("  ... and {} more{hint}", affected.files - shown as u64));
         }
     }
     if !report.is_damaged() {
@@ -290,7 +293,7 @@ fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) -> Opt
         output::size(plan.bytes_freed())
     ));
     if plan.rewrite_index {
-        output::line(&format!("{verb}replace {} index object(s) with one", plan.old_indexes.len()));
+        output::line(&format!("{verb}replace {} index object(s) with new ones", plan.old_indexes.len()));
     }
     if let Some(report) = report {
         note(
@@ -355,7 +358,7 @@ fn repair_index(cli: &Cli, args: &RepairIndexArgs) -> Result<i32> {
             report.unreadable.iter().map(|(pack, reason)| json!({"pack": pack.to_hex(), "reason": reason})).collect();
         let replaced: Vec<String> = report.replaced.iter().map(|id| id.to_hex()).collect();
         output::json(&json!({"dry_run": args.dry_run, "packs": report.packs, "blobs": report.blobs,
-            "unreadable": unreadable, "written": report.written.map(|id| id.to_hex()), "replaced": replaced}));
+            "unreadable": unreadable, "written": report.written.iter().map(|id| id.to_hex()).collect::<Vec<_>>(), "replaced": replaced}));
     } else {
         let verb = if args.dry_run { "would replace" } else { "replaced" };
         note(
