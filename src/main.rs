@@ -5,6 +5,7 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    bound_heap_growth();
     let parsed = match cli::Cli::try_parse() {
         Ok(parsed) => parsed,
         Err(error) => {
@@ -21,6 +22,18 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// glibc raises its mmap threshold each time a large buffer is freed, after which
+/// buffers of packs (16 to 64 MiB) come from per-thread arenas that keep the memory:
+/// `check --read-data --jobs 4` peaked at 240 MB instead of 135 MB. A fixed threshold
+/// keeps every buffer of 1 MiB or more in its own mapping, returned when freed.
+fn bound_heap_growth() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
 
 fn message(error: &anyhow::Error) -> String {
