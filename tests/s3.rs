@@ -267,3 +267,83 @@ fn a_folder_restore_fetches_little_more_than_the_folder() {
     assert!(unchanged["storage"]["bytes_written"].as_u64().unwrap() < 100_000, "{unchanged}");
     common::assert_same_tree(&source.join("study_5"), &fixture.path("one"));
 }
+
+/// Check, forget, prune and repair through the real binary on a real S3 server: a
+/// clean repository checks clean after pruning, a flipped byte and a deleted pack are
+/// found and named, and repair brings back a repository where every kept snapshot
+/// restores.
+#[test]
+fn check_prune_and_repair_on_s3() {
+    if s3_settings().is_none() {
+        return;
+    }
+    let fixture = Fixture::empty();
+    let bucket = std::env::var("COFFER_TEST_S3_BUCKET").unwrap();
+    let prefix = format!("maintenance-{}", coffer::LockId::random().short());
+    let repo = format!("s3://{bucket}/{prefix}");
+    let cache = fixture.path("cache");
+    let run = |args: &[&str]| -> (Option<i32>, serde_json::Value, String) {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let output = coffer(&repo, &cache, &all).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let value = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+        (output.status.code(), value, stderr)
+    };
+    let ok = |args: &[&str]| -> serde_json::Value {
+        let (code, value, stderr) = run(args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        value
+    };
+    ok(&["init", "--kdf-memory-kib", "64", "--pack-size", "1"]);
+    let source = fixture.path("studies");
+    for version in 0..3u64 {
+        for study in 0..4u64 {
+            let folder = source.join(format!("study_{study}"));
+            std::fs::create_dir_all(&folder).unwrap();
+            let seed = if study == 0 { 100 + version } else { study };
+            std::fs::write(folder.join("image.dcm"), random_bytes(700_000, seed)).unwrap();
+        }
+        ok(&["backup", source.to_str().unwrap()]);
+    }
+    assert_eq!(ok(&["check", "--read-data"])["ok"], true);
+    let pruned = ok(&["forget", "--keep-last", "2", "--prune"]);
+    assert_eq!(pruned["prune"]["packs_deleted"].as_u64().map(|n| n > 0), Some(true), "{pruned}");
+    let checked = ok(&["check", "--read-data"]);
+    assert!(checked["ok"] == true && checked["warnings"].as_array().unwrap().is_empty(), "{checked}");
+
+    // A flipped byte in one pack of the latest version of study_0.
+    let backend = open_s3(&S3Options::from_url(&repo).unwrap()).unwrap();
+    let mut packs = backend.list("data/").unwrap();
+    packs.sort_by_key(|info| info.key.clone());
+    let victim = packs.iter().find(|info| info.size > 600_000).unwrap().key.clone();
+    let mut bytes = backend.get(&victim).unwrap().to_vec();
+    bytes[1000] ^= 0x40;
+    backend.put(&victim, Bytes::from(bytes)).unwrap();
+    let (code, report, stderr) = run(&["check", "--read-data"]);
+    assert_eq!(code, Some(13), "{stderr}");
+    assert_eq!(report["damage"][0]["object"], victim.as_str(), "{report}");
+    assert!(!report["affected"].as_array().unwrap().is_empty(), "{report}");
+    assert_eq!(run(&["check"]).0, Some(0), "a structure check does not read packs");
+
+    // A deleted pack as well; then drop what lost data and rebuild the index.
+    let other = packs.iter().rev().find(|info| info.key != victim && info.size > 600_000).unwrap().key.clone();
+    backend.delete(&other).unwrap();
+    let (code, report, _) = run(&["check"]);
+    assert_eq!(code, Some(13));
+    assert!(report["damage"].as_array().unwrap().iter().any(|d| d["object"] == other.as_str()), "{report}");
+    ok(&["repair", "snapshots", "--apply", "--forget"]);
+    ok(&["repair", "index"]);
+    ok(&["prune"]);
+    let (code, report, stderr) = run(&["check", "--read-data"]);
+    assert_eq!(code, Some(0), "{report} {stderr}");
+    for snapshot in ok(&["snapshots"]).as_array().unwrap() {
+        let id = snapshot["id"].as_str().unwrap();
+        let target = fixture.path(&format!("restored-{id}"));
+        ok(&["restore", &format!("{id}:{}", source.display()), "--target", target.to_str().unwrap(), "--verify"]);
+        for study in 1..4 {
+            let file = format!("study_{study}/image.dcm");
+            assert_eq!(std::fs::read(target.join(&file)).unwrap(), random_bytes(700_000, study), "{id} {file}");
+        }
+    }
+}
