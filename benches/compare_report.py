@@ -125,7 +125,8 @@ def report(meta, rows):
     for ds in meta["datasets"]:
         info = meta["datasets_info"].get(ds, {})
         b, a, s = info.get("before", {}), info.get("after", {}), info.get("sub", {})
-        share = (f" ({100 * s['bytes'] / a['bytes']:.0f}% of bytes, {s.get('files')} files)"
+        nf = s.get("files")
+        share = (f" ({100 * s['bytes'] / a['bytes']:.0f}% of bytes, {nf} file{'' if nf == 1 else 's'})"
                  if a.get("bytes") and "bytes" in s else "")
         L.append(f"| {ds}: {DATASET_TEXT.get(ds, ds)} | {b.get('files', '?')} | {fmt_bytes(b.get('bytes'))} "
                  f"| {a.get('files', '?')} | {fmt_bytes(a.get('bytes'))} | `{info.get('subfolder', '?')}/`{share} |")

@@ -177,6 +177,8 @@ impl IndexCache {
 
     fn prepare(&self) -> rusqlite::Result<()> {
         self.connection.busy_timeout(std::time::Duration::from_secs(60))?;
+        // A stable plan: no re-prepare of the per-blob lookup on every new binding.
+        self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         self.connection.pragma_update(None, "journal_mode", "WAL")?;
         self.connection.pragma_update(None, "synchronous", "NORMAL")?;
         let version: i64 = self.connection.pragma_query_value(None, "user_version", |row| row.get(0))?;

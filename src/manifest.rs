@@ -241,6 +241,11 @@ impl Manifest {
     pub fn open(path: &Path) -> Result<Self> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = Connection::open_with_flags(path, flags).map_err(|e| sql_error(path, e))?;
+        // Without a stable query plan, SQLite's STAT4 build re-prepares a cached statement
+        // whenever a bound value changes: a third of an unchanged backup's instructions.
+        connection
+            .set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .map_err(|e| sql_error(path, e))?;
         let manifest = Self { connection, path: path.to_path_buf() };
         manifest.check_schema_objects()?;
         let version: Option<i64> = manifest
@@ -303,8 +308,12 @@ impl Manifest {
 
     /// The entry at exactly `path`.
     pub fn entry(&self, path: &[u8]) -> Result<Option<(i64, Entry)>> {
-        let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE path = ?1");
-        let row = self.connection.query_row(&sql, [path], read_entry).optional().map_err(|e| self.error(e))?;
+        // Prepared once: the unchanged-file check calls this for every file of a backup.
+        let mut statement = self
+            .connection
+            .prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE path = ?1"))
+            .map_err(|e| self.error(e))?;
+        let row = statement.query_row([path], read_entry).optional().map_err(|e| self.error(e))?;
         row.map(|(id, entry)| Ok((id, entry?))).transpose()
     }
 

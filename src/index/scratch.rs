@@ -56,6 +56,7 @@ impl ScratchIndex {
             .map_err(|e| Error::io("cannot create a scratch file in", dir, e))?;
         let error = |e: rusqlite::Error| Error::Cache { path: file.path().to_path_buf(), message: e.to_string() };
         let connection = Connection::open(file.path()).map_err(error)?;
+        connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(error)?;
         connection.pragma_update(None, "journal_mode", "OFF").map_err(error)?;
         connection.pragma_update(None, "synchronous", "OFF").map_err(error)?;
         connection.pragma_update(None, "temp_store", "FILE").map_err(error)?;
