@@ -79,10 +79,10 @@ pub struct InitArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub compression: i32,
     /// Argon2id memory in KiB for the new key.
-    #[arg(long, default_value_t = 65536, hide = true)]
+    #[arg(long, default_value_t = 32768, hide = true)]
     pub kdf_memory_kib: u32,
     /// Argon2id passes for the new key.
-    #[arg(long, default_value_t = 3, hide = true)]
+    #[arg(long, default_value_t = 6, hide = true)]
     pub kdf_iterations: u32,
 }
 
