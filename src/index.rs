@@ -155,13 +155,19 @@ const CACHE_SCHEMA: i64 = 1;
 pub struct IndexCache {
     connection: Connection,
     path: PathBuf,
+    /// Lookups made in the read transaction held open between writes (0: none open).
+    reads: std::cell::Cell<u32>,
 }
+
+/// Lookups served by one read transaction before it is ended, so other processes'
+/// additions become visible and the WAL can be checkpointed.
+const READS_PER_TRANSACTION: u32 = 4096;
 
 impl IndexCache {
     /// Opens (creating if needed) the cache at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let connection = Connection::open(path).map_err(|e| cache_error(path, e))?;
-        let cache = Self { connection, path: path.to_path_buf() };
+        let cache = Self { connection, path: path.to_path_buf(), reads: 0.into() };
         cache.prepare().map_err(|e| cache_error(path, e))?;
         Ok(cache)
     }
@@ -170,7 +176,7 @@ impl IndexCache {
     pub fn in_memory() -> Result<Self> {
         let path = PathBuf::from(":memory:");
         let connection = Connection::open_in_memory().map_err(|e| cache_error(&path, e))?;
-        let cache = Self { connection, path };
+        let cache = Self { connection, path, reads: 0.into() };
         cache.prepare().map_err(|e| cache_error(&cache.path, e))?;
         Ok(cache)
     }
@@ -202,6 +208,27 @@ impl IndexCache {
 
     fn error(&self, error: rusqlite::Error) -> Error {
         cache_error(&self.path, error)
+    }
+
+    /// Lookups share one read transaction: as separate statements each took and released
+    /// the WAL's read lock, about ten fcntl calls per file in a backup or restore.
+    fn begin_read(&self) -> Result<()> {
+        if self.reads.get() >= READS_PER_TRANSACTION {
+            self.end_read()?;
+        }
+        if self.reads.get() == 0 {
+            self.connection.execute_batch("BEGIN").map_err(|e| self.error(e))?;
+        }
+        self.reads.set(self.reads.get() + 1);
+        Ok(())
+    }
+
+    /// Ends the read transaction, if one is open; every write starts with this.
+    fn end_read(&self) -> Result<()> {
+        if self.reads.replace(0) > 0 {
+            self.connection.execute_batch("COMMIT").map_err(|e| self.error(e))?;
+        }
+        Ok(())
     }
 
     /// Ids of the index objects loaded into the cache.
@@ -249,6 +276,7 @@ impl IndexCache {
 
     /// Records that these packs were verified at `time`.
     pub fn mark_verified(&mut self, packs: &[PackId], time: i64) -> Result<()> {
+        self.end_read()?;
         let path = self.path.clone();
         let transaction = self.connection.transaction().map_err(|e| cache_error(&path, e))?;
         for pack in packs {
@@ -261,6 +289,7 @@ impl IndexCache {
 
     /// Forgets everything, before a rebuild.
     pub fn clear(&self) -> Result<()> {
+        self.end_read()?;
         self.connection
             .execute_batch("DELETE FROM index_files; DELETE FROM packs; DELETE FROM blobs;")
             .map_err(|e| self.error(e))
@@ -268,6 +297,7 @@ impl IndexCache {
 
     /// Adds the content of one index object.
     pub fn add(&mut self, id: Option<IndexId>, file: &IndexFile) -> Result<()> {
+        self.end_read()?;
         let path = self.path.clone();
         let transaction = self.connection.transaction().map_err(|e| cache_error(&path, e))?;
         insert_index(&transaction, id, file).map_err(|e| cache_error(&path, e))?;
@@ -276,6 +306,7 @@ impl IndexCache {
 
     /// The location of a blob, if any pack holds it.
     pub fn lookup(&self, id: &BlobId, blob_type: BlobType) -> Result<Option<BlobLocation>> {
+        self.begin_read()?;
         let mut statement = self
             .connection
             .prepare_cached("SELECT pack, offset, length, raw_length FROM blobs WHERE id = ?1 AND type = ?2")

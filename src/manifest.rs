@@ -246,6 +246,9 @@ impl Manifest {
         connection
             .set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
             .map_err(|e| sql_error(path, e))?;
+        // A manifest never changes once written: keep the shared lock after the first
+        // read instead of locking, and checking the file for changes, on every query.
+        connection.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(|e| sql_error(path, e))?;
         let manifest = Self { connection, path: path.to_path_buf() };
         manifest.check_schema_objects()?;
         let version: Option<i64> = manifest

@@ -56,12 +56,32 @@ impl OwnerNames {
     }
 }
 
-/// Looks up the local uid of a user name.
-pub fn uid_of(name: &str) -> Option<u32> {
-    nix::unistd::User::from_name(name).ok().flatten().map(|user| user.uid.as_raw())
+/// Caches name to local uid/gid lookups for a restore: each one reads /etc/passwd or
+/// /etc/group, once per restored entry before.
+#[derive(Default)]
+pub struct OwnerIds {
+    users: HashMap<String, Option<u32>>,
+    groups: HashMap<String, Option<u32>>,
 }
 
-/// Looks up the local gid of a group name.
-pub fn gid_of(name: &str) -> Option<u32> {
-    nix::unistd::Group::from_name(name).ok().flatten().map(|group| group.gid.as_raw())
+impl OwnerIds {
+    /// The local uid of a user name.
+    pub fn uid_of(&mut self, name: &str) -> Option<u32> {
+        if let Some(known) = self.users.get(name) {
+            return *known;
+        }
+        let uid = nix::unistd::User::from_name(name).ok().flatten().map(|user| user.uid.as_raw());
+        self.users.insert(name.to_string(), uid);
+        uid
+    }
+
+    /// The local gid of a group name.
+    pub fn gid_of(&mut self, name: &str) -> Option<u32> {
+        if let Some(known) = self.groups.get(name) {
+            return *known;
+        }
+        let gid = nix::unistd::Group::from_name(name).ok().flatten().map(|group| group.gid.as_raw());
+        self.groups.insert(name.to_string(), gid);
+        gid
+    }
 }

@@ -53,10 +53,19 @@ pub(super) fn restore_contents(
 ) -> Result<HashSet<i64>> {
     let mut pending = Vec::new();
     let failures: Mutex<HashMap<usize, String>> = Mutex::new(HashMap::new());
+    // Folders already made: one create_dir_all per folder, not one per file.
+    let mut made: HashSet<PathBuf> = HashSet::new();
     for planned in plan.entries.iter().filter(|p| p.entry.kind == EntryKind::File && p.action != Action::HardLink) {
         let temporary = temporary_name(&planned.target);
         let parent = planned.target.parent().map(Path::to_path_buf).unwrap_or_default();
-        let created = std::fs::create_dir_all(&parent)
+        let folder = if made.contains(&parent) {
+            Ok(())
+        } else {
+            std::fs::create_dir_all(&parent).inspect(|()| {
+                made.insert(parent.clone());
+            })
+        };
+        let created = folder
             .and_then(|()| File::create(&temporary))
             .and_then(|file| file.set_len(planned.entry.size));
         if let Err(error) = created {

@@ -48,20 +48,21 @@ pub(super) fn create_special(planned: &PlannedEntry) -> Result<()> {
 /// Applies metadata to everything restored: other entries first, then directories from
 /// the deepest up, so creating entries does not disturb a directory's times afterwards.
 pub(super) fn apply_all(entries: &[&PlannedEntry], warnings: &mut Vec<String>) {
-    let root = crate::system::is_root();
+    let mut owners = crate::system::is_root().then(crate::system::OwnerIds::default);
     for planned in entries.iter().filter(|p| p.entry.kind != EntryKind::Dir && p.action != Action::HardLink) {
-        apply(planned, root, warnings);
+        apply(planned, owners.as_mut(), warnings);
     }
     for planned in entries.iter().rev().filter(|p| p.entry.kind == EntryKind::Dir) {
-        apply(planned, root, warnings);
+        apply(planned, owners.as_mut(), warnings);
     }
 }
 
-fn apply(planned: &PlannedEntry, root: bool, warnings: &mut Vec<String>) {
+/// Sets owner (when `owners` is given: running as root), mode, xattrs and times.
+fn apply(planned: &PlannedEntry, owners: Option<&mut crate::system::OwnerIds>, warnings: &mut Vec<String>) {
     let (entry, path) = (&planned.entry, planned.target.as_path());
-    if root {
-        let uid = entry.user.as_deref().and_then(crate::system::uid_of).unwrap_or(entry.uid);
-        let gid = entry.group.as_deref().and_then(crate::system::gid_of).unwrap_or(entry.gid);
+    if let Some(owners) = owners {
+        let uid = entry.user.as_deref().and_then(|name| owners.uid_of(name)).unwrap_or(entry.uid);
+        let gid = entry.group.as_deref().and_then(|name| owners.gid_of(name)).unwrap_or(entry.gid);
         let owned = nix::unistd::fchownat(
             AT_FDCWD,
             path,
