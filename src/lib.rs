@@ -20,6 +20,7 @@ mod manifest;
 mod pack;
 mod packer;
 pub mod pg;
+mod progress;
 pub mod prune;
 mod repair;
 mod repository;
@@ -27,7 +28,9 @@ pub mod restorer;
 mod snapshot;
 mod system;
 
-pub use archiver::{backup, BackupOptions, BackupReport, ChangeRules, Excludes};
+pub use archiver::{
+    backup, dry_run, BackupOptions, BackupReport, ChangeRules, DryRunReport, Excludes, FileChange, PlannedFile,
+};
 pub use check::{check, AffectedSnapshot, CheckOptions, CheckReport, Damage, ReadSubset};
 pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::{KdfParams, MasterKey};
@@ -39,6 +42,7 @@ pub use lock::{remove_locks, LockGuard, LockRecord, STALE_AFTER};
 pub use manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestWriter, MANIFEST_SCHEMA};
 pub use pack::{BlobType, PackEntry};
 pub use packer::{Packer, PackerStats};
+pub use progress::{Progress, ProgressSnapshot};
 pub use prune::{PruneOptions, PrunePlan, PruneReport, Repack};
 pub use repair::{repair_index, repair_snapshots, RepairIndexReport, SnapshotRepair, DAMAGED_TAG};
 pub use repository::{pack_key, read_config, Config, InitOptions, Repository, DEFAULT_PACK_SIZE, REPOSITORY_VERSION};

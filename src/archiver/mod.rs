@@ -1,18 +1,22 @@
 //! Backup: walks trees (or reads stdin), chunks and stores content, writes the manifest,
 //! and commits a snapshot (packs, then index, then snapshot record).
 
+mod dry_run;
 mod parent;
+mod walk;
 
+pub use dry_run::{dry_run, DryRunReport, FileChange, PlannedFile};
 pub use parent::ChangeRules;
 use parent::{Change, Parent};
+pub use walk::Excludes;
 
 use std::collections::HashMap;
 use std::fs::Metadata;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -26,6 +30,7 @@ use crate::manifest::{ChunkRef, Entry, EntryKind, ManifestWriter};
 use crate::pack::BlobType;
 use crate::packer::Packer;
 use crate::pg::{self, PgBackupOptions, PgTools};
+use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::snapshot::{ManifestRef, PostgresSource, Snapshot, Source, Summary, SNAPSHOT_VERSION};
 use crate::system::OwnerNames;
@@ -53,18 +58,9 @@ pub struct BackupOptions {
     pub checkpoint_packs: Option<usize>,
     /// What to leave out of the walk.
     pub excludes: Excludes,
-}
-
-/// Paths left out of a backup.
-#[derive(Debug, Clone, Default)]
-pub struct Excludes {
-    /// Globs; a pattern without `/` matches a name at any depth. A matching directory
-    /// is skipped with everything below it.
-    pub patterns: Vec<String>,
-    /// A directory holding a file of one of these names is skipped (e.g. `.nobackup`).
-    pub if_present: Vec<String>,
-    /// Do not descend into other file systems mounted below a backup path.
-    pub one_file_system: bool,
+    /// Counters to update as the backup goes; when given, a scan thread also counts
+    /// the files and bytes to expect.
+    pub progress: Option<Arc<Progress>>,
 }
 
 /// The outcome of a backup.
@@ -83,27 +79,16 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
     let _lock = repository.lock(false)?;
     let started = Instant::now();
     let time = jiff::Timestamp::now();
-    let paths = options.paths.iter().map(|path| absolute(path)).collect::<Result<Vec<_>>>()?;
+    let paths = options.paths.iter().map(|path| walk::absolute(path)).collect::<Result<Vec<_>>>()?;
     let manifest_path =
         repository.cache_dir().join("manifests").join(format!("new-{}.sqlite", crate::id::LockId::random().short()));
     let _cleanup = RemoveOnDrop(manifest_path.clone());
     let host = options.host.clone().unwrap_or_else(crate::system::host_name);
-    let path_texts: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let mut notes = Vec::new();
-    let parent_snapshot = choose_parent(repository, &options, &host, &path_texts)?;
-    let parent = match &parent_snapshot {
-        Some((id, snapshot)) if !paths.is_empty() => match Parent::open(repository, id, snapshot, options.change_rules)
-        {
-            Ok(parent) => Some(parent),
-            Err(error) => {
-                notes.push(format!("cannot use parent snapshot {}, reading every file: {error}", id.short()));
-                None
-            }
-        },
-        _ => None,
-    };
+    let (parent_id, parent) = open_parent(repository, &options, &host, &paths, &mut notes)?;
     let packer =
         Packer::with_checkpoints(repository, options.checkpoint_packs.unwrap_or(crate::packer::CHECKPOINT_PACKS));
+    let progress = options.progress.clone().unwrap_or_default();
     let mut walker = Walker {
         parent,
         manifest: ManifestWriter::create(&manifest_path)?,
@@ -112,6 +97,7 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
         hard_links: HashMap::new(),
         summary: Summary::default(),
         warnings: Vec::new(),
+        progress: &progress,
     };
     let mut sources = Vec::new();
     let failure: Mutex<Option<Error>> = Mutex::new(None);
@@ -126,12 +112,17 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
         drop(receiver);
         let sender = BlobSender { sender, failure: &failure };
         if !paths.is_empty() {
-            let roots = outermost(&paths);
-            walker.add_ancestors(&roots)?;
-            for path in roots {
-                walker.walk(path, &options.excludes, &sender)?;
+            let roots = walk::outermost(&paths);
+            if options.progress.is_some() {
+                let (roots, excludes, progress) = (roots.clone(), &options.excludes, &progress);
+                scope.spawn(move || walk::scan(&roots, excludes, progress));
             }
+            let walked = walker.walk_trees(&roots, &options.excludes, &sender);
+            progress.finish_walk();
+            walked?;
             sources.push(Source::Files { paths: paths.iter().map(|p| p.display().to_string()).collect() });
+        } else {
+            progress.finish_scan();
         }
         if let Some((reader, name)) = options.stdin {
             walker.add_stdin(reader, &name, time, &sender)?;
@@ -168,7 +159,7 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
         gid: nix::unistd::getegid().as_raw(),
         paths: paths.iter().map(|p| p.display().to_string()).collect(),
         tags: options.tags,
-        parent: parent_snapshot.as_ref().filter(|_| !paths.is_empty()).map(|(id, _)| *id),
+        parent: parent_id.filter(|_| !paths.is_empty()),
         complete: warnings.is_empty(),
         sources,
         summary,
@@ -188,35 +179,29 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// Makes a path absolute and clean without following a final symlink.
-fn absolute(path: &Path) -> Result<PathBuf> {
-    std::fs::symlink_metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound { what: format!("backup path {}", path.display()) },
-        _ => Error::io("cannot read", path, e),
-    })?;
-    let absolute = std::path::absolute(path).map_err(|e| Error::io("cannot resolve", path, e))?;
-    match (absolute.parent(), absolute.file_name()) {
-        (Some(parent), Some(name)) => {
-            let parent = parent.canonicalize().map_err(|e| Error::io("cannot resolve", parent, e))?;
-            Ok(parent.join(name))
-        }
-        _ => absolute.canonicalize().map_err(|e| Error::io("cannot resolve", &absolute, e)),
-    }
-}
-
-/// The backup paths that no other backup path contains: walking those once covers
-/// everything, so no entry is met twice and the walk need not look entries up.
-fn outermost(paths: &[PathBuf]) -> Vec<&PathBuf> {
-    let mut sorted: Vec<&PathBuf> = paths.iter().collect();
-    sorted.sort();
-    sorted.dedup();
-    let mut kept: Vec<&PathBuf> = Vec::new();
-    for path in sorted {
-        if !kept.iter().any(|outer| path.starts_with(outer)) {
-            kept.push(path);
-        }
-    }
-    kept
+/// The parent snapshot's id, and its manifest for change detection unless that cannot
+/// be used (then every file is read, and `notes` says why).
+fn open_parent<'r>(
+    repository: &'r Repository,
+    options: &BackupOptions,
+    host: &str,
+    paths: &[PathBuf],
+    notes: &mut Vec<String>,
+) -> Result<(Option<SnapshotId>, Option<Parent<'r>>)> {
+    let path_texts: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let parent_snapshot = choose_parent(repository, options, host, &path_texts)?;
+    let parent = match &parent_snapshot {
+        Some((id, snapshot)) if !paths.is_empty() => match Parent::open(repository, id, snapshot, options.change_rules)
+        {
+            Ok(parent) => Some(parent),
+            Err(error) => {
+                notes.push(format!("cannot use parent snapshot {}, reading every file: {error}", id.short()));
+                None
+            }
+        },
+        _ => None,
+    };
+    Ok((parent_snapshot.map(|(id, _)| id), parent))
 }
 
 /// The parent named by `--parent`, or the latest snapshot of the same host and paths.
@@ -267,6 +252,7 @@ struct Walker<'a, 'r> {
     hard_links: HashMap<(u64, u64), i64>,
     summary: Summary,
     warnings: Vec<String>,
+    progress: &'a Progress,
 }
 
 impl Walker<'_, '_> {
@@ -291,34 +277,17 @@ impl Walker<'_, '_> {
         Ok(())
     }
 
-    fn walk(&mut self, root: &Path, excludes: &Excludes, sender: &BlobSender<'_>) -> Result<()> {
-        let patterns = crate::restorer::glob_set(&excludes.patterns)?;
-        let keep = |item: &walkdir::DirEntry| {
-            let matched = patterns.as_ref().is_some_and(|set| set.is_match(item.path()));
-            let marked =
-                item.file_type().is_dir() && excludes.if_present.iter().any(|name| item.path().join(name).exists());
-            item.depth() == 0 || !(matched || marked)
-        };
-        let walk = walkdir::WalkDir::new(root)
-            .follow_links(false)
-            .follow_root_links(false)
-            .same_file_system(excludes.one_file_system)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_entry(keep);
-        for item in walk {
-            let item = match item {
-                Ok(item) => item,
-                Err(error) => {
-                    let path = error.path().map(|p| p.display().to_string()).unwrap_or_default();
-                    self.warn(format!(
-                        "cannot read {path}: {}",
-                        error.io_error().map_or(error.to_string(), |e| e.to_string())
-                    ));
-                    continue;
+    /// Walks every backup root, after recording the directories above them.
+    fn walk_trees(&mut self, roots: &[&PathBuf], excludes: &Excludes, sender: &BlobSender<'_>) -> Result<()> {
+        self.add_ancestors(roots)?;
+        let patterns = excludes.glob_set()?;
+        for root in roots {
+            for item in walk::tree(root, excludes, &patterns) {
+                match item {
+                    Ok(item) => self.add_path(item.path(), sender)?,
+                    Err(error) => self.warn(walk::walk_warning(&error)),
                 }
-            };
-            self.add_path(item.path(), sender)?;
+            }
         }
         Ok(())
     }
@@ -331,22 +300,7 @@ impl Walker<'_, '_> {
                 return Ok(());
             }
         };
-        let file_type = metadata.file_type();
-        let kind = if file_type.is_file() {
-            EntryKind::File
-        } else if file_type.is_dir() {
-            EntryKind::Dir
-        } else if file_type.is_symlink() {
-            EntryKind::Symlink
-        } else if file_type.is_fifo() {
-            EntryKind::Fifo
-        } else if file_type.is_char_device() {
-            EntryKind::CharDevice
-        } else if file_type.is_block_device() {
-            EntryKind::BlockDevice
-        } else {
-            EntryKind::Socket
-        };
+        let kind = walk::entry_kind(metadata.file_type());
         let mut entry = self.entry(path, &metadata, kind);
         let xattrs = self.xattrs(path);
         let mut chunks = Vec::new();
@@ -356,6 +310,7 @@ impl Walker<'_, '_> {
                 if let Some(first) = hard_link.and_then(|key| self.hard_links.get(&key)) {
                     entry.hardlink_group = Some(*first);
                 }
+                self.progress.start_file(path);
                 match self.file_content(path, &mut entry, sender) {
                     Ok(read) => chunks = read,
                     Err(Error::Io { source, .. }) => {
@@ -366,6 +321,7 @@ impl Walker<'_, '_> {
                 }
                 self.summary.files += 1;
                 self.summary.total_bytes += entry.size;
+                self.progress.file_done();
                 let id = self.manifest.add(&entry, &xattrs, &chunks)?;
                 if let (Some(key), None) = (hard_link, entry.hardlink_group) {
                     self.hard_links.insert(key, id);
@@ -388,25 +344,7 @@ impl Walker<'_, '_> {
     }
 
     fn entry(&mut self, path: &Path, metadata: &Metadata, kind: EntryKind) -> Entry {
-        Entry {
-            path: path.as_os_str().as_bytes().to_vec(),
-            kind,
-            mode: metadata.mode() & 0o7777,
-            uid: metadata.uid(),
-            gid: metadata.gid(),
-            user: self.owners.user(metadata.uid()),
-            group: self.owners.group(metadata.gid()),
-            mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
-            ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
-            inode: metadata.ino(),
-            device: metadata.dev(),
-            nlink: metadata.nlink(),
-            size: if kind == EntryKind::File { metadata.size() } else { 0 },
-            rdev: metadata.rdev(),
-            sha256: None,
-            link_target: None,
-            hardlink_group: None,
-        }
+        walk::new_entry(path, metadata, kind, &mut self.owners)
     }
 
     fn xattrs(&mut self, path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -440,6 +378,7 @@ impl Walker<'_, '_> {
         match change {
             Change::Unchanged(chunks, sha256) => {
                 self.summary.files_unchanged += 1;
+                self.progress.add_skipped(entry.size);
                 entry.sha256 = Some(sha256);
                 Ok(chunks)
             }
@@ -484,6 +423,7 @@ impl Walker<'_, '_> {
             let id = repository.master().blob_id(&chunk);
             chunks.push(ChunkRef { blob: id, offset, length: chunk.len() as u32 });
             offset += chunk.len() as u64;
+            self.progress.add_read(chunk.len() as u64);
             if self.packer.claim(id, BlobType::Data).map_err(StreamError::Store)? {
                 sender.send(id, chunk).map_err(StreamError::Store)?;
             }
@@ -522,6 +462,7 @@ impl Walker<'_, '_> {
         time: jiff::Timestamp,
         sender: &BlobSender<'_>,
     ) -> Result<(u64, [u8; 32])> {
+        self.progress.start_file(Path::new(path));
         let (chunks, size, sha256) = self.store_stream(reader, chunker, sender).map_err(|e| match e {
             StreamError::Read(source) => Error::io("cannot read", what, source),
             StreamError::Store(error) => error,
@@ -549,6 +490,7 @@ impl Walker<'_, '_> {
         };
         self.summary.files += 1;
         self.summary.total_bytes += size;
+        self.progress.file_done();
         self.manifest.add(&entry, &[], &chunks)?;
         Ok((size, sha256))
     }

@@ -136,6 +136,12 @@ pub struct BackupArgs {
     /// Stay on the file system of each backup path.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
+    /// List the files that would be read (new or changed) and their size; store nothing.
+    #[arg(long, conflicts_with_all = ["stdin", "pg"])]
+    pub dry_run: bool,
+    /// Show no progress (otherwise a bar on a terminal, or JSON lines on stderr with --json).
+    #[arg(long)]
+    pub no_progress: bool,
     /// Write a checkpoint index after this many packs (default 32, or every 5 minutes).
     #[arg(long, value_name = "N", hide = true)]
     pub checkpoint_packs: Option<usize>,

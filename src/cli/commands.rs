@@ -64,7 +64,7 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
             globals: args.pg_globals,
         })
         .collect();
-    let options = BackupOptions {
+    let mut options = BackupOptions {
         paths: args.paths.clone(),
         stdin,
         tags: args.tags.clone(),
@@ -83,8 +83,17 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
             if_present: args.exclude_if_present.clone(),
             one_file_system: args.one_file_system,
         },
+        progress: None,
     };
+    if args.dry_run {
+        return super::dry_run::run(cli, &repository, &options);
+    }
+    let reporter = super::progress::Reporter::start(cli, args.no_progress);
+    options.progress = reporter.as_ref().map(|reporter| reporter.progress());
     let report = coffer::backup(&repository, options)?;
+    if let Some(reporter) = reporter {
+        reporter.finish();
+    }
     for warning in &report.warnings {
         eprintln!("warning: {warning}");
     }

@@ -2,11 +2,13 @@
 
 pub mod args;
 mod commands;
+mod dry_run;
 pub mod exit;
 mod maintenance;
 mod output;
 mod password;
 mod postgres;
+mod progress;
 
 use std::path::PathBuf;
 use std::sync::Arc;
