@@ -146,7 +146,8 @@ fn a_parent_whose_chunks_left_the_index_is_not_trusted() {
     let cache = fixture.path("cache");
     let _ = std::fs::remove_dir_all(&cache);
     let output = fixture.run(&["--json", "backup", source.to_str().unwrap()]);
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    let summary: serde_json::Value =
+        if output.stdout.is_empty() { Default::default() } else { common::last_json(&output.stdout) };
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("cannot use parent snapshot"), "{stderr}");

@@ -100,10 +100,12 @@ fn dry_run_without_a_parent_counts_every_file_as_new() {
     assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
 }
 
-/// The JSON lines a `--json` backup wrote to stderr.
-fn progress_lines(stderr: &[u8]) -> Vec<Value> {
-    let text = String::from_utf8_lossy(stderr);
-    text.lines()
+/// The progress lines a `--json` backup wrote to stdout before its summary (the last line).
+fn progress_lines(stdout: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[..lines.len().saturating_sub(1)]
+        .iter()
         .map(|line| serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}")))
         .inspect(|value| assert_eq!(value["type"], "progress", "{value}"))
         .collect()
@@ -122,7 +124,7 @@ fn assert_last_progress_matches(lines: &[Value], summary: &Value) {
 }
 
 #[test]
-fn json_progress_lines_go_to_stderr_and_end_at_the_summary_counts() {
+fn json_progress_lines_go_to_stdout_before_the_summary_and_end_at_its_counts() {
     let fixture = Fixture::new();
     let source = fixture.path("data");
     settled_tree(&source);
@@ -132,8 +134,9 @@ fn json_progress_lines_go_to_stderr_and_end_at_the_summary_counts() {
     for run in ["first", "incremental"] {
         let output = fixture.run(&["--json", "backup", source.to_str().unwrap(), "--exclude", "b.dcm"]);
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let summary: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON document");
-        let lines = progress_lines(&output.stderr);
+        let summary = common::last_json(&output.stdout);
+        assert_eq!(summary["type"], "summary", "{summary}");
+        let lines = progress_lines(&output.stdout);
         assert_last_progress_matches(&lines, &summary["summary"]);
         assert_eq!(summary["summary"]["files"], 42, "{run}: {summary}");
         let done: Vec<u64> = lines.iter().map(|line| line["bytes_done"].as_u64().unwrap()).collect();

@@ -239,7 +239,7 @@ fn a_folder_restore_fetches_little_more_than_the_folder() {
         all.extend_from_slice(args);
         let output = coffer(&repo, &cache, &all).output().unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).unwrap()
+        common::last_json(&output.stdout)
     };
     json(&["init", "--kdf-memory-kib", "64"]);
     let source = fixture.path("studies");
@@ -287,7 +287,7 @@ fn check_prune_and_repair_on_s3() {
         all.extend_from_slice(args);
         let output = coffer(&repo, &cache, &all).output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        let value = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+        let value = if output.stdout.is_empty() { serde_json::Value::Null } else { common::last_json(&output.stdout) };
         (output.status.code(), value, stderr)
     };
     let ok = |args: &[&str]| -> serde_json::Value {

@@ -104,7 +104,7 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
     let storage = repository.backend().stats();
     if cli.json {
         output::json(
-            &json!({"snapshot": report.id.to_hex(), "complete": report.snapshot.complete, "warnings": report.warnings, "summary": summary,
+            &json!({"type": "summary", "snapshot": report.id.to_hex(), "complete": report.snapshot.complete, "warnings": report.warnings, "summary": summary,
                 "storage": {"requests": storage.requests, "bytes_read": storage.bytes_read, "bytes_written": storage.bytes_written}}),
         );
     } else {

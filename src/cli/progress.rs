@@ -1,6 +1,8 @@
-//! A backup's progress on stderr: a one-line bar redrawn about five times a second when
-//! stderr is a terminal, or with `--json` one JSON object per line every second (and a
-//! last one at the end). Nothing otherwise, so cron mails stay small.
+//! A backup's progress: a one-line bar on stderr redrawn about five times a second when
+//! stderr is a terminal, or with `--json` one JSON object per line on stdout every
+//! second (and a last one at the end), before the summary document, which is the last
+//! line (the CLI contract: JSON lines for progress on stdout, as restic does). Nothing
+//! otherwise, so cron mails stay small.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -88,12 +90,12 @@ fn report(progress: &Progress, style: Style, stopped: &Receiver<()>) {
         }
         match style {
             Style::Bar => draw_bar(progress),
-            Style::Json => write_stderr(&json_line(&progress.snapshot()).to_string()),
+            Style::Json => super::output::json(&json_line(&progress.snapshot())),
         }
     };
     match style {
         Style::Bar => write_stderr_raw("\r\x1b[K"),
-        Style::Json if finished => write_stderr(&json_line(&progress.snapshot()).to_string()),
+        Style::Json if finished => super::output::json(&json_line(&progress.snapshot())),
         Style::Json => {}
     }
 }
@@ -102,10 +104,6 @@ fn draw_bar(progress: &Progress) {
     let width = terminal_size::terminal_size_of(std::io::stderr()).map_or(80, |(width, _)| width.0 as usize);
     let line = bar_line(&progress.snapshot(), &progress.current_path(), width.saturating_sub(1));
     write_stderr_raw(&format!("\r{line}\x1b[K"));
-}
-
-fn write_stderr(line: &str) {
-    write_stderr_raw(&format!("{line}\n"));
 }
 
 /// Progress is best effort: a stderr that cannot be written is no reason to stop.

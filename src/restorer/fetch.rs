@@ -65,9 +65,7 @@ pub(super) fn restore_contents(
                 made.insert(parent.clone());
             })
         };
-        let created = folder
-            .and_then(|()| File::create(&temporary))
-            .and_then(|file| file.set_len(planned.entry.size));
+        let created = folder.and_then(|()| File::create(&temporary)).and_then(|file| file.set_len(planned.entry.size));
         if let Err(error) = created {
             failures
                 .lock()

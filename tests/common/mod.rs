@@ -89,13 +89,21 @@ impl Fixture {
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&all)).unwrap()
+        last_json(self.ok(&all).as_bytes())
     }
 
     /// Backs up a path, returning the JSON summary.
     pub fn backup(&self, path: &Path) -> serde_json::Value {
         self.json(&["backup", path.to_str().unwrap()])
     }
+}
+
+/// The last line of a `--json` command's stdout: its document. A backup writes JSON
+/// progress lines before it.
+pub fn last_json(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let last = text.lines().rfind(|line| !line.trim().is_empty()).unwrap_or("");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{last:?} is not JSON: {e}"))
 }
 
 /// Writes `length` pseudo-random bytes (xorshift, seeded).
