@@ -163,7 +163,11 @@ ensure_tools() {
 
 tool_version() {
     case "$1" in
-    coffer) "$COFFER" --version ;;
+    coffer)
+        # the binary's version and the commit of the tree it was (or should have been)
+        # built from; with COFFER_BIN the two may differ
+        echo "$("$COFFER" --version) ($([ -n "${COFFER_BIN:-}" ] && echo "COFFER_BIN, ")source $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))"
+        ;;
     restic) restic version ;;
     borg) borg --version ;;
     rustic) rustic --version ;;

@@ -18,6 +18,8 @@
 #   COFFER_BIN  coffer binary; if unset, `cargo build --release --locked` is run
 #   CLEAN=1     delete the tree at the end
 #   KEEP=1      keep the repositories and caches
+#   UPDATE_DOCS=1  also put the report into docs/BENCHMARKS.md (between the
+#               many-files markers; the many-files-smoke ones when FILES < 1000000)
 #
 # Output: WORK/results.jsonl (one JSON object per measurement) and WORK/report.md
 # (printed). Each tool gets a fresh repository and cache; the unchanged backup runs
@@ -127,7 +129,8 @@ done
 
 FILES="$FILES" TREE_BYTES="$TREE_BYTES" VERSIONS="$(for t in $TOOLS; do
     case "$t" in
-    coffer) "$COFFER" --version ;; restic) restic version ;; borg) borg --version ;; rustic) rustic --version ;;
+    coffer) echo "$("$COFFER" --version) (source $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))" ;;
+    restic) restic version ;; borg) borg --version ;; rustic) rustic --version ;;
     esac | head -1
 done)" python3 - "$RESULTS" >"$WORK/report.md" <<'PYEOF'
 import json, os, sys, time
@@ -154,3 +157,19 @@ if c and r:
           f"{c['rss_kb'] / 1024:.0f} MiB against {r['rss_kb'] / 1024:.0f} MiB.")
 PYEOF
 cat "$WORK/report.md"
+
+if [ "${UPDATE_DOCS:-0}" = 1 ]; then
+    tag=many-files
+    [ "$FILES" -ge 1000000 ] || tag=many-files-smoke
+    python3 - "$ROOT/docs/BENCHMARKS.md" "$tag" "$WORK/report.md" <<'PYEOF'
+import sys
+path, tag, report = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
+begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+doc = open(path).read()
+if begin in doc and end in doc:
+    doc = doc[:doc.index(begin) + len(begin)] + "\n" + report + "\n" + doc[doc.index(end):]
+else:
+    doc = doc.rstrip("\n") + f"\n\n{begin}\n{report}\n{end}\n"
+open(path, "w").write(doc)
+PYEOF
+fi

@@ -11,13 +11,14 @@ use bytes::Bytes;
 
 use crate::error::Result;
 use crate::id::BlobId;
-use crate::index::{IndexFile, IndexedPack};
+use crate::index::{IndexFile, IndexedPack, MAX_OBJECT_BLOBS};
 use crate::pack::{seal_blob, BlobType, FinishedPack, PackWriter, SealedBlob};
 use crate::repository::{pack_key, Repository};
 
 /// A checkpoint index object is written after this many packs...
 pub const CHECKPOINT_PACKS: usize = 32;
-/// ...or when this much time has passed since the last one, whichever comes first.
+/// ...or when this much time has passed since the last one, or when the packs since the
+/// last one hold [`MAX_OBJECT_BLOBS`] blobs (many small files), whichever comes first.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// What a packer has written so far.
@@ -134,8 +135,10 @@ impl<'r> Packer<'r> {
             state.stats.packs += 1;
             state.stats.bytes += size;
             state.written.push(IndexedPack { id: pack.id, size, blobs: pack.entries });
-            let due =
-                state.written.len() >= self.checkpoint_packs || state.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
+            let blobs: usize = state.written.iter().map(|pack| pack.blobs.len()).sum();
+            let due = state.written.len() >= self.checkpoint_packs
+                || blobs >= MAX_OBJECT_BLOBS
+                || state.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
             due.then(|| std::mem::take(&mut state.written))
         };
         match checkpoint {
@@ -144,9 +147,20 @@ impl<'r> Packer<'r> {
         }
     }
 
-    /// Indexes the packs written so far, so a run killed later reuses them.
+    /// Indexes the packs written so far, so a run killed later reuses them. Their blobs
+    /// are now found by lookup, so they leave the claimed set, which therefore holds
+    /// only blobs since the last checkpoint instead of every blob of the run.
     fn checkpoint(&self, packs: Vec<IndexedPack>) -> Result<()> {
-        self.repository.write_index(&IndexFile { supersedes: Vec::new(), packs })?;
+        let file = IndexFile { supersedes: Vec::new(), packs };
+        self.repository.write_index(&file)?;
+        {
+            let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+            for entry in file.packs.iter().flat_map(|pack| &pack.blobs) {
+                claimed.remove(&(entry.id, entry.blob_type));
+            }
+            let keep = claimed.len() * 2;
+            claimed.shrink_to(keep);
+        }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.stats.checkpoints += 1;
         state.last_checkpoint = Instant::now();
@@ -172,5 +186,41 @@ impl<'r> Packer<'r> {
     /// Counters of what was written.
     pub fn stats(&self) -> PackerStats {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::MemoryBackend;
+    use crate::crypto::KdfParams;
+    use crate::repository::InitOptions;
+
+    #[test]
+    fn checkpointed_blobs_leave_the_claimed_set_and_are_still_deduplicated() {
+        let options = InitOptions {
+            kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
+            pack_size: 1024,
+            compression_level: 0,
+            ..Default::default()
+        };
+        let repository = Repository::init(Arc::new(MemoryBackend::new()), b"pw", &options, None).unwrap();
+        // Blobs larger than a pack and a checkpoint after every pack: each blob is indexed
+        // as soon as it is stored.
+        let packer = Packer::with_checkpoints(&repository, 1);
+        let (one, two) = ("first blob ".repeat(200), "second blob ".repeat(200));
+        let first = packer.store_if_new(BlobType::Data, one.as_bytes()).unwrap();
+        packer.store_if_new(BlobType::Data, two.as_bytes()).unwrap();
+        assert!(packer.stats().checkpoints >= 1);
+        assert!(
+            !packer.claimed.lock().unwrap().contains(&(first, BlobType::Data)),
+            "the claim outlived the checkpoint"
+        );
+        assert!(!packer.claim(first, BlobType::Data).unwrap(), "an indexed blob was claimed again");
+        let blobs = packer.stats().blobs;
+        packer.store_if_new(BlobType::Data, one.as_bytes()).unwrap();
+        assert_eq!(packer.stats().blobs, blobs, "the same blob was stored twice");
     }
 }
