@@ -6,12 +6,13 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
+use bytes::Bytes;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId};
 use crate::index::{IndexedPack, ScratchIndex};
-use crate::pack::{open_blob, read_pack, BlobType};
+use crate::pack::{decode_header, header_bounds, open_object, verify_blob, BlobType, PackEntry};
 use crate::repair::DAMAGED_TAG;
 use crate::repository::{pack_key, Repository, ScratchLoad};
 use crate::snapshot::Snapshot;
@@ -288,41 +289,113 @@ fn read_packs(
     repository.record_verified(&intact)
 }
 
-/// Downloads one pack, checks its hash and header against the index, and opens every
-/// blob the index places in it.
+/// A pack is read in pieces of about this size (a larger blob is read whole), so the
+/// memory of a check does not grow with the pack size (64 MiB by default on S3).
+const READ_PIECE: u64 = 4 << 20;
+
+/// A byte range of a pack and the indexed blobs that lie wholly inside it.
+struct Piece<'p> {
+    start: u64,
+    end: u64,
+    blobs: Vec<&'p PackEntry>,
+}
+
+/// Cuts a pack into contiguous pieces, from its start to its end, at blob boundaries.
+/// Blobs the index places outside the pack come back separately.
+fn pieces(pack: &IndexedPack) -> (Vec<Piece<'_>>, Vec<&PackEntry>) {
+    let mut blobs: Vec<&PackEntry> = pack.blobs.iter().collect();
+    blobs.sort_by_key(|blob| blob.offset);
+    let (mut pieces, mut outside) = (Vec::new(), Vec::new());
+    let mut current = Piece { start: 0, end: 0, blobs: Vec::new() };
+    for blob in blobs {
+        let (start, end) = (blob.offset as u64, blob.offset as u64 + blob.length as u64);
+        if end > pack.size {
+            outside.push(blob);
+            continue;
+        }
+        if end - current.start > READ_PIECE && start > current.start && current.end <= start {
+            let next = Piece { start, end: start, blobs: Vec::new() };
+            pieces.push(Piece { end: start, ..std::mem::replace(&mut current, next) });
+        }
+        current.end = current.end.max(end);
+        current.blobs.push(blob);
+    }
+    pieces.push(Piece { end: pack.size, ..current });
+    (pieces, outside)
+}
+
+/// Downloads one pack piece by piece, checks its hash and header against the index, and
+/// opens every blob the index places in it.
 fn read_one_pack(repository: &Repository, pack: &IndexedPack) -> Result<PackReading> {
     let key = pack_key(&pack.id);
-    let bytes = match repository.backend().get(&key) {
-        Ok(bytes) => bytes,
-        Err(error) if error.is_integrity() => {
-            let bad_blobs = pack.blobs.iter().map(|b| (b.id, b.blob_type)).collect();
-            return Ok(PackReading { bytes: 0, blobs: 0, problems: vec![error.to_string()], bad_blobs });
-        }
-        Err(error) => return Err(error),
-    };
-    let mut problems = Vec::new();
-    if *blake3::hash(&bytes).as_bytes() != pack.id.0 {
-        problems.push("its content does not match its name (hash mismatch)".to_string());
+    let (pieces, outside) = pieces(pack);
+    let mut reading =
+        PackReading { bytes: 0, blobs: pack.blobs.len() as u64, problems: Vec::new(), bad_blobs: Vec::new() };
+    reading.bad_blobs.extend(outside.iter().map(|blob| (blob.id, blob.blob_type)));
+    let mut hasher = blake3::Hasher::new();
+    let mut tail = (0, Bytes::new());
+    for (number, piece) in pieces.iter().enumerate() {
+        let bytes = match repository.backend().get_range(&key, piece.start..piece.end) {
+            Ok(bytes) => bytes,
+            Err(error) if error.is_integrity() => {
+                reading.problems.push(error.to_string());
+                let unread = pieces[number..].iter().flat_map(|piece| &piece.blobs);
+                reading.bad_blobs.extend(unread.map(|blob| (blob.id, blob.blob_type)));
+                return Ok(reading);
+            }
+            Err(error) => return Err(error),
+        };
+        reading.bytes += bytes.len() as u64;
+        hasher.update(&bytes);
+        reading.bad_blobs.extend(bad_blobs(repository, piece, &bytes));
+        tail = (piece.start, bytes);
     }
-    match read_pack(repository.master(), &bytes, None, &key) {
+    if *hasher.finalize().as_bytes() != pack.id.0 {
+        reading.problems.push("its content does not match its name (hash mismatch)".to_string());
+    }
+    match pack_header(repository, &key, pack.size, tail) {
         Ok(header) => {
-            if pack.blobs.iter().any(|blob| !header.contains(blob)) {
-                problems.push("its header and the index disagree".to_string());
+            let listed: HashSet<&PackEntry> = header.iter().collect();
+            if pack.blobs.iter().any(|blob| !listed.contains(blob)) {
+                reading.problems.push("its header and the index disagree".to_string());
             }
         }
-        Err(error) => problems.push(damage_of(&error).reason),
+        Err(error) if error.is_integrity() => reading.problems.push(damage_of(&error).reason),
+        Err(error) => return Err(error),
     }
-    let mut bad_blobs = Vec::new();
-    for blob in &pack.blobs {
-        let range = blob.offset as usize..blob.offset as usize + blob.length as usize;
-        let opened = bytes
-            .get(range)
-            .and_then(|sealed| open_blob(repository.master(), blob.blob_type, blob.id, sealed, blob.raw_length));
-        if opened.is_none() {
-            bad_blobs.push((blob.id, blob.blob_type));
-        }
-    }
-    Ok(PackReading { bytes: bytes.len() as u64, blobs: pack.blobs.len() as u64, problems, bad_blobs })
+    Ok(reading)
+}
+
+/// The blobs of a piece that fail to open, opened in parallel: a repository of a few
+/// packs (a deduplicated database dump) would otherwise be verified on one core.
+fn bad_blobs(repository: &Repository, piece: &Piece<'_>, bytes: &[u8]) -> Vec<(BlobId, BlobType)> {
+    piece
+        .blobs
+        .par_iter()
+        .filter(|blob| {
+            let from = (blob.offset as u64 - piece.start) as usize;
+            let sealed = bytes.get(from..from + blob.length as usize);
+            !sealed.is_some_and(|sealed| {
+                verify_blob(repository.master(), blob.blob_type, blob.id, sealed, blob.raw_length)
+            })
+        })
+        .map(|blob| (blob.id, blob.blob_type))
+        .collect()
+}
+
+/// The entries of a pack's header, taken from the last piece read (`tail`, starting at
+/// that offset), which holds the header unless the index is wrong about the pack.
+fn pack_header(repository: &Repository, key: &str, size: u64, tail: (u64, Bytes)) -> Result<Vec<PackEntry>> {
+    let (tail_start, tail) = tail;
+    let last_four = tail.get(tail.len().saturating_sub(4)..).unwrap_or_default();
+    let (start, length) = header_bounds(last_four, size, key)?;
+    let sealed = match start.checked_sub(tail_start) {
+        Some(from) => tail.slice(from as usize..(from + length) as usize),
+        None => repository.backend().get_range(key, start..start + length)?,
+    };
+    let plain = open_object(repository.master(), "pack-header", &sealed, key)
+        .map_err(|_| Error::integrity(key, "its header does not decrypt (damaged or truncated)"))?;
+    decode_header(&plain, start, key)
 }
 
 fn check_snapshots(repository: &Repository, index: &ScratchIndex, report: &mut CheckReport) -> Result<()> {
@@ -381,6 +454,66 @@ fn check_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn pack_of(lengths: &[u32], trailer: u64) -> IndexedPack {
+        let mut offset = 0u32;
+        let blobs = lengths
+            .iter()
+            .enumerate()
+            .map(|(index, &length)| {
+                let entry = PackEntry {
+                    id: BlobId([index as u8; 32]),
+                    blob_type: BlobType::Data,
+                    offset,
+                    length,
+                    raw_length: length,
+                };
+                offset += length;
+                entry
+            })
+            .collect();
+        IndexedPack { id: PackId([0; 32]), size: offset as u64 + trailer, blobs }
+    }
+
+    proptest! {
+        #[test]
+        fn pieces_cover_the_pack_in_order_and_hold_each_blob_once(
+            lengths in proptest::collection::vec(1u32..3_000_000, 0..40),
+            trailer in 4u64..100_000,
+        ) {
+            let pack = pack_of(&lengths, trailer);
+            let (pieces, outside) = pieces(&pack);
+            prop_assert!(outside.is_empty());
+            prop_assert_eq!(pieces[0].start, 0);
+            prop_assert_eq!(pieces.last().unwrap().end, pack.size);
+            for pair in pieces.windows(2) {
+                prop_assert_eq!(pair[0].end, pair[1].start);
+            }
+            let mut held = 0;
+            for piece in &pieces {
+                for blob in &piece.blobs {
+                    prop_assert!(piece.start <= blob.offset as u64);
+                    prop_assert!(blob.offset as u64 + blob.length as u64 <= piece.end);
+                }
+                held += piece.blobs.len();
+                let blobs_end = piece.blobs.iter().map(|b| b.offset as u64 + b.length as u64).max().unwrap_or(0);
+                let span = blobs_end.saturating_sub(piece.start);
+                prop_assert!(span <= READ_PIECE || piece.blobs.len() == 1, "{} bytes in {} blobs", span, piece.blobs.len());
+            }
+            prop_assert_eq!(held, lengths.len());
+        }
+    }
+
+    #[test]
+    fn blobs_beyond_the_pack_are_set_apart() {
+        let mut pack = pack_of(&[1000, 2000], 50);
+        pack.size = 1500;
+        let (pieces, outside) = pieces(&pack);
+        assert_eq!(outside.len(), 1);
+        assert_eq!(pieces.iter().map(|p| p.blobs.len()).sum::<usize>(), 1);
+        assert_eq!((pieces[0].start, pieces.last().unwrap().end), (0, 1500));
+    }
 
     #[test]
     fn subsets_parse_and_reject_nonsense() {

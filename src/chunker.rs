@@ -99,50 +99,8 @@ impl Chunker {
 
     /// Splits a reader into chunks as it reads; memory is bounded by three maximum chunks.
     pub fn chunks<R: Read>(&self, reader: R) -> ChunkStream<'_, R> {
-        ChunkStream { chunker: self, reader, buffer: Vec::new(), start: 0, at_end: false }
-    }
-}
-
-/// Chunks of a reader, in order. Yields `io::Error` from the reader.
-pub struct ChunkStream<'a, R> {
-    chunker: &'a Chunker,
-    reader: R,
-    /// Bytes read and not yet cut start at `start`; the vector is reused, compacted
-    /// before each refill, so it stays at about three maximum chunks.
-    buffer: Vec<u8>,
-    start: usize,
-    at_end: bool,
-}
-
-impl<R: Read> ChunkStream<'_, R> {
-    /// Tops the buffer up to three maximum chunks once it holds less than one. Reads go
-    /// through a per-thread buffer that is zeroed once, and the chunk buffer grows only
-    /// by what was read: zero-filling before every read cost a tenth of a backup of
-    /// small files.
-    fn fill(&mut self) -> std::io::Result<()> {
-        let max = self.chunker.params.max_size as usize;
-        if self.at_end || self.buffer.len() - self.start >= max {
-            return Ok(());
-        }
-        // At most one maximum chunk is left to move to the front.
-        self.buffer.drain(..self.start);
-        self.start = 0;
-        let target = 3 * max;
-        READ_BUFFER.with_borrow_mut(|scratch| {
-            if scratch.is_empty() {
-                scratch.resize(READ_SIZE, 0);
-            }
-            while !self.at_end && self.buffer.len() < target {
-                let wanted = (target - self.buffer.len()).min(scratch.len());
-                match self.reader.read(&mut scratch[..wanted]) {
-                    Ok(0) => self.at_end = true,
-                    Ok(count) => self.buffer.extend_from_slice(&scratch[..count]),
-                    Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                    Err(error) => return Err(error),
-                }
-            }
-            Ok(())
-        })
+        let buffer = STREAM_BUFFER.with_borrow_mut(std::mem::take);
+        ChunkStream { chunker: self, reader, buffer, start: 0, end: 0, at_end: false }
     }
 }
 
@@ -150,7 +108,60 @@ impl<R: Read> ChunkStream<'_, R> {
 const READ_SIZE: usize = 1 << 20;
 
 thread_local! {
-    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    // The buffer of this thread's chunk stream, kept between streams (one per file):
+    // it is zero-filled only where it grows, and reads go straight into it.
+    static STREAM_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Chunks of a reader, in order. Yields `io::Error` from the reader.
+pub struct ChunkStream<'a, R> {
+    chunker: &'a Chunker,
+    reader: R,
+    /// Bytes read and not yet cut are `buffer[start..end]`; beyond `end` the buffer holds
+    /// stale bytes. It grows to at most three maximum chunks plus one read.
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+    at_end: bool,
+}
+
+impl<R: Read> ChunkStream<'_, R> {
+    /// Tops the buffer up to three maximum chunks once it holds less than one, reading
+    /// into it directly; what is left (less than a chunk) moves to the front first.
+    fn fill(&mut self) -> std::io::Result<()> {
+        let max = self.chunker.params.max_size as usize;
+        if self.at_end || self.end - self.start >= max {
+            return Ok(());
+        }
+        self.buffer.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        let target = 3 * max;
+        while !self.at_end && self.end < target {
+            let wanted = (target - self.end).min(READ_SIZE);
+            if self.buffer.len() < self.end + wanted {
+                self.buffer.resize(self.end + wanted, 0);
+            }
+            match self.reader.read(&mut self.buffer[self.end..self.end + wanted]) {
+                Ok(0) => self.at_end = true,
+                Ok(count) => self.end += count,
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R> Drop for ChunkStream<'_, R> {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.buffer);
+        STREAM_BUFFER.with_borrow_mut(|kept| {
+            if buffer.capacity() > kept.capacity() {
+                *kept = buffer;
+            }
+        });
+    }
 }
 
 impl<R: Read> Iterator for ChunkStream<'_, R> {
@@ -160,7 +171,7 @@ impl<R: Read> Iterator for ChunkStream<'_, R> {
         if let Err(error) = self.fill() {
             return Some(Err(error));
         }
-        let rest = &self.buffer[self.start..];
+        let rest = &self.buffer[self.start..self.end];
         if rest.is_empty() {
             return None;
         }

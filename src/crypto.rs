@@ -5,6 +5,7 @@
 //! salt with keyed BLAKE3, so every derived key seals exactly one message: the 2^32
 //! message limit of random 96-bit GCM nonces never comes into play.
 
+use aes_gcm::aead::inout::InOutBuf;
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use serde::{Deserialize, Serialize};
@@ -68,11 +69,17 @@ impl MasterKey {
 
     /// Encrypts and authenticates `plaintext`, binding `associated` to it.
     pub fn seal(&self, plaintext: &[u8], associated: &[u8]) -> Vec<u8> {
+        self.seal_parts(&[plaintext], associated)
+    }
+
+    /// Seals the concatenation of `parts` as one message, without joining them first.
+    pub fn seal_parts(&self, parts: &[&[u8]], associated: &[u8]) -> Vec<u8> {
         let salt: [u8; SALT_LEN] = rand::random();
         let cipher = self.message_cipher(&salt);
-        let mut sealed = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+        let length: usize = parts.iter().map(|part| part.len()).sum();
+        let mut sealed = Vec::with_capacity(length + SEAL_OVERHEAD);
         sealed.extend_from_slice(&salt);
-        sealed.extend_from_slice(plaintext);
+        parts.iter().for_each(|part| sealed.extend_from_slice(part));
         let tag = cipher
             .0
             .encrypt_inout_detached(&cipher.1, associated, (&mut sealed[SALT_LEN..]).into())
@@ -83,6 +90,17 @@ impl MasterKey {
 
     /// Decrypts a sealed message; `None` if it is damaged, truncated or not bound to `associated`.
     pub fn open(&self, sealed: &[u8], associated: &[u8]) -> Option<Vec<u8>> {
+        let mut plaintext = Vec::new();
+        let length = self.open_into(sealed, associated, &mut plaintext)?;
+        plaintext.truncate(length);
+        Some(plaintext)
+    }
+
+    /// Decrypts a sealed message into the front of `buffer` and returns its length;
+    /// `None` if it is damaged, truncated or not bound to `associated`. The buffer grows
+    /// as needed and never shrinks, so one buffer serves many messages without being
+    /// cleared, and the ciphertext is decrypted straight into it, not copied first.
+    pub fn open_into(&self, sealed: &[u8], associated: &[u8], buffer: &mut Vec<u8>) -> Option<usize> {
         if sealed.len() < SEAL_OVERHEAD {
             return None;
         }
@@ -90,9 +108,12 @@ impl MasterKey {
         let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
         let cipher = self.message_cipher(salt.try_into().ok()?);
         let tag = Tag::try_from(tag).ok()?;
-        let mut plaintext = ciphertext.to_vec();
-        cipher.0.decrypt_inout_detached(&cipher.1, associated, plaintext.as_mut_slice().into(), &tag).ok()?;
-        Some(plaintext)
+        if buffer.len() < ciphertext.len() {
+            buffer.resize(ciphertext.len(), 0);
+        }
+        let output = InOutBuf::new(ciphertext, &mut buffer[..ciphertext.len()]).ok()?;
+        cipher.0.decrypt_inout_detached(&cipher.1, associated, output, &tag).ok()?;
+        Some(ciphertext.len())
     }
 
     fn message_cipher(&self, salt: &[u8; SALT_LEN]) -> (Aes256Gcm, Nonce<aes_gcm::aead::consts::U12>) {

@@ -30,11 +30,20 @@ fn main() {
 /// keeps every pack-sized buffer in its own mapping, returned when freed. It stays
 /// above the chunk sizes: at 1 MiB, every chunk buffer was a fresh mapping, and a
 /// first backup of 1 GiB took 1.7 million page faults and 5 s of system time.
+///
+/// Chunk-sized buffers come from the arenas, which by default hand any free space
+/// above 128 KiB back to the kernel, so the next chunk faulted its pages in again: a
+/// first backup of 1 GiB still took 330,000 page faults. Keeping up to 16 MiB free per
+/// arena, in at most two arenas (one per core of the machines this is measured on),
+/// took that to 50,000 and the backup from 7.4 s to 5.7 s, and a restore of the same
+/// gigabyte from 1.9 s to 1.1 s at 10% less peak memory.
 fn bound_heap_growth() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 12 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

@@ -47,7 +47,12 @@ pub struct Packer<'r> {
     checkpoint_packs: usize,
     claimed: Mutex<HashSet<(BlobId, BlobType)>>,
     state: Mutex<State>,
+    /// Buffers of uploaded data packs, reused for the next ones.
+    spare_buffers: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Pack buffers kept for reuse: one per worker filling or uploading a pack is enough.
+const SPARE_BUFFERS: usize = 2;
 
 impl<'r> Packer<'r> {
     pub fn new(repository: &'r Repository) -> Self {
@@ -68,6 +73,7 @@ impl<'r> Packer<'r> {
             checkpoint_packs: packs.max(1),
             claimed: Mutex::new(HashSet::new()),
             state: Mutex::new(state),
+            spare_buffers: Mutex::new(Vec::new()),
         }
     }
 
@@ -111,6 +117,9 @@ impl<'r> Packer<'r> {
                 BlobType::Data => &mut state.data,
                 BlobType::Metadata => &mut state.metadata,
             };
+            if writer.is_empty() && sealed.blob_type == BlobType::Data {
+                *writer = PackWriter::with_buffer(self.pack_buffer(limit));
+            }
             writer.add(&sealed);
             if writer.len() >= limit {
                 Some(std::mem::take(writer))
@@ -124,26 +133,47 @@ impl<'r> Packer<'r> {
         }
     }
 
+    /// An empty buffer for a data pack of `limit` bytes: a spare one, or a new one with
+    /// room for the blob that fills it.
+    fn pack_buffer(&self, limit: usize) -> Vec<u8> {
+        let spare = self.spare_buffers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        spare.unwrap_or_else(|| Vec::with_capacity(limit + (1 << 20)))
+    }
+
     fn upload(&self, writer: PackWriter) -> Result<()> {
-        let pack: FinishedPack = writer.finish(self.repository.master());
-        let size = pack.bytes.len() as u64;
-        self.repository.backend().put(&pack_key(&pack.id), Bytes::clone(&pack.bytes))?;
+        let FinishedPack { id, bytes, entries } = writer.finish(self.repository.master());
+        let size = bytes.len() as u64;
+        self.repository.backend().put(&pack_key(&id), Bytes::clone(&bytes))?;
+        let is_data = entries.first().is_some_and(|entry| entry.blob_type == BlobType::Data);
         let checkpoint = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.stats.blobs += pack.entries.len() as u64;
-            state.stats.raw_bytes += pack.entries.iter().map(|entry| entry.raw_length as u64).sum::<u64>();
+            state.stats.blobs += entries.len() as u64;
+            state.stats.raw_bytes += entries.iter().map(|entry| entry.raw_length as u64).sum::<u64>();
             state.stats.packs += 1;
             state.stats.bytes += size;
-            state.written.push(IndexedPack { id: pack.id, size, blobs: pack.entries });
+            state.written.push(IndexedPack { id, size, blobs: entries });
             let blobs: usize = state.written.iter().map(|pack| pack.blobs.len()).sum();
             let due = state.written.len() >= self.checkpoint_packs
                 || blobs >= MAX_OBJECT_BLOBS
                 || state.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
             due.then(|| std::mem::take(&mut state.written))
         };
+        if is_data {
+            self.keep_buffer(bytes);
+        }
         match checkpoint {
             Some(packs) => self.checkpoint(packs),
             None => Ok(()),
+        }
+    }
+
+    /// Keeps an uploaded pack's buffer for the next pack, once the backend let go of it.
+    fn keep_buffer(&self, bytes: Bytes) {
+        let mut spare = self.spare_buffers.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < SPARE_BUFFERS {
+            if let Ok(buffer) = bytes.try_into_mut() {
+                spare.push(buffer.into());
+            }
         }
     }
 

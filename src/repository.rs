@@ -18,7 +18,7 @@ use crate::id::{BlobId, IndexId, KeyId, PackId, RepositoryId, SnapshotId};
 use crate::index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, MAX_OBJECT_BLOBS};
 use crate::lock::LockGuard;
 use crate::manifest::Manifest;
-use crate::pack::{decode_header, header_bounds, open_blob, open_object, seal_object, BlobType, PackEntry};
+use crate::pack::{decode_header, header_bounds, open_object, seal_object, visit_blob, BlobType, PackEntry};
 use crate::snapshot::Snapshot;
 
 /// The repository format version this program writes and reads.
@@ -467,8 +467,19 @@ impl Repository {
 
     /// Opens a blob read from its pack, naming the pack if it is damaged.
     pub fn open_sealed_blob(&self, location: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>> {
+        self.visit_sealed_blob(location, sealed, <[u8]>::to_vec)
+    }
+
+    /// Opens a blob read from its pack into scratch memory and hands its content to
+    /// `visit`, naming the pack if it is damaged.
+    pub fn visit_sealed_blob<R>(
+        &self,
+        location: &BlobLocation,
+        sealed: &[u8],
+        visit: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
         let entry = location.entry;
-        open_blob(&self.master, entry.blob_type, entry.id, sealed, entry.raw_length).ok_or_else(|| {
+        visit_blob(&self.master, entry.blob_type, entry.id, sealed, entry.raw_length, visit).ok_or_else(|| {
             Error::integrity(
                 pack_key(&location.pack),
                 format!("blob {} at offset {} fails authentication", entry.id, entry.offset),

@@ -357,6 +357,45 @@ fn check_names_a_flipped_byte_a_missing_pack_and_a_truncated_index() {
     assert!(refused.to_string().contains("prune stopped before changing anything"), "{refused}");
 }
 
+/// Packs larger than a read piece (4 MiB) are read in pieces: a flipped byte anywhere
+/// in one, including its header, is found and blamed on the one blob that holds it.
+#[test]
+fn check_reads_large_packs_in_pieces_and_names_the_damaged_blob() {
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    for index in 0..14u64 {
+        std::fs::write(source.join(format!("file_{index:02}")), common::random_bytes(700_000, index + 1)).unwrap();
+    }
+    let memory = Arc::new(MemoryBackend::new());
+    let init = InitOptions { pack_size: 32 << 20, ..quick_init() };
+    let repository = Repository::init(memory.clone(), b"pw", &init, None).unwrap();
+    let options = BackupOptions { paths: vec![source.clone()], ..Default::default() };
+    coffer::backup(&repository, options).unwrap();
+    let data_pack = memory.list("data/").unwrap().into_iter().max_by_key(|info| info.size).expect("a data pack");
+    assert!(data_pack.size > 9 << 20, "the pack spans three pieces: {}", data_pack.size);
+    assert_clean(memory.clone(), "before any damage");
+    let original = memory.get(&data_pack.key).unwrap();
+    for position in [10, original.len() / 2, original.len() - 9 * 700_000 / 2, original.len() - 20] {
+        let mut flipped = original.to_vec();
+        flipped[position] ^= 0x40;
+        memory.tamper(&data_pack.key, Bytes::from(flipped));
+        let report = check(memory.clone(), true);
+        let damage = report.damage.iter().find(|d| d.object == data_pack.key).expect("the pack is named");
+        assert!(damage.reason.contains("hash mismatch"), "{damage:?}");
+        let in_header = position == original.len() - 20;
+        match in_header {
+            true => assert!(damage.reason.contains("header"), "byte {position}: {damage:?}"),
+            false => assert_eq!(damage.lost_blobs.len(), 1, "byte {position}: only the blob holding it: {damage:?}"),
+        }
+        if !in_header {
+            assert_eq!(report.affected[0].paths.len(), 1, "byte {position}: one file: {:?}", report.affected);
+        }
+    }
+    memory.tamper(&data_pack.key, original);
+    assert_clean(memory.clone(), "after the damage is undone");
+}
+
 fn assert_names_pack_and_file(report: &coffer::CheckReport, pack: &str) {
     assert!(report.is_damaged());
     let damage = report.damage.iter().find(|d| d.object == pack).expect("the damaged pack is named");

@@ -22,7 +22,7 @@ use crate::repository::{pack_key, Repository};
 /// Ranges closer than this are fetched as one request.
 const COALESCE_GAP: u64 = 256 * 1024;
 /// A coalesced request grows no larger than this.
-const MAX_REQUEST: u64 = 16 * 1024 * 1024;
+const MAX_REQUEST: u64 = 4 * 1024 * 1024;
 /// Parallel range requests.
 const FETCHERS: usize = 8;
 const BLOCK: u64 = 4096;
@@ -190,26 +190,43 @@ fn fetch_request(
             return 0;
         }
     };
+    // The blobs of one range are opened and written in parallel: a large file whose
+    // chunks sit in one range (a database dump deduplicated to a few MiB) would
+    // otherwise be decompressed and verified on one core.
+    request
+        .blobs
+        .par_iter()
+        .map(|location| {
+            let from = (location.entry.offset as u64 - request.start) as usize;
+            let Some(sealed) = bytes.get(from..from + location.entry.length as usize) else {
+                fail_blob(location, &format!("{} returned fewer bytes than its index says", pack_key(&request.pack)));
+                return 0;
+            };
+            let write = |data: &[u8]| write_blob(data, destinations.get(&location.entry.id), pending, failures);
+            match repository.visit_sealed_blob(location, sealed, write) {
+                Ok(written) => written,
+                Err(error) => {
+                    fail_blob(location, &error.to_string());
+                    0
+                }
+            }
+        })
+        .sum()
+}
+
+/// Writes one opened blob wherever it belongs; returns the bytes written.
+fn write_blob(
+    data: &[u8],
+    destinations: Option<&Destinations>,
+    pending: &[Pending<'_>],
+    failures: &Mutex<HashMap<usize, String>>,
+) -> u64 {
     let mut written = 0;
-    for location in &request.blobs {
-        let from = (location.entry.offset as u64 - request.start) as usize;
-        let Some(sealed) = bytes.get(from..from + location.entry.length as usize) else {
-            fail_blob(location, &format!("{} returned fewer bytes than its index says", pack_key(&request.pack)));
-            continue;
-        };
-        let data = match repository.open_sealed_blob(location, sealed) {
-            Ok(data) => data,
-            Err(error) => {
-                fail_blob(location, &error.to_string());
-                continue;
-            }
-        };
-        for &(index, offset) in destinations.get(&location.entry.id).map(Vec::as_slice).unwrap_or_default() {
-            let file = &pending[index];
-            match write_sparse(&file.temporary, offset, &data) {
-                Ok(()) => written += data.len() as u64,
-                Err(error) => fail(failures, index, format!("cannot write {}: {error}", file.temporary.display())),
-            }
+    for &(index, offset) in destinations.map(Vec::as_slice).unwrap_or_default() {
+        let file = &pending[index];
+        match write_sparse(&file.temporary, offset, data) {
+            Ok(()) => written += data.len() as u64,
+            Err(error) => fail(failures, index, format!("cannot write {}: {error}", file.temporary.display())),
         }
     }
     written
