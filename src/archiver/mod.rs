@@ -1,10 +1,12 @@
 //! Backup: walks trees (or reads stdin), chunks and stores content, writes the manifest,
 //! and commits a snapshot (packs, then index, then snapshot record).
 
+mod digest;
 mod dry_run;
 mod parent;
 mod walk;
 
+use digest::FileDigest;
 pub use dry_run::{dry_run, DryRunReport, FileChange, PlannedFile};
 pub use parent::ChangeRules;
 use parent::{Change, Parent};
@@ -21,7 +23,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver};
-use sha2::{Digest, Sha256};
 
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
@@ -110,7 +111,7 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
             scope.spawn(move || store_blobs(packer, receiver, failure));
         }
         drop(receiver);
-        let sender = BlobSender { sender, failure: &failure };
+        let sender = BlobSender { sender, failure: &failure, digests: digest::DigestThread::start(scope) };
         if !paths.is_empty() {
             let roots = walk::outermost(&paths);
             if options.progress.is_some() {
@@ -230,8 +231,10 @@ fn store_blobs(packer: &Packer<'_>, receiver: Receiver<(BlobId, Bytes)>, failure
     }
 }
 
+/// Where the walking thread hands work: blobs to store, and large files' content to hash.
 struct BlobSender<'a> {
     sender: crossbeam_channel::Sender<(BlobId, Bytes)>,
+    digests: digest::DigestThread,
     failure: &'a Mutex<Option<Error>>,
 }
 
@@ -398,28 +401,32 @@ impl Walker<'_, '_> {
     fn read_file(&mut self, path: &Path, entry: &mut Entry, sender: &BlobSender<'_>) -> Result<Vec<ChunkRef>> {
         let file = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
         let chunker = self.packer.repository().file_chunker();
-        let (chunks, size, sha256) = self.store_stream(file, &chunker, sender).map_err(|e| match e {
-            StreamError::Read(source) => Error::io("cannot read", path, source),
-            StreamError::Store(error) => error,
-        })?;
+        let (chunks, size, sha256) =
+            self.store_stream(file, Some(entry.size), &chunker, sender).map_err(|e| match e {
+                StreamError::Read(source) => Error::io("cannot read", path, source),
+                StreamError::Store(error) => error,
+            })?;
         entry.size = size;
         entry.sha256 = Some(sha256);
         Ok(chunks)
     }
 
+    /// Chunks and stores a stream; `expected_size` (a file's size when it was walked)
+    /// decides where its SHA-256 is computed.
     fn store_stream(
         &mut self,
         reader: impl Read,
+        expected_size: Option<u64>,
         chunker: &Chunker,
         sender: &BlobSender<'_>,
     ) -> std::result::Result<(Vec<ChunkRef>, u64, [u8; 32]), StreamError> {
         let repository = self.packer.repository();
-        let mut hasher = Sha256::new();
+        let mut digest = FileDigest::new(&sender.digests, expected_size);
         let mut chunks = Vec::new();
         let mut offset = 0u64;
         for chunk in chunker.chunks(reader) {
             let chunk = chunk.map_err(StreamError::Read)?;
-            hasher.update(&chunk);
+            digest.update(&chunk);
             let id = repository.master().blob_id(&chunk);
             chunks.push(ChunkRef { blob: id, offset, length: chunk.len() as u32 });
             offset += chunk.len() as u64;
@@ -429,7 +436,7 @@ impl Walker<'_, '_> {
             }
         }
         self.summary.bytes_read += offset;
-        Ok((chunks, offset, hasher.finalize().into()))
+        Ok((chunks, offset, digest.finish().map_err(StreamError::Store)?))
     }
 
     fn add_stdin(
@@ -463,7 +470,7 @@ impl Walker<'_, '_> {
         sender: &BlobSender<'_>,
     ) -> Result<(u64, [u8; 32])> {
         self.progress.start_file(Path::new(path));
-        let (chunks, size, sha256) = self.store_stream(reader, chunker, sender).map_err(|e| match e {
+        let (chunks, size, sha256) = self.store_stream(reader, None, chunker, sender).map_err(|e| match e {
             StreamError::Read(source) => Error::io("cannot read", what, source),
             StreamError::Store(error) => error,
         })?;
