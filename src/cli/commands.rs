@@ -32,7 +32,11 @@ fn init(cli: &Cli, args: &InitArgs) -> Result<i32> {
     let backend = super::backend(cli, true)?;
     let password = super::password::read(cli, true)?;
     let options = InitOptions {
-        kdf: KdfParams { memory_kib: args.kdf_memory_kib, iterations: args.kdf_iterations, parallelism: 1 },
+        kdf: KdfParams {
+            memory_kib: args.kdf_memory_kib,
+            iterations: args.kdf_iterations,
+            parallelism: KdfParams::default().parallelism,
+        },
         pack_size: match args.pack_size {
             Some(mebibytes) => mebibytes.clamp(1, 2048) * 1024 * 1024,
             None => super::default_pack_size(cli)?,
