@@ -317,32 +317,34 @@ pub fn open_object(master: &MasterKey, kind: &str, sealed: &[u8], name: &str) ->
     decode_payload(payload, MAX_OBJECT_LENGTH).ok_or_else(|| Error::integrity(name, "its content does not decompress"))
 }
 
-/// Collects sealed blobs into one pack.
-#[derive(Debug, Default)]
-pub struct PackWriter {
-    bytes: Vec<u8>,
+/// Collects sealed blobs into one pack, written to `sink` as they come (a temporary file
+/// for the packs of a run, so a pack is never held in memory whole; a vector in tests)
+/// and hashed as they are written.
+#[derive(Debug)]
+pub struct PackWriter<W> {
+    sink: W,
+    hasher: blake3::Hasher,
+    length: u64,
     entries: Vec<PackEntry>,
 }
 
-/// A finished pack: its id, bytes and what it holds.
-#[derive(Debug, Clone)]
-pub struct FinishedPack {
+/// A finished pack: its id, where its bytes went, its size and what it holds.
+#[derive(Debug)]
+pub struct FinishedPack<W> {
     pub id: PackId,
-    pub bytes: bytes::Bytes,
+    pub sink: W,
+    pub size: u64,
     pub entries: Vec<PackEntry>,
 }
 
-impl PackWriter {
-    /// A writer that appends into `buffer` (cleared first): a pack-sized buffer kept from
-    /// an earlier pack saves touching fresh memory for every pack.
-    pub fn with_buffer(mut buffer: Vec<u8>) -> Self {
-        buffer.clear();
-        Self { bytes: buffer, entries: Vec::new() }
+impl<W: std::io::Write> PackWriter<W> {
+    pub fn new(sink: W) -> Self {
+        Self { sink, hasher: blake3::Hasher::new(), length: 0, entries: Vec::new() }
     }
 
     /// Bytes written so far.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
+    pub fn len(&self) -> u64 {
+        self.length
     }
 
     /// True when no blob has been added.
@@ -351,24 +353,34 @@ impl PackWriter {
     }
 
     /// Appends a sealed blob.
-    pub fn add(&mut self, blob: &SealedBlob) {
+    pub fn add(&mut self, blob: &SealedBlob) -> std::io::Result<()> {
+        let offset = u32::try_from(self.length).map_err(|_| std::io::Error::other("a pack reached 4 GiB"))?;
+        self.write(&blob.bytes)?;
         self.entries.push(PackEntry {
             id: blob.id,
             blob_type: blob.blob_type,
-            offset: self.bytes.len() as u32,
+            offset,
             length: blob.bytes.len() as u32,
             raw_length: blob.raw_length,
         });
-        self.bytes.extend_from_slice(&blob.bytes);
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.sink.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.length += bytes.len() as u64;
+        Ok(())
     }
 
     /// Appends the sealed header and its length, and names the pack by its hash.
-    pub fn finish(mut self, master: &MasterKey) -> FinishedPack {
+    pub fn finish(mut self, master: &MasterKey) -> std::io::Result<FinishedPack<W>> {
         let header = seal_object(master, "pack-header", &encode_header(&self.entries));
-        self.bytes.extend_from_slice(&header);
-        self.bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        let id = PackId(*blake3::hash(&self.bytes).as_bytes());
-        FinishedPack { id, bytes: self.bytes.into(), entries: self.entries }
+        self.write(&header)?;
+        self.write(&(header.len() as u32).to_le_bytes())?;
+        self.sink.flush()?;
+        let id = PackId(*self.hasher.finalize().as_bytes());
+        Ok(FinishedPack { id, sink: self.sink, size: self.length, entries: self.entries })
     }
 }
 
@@ -474,17 +486,18 @@ mod tests {
         #[test]
         fn pack_round_trip(blobs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..3000), any::<bool>()), 0..20)) {
             let master = MasterKey::generate();
-            let mut writer = PackWriter::default();
+            let mut writer = PackWriter::new(Vec::new());
             for (data, metadata) in &blobs {
                 let blob_type = if *metadata { BlobType::Metadata } else { BlobType::Data };
                 let sealed = seal_blob(&master, blob_type, master.blob_id(data), data, 3).unwrap();
-                writer.add(&sealed);
+                writer.add(&sealed).unwrap();
             }
-            let pack = writer.finish(&master);
-            let entries = read_pack(&master, &pack.bytes, Some(pack.id), "pack").unwrap();
+            let pack = writer.finish(&master).unwrap();
+            prop_assert_eq!(pack.size, pack.sink.len() as u64);
+            let entries = read_pack(&master, &pack.sink, Some(pack.id), "pack").unwrap();
             prop_assert_eq!(&entries, &pack.entries);
             for (entry, (data, _)) in entries.iter().zip(&blobs) {
-                let sealed = &pack.bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
+                let sealed = &pack.sink[entry.offset as usize..(entry.offset + entry.length) as usize];
                 let opened = open_blob(&master, entry.blob_type, entry.id, sealed, entry.raw_length);
                 prop_assert_eq!(opened.as_ref(), Some(data));
             }
@@ -518,10 +531,10 @@ mod tests {
     #[test]
     fn damaged_pack_is_named() {
         let master = MasterKey::generate();
-        let mut writer = PackWriter::default();
-        writer.add(&seal_blob(&master, BlobType::Data, master.blob_id(b"x"), b"x", 3).unwrap());
-        let pack = writer.finish(&master);
-        let mut bytes = pack.bytes.to_vec();
+        let mut writer = PackWriter::new(Vec::new());
+        writer.add(&seal_blob(&master, BlobType::Data, master.blob_id(b"x"), b"x", 3).unwrap()).unwrap();
+        let pack = writer.finish(&master).unwrap();
+        let mut bytes = pack.sink;
         bytes[3] ^= 1;
         let error = read_pack(&master, &bytes, Some(pack.id), "data/ab/abc").unwrap_err();
         assert!(error.to_string().contains("data/ab/abc"), "{error}");

@@ -661,6 +661,8 @@ fn killing_a_backup_at_any_moment_loses_nothing() {
         let listed = assert_cli_restores_with(fixture, &versions, Some(&copy), &source);
         assert!(listed == 3 || listed == 4, "round {round}: {listed} snapshots");
         fixture.backup(&source);
+        let left = common::staged_pack_files(&fixture.repo());
+        assert!(left.is_empty(), "round {round}: pack files of the killed backup were left: {left:?}");
         fixture.ok(&["check", "--read-data"]);
         assert_eq!(assert_cli_restores_with(fixture, &versions, Some(&copy), &source), listed + 1, "round {round}");
     });

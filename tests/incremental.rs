@@ -183,7 +183,19 @@ fn a_backup_killed_after_a_checkpoint_is_resumed_without_uploading_twice() {
     let status = running.wait().unwrap();
     assert!(status.code().is_none(), "the backup was not killed: {status:?}");
     assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 0, "a killed backup committed a snapshot");
+    // What a pack file of the killed process looks like (FORMAT.md section 2), in case
+    // it was between two packs when it was killed.
+    let host: String = nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' })
+        .collect();
+    std::fs::create_dir_all(fixture.repo().join("tmp")).unwrap();
+    std::fs::write(fixture.repo().join(format!("tmp/pack-{host}-{}-planted.pack", running.id())), b"part").unwrap();
     let resumed = fixture.backup(&source);
+    let left = common::staged_pack_files(&fixture.repo());
+    assert!(left.is_empty(), "the killed backup's pack files were not cleaned up: {left:?}");
     let new_bytes = resumed["summary"]["bytes_new"].as_u64().unwrap();
     assert!(new_bytes + (7 << 20) < total, "the rerun stored {new_bytes} of {total} bytes again");
     let target = fixture.path("out");

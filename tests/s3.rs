@@ -46,6 +46,19 @@ fn conformance(backend: &dyn Backend, large: bool) {
     backend.delete("index/aa").unwrap();
     backend.delete("index/aa").unwrap();
     assert!(matches!(backend.get("index/aa"), Err(coffer::Error::MissingObject { .. })));
+    let staging = backend.staging_dir().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&staging).unwrap();
+    let sizes: &[usize] = if large { &[1000, 40 << 20] } else { &[1000] };
+    for (number, &size) in sizes.iter().enumerate() {
+        let content = random_bytes(size, 10 + number as u64);
+        let mut file = tempfile::NamedTempFile::new_in(&staging).unwrap();
+        std::io::Write::write_all(&mut file, &content).unwrap();
+        let key = format!("data/ee/file{number}");
+        backend.put_file(&key, file).unwrap();
+        assert!(backend.get(&key).unwrap() == content, "put_file of {size} bytes changed the object");
+        assert!(backend.list("data/ee/").unwrap().iter().any(|info| info.key == key && info.size == size as u64));
+        backend.delete(&key).unwrap();
+    }
     if large {
         let big = Bytes::from(random_bytes(40 << 20, 3));
         backend.put("data/dd/big", big.clone()).unwrap();

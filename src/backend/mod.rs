@@ -47,6 +47,18 @@ pub trait Backend: Send + Sync {
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes>;
     /// Writes an object, replacing any object of that key.
     fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    /// Writes an object from a file that holds exactly its bytes (a pack), replacing any
+    /// object of that key. A local repository renames the file into place; the default
+    /// reads it and writes it with `put`.
+    fn put_file(&self, key: &str, file: tempfile::NamedTempFile) -> Result<()> {
+        let bytes = std::fs::read(file.path()).map_err(|e| crate::error::Error::io("cannot read", file.path(), e))?;
+        self.put(key, Bytes::from(bytes))
+    }
+    /// Where to write files for `put_file` so that it can rename them into place (a
+    /// local repository's `tmp/`); `None` if any directory will do.
+    fn staging_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
     /// Writes an object only if none of that key exists; returns false if one did.
     fn put_new(&self, key: &str, data: Bytes) -> Result<bool>;
     /// Lists the objects whose key starts with `prefix` (a folder such as `index/`).

@@ -65,6 +65,8 @@ fn classify(location: String, root: &str, text: String) -> Error {
 /// A backend over any `object_store` implementation, driven from synchronous code.
 pub struct ObjectStoreBackend {
     store: Arc<dyn ObjectStore>,
+    /// The repository's directory, for a local repository.
+    local_root: Option<std::path::PathBuf>,
     runtime: tokio::runtime::Runtime,
     location: String,
     requests: AtomicU64,
@@ -84,7 +86,9 @@ impl ObjectStoreBackend {
         }
         let store = LocalFileSystem::new_with_prefix(path)
             .map_err(|e| Error::Backend { location: location.clone(), message: e.to_string() })?;
-        Self::new(Arc::new(store), location)
+        let mut backend = Self::new(Arc::new(store), location)?;
+        backend.local_root = Some(path.to_path_buf());
+        Ok(backend)
     }
 
     /// Wraps an object store; `location` names it in messages.
@@ -100,6 +104,7 @@ impl ObjectStoreBackend {
             })?;
         Ok(Self {
             store,
+            local_root: None,
             runtime,
             location,
             requests: AtomicU64::new(0),
@@ -127,6 +132,58 @@ impl ObjectStoreBackend {
             }
             other => self.failure(key, other),
         }
+    }
+
+    /// Renames a finished file into place in a local repository; across file systems
+    /// (a `tmp/` that is a mount point of its own) it is copied by `put`.
+    fn rename_into_place(&self, root: &std::path::Path, key: &str, file: tempfile::NamedTempFile) -> Result<()> {
+        let target = root.join(key);
+        if let Some(folder) = target.parent() {
+            std::fs::create_dir_all(folder).map_err(|e| Error::io("cannot create", folder, e))?;
+        }
+        let size = file.as_file().metadata().map_err(|e| Error::io("cannot read", file.path(), e))?.len();
+        match file.persist(&target) {
+            Ok(_) => {
+                self.count(0, size as usize);
+                Ok(())
+            }
+            Err(error) if error.error.raw_os_error() == Some(libc::EXDEV) => {
+                let bytes =
+                    std::fs::read(error.file.path()).map_err(|e| Error::io("cannot read", error.file.path(), e))?;
+                self.put(key, Bytes::from(bytes))
+            }
+            Err(error) => Err(Error::io("cannot move a finished pack to", &target, error.error)),
+        }
+    }
+
+    /// Uploads a file in parts of `MULTIPART_PART`, at most two in flight, so memory
+    /// stays at two parts whatever the object's size.
+    fn upload_file(&self, key: &str, file: tempfile::NamedTempFile) -> Result<()> {
+        let size = file.as_file().metadata().map_err(|e| Error::io("cannot read", file.path(), e))?.len() as usize;
+        if size < MULTIPART_THRESHOLD {
+            let bytes = std::fs::read(file.path()).map_err(|e| Error::io("cannot read", file.path(), e))?;
+            return self.put(key, Bytes::from(bytes));
+        }
+        let path = StorePath::from(key);
+        self.requests.fetch_add(size.div_ceil(MULTIPART_PART) as u64 + 1, Ordering::Relaxed);
+        self.bytes_written.fetch_add(size as u64, Ordering::Relaxed);
+        let upload = self.runtime.block_on(self.store.put_multipart(&path)).map_err(|e| self.write_failure(key, e))?;
+        let _context = self.runtime.enter();
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+        // A reader of its own: the writer's position is at the end of the file.
+        let mut reader = std::fs::File::open(file.path()).map_err(|e| Error::io("cannot read", file.path(), e))?;
+        loop {
+            let mut part = Vec::with_capacity(MULTIPART_PART);
+            std::io::Read::read_to_end(&mut std::io::Read::take(&mut reader, MULTIPART_PART as u64), &mut part)
+                .map_err(|e| Error::io("cannot read", file.path(), e))?;
+            if part.is_empty() {
+                break;
+            }
+            self.runtime.block_on(writer.wait_for_capacity(1)).map_err(|e| self.write_failure(key, e))?;
+            writer.put(Bytes::from(part));
+        }
+        self.runtime.block_on(writer.finish()).map_err(|e| self.write_failure(key, e))?;
+        Ok(())
     }
 
     fn count(&self, read: usize, written: usize) {
@@ -183,6 +240,17 @@ impl Backend for ObjectStoreBackend {
             })
             .map_err(|e| self.write_failure(key, e))?;
         Ok(())
+    }
+
+    fn put_file(&self, key: &str, file: tempfile::NamedTempFile) -> Result<()> {
+        match &self.local_root {
+            Some(root) => self.rename_into_place(root, key, file),
+            None => self.upload_file(key, file),
+        }
+    }
+
+    fn staging_dir(&self) -> Option<std::path::PathBuf> {
+        self.local_root.as_ref().map(|root| root.join("tmp"))
     }
 
     fn put_new(&self, key: &str, data: Bytes) -> Result<bool> {

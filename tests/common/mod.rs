@@ -235,3 +235,9 @@ pub fn finished_objects(folder: &Path) -> usize {
         })
         .count()
 }
+
+/// Pack files left in a local repository's `tmp/` (packs being written).
+pub fn staged_pack_files(repo: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(repo.join("tmp")) else { return Vec::new() };
+    entries.filter_map(|entry| entry.ok()).map(|entry| entry.file_name().to_string_lossy().into_owned()).collect()
+}
