@@ -59,6 +59,11 @@ pub trait Backend: Send + Sync {
     fn staging_dir(&self) -> Option<std::path::PathBuf> {
         None
     }
+    /// How many range reads a restore keeps in flight: enough to hide the latency of
+    /// remote storage. A local disk overrides it with fewer.
+    fn parallel_reads(&self) -> usize {
+        8
+    }
     /// Writes an object only if none of that key exists; returns false if one did.
     fn put_new(&self, key: &str, data: Bytes) -> Result<bool>;
     /// Lists the objects whose key starts with `prefix` (a folder such as `index/`).

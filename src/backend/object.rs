@@ -249,6 +249,16 @@ impl Backend for ObjectStoreBackend {
         }
     }
 
+    fn parallel_reads(&self) -> usize {
+        // Reads from a local disk do not wait on a network: two per core keep the cores
+        // busy opening blobs. Eight on two cores held twice the memory for the same time
+        // (a restore of 1 GiB: 1.08 s either way, 112 MB against 74 MB peak).
+        match self.local_root {
+            Some(_) => 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            None => 8,
+        }
+    }
+
     fn staging_dir(&self) -> Option<std::path::PathBuf> {
         self.local_root.as_ref().map(|root| root.join("tmp"))
     }

@@ -23,8 +23,6 @@ use crate::repository::{pack_key, Repository};
 const COALESCE_GAP: u64 = 256 * 1024;
 /// A coalesced request grows no larger than this.
 const MAX_REQUEST: u64 = 4 * 1024 * 1024;
-/// Parallel range requests.
-const FETCHERS: usize = 8;
 const BLOCK: u64 = 4096;
 
 /// A file being restored under its temporary name.
@@ -82,7 +80,7 @@ pub(super) fn restore_contents(
     }
     let requests = plan_requests(repository, &destinations, &pending, &failures)?;
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(FETCHERS)
+        .num_threads(repository.backend().parallel_reads().max(1))
         .build()
         .map_err(|e| Error::InvalidInput(format!("cannot start restore threads: {e}")))?;
     let written: u64 = pool.install(|| {
