@@ -393,8 +393,10 @@ fn pack_header(repository: &Repository, key: &str, size: u64, tail: (u64, Bytes)
         Some(from) => tail.slice(from as usize..(from + length) as usize),
         None => repository.backend().get_range(key, start..start + length)?,
     };
-    let plain = open_object(repository.master(), "pack-header", &sealed, key)
-        .map_err(|_| Error::integrity(key, "its header does not decrypt (damaged or truncated)"))?;
+    let plain = open_object(repository.master(), "pack-header", &sealed, key).map_err(|error| match error {
+        Error::Integrity { reason, .. } => Error::integrity(key, reason.replacen("it ", "its header ", 1)),
+        other => other,
+    })?;
     decode_header(&plain, start, key)
 }
 

@@ -126,7 +126,12 @@ impl<'r> Packer<'r> {
                 Some(writer) => writer,
                 None => slot.insert(self.new_pack_file()?),
             };
-            writer.add(&sealed).map_err(|e| self.write_error(e))?;
+            if let Err(error) = writer.add(&sealed) {
+                // Part of the blob may be in the file: the pack is abandoned (its file
+                // removed) rather than finished with bytes its hash did not see.
+                *slot = None;
+                return Err(self.write_error(error));
+            }
             if writer.len() >= limit {
                 slot.take()
             } else {

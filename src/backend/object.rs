@@ -142,14 +142,18 @@ impl ObjectStoreBackend {
             std::fs::create_dir_all(folder).map_err(|e| Error::io("cannot create", folder, e))?;
         }
         let size = file.as_file().metadata().map_err(|e| Error::io("cannot read", file.path(), e))?.len();
-        match file.persist(&target) {
-            Ok(_) => {
+        // Closed before the rename, and its close checked: on NFS a write error may
+        // only show there, and a short pack must not get its name.
+        let (file, path) = file.into_parts();
+        nix::unistd::close(std::os::fd::IntoRawFd::into_raw_fd(file))
+            .map_err(|e| Error::io("cannot finish writing", &path, e.into()))?;
+        match path.persist(&target) {
+            Ok(()) => {
                 self.count(0, size as usize);
                 Ok(())
             }
             Err(error) if error.error.raw_os_error() == Some(libc::EXDEV) => {
-                let bytes =
-                    std::fs::read(error.file.path()).map_err(|e| Error::io("cannot read", error.file.path(), e))?;
+                let bytes = std::fs::read(&error.path).map_err(|e| Error::io("cannot read", &error.path, e))?;
                 self.put(key, Bytes::from(bytes))
             }
             Err(error) => Err(Error::io("cannot move a finished pack to", &target, error.error)),
@@ -170,20 +174,30 @@ impl ObjectStoreBackend {
         let upload = self.runtime.block_on(self.store.put_multipart(&path)).map_err(|e| self.write_failure(key, e))?;
         let _context = self.runtime.enter();
         let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+        match self.send_parts(&mut writer, file.path(), key) {
+            Ok(()) => self.runtime.block_on(writer.finish()).map(drop).map_err(|e| self.write_failure(key, e)),
+            Err(error) => {
+                // Best effort: parts of an upload never completed cost storage on S3.
+                let _ = self.runtime.block_on(writer.abort());
+                Err(error)
+            }
+        }
+    }
+
+    /// Reads `path` in parts and hands them to `writer`, one part in flight at a time.
+    fn send_parts(&self, writer: &mut WriteMultipart, path: &std::path::Path, key: &str) -> Result<()> {
         // A reader of its own: the writer's position is at the end of the file.
-        let mut reader = std::fs::File::open(file.path()).map_err(|e| Error::io("cannot read", file.path(), e))?;
+        let mut reader = std::fs::File::open(path).map_err(|e| Error::io("cannot read", path, e))?;
         loop {
             let mut part = Vec::with_capacity(MULTIPART_PART);
             std::io::Read::read_to_end(&mut std::io::Read::take(&mut reader, MULTIPART_PART as u64), &mut part)
-                .map_err(|e| Error::io("cannot read", file.path(), e))?;
+                .map_err(|e| Error::io("cannot read", path, e))?;
             if part.is_empty() {
-                break;
+                return Ok(());
             }
             self.runtime.block_on(writer.wait_for_capacity(1)).map_err(|e| self.write_failure(key, e))?;
             writer.put(Bytes::from(part));
         }
-        self.runtime.block_on(writer.finish()).map_err(|e| self.write_failure(key, e))?;
-        Ok(())
     }
 
     fn count(&self, read: usize, written: usize) {
