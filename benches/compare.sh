@@ -107,8 +107,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 unset COFFER_PASSWORD_FILE COFFER_PASSWORD_COMMAND RESTIC_PASSWORD_FILE RESTIC_PASSWORD_COMMAND \
     BORG_PASSCOMMAND BORG_PASSPHRASE_FD RUSTIC_PASSWORD_FILE RUSTIC_PASSWORD_COMMAND
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=benches/common.sh
+. "$HERE/common.sh"
 
 # --------------------------------------------------------------------------- tools
 
@@ -146,14 +146,7 @@ ensure_tools() {
         log "installing rustic: cargo install rustic-rs --locked (takes a while)"
         cargo install rustic-rs --locked >&2 || die "cargo install rustic-rs failed"
     fi
-    if [ -n "${COFFER_BIN:-}" ]; then
-        COFFER="$(cd "$(dirname "$COFFER_BIN")" && pwd)/$(basename "$COFFER_BIN")"
-    else
-        log "building coffer: cargo build --release --locked"
-        (cd "$ROOT" && cargo build --release --locked >&2)
-        COFFER="$ROOT/target/release/coffer"
-    fi
-    [ -x "$COFFER" ] || die "no coffer binary at $COFFER"
+    find_coffer
     export COFFER BORG_COMPRESSION
     if [ -z "$TOOLS_EXPLICIT" ]; then
         for t in restic borg rustic; do

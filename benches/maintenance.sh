@@ -39,17 +39,11 @@ JOBS_ARGS=()
 [ -n "${JOBS:-}" ] && JOBS_ARGS=(--jobs "$JOBS")
 unset COFFER_PASSWORD_FILE COFFER_PASSWORD_COMMAND
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { printf 'maintenance.sh: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=benches/common.sh
+. "$HERE/common.sh"
 
 [ -x /usr/bin/time ] || die "/usr/bin/time is missing (apt-get install time)"
-if [ -n "${COFFER_BIN:-}" ]; then
-    COFFER="$(cd "$(dirname "$COFFER_BIN")" && pwd)/$(basename "$COFFER_BIN")"
-else
-    log "building coffer: cargo build --release --locked"
-    (cd "$ROOT" && cargo build --release --locked >&2)
-    COFFER="$ROOT/target/release/coffer"
-fi
+find_coffer
 
 TREE="$WORK/tree-$FILES"
 export COFFER_REPOSITORY="$WORK/repo" COFFER_CACHE_DIR="$WORK/cache" COFFER_PASSWORD="coffer-bench-password"

@@ -39,8 +39,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 unset COFFER_PASSWORD_FILE COFFER_PASSWORD_COMMAND RESTIC_PASSWORD_FILE RESTIC_PASSWORD_COMMAND \
     BORG_PASSCOMMAND BORG_PASSPHRASE_FD RUSTIC_PASSWORD_FILE RUSTIC_PASSWORD_COMMAND
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { printf 'many_files.sh: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=benches/common.sh
+. "$HERE/common.sh"
 
 [ -x /usr/bin/time ] || die "/usr/bin/time is missing (apt-get install time)"
 for t in $TOOLS; do
@@ -50,13 +50,7 @@ for t in $TOOLS; do
     *) die "unknown tool '$t'" ;;
     esac
 done
-if [ -n "${COFFER_BIN:-}" ]; then
-    COFFER="$(cd "$(dirname "$COFFER_BIN")" && pwd)/$(basename "$COFFER_BIN")"
-else
-    log "building coffer: cargo build --release --locked"
-    (cd "$ROOT" && cargo build --release --locked >&2)
-    COFFER="$ROOT/target/release/coffer"
-fi
+find_coffer
 export COFFER
 
 mkdir -p "$WORK/logs"

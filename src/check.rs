@@ -390,7 +390,11 @@ fn pack_header(repository: &Repository, key: &str, size: u64, tail: (u64, Bytes)
     let last_four = tail.get(tail.len().saturating_sub(4)..).unwrap_or_default();
     let (start, length) = header_bounds(last_four, size, key)?;
     let sealed = match start.checked_sub(tail_start) {
-        Some(from) => tail.slice(from as usize..(from + length) as usize),
+        // A short last piece (a backend that returned less than asked) has no header.
+        Some(from) => tail
+            .get(from as usize..(from + length) as usize)
+            .map(Bytes::copy_from_slice)
+            .ok_or_else(|| Error::integrity(key, "it is shorter than its index says"))?,
         None => repository.backend().get_range(key, start..start + length)?,
     };
     let plain = open_object(repository.master(), "pack-header", &sealed, key).map_err(|error| match error {

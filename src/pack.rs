@@ -125,12 +125,8 @@ fn with_scratch<R>(work: impl FnOnce(&mut Scratch) -> R) -> R {
 }
 
 fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
-    COMPRESSOR.with_borrow_mut(|slot| {
-        if slot.as_ref().is_none_or(|(current, _)| *current != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
-        }
-        slot.as_mut()?.1.compress(data).ok()
-    })
+    let mut output = Vec::new();
+    compress_into(data, level, &mut output).then_some(output)
 }
 
 /// Compresses `data` into `output` (replacing what it held); false if zstd fails.
@@ -161,22 +157,18 @@ fn decompress_into(body: &[u8], raw_length: usize, output: &mut Vec<u8>) -> bool
             return false;
         };
         output.clear();
-        output.reserve(raw_length);
+        output.reserve_exact(raw_length);
         // The output is bounded by its capacity, at least the expected size; the caller
         // checks the length, so a body that decodes to more is refused either way.
         decompressor.decompress_to_buffer(body, output).is_ok()
     })
 }
 
+/// Decompresses into a new buffer of `limit` bytes: the frame may not record its size,
+/// and a body that decodes to more fails, which is what the limit asks.
 fn decompress(body: &[u8], limit: u64) -> Option<Vec<u8>> {
-    DECOMPRESSOR.with_borrow_mut(|slot| {
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new().ok()?);
-        }
-        // The frame may not record its size; a capacity of the expected size fails on
-        // anything larger, which is what the limit asks.
-        slot.as_mut()?.decompress(body, usize::try_from(limit).ok()?).ok()
-    })
+    let mut output = Vec::new();
+    decompress_into(body, usize::try_from(limit).ok()?, &mut output).then_some(output)
 }
 
 /// Bytes in each of the three samples `looks_incompressible` compresses.

@@ -170,5 +170,60 @@ fn damaged_and_truncated_reads_are_reported() {
             Ok(failed) => assert!(!failed.is_empty(), "{damage:?} went unnoticed"),
         }
         let _ = std::fs::remove_dir_all(work.path().join("out"));
+        assert_check_sees_damage(faulty, &format!("{damage:?}"));
     }
+}
+
+fn assert_check_sees_damage(backend: Arc<dyn Backend>, what: &str) {
+    let (repository, _) = Repository::open_damaged(backend, b"pw", None).unwrap();
+    let options = coffer::CheckOptions { read_data: Some(coffer::ReadSubset::All), jobs: 2 };
+    match coffer::check(&repository, &options) {
+        Err(error) => assert!(error.is_integrity(), "{what}: {error}"),
+        Ok(report) => assert!(report.is_damaged(), "{what} went unnoticed by check"),
+    }
+}
+
+/// A backend that answers every range read of a pack with only the last four bytes of
+/// the range: the pack trailer is right, the rest is missing.
+struct LastFourBytesOfPacks(Arc<MemoryBackend>);
+
+impl Backend for LastFourBytesOfPacks {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    fn get(&self, key: &str) -> coffer::Result<bytes::Bytes> {
+        self.0.get(key)
+    }
+    fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> coffer::Result<bytes::Bytes> {
+        let data = self.0.get_range(key, range)?;
+        match key.starts_with("data/") {
+            true => Ok(data.slice(data.len().saturating_sub(4)..)),
+            false => Ok(data),
+        }
+    }
+    fn put(&self, key: &str, data: bytes::Bytes) -> coffer::Result<()> {
+        self.0.put(key, data)
+    }
+    fn put_new(&self, key: &str, data: bytes::Bytes) -> coffer::Result<bool> {
+        self.0.put_new(key, data)
+    }
+    fn list(&self, prefix: &str) -> coffer::Result<Vec<coffer::backend::ObjectInfo>> {
+        self.0.list(prefix)
+    }
+    fn delete(&self, key: &str) -> coffer::Result<()> {
+        self.0.delete(key)
+    }
+}
+
+/// Regression: check took a pack's header from a last piece shorter than it asked for,
+/// trusting the length in its last four bytes, and sliced past the piece's end (a panic).
+#[test]
+fn check_reports_a_backend_that_returns_short_ranges() {
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    write_tree(&source, 6);
+    let memory = Arc::new(MemoryBackend::new());
+    Repository::init(memory.clone(), b"pw", &quick_init(), None).unwrap();
+    backup(memory.clone(), &source).unwrap();
+    assert_check_sees_damage(Arc::new(LastFourBytesOfPacks(memory)), "ranges cut to their last four bytes");
 }
