@@ -77,9 +77,26 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
 
+    /// SIGINT or SIGTERM stopped the operation; `outcome` says what was kept or undone.
+    #[error("interrupted by {}{}", signal_name(*.signal), if .outcome.is_empty() { String::new() } else { format!(": {}", .outcome) })]
+    Interrupted { signal: i32, outcome: String },
+
+    /// A lock held by this process was lost (not refreshed in time, or removed), so
+    /// the operation stopped before committing anything.
+    #[error("lost the repository lock: {reason}; nothing was committed")]
+    LockLost { reason: String },
+
     /// A restore finished but some files could not be restored intact.
     #[error("{failed} file(s) could not be restored: {first}")]
     RestoreIncomplete { failed: usize, first: String },
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
 }
 
 impl Error {

@@ -15,6 +15,7 @@ mod forget;
 pub mod fuzzing;
 mod id;
 mod index;
+pub mod interrupt;
 mod lock;
 mod manifest;
 mod pack;

@@ -14,6 +14,7 @@ fn main() {
             std::process::exit(code);
         }
     };
+    coffer::interrupt::install();
     let code = match cli::run(parsed) {
         Ok(code) => code,
         Err(error) => {

@@ -24,7 +24,7 @@ fn restore_everything(backend: &Arc<MemoryBackend>, target: &std::path::Path) ->
     let report = restorer::execute(&repository, &plan, &options).map_err(|e| e.to_string())?;
     match report.failed.first() {
         None => Ok(()),
-        Some((path, reason)) => Err(format!("{}: {reason}", path.display())),
+        Some(failure) => Err(format!("{}: {}", failure.path.display(), failure.reason)),
     }
 }
 
@@ -93,7 +93,8 @@ fn a_missing_pack_names_the_pack_and_the_files() {
     let plan = restorer::plan(&repository, &manifest, &options).unwrap();
     let restored = restorer::execute(&repository, &plan, &options).unwrap();
     assert_eq!(restored.failed.len(), 1);
-    let (path, reason) = &restored.failed[0];
+    let (path, reason) = (&restored.failed[0].path, &restored.failed[0].reason);
+    assert_eq!(restored.failed[0].cause, restorer::FailureCause::Damage);
     assert!(path.ends_with("scan.dcm"));
     assert!(reason.contains(biggest.key.rsplit('/').next().unwrap()) && reason.contains("missing"), "{reason}");
 }

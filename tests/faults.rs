@@ -157,7 +157,7 @@ fn damaged_and_truncated_reads_are_reported() {
     ] {
         let faulty = Arc::new(FaultyBackend::new(memory.clone()));
         faulty.damage_reads(Some(damage.clone()));
-        let outcome = (|| -> coffer::Result<Vec<(std::path::PathBuf, String)>> {
+        let outcome = (|| -> coffer::Result<Vec<restorer::Failure>> {
             let repository = Repository::open(faulty.clone(), b"pw", None)?;
             let (id, snapshot) = repository.find_snapshot("latest")?;
             let manifest = repository.load_manifest(&id, &snapshot)?;
@@ -167,7 +167,10 @@ fn damaged_and_truncated_reads_are_reported() {
         })();
         match outcome {
             Err(error) => assert!(error.is_integrity(), "{damage:?}: {error}"),
-            Ok(failed) => assert!(!failed.is_empty(), "{damage:?} went unnoticed"),
+            Ok(failed) => {
+                assert!(!failed.is_empty(), "{damage:?} went unnoticed");
+                assert!(failed.iter().all(|f| f.cause == restorer::FailureCause::Damage), "{damage:?}: {failed:?}");
+            }
         }
         let _ = std::fs::remove_dir_all(work.path().join("out"));
         assert_check_sees_damage(faulty, &format!("{damage:?}"));

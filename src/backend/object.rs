@@ -124,6 +124,17 @@ impl ObjectStoreBackend {
         }
     }
 
+    /// A range read beyond an object's end means the object is shorter than the index
+    /// that names the range says: damage, not a storage failure.
+    fn range_failure(&self, key: &str, error: object_store::Error) -> Error {
+        let text = chain_text(&error).to_ascii_lowercase();
+        let short = text.contains("range") && (text.contains("invalid") || text.contains("not satisfiable"));
+        if short && !matches!(error, object_store::Error::NotFound { .. }) {
+            return Error::integrity(key, format!("object is shorter than its index says ({})", first_line(&text)));
+        }
+        self.failure(key, error)
+    }
+
     /// A `NotFound` from a write or a listing means the bucket itself is missing.
     fn write_failure(&self, key: &str, error: object_store::Error) -> Error {
         match error {
@@ -225,7 +236,7 @@ impl Backend for ObjectStoreBackend {
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         let path = StorePath::from(key);
         let wanted = range.end.saturating_sub(range.start);
-        let data = self.runtime.block_on(self.store.get_range(&path, range)).map_err(|e| self.failure(key, e))?;
+        let data = self.runtime.block_on(self.store.get_range(&path, range)).map_err(|e| self.range_failure(key, e))?;
         self.count(data.len(), 0);
         if data.len() as u64 != wanted {
             return Err(Error::integrity(key, "object is shorter than its index says"));

@@ -246,14 +246,17 @@ fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
     for warning in &report.warnings {
         eprintln!("warning: {warning}");
     }
-    for (path, reason) in &report.failed {
-        eprintln!("error: {} not restored: {reason}", path.display());
+    for failure in &report.failed {
+        eprintln!("error: {} not restored: {}", failure.path.display(), failure.reason);
+    }
+    if report.stale_removed > 0 {
+        note(cli.quiet, &format!("removed {} temporary file(s) left by an earlier restore", report.stale_removed));
     }
     if cli.json {
         let failed: Vec<_> = report
             .failed
             .iter()
-            .map(|(path, reason)| json!({"path": path.display().to_string(), "reason": reason}))
+            .map(|failure| json!({"path": failure.path.display().to_string(), "reason": failure.reason}))
             .collect();
         output::json(
             &json!({"snapshot": id.to_hex(), "target": target.display().to_string(), "files": report.files, "dirs": report.dirs,
@@ -274,16 +277,20 @@ fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
             ),
         );
     }
-    if report.failed.is_empty() {
-        return Ok(exit::SUCCESS);
-    }
+    let code = match report.worst_cause() {
+        None => return Ok(exit::SUCCESS),
+        Some(restorer::FailureCause::Damage) => exit::DAMAGED,
+        Some(restorer::FailureCause::Unreachable) => exit::UNREACHABLE,
+        Some(restorer::FailureCause::Storage) => exit::FAILURE,
+        Some(restorer::FailureCause::LocalIo) => exit::LOCAL_IO,
+    };
     fail(
-        exit::DAMAGED,
+        code,
         format!(
             "{} file(s) could not be restored from snapshot {}; the first: {}",
             report.failed.len(),
             id.short(),
-            report.failed[0].1
+            report.failed[0].reason
         ),
     )
 }

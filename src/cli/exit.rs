@@ -35,5 +35,7 @@ pub fn code_of(error: &Error) -> i32 {
         Error::AccessDenied { .. } => ACCESS_DENIED,
         Error::Postgres { .. } => POSTGRES,
         Error::Refused(_) => REFUSED,
+        Error::Interrupted { signal, .. } => 128 + signal,
+        Error::LockLost { .. } => LOCKED,
     }
 }

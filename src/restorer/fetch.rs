@@ -1,17 +1,25 @@
 //! Restoring file contents: fetch the needed byte ranges of packs, coalesced and in
-//! parallel, verify each blob, and write it wherever it belongs, leaving zero blocks as holes.
+//! parallel, verify each blob, and write it wherever it belongs, leaving zero blocks as
+//! holes. Each file is written under a temporary name of its own, opened below the
+//! target without following symlinks and checked to be the file this run created.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::ffi::OsString;
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Mutex;
 
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use super::{Action, PlannedEntry, RestoreOptions, RestorePlan, RestoreReport};
+use super::{
+    beneath, metadata, Action, Failure, FailureCause, PlannedEntry, RestoreOptions, RestorePlan, RestoreReport, Run,
+};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 use crate::index::BlobLocation;
@@ -28,8 +36,13 @@ const BLOCK: u64 = 4096;
 /// A file being restored under its temporary name.
 struct Pending<'p> {
     planned: &'p PlannedEntry,
-    temporary: PathBuf,
+    /// Relative path of the temporary file, and its inode once created.
+    temporary: Vec<u8>,
+    inode: u64,
 }
+
+/// Why a pending file failed.
+type Failures = Mutex<HashMap<usize, (String, FailureCause)>>;
 
 /// Where one blob's bytes go.
 type Destinations = Vec<(usize, u64)>;
@@ -42,35 +55,29 @@ struct Request {
     blobs: Vec<BlobLocation>,
 }
 
-/// Restores every regular file of the plan; returns the entry ids that failed.
+/// Restores every regular file of the plan whose folder was made; returns the relative
+/// paths of the files that failed.
 pub(super) fn restore_contents(
+    run: &Run<'_>,
     repository: &Repository,
     plan: &RestorePlan,
     options: &RestoreOptions,
+    failed_dirs: &HashSet<Vec<u8>>,
     report: &mut RestoreReport,
-) -> Result<HashSet<i64>> {
+) -> Result<HashSet<Vec<u8>>> {
     let mut pending = Vec::new();
-    let failures: Mutex<HashMap<usize, String>> = Mutex::new(HashMap::new());
-    // Folders already made: one create_dir_all per folder, not one per file.
-    let mut made: HashSet<PathBuf> = HashSet::new();
-    for planned in plan.entries.iter().filter(|p| p.entry.kind == EntryKind::File && p.action != Action::HardLink) {
-        let temporary = temporary_name(&planned.target);
-        let parent = planned.target.parent().map(Path::to_path_buf).unwrap_or_default();
-        let folder = if made.contains(&parent) {
-            Ok(())
-        } else {
-            std::fs::create_dir_all(&parent).inspect(|()| {
-                made.insert(parent.clone());
-            })
-        };
-        let created = folder.and_then(|()| File::create(&temporary)).and_then(|file| file.set_len(planned.entry.size));
-        if let Err(error) = created {
-            failures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(pending.len(), format!("cannot create {}: {error}", temporary.display()));
+    let failures: Failures = Mutex::new(HashMap::new());
+    let files = plan.entries.iter().filter(|p| p.entry.kind == EntryKind::File && p.action != Action::HardLink);
+    for planned in files.filter(|p| !failed_dirs.contains(&p.relative)) {
+        let index = pending.len();
+        match create_temporary(run, planned) {
+            Ok(file) => pending.push(file),
+            Err(error) => {
+                pending.push(Pending { planned, temporary: Vec::new(), inode: 0 });
+                let reason = format!("cannot create a temporary file for {}: {error}", planned.target.display());
+                fail(&failures, index, reason, FailureCause::LocalIo);
+            }
         }
-        pending.push(Pending { planned, temporary });
     }
     let mut destinations: HashMap<BlobId, Destinations> = HashMap::new();
     for (index, file) in pending.iter().enumerate() {
@@ -83,25 +90,62 @@ pub(super) fn restore_contents(
         .num_threads(repository.backend().parallel_reads().max(1))
         .build()
         .map_err(|e| Error::InvalidInput(format!("cannot start restore threads: {e}")))?;
-    let written: u64 = pool.install(|| {
-        requests.par_iter().map(|request| fetch_request(repository, request, &destinations, &pending, &failures)).sum()
-    });
+    let fetch = |request: &Request| fetch_request(run, repository, request, &destinations, &pending, &failures);
+    let written: u64 = pool.install(|| requests.par_iter().map(fetch).sum());
     report.bytes_written += written;
-    let mut failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
-    finish_files(&pending, options.verify, &mut failures, report);
-    link_files(plan, report);
-    let failed_ids = failures.keys().map(|&index| pending[index].planned.entry_id).collect();
-    Ok(failed_ids)
+    let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(signal) = crate::interrupt::requested() {
+        let removed = pending.iter().filter(|file| remove_temporary(run, file)).count();
+        let outcome = format!("no file was put in place; {removed} temporary file(s) removed");
+        return Err(Error::Interrupted { signal, outcome });
+    }
+    let mut failed = finish_files(run, &pending, options.verify, failures, report);
+    link_files(run, plan, &mut failed, report);
+    Ok(failed)
 }
 
-fn temporary_name(target: &Path) -> PathBuf {
-    let name = target.file_name().unwrap_or_default().to_string_lossy();
-    let short: String = name.chars().take(64).collect();
-    target.with_file_name(format!(".{short}.coffer-restore-{}", std::process::id()))
+/// Creates a file's temporary sibling: `O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0600, at
+/// its full size (sparse), so nothing planted under that name is ever opened.
+fn create_temporary<'p>(run: &Run<'_>, planned: &'p PlannedEntry) -> std::io::Result<Pending<'p>> {
+    let folder = match run.target.parent(&planned.relative) {
+        Ok((folder, _)) => folder,
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {
+            let parent = beneath::split_last(&planned.relative).map(|(folder, _)| folder).unwrap_or_default();
+            run.target.make_dirs(parent)?;
+            run.target.parent(&planned.relative)?.0
+        }
+        Err(error) => return Err(error),
+    };
+    let name = run.temporary_name();
+    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+    let file = File::from(nix::fcntl::openat(&folder, name.as_os_str(), flags, Mode::from_bits_truncate(0o600))?);
+    file.set_len(planned.entry.size)?;
+    let inode = file.metadata()?.ino();
+    Ok(Pending { planned, temporary: Run::sibling(&planned.relative, &name), inode })
 }
 
-fn fail(failures: &Mutex<HashMap<usize, String>>, index: usize, reason: String) {
-    failures.lock().unwrap_or_else(|p| p.into_inner()).entry(index).or_insert(reason);
+/// Opens a pending file's temporary file again, refusing anything but the file this
+/// run created (a local user may have swapped the name for another file).
+fn reopen(run: &Run<'_>, file: &Pending<'_>, flags: OFlag) -> std::io::Result<File> {
+    let opened = File::from(run.target.open(&file.temporary, flags, Mode::empty())?);
+    if opened.metadata()?.ino() != file.inode {
+        return Err(std::io::Error::other("the temporary file was replaced by another"));
+    }
+    Ok(opened)
+}
+
+fn remove_temporary(run: &Run<'_>, file: &Pending<'_>) -> bool {
+    if file.temporary.is_empty() {
+        return false;
+    }
+    let Ok((folder, name)) = run.target.parent(&file.temporary) else {
+        return false;
+    };
+    nix::unistd::unlinkat(&folder, name, nix::unistd::UnlinkatFlags::NoRemoveDir).is_ok()
+}
+
+fn fail(failures: &Failures, index: usize, reason: String, cause: FailureCause) {
+    failures.lock().unwrap_or_else(|p| p.into_inner()).entry(index).or_insert((reason, cause));
 }
 
 /// Looks up every blob and groups them into coalesced range requests per pack.
@@ -109,7 +153,7 @@ fn plan_requests(
     repository: &Repository,
     destinations: &HashMap<BlobId, Destinations>,
     pending: &[Pending<'_>],
-    failures: &Mutex<HashMap<usize, String>>,
+    failures: &Failures,
 ) -> Result<Vec<Request>> {
     let mut by_pack: HashMap<PackId, Vec<BlobLocation>> = HashMap::new();
     for (blob, targets) in destinations {
@@ -117,14 +161,9 @@ fn plan_requests(
             Some(location) => by_pack.entry(location.pack).or_default().push(location),
             None => {
                 for &(index, _) in targets {
-                    fail(
-                        failures,
-                        index,
-                        format!(
-                            "{}: blob {blob} is not in the repository index",
-                            pending[index].planned.target.display()
-                        ),
-                    );
+                    let shown = pending[index].planned.target.display();
+                    let reason = format!("{shown}: blob {blob} is not in the repository index");
+                    fail(failures, index, reason, FailureCause::Damage);
                 }
             }
         }
@@ -139,11 +178,8 @@ fn plan_requests(
         };
         for location in blobs {
             for &(index, _) in destinations.get(&location.entry.id).map(Vec::as_slice).unwrap_or_default() {
-                fail(
-                    failures,
-                    index,
-                    format!("{} cannot be restored: {error}", pending[index].planned.target.display()),
-                );
+                let reason = format!("{} cannot be restored: {error}", pending[index].planned.target.display());
+                fail(failures, index, reason, FailureCause::of(&error));
             }
         }
     }
@@ -168,23 +204,30 @@ fn plan_requests(
     Ok(requests)
 }
 
-/// Fetches one range and writes its blobs; returns the bytes written.
+/// Fetches one range and writes its blobs; returns the bytes written. After an
+/// interrupt, requests not yet started are skipped.
 fn fetch_request(
+    run: &Run<'_>,
     repository: &Repository,
     request: &Request,
     destinations: &HashMap<BlobId, Destinations>,
     pending: &[Pending<'_>],
-    failures: &Mutex<HashMap<usize, String>>,
+    failures: &Failures,
 ) -> u64 {
-    let fail_blob = |location: &BlobLocation, reason: &str| {
+    if crate::interrupt::requested().is_some() {
+        return 0;
+    }
+    let fail_blob = |location: &BlobLocation, reason: &str, cause: FailureCause| {
         for &(index, _) in destinations.get(&location.entry.id).map(Vec::as_slice).unwrap_or_default() {
-            fail(failures, index, format!("{} cannot be restored: {reason}", pending[index].planned.target.display()));
+            let reason = format!("{} cannot be restored: {reason}", pending[index].planned.target.display());
+            fail(failures, index, reason, cause);
         }
     };
     let bytes = match repository.backend().get_range(&pack_key(&request.pack), request.start..request.end) {
         Ok(bytes) => bytes,
         Err(error) => {
-            request.blobs.iter().for_each(|location| fail_blob(location, &error.to_string()));
+            let cause = FailureCause::of(&error);
+            request.blobs.iter().for_each(|location| fail_blob(location, &error.to_string(), cause));
             return 0;
         }
     };
@@ -197,14 +240,15 @@ fn fetch_request(
         .map(|location| {
             let from = (location.entry.offset as u64 - request.start) as usize;
             let Some(sealed) = bytes.get(from..from + location.entry.length as usize) else {
-                fail_blob(location, &format!("{} returned fewer bytes than its index says", pack_key(&request.pack)));
+                let reason = format!("{} returned fewer bytes than its index says", pack_key(&request.pack));
+                fail_blob(location, &reason, FailureCause::Damage);
                 return 0;
             };
-            let write = |data: &[u8]| write_blob(data, destinations.get(&location.entry.id), pending, failures);
+            let write = |data: &[u8]| write_blob(run, data, destinations.get(&location.entry.id), pending, failures);
             match repository.visit_sealed_blob(location, sealed, write) {
                 Ok(written) => written,
                 Err(error) => {
-                    fail_blob(location, &error.to_string());
+                    fail_blob(location, &error.to_string(), FailureCause::Damage);
                     0
                 }
             }
@@ -214,25 +258,31 @@ fn fetch_request(
 
 /// Writes one opened blob wherever it belongs; returns the bytes written.
 fn write_blob(
+    run: &Run<'_>,
     data: &[u8],
     destinations: Option<&Destinations>,
     pending: &[Pending<'_>],
-    failures: &Mutex<HashMap<usize, String>>,
+    failures: &Failures,
 ) -> u64 {
     let mut written = 0;
     for &(index, offset) in destinations.map(Vec::as_slice).unwrap_or_default() {
         let file = &pending[index];
-        match write_sparse(&file.temporary, offset, data) {
+        if file.temporary.is_empty() {
+            continue;
+        }
+        match reopen(run, file, OFlag::O_WRONLY).and_then(|opened| write_sparse(&opened, offset, data)) {
             Ok(()) => written += data.len() as u64,
-            Err(error) => fail(failures, index, format!("cannot write {}: {error}", file.temporary.display())),
+            Err(error) => {
+                let reason = format!("cannot write {}: {error}", run.target.display(&file.temporary).display());
+                fail(failures, index, reason, FailureCause::LocalIo)
+            }
         }
     }
     written
 }
 
 /// Writes `data` at `offset`, skipping 4 KiB blocks of zeros so they stay holes.
-fn write_sparse(path: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
-    let file = OpenOptions::new().write(true).open(path)?;
+fn write_sparse(file: &File, offset: u64, data: &[u8]) -> std::io::Result<()> {
     let mut position = 0usize;
     let mut run_start: Option<usize> = None;
     while position < data.len() {
@@ -255,43 +305,58 @@ fn write_sparse(path: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Verifies (when asked) and renames finished files into place; removes failed ones.
+/// Verifies (when asked), sets the metadata of and renames finished files into place;
+/// removes failed ones. Returns the relative paths of the files that failed.
 fn finish_files(
+    run: &Run<'_>,
     pending: &[Pending<'_>],
     verify: bool,
-    failures: &mut HashMap<usize, String>,
+    mut failures: HashMap<usize, (String, FailureCause)>,
     report: &mut RestoreReport,
-) {
+) -> HashSet<Vec<u8>> {
+    let mut owners = crate::system::is_root().then(crate::system::OwnerIds::default);
+    let mut failed = HashSet::new();
     for (index, file) in pending.iter().enumerate() {
-        let target = &file.planned.target;
-        if !failures.contains_key(&index) && verify {
-            if let Some(reason) = verify_file(&file.temporary, file.planned.entry.sha256) {
-                failures.insert(index, format!("{} failed verification: {reason}", target.display()));
-            }
-        }
-        if let Some(reason) = failures.get(&index) {
-            let _ = std::fs::remove_file(&file.temporary);
-            report.failed.push((target.clone(), reason.clone()));
-            continue;
-        }
-        match std::fs::rename(&file.temporary, target) {
+        let planned = file.planned;
+        let outcome = match failures.remove(&index) {
+            Some(failure) => Err(failure),
+            None => finish_file(run, file, verify, owners.as_mut(), &mut report.warnings),
+        };
+        match outcome {
             Ok(()) => report.files += 1,
-            Err(error) => {
-                let _ = std::fs::remove_file(&file.temporary);
-                let reason = format!("cannot put {} in place: {error}", target.display());
-                failures.insert(index, reason.clone());
-                report.failed.push((target.clone(), reason));
+            Err((reason, cause)) => {
+                remove_temporary(run, file);
+                failed.insert(planned.relative.clone());
+                report.failed.push(Failure { path: planned.target.clone(), reason, cause });
             }
         }
     }
+    failed
 }
 
-fn verify_file(path: &Path, expected: Option<[u8; 32]>) -> Option<String> {
+/// One complete file: verified, given its metadata through its handle, renamed.
+fn finish_file(
+    run: &Run<'_>,
+    file: &Pending<'_>,
+    verify: bool,
+    owners: Option<&mut crate::system::OwnerIds>,
+    warnings: &mut Vec<String>,
+) -> std::result::Result<(), (String, FailureCause)> {
+    let target = file.planned.target.display();
+    let local = |error: std::io::Error| (format!("cannot put {target} in place: {error}"), FailureCause::LocalIo);
+    let mut opened = reopen(run, file, OFlag::O_RDONLY).map_err(local)?;
+    if verify {
+        if let Some(reason) = verify_file(&mut opened, file.planned.entry.sha256) {
+            return Err((format!("{target} failed verification: {reason}"), FailureCause::Damage));
+        }
+    }
+    metadata::apply_to_handle(&OwnedFd::from(opened), file.planned, owners, warnings);
+    let name = beneath::split_last(&file.temporary).map(|(_, name)| name).unwrap_or_default();
+    metadata::rename_into_place(run, &file.planned.relative, std::ffi::OsStr::from_bytes(name)).map_err(local)
+}
+
+fn verify_file(file: &mut File, expected: Option<[u8; 32]>) -> Option<String> {
     let expected = expected?;
-    let mut file = match File::open(path) {
-        Ok(file) => file,
-        Err(error) => return Some(error.to_string()),
-    };
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
@@ -306,30 +371,42 @@ fn verify_file(path: &Path, expected: Option<[u8; 32]>) -> Option<String> {
         .then(|| format!("SHA-256 {} differs from the manifest's {}", hex::encode(actual), hex::encode(expected)))
 }
 
-/// Creates the further names of hard-linked files.
-fn link_files(plan: &RestorePlan, report: &mut RestoreReport) {
-    let failed: HashSet<PathBuf> = report.failed.iter().map(|(path, _)| path.clone()).collect();
+/// Creates the further names of hard-linked files: a link under a temporary name,
+/// renamed over the final one.
+fn link_files(run: &Run<'_>, plan: &RestorePlan, failed: &mut HashSet<Vec<u8>>, report: &mut RestoreReport) {
     for planned in plan.entries.iter().filter(|p| p.action == Action::HardLink) {
         let Some(leader) = &planned.link_to else {
             continue;
         };
-        if failed.contains(leader) {
-            report
-                .failed
-                .push((planned.target.clone(), format!("its hard link {} could not be restored", leader.display())));
-            continue;
-        }
-        if std::fs::symlink_metadata(&planned.target).is_ok_and(|m| !m.is_dir()) {
-            let _ = std::fs::remove_file(&planned.target);
-        }
-        match std::fs::hard_link(leader, &planned.target) {
+        let outcome = if failed.contains(leader) {
+            let shown = run.target.display(leader);
+            Err((format!("its hard link {} could not be restored", shown.display()), FailureCause::LocalIo))
+        } else {
+            link_one(run, leader, &planned.relative).map_err(|error| {
+                let reason = format!(
+                    "cannot link {} to {}: {error}",
+                    planned.target.display(),
+                    run.target.display(leader).display()
+                );
+                (reason, FailureCause::LocalIo)
+            })
+        };
+        match outcome {
             Ok(()) => report.files += 1,
-            Err(error) => report.failed.push((
-                planned.target.clone(),
-                format!("cannot link {} to {}: {error}", planned.target.display(), leader.display()),
-            )),
+            Err((reason, cause)) => {
+                failed.insert(planned.relative.clone());
+                report.failed.push(Failure { path: planned.target.clone(), reason, cause });
+            }
         }
     }
+}
+
+fn link_one(run: &Run<'_>, leader: &[u8], relative: &[u8]) -> std::io::Result<()> {
+    let (leader_folder, leader_name) = run.target.parent(leader)?;
+    let (folder, _) = run.target.parent(relative)?;
+    let temporary: OsString = run.temporary_name();
+    nix::unistd::linkat(&leader_folder, leader_name, &folder, temporary.as_os_str(), nix::fcntl::AtFlags::empty())?;
+    metadata::rename_into_place(run, relative, &temporary)
 }
 
 #[cfg(test)]
@@ -345,7 +422,7 @@ mod tests {
         let mut data = vec![0u8; 1 << 22];
         data[100] = 1;
         data[(1 << 22) - 1] = 2;
-        write_sparse(&path, 0, &data).unwrap();
+        write_sparse(&File::options().write(true).open(&path).unwrap(), 0, &data).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);
         assert!(std::fs::metadata(&path).unwrap().blocks() * 512 < 1 << 20);
     }
@@ -357,7 +434,7 @@ mod tests {
         File::create(&path).unwrap().set_len(20_000).unwrap();
         let data: Vec<u8> =
             (0..15_000u32).map(|i| if (5000..12000).contains(&i) { 0 } else { (i % 251 + 1) as u8 }).collect();
-        write_sparse(&path, 4_999, &data).unwrap();
+        write_sparse(&File::options().write(true).open(&path).unwrap(), 4_999, &data).unwrap();
         let back = std::fs::read(&path).unwrap();
         assert_eq!(&back[4_999..19_999], &data[..]);
     }

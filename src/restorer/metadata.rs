@@ -1,99 +1,231 @@
-//! Recreating special entries and applying metadata: owner, mode, extended attributes, times.
+//! Recreating special entries and applying metadata (owner, mode, extended attributes,
+//! times) through open handles, never by a path a symlink could redirect.
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
-use nix::fcntl::{AtFlags, AT_FDCWD};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid};
+use nix::unistd::{Gid, Uid, UnlinkatFlags};
 
-use super::{Action, PlannedEntry};
-use crate::error::{Error, Result};
-use crate::manifest::EntryKind;
+use super::{PlannedEntry, Run};
+use crate::manifest::{Entry, EntryKind};
+use crate::system::OwnerIds;
 
-fn remove_existing(path: &Path) {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
-/// Creates symlinks, fifos and devices; files and directories are made elsewhere.
-pub(super) fn create_special(planned: &PlannedEntry) -> Result<()> {
-    let path = &planned.target;
+/// Creates a symlink, fifo or device under a temporary name, gives it its metadata
+/// and renames it over whatever is at its final name (an empty folder included).
+pub(super) fn create_special(
+    run: &Run<'_>,
+    planned: &PlannedEntry,
+    owners: Option<&mut OwnerIds>,
+    warnings: &mut Vec<String>,
+) -> io::Result<()> {
+    let (folder, _) = run.target.parent(&planned.relative)?;
+    let name = run.temporary_name();
     let entry = &planned.entry;
-    let mode = Mode::from_bits_truncate(entry.mode & 0o777);
-    let made = match entry.kind {
+    let private = Mode::from_bits_truncate(0o600);
+    match entry.kind {
         EntryKind::Symlink => {
-            remove_existing(path);
             let target = OsStr::from_bytes(entry.link_target.as_deref().unwrap_or_default());
-            std::os::unix::fs::symlink(target, path)
+            nix::unistd::symlinkat(target, &folder, name.as_os_str())?;
         }
-        EntryKind::Fifo => {
-            remove_existing(path);
-            nix::unistd::mkfifo(path, mode).map_err(std::io::Error::from)
-        }
+        EntryKind::Fifo => nix::sys::stat::mknodat(&folder, name.as_os_str(), SFlag::S_IFIFO, private, 0)?,
         EntryKind::CharDevice | EntryKind::BlockDevice => {
-            remove_existing(path);
             let kind = if entry.kind == EntryKind::CharDevice { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
-            nix::sys::stat::mknod(path, kind, mode, entry.rdev as libc::dev_t).map_err(std::io::Error::from)
+            nix::sys::stat::mknodat(&folder, name.as_os_str(), kind, private, entry.rdev as libc::dev_t)?;
         }
-        _ => Ok(()),
+        _ => return Ok(()),
+    }
+    let applied = match entry.kind {
+        EntryKind::Symlink => apply_to_symlink(&folder, &name, planned, owners, warnings),
+        _ => apply_to_node(&folder, &name, planned, owners, warnings),
     };
-    made.map_err(|e| Error::io("cannot create", path, e))
+    let placed = applied.and_then(|()| rename_into_place(run, &planned.relative, &name));
+    if placed.is_err() {
+        let _ = nix::unistd::unlinkat(&folder, name.as_os_str(), UnlinkatFlags::NoRemoveDir);
+    }
+    placed
 }
 
-/// Applies metadata to everything restored: other entries first, then directories from
-/// the deepest up, so creating entries does not disturb a directory's times afterwards.
-pub(super) fn apply_all(entries: &[&PlannedEntry], warnings: &mut Vec<String>) {
-    let mut owners = crate::system::is_root().then(crate::system::OwnerIds::default);
-    for planned in entries.iter().filter(|p| p.entry.kind != EntryKind::Dir && p.action != Action::HardLink) {
-        apply(planned, owners.as_mut(), warnings);
+/// Renames the temporary entry `name` (in the folder of `relative`) to `relative`. An
+/// empty folder in the way is removed; a folder with content is not, and fails.
+pub(super) fn rename_into_place(run: &Run<'_>, relative: &[u8], name: &OsStr) -> io::Result<()> {
+    let (folder, final_name) = run.target.parent(relative)?;
+    let renamed = match nix::fcntl::renameat(&folder, name, &folder, final_name) {
+        Err(Errno::EISDIR) | Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) => {
+            match nix::unistd::unlinkat(&folder, final_name, UnlinkatFlags::RemoveDir) {
+                Ok(()) => nix::fcntl::renameat(&folder, name, &folder, final_name),
+                Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) => {
+                    Err(io::Error::other("a folder that is not empty is in the way"))?
+                }
+                Err(error) => Err(error),
+            }
+        }
+        other => other,
+    };
+    // Renaming one name of a file over another name of the same file does nothing
+    // and succeeds: the temporary name must still go.
+    match nix::unistd::unlinkat(&folder, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(error) => return Err(error.into()),
     }
-    for planned in entries.iter().rev().filter(|p| p.entry.kind == EntryKind::Dir) {
-        apply(planned, owners.as_mut(), warnings);
+    Ok(renamed?)
+}
+
+/// Applies a folder's metadata (after everything inside it was made).
+pub(super) fn apply_dir(
+    run: &Run<'_>,
+    planned: &PlannedEntry,
+    owners: Option<&mut OwnerIds>,
+    warnings: &mut Vec<String>,
+) {
+    match run.target.open(&planned.relative, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()) {
+        Ok(folder) => apply_to_handle(&folder, planned, owners, warnings),
+        Err(error) => warnings.push(format!("cannot set metadata of {}: {error}", planned.target.display())),
     }
 }
 
-/// Sets owner (when `owners` is given: running as root), mode, xattrs and times.
-fn apply(planned: &PlannedEntry, owners: Option<&mut crate::system::OwnerIds>, warnings: &mut Vec<String>) {
-    let (entry, path) = (&planned.entry, planned.target.as_path());
-    if let Some(owners) = owners {
-        let uid = entry.user.as_deref().and_then(|name| owners.uid_of(name)).unwrap_or(entry.uid);
-        let gid = entry.group.as_deref().and_then(|name| owners.gid_of(name)).unwrap_or(entry.gid);
-        let owned = nix::unistd::fchownat(
-            AT_FDCWD,
-            path,
-            Some(Uid::from_raw(uid)),
-            Some(Gid::from_raw(gid)),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        );
-        if let Err(error) = owned {
-            warnings.push(format!("cannot set owner of {}: {error}", path.display()));
+/// Sets owner (as root), mode, extended attributes and times of an open file or folder.
+pub(super) fn apply_to_handle(
+    handle: &OwnedFd,
+    planned: &PlannedEntry,
+    owners: Option<&mut OwnerIds>,
+    warnings: &mut Vec<String>,
+) {
+    let (entry, shown) = (&planned.entry, planned.target.display());
+    if let Some((uid, gid)) = owners.map(|owners| owner_of(entry, owners)) {
+        if let Err(error) = nix::unistd::fchown(handle, Some(uid), Some(gid)) {
+            warnings.push(format!("cannot set owner of {shown}: {error}"));
         }
     }
-    if entry.kind != EntryKind::Symlink {
-        if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(entry.mode)) {
-            warnings.push(format!("cannot set mode of {}: {error}", path.display()));
+    // After the owner: changing the owner clears setuid and setgid bits.
+    if let Err(error) = nix::sys::stat::fchmod(handle, Mode::from_bits_truncate(entry.mode & 0o7777)) {
+        warnings.push(format!("cannot set mode of {shown}: {error}"));
+    }
+    for (name, value) in &planned.xattrs {
+        if let Err(error) = set_xattr(XattrTarget::Handle(handle.as_fd()), name, value) {
+            warnings.push(xattr_warning(name, &shown, error));
         }
     }
-    apply_xattrs(&planned.xattrs, path, warnings);
-    let mtime = TimeSpec::new(entry.mtime_ns.div_euclid(1_000_000_000), entry.mtime_ns.rem_euclid(1_000_000_000));
-    if let Err(error) = nix::sys::stat::utimensat(AT_FDCWD, path, &mtime, &mtime, UtimensatFlags::NoFollowSymlink) {
-        warnings.push(format!("cannot set times of {}: {error}", path.display()));
+    let mtime = mtime_of(entry);
+    if let Err(error) = nix::sys::stat::futimens(handle, &mtime, &mtime) {
+        warnings.push(format!("cannot set times of {shown}: {error}"));
     }
 }
 
-fn apply_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)], path: &Path, warnings: &mut Vec<String>) {
-    for (name, value) in xattrs {
-        if let Err(error) = xattr::set(path, OsStr::from_bytes(name), value) {
-            warnings.push(format!(
-                "cannot set extended attribute {} of {}: {error}",
-                String::from_utf8_lossy(name),
-                path.display()
-            ));
+/// A symlink's metadata, through its folder's handle and without following it.
+fn apply_to_symlink(
+    folder: &OwnedFd,
+    name: &OsStr,
+    planned: &PlannedEntry,
+    owners: Option<&mut OwnerIds>,
+    warnings: &mut Vec<String>,
+) -> io::Result<()> {
+    let entry = &planned.entry;
+    let shown = planned.target.display();
+    if let Some((uid, gid)) = owners.map(|owners| owner_of(entry, owners)) {
+        if let Err(error) = nix::unistd::fchownat(folder, name, Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            warnings.push(format!("cannot set owner of {shown}: {error}"));
         }
+    }
+    let path = super::beneath::proc_path(folder.as_fd(), Some(name));
+    for (attribute, value) in &planned.xattrs {
+        if let Err(error) = set_xattr(XattrTarget::Link(&path), attribute, value) {
+            warnings.push(xattr_warning(attribute, &shown, error));
+        }
+    }
+    let mtime = mtime_of(entry);
+    nix::sys::stat::utimensat(folder, name, &mtime, &mtime, UtimensatFlags::NoFollowSymlink)
+        .unwrap_or_else(|error| warnings.push(format!("cannot set times of {shown}: {error}")));
+    Ok(())
+}
+
+/// A fifo's or device's metadata, through an `O_PATH` handle of exactly the node this
+/// run made (opening a device could have side effects).
+fn apply_to_node(
+    folder: &OwnedFd,
+    name: &OsStr,
+    planned: &PlannedEntry,
+    owners: Option<&mut OwnerIds>,
+    warnings: &mut Vec<String>,
+) -> io::Result<()> {
+    let entry = &planned.entry;
+    let shown = planned.target.display();
+    let node = nix::fcntl::openat(folder, name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
+    let stat = nix::sys::stat::fstat(&node)?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK {
+        return Err(io::Error::other("the new entry was replaced by a symlink"));
+    }
+    if let Some((uid, gid)) = owners.map(|owners| owner_of(entry, owners)) {
+        if let Err(error) = nix::unistd::fchownat(&node, "", Some(uid), Some(gid), AtFlags::AT_EMPTY_PATH) {
+            warnings.push(format!("cannot set owner of {shown}: {error}"));
+        }
+    }
+    // `/proc/self/fd/N` names exactly this node; following it cannot lead elsewhere.
+    let path = super::beneath::proc_path(node.as_fd(), None);
+    let mode = Mode::from_bits_truncate(entry.mode & 0o7777);
+    if let Err(error) =
+        nix::sys::stat::fchmodat(nix::fcntl::AT_FDCWD, &path, mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
+    {
+        warnings.push(format!("cannot set mode of {shown}: {error}"));
+    }
+    for (attribute, value) in &planned.xattrs {
+        if let Err(error) = set_xattr(XattrTarget::Path(&path), attribute, value) {
+            warnings.push(xattr_warning(attribute, &shown, error));
+        }
+    }
+    let mtime = mtime_of(entry);
+    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, &path, &mtime, &mtime, UtimensatFlags::FollowSymlink)
+        .unwrap_or_else(|error| warnings.push(format!("cannot set times of {shown}: {error}")));
+    Ok(())
+}
+
+/// The local owner of an entry: by name where the name exists here, else by number.
+fn owner_of(entry: &Entry, owners: &mut OwnerIds) -> (Uid, Gid) {
+    let uid = entry.user.as_deref().and_then(|name| owners.uid_of(name)).unwrap_or(entry.uid);
+    let gid = entry.group.as_deref().and_then(|name| owners.gid_of(name)).unwrap_or(entry.gid);
+    (Uid::from_raw(uid), Gid::from_raw(gid))
+}
+
+fn mtime_of(entry: &Entry) -> TimeSpec {
+    TimeSpec::new(entry.mtime_ns.div_euclid(1_000_000_000), entry.mtime_ns.rem_euclid(1_000_000_000))
+}
+
+fn xattr_warning(name: &[u8], shown: &std::path::Display<'_>, error: io::Error) -> String {
+    format!("cannot set extended attribute {} of {shown}: {error}", String::from_utf8_lossy(name))
+}
+
+/// What an extended attribute is set on.
+enum XattrTarget<'a> {
+    /// An open file or folder.
+    Handle(std::os::fd::BorrowedFd<'a>),
+    /// A path whose last component is not followed (a symlink).
+    Link(&'a std::path::Path),
+    /// A `/proc/self/fd/N` path, followed to exactly that node.
+    Path(&'a std::path::Path),
+}
+
+fn set_xattr(target: XattrTarget<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let (data, size) = (value.as_ptr().cast::<libc::c_void>(), value.len());
+    let path_of = |path: &std::path::Path| {
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    // SAFETY: every pointer is to a live, NUL-terminated string or to `value`'s bytes.
+    let result = match target {
+        XattrTarget::Handle(fd) => unsafe {
+            libc::fsetxattr(std::os::fd::AsRawFd::as_raw_fd(&fd), name.as_ptr(), data, size, 0)
+        },
+        XattrTarget::Link(path) => unsafe { libc::lsetxattr(path_of(path)?.as_ptr(), name.as_ptr(), data, size, 0) },
+        XattrTarget::Path(path) => unsafe { libc::setxattr(path_of(path)?.as_ptr(), name.as_ptr(), data, size, 0) },
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }

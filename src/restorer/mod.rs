@@ -1,9 +1,13 @@
 //! Restore: plan which entries go where and what must be fetched, then execute the plan.
 //!
-//! Files are written to temporary names beside their final ones and renamed into place
-//! only once complete and verified, so a failed restore never leaves a half-written
-//! file under a real name.
+//! Every path is resolved beneath the target without following a symlink
+//! ([`beneath`]). Entries are made under unique temporary names (`O_EXCL`, mode 0600),
+//! get their owner, mode, extended attributes and times through the open handle, and
+//! are renamed into place only once complete and verified, so a failed restore never
+//! leaves a half-written file under a real name, and nothing outside the target is
+//! ever touched.
 
+mod beneath;
 mod fetch;
 mod metadata;
 mod postgres;
@@ -11,11 +15,14 @@ mod postgres;
 pub use postgres::{restore_postgres, select_source, verify_pg_dump, PgRestoreReport};
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use beneath::{Found, TargetDir, TargetLock};
 
 use crate::error::{Error, Result};
 use crate::id::BlobId;
@@ -52,10 +59,13 @@ pub enum Action {
 pub struct PlannedEntry {
     pub entry_id: i64,
     pub entry: Entry,
+    /// Where the entry lands, for messages.
     pub target: PathBuf,
+    /// Where the entry lands below the target (`a/b`; empty for the target itself).
+    pub relative: Vec<u8>,
     pub action: Action,
-    /// For `HardLink`: the target path of the first restored name.
-    pub link_to: Option<PathBuf>,
+    /// For `HardLink`: the relative path of the first restored name.
+    pub link_to: Option<Vec<u8>>,
     pub chunks: Vec<ChunkRef>,
     /// Extended attributes to set.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
@@ -78,6 +88,39 @@ pub struct RestorePlan {
     pub warnings: Vec<String>,
 }
 
+/// Why an entry was not restored: what the exit code reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FailureCause {
+    /// The local file system refused (permissions, a full disk, a folder in the way).
+    LocalIo,
+    /// Storage failed to answer (after retries).
+    Storage,
+    /// Storage could not be reached (after retries).
+    Unreachable,
+    /// Data in the repository is damaged or missing.
+    Damage,
+}
+
+impl FailureCause {
+    /// The cause for a library error met while fetching.
+    pub fn of(error: &Error) -> Self {
+        match error {
+            error if error.is_integrity() => FailureCause::Damage,
+            Error::Unreachable { .. } => FailureCause::Unreachable,
+            Error::Io { .. } | Error::Cache { .. } => FailureCause::LocalIo,
+            _ => FailureCause::Storage,
+        }
+    }
+}
+
+/// One entry that could not be restored.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub path: PathBuf,
+    pub reason: String,
+    pub cause: FailureCause,
+}
+
 /// The outcome of a restore.
 #[derive(Debug, Default)]
 pub struct RestoreReport {
@@ -86,9 +129,18 @@ pub struct RestoreReport {
     pub bytes_written: u64,
     pub bytes_fetched: u64,
     pub requests: u64,
-    /// Files not restored, with the reason (naming the damaged object).
-    pub failed: Vec<(PathBuf, String)>,
+    /// Entries not restored, with the reason (naming the damaged object).
+    pub failed: Vec<Failure>,
     pub warnings: Vec<String>,
+    /// Temporary files of earlier, killed restores that were removed.
+    pub stale_removed: usize,
+}
+
+impl RestoreReport {
+    /// The most serious cause among the failures.
+    pub fn worst_cause(&self) -> Option<FailureCause> {
+        self.failed.iter().map(|failure| failure.cause).max()
+    }
 }
 
 /// Compiles globs; a pattern without `/` matches a name at any depth.
@@ -112,22 +164,18 @@ fn matches_or_below(set: &GlobSet, path: &[u8]) -> bool {
     path.ancestors().any(|ancestor| ancestor != Path::new("/") && set.is_match(ancestor))
 }
 
-/// Where an entry lands: below `target`, relative to the subpath or to `/`.
-fn target_of(entry_path: &[u8], base: &[u8], base_is_file: bool, target: &Path) -> PathBuf {
+/// Where an entry lands below the target: relative to the subpath, or to `/`. Manifest
+/// paths were validated when read, so the result has no empty, `.` or `..` component.
+fn relative_of(entry_path: &[u8], base: &[u8], base_is_file: bool) -> Vec<u8> {
     if base_is_file {
-        let name = Path::new(OsStr::from_bytes(entry_path)).file_name().unwrap_or_default();
-        return target.join(name);
+        return beneath::split_last(entry_path).map(|(_, name)| name.to_vec()).unwrap_or_default();
     }
     let relative = entry_path.get(base.len()..).unwrap_or_default();
-    let relative = relative.strip_prefix(b"/").unwrap_or(relative);
-    if relative.is_empty() {
-        target.to_path_buf()
-    } else {
-        target.join(OsStr::from_bytes(relative))
-    }
+    relative.strip_prefix(b"/").unwrap_or(relative).to_vec()
 }
 
-/// Builds the plan: reads only the manifest rows below the subpath.
+/// Builds the plan: reads only the manifest rows below the subpath, and looks at the
+/// target (without following symlinks) to tell creations from overwrites.
 pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptions) -> Result<RestorePlan> {
     let base = options.subpath.clone().unwrap_or_else(|| b"/".to_vec());
     let base = if base.len() > 1 { base.strip_suffix(b"/").unwrap_or(&base).to_vec() } else { base };
@@ -138,8 +186,10 @@ pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptio
     }
     let base_is_file = rows.len() == 1 && rows[0].1.path == base && rows[0].1.kind != EntryKind::Dir;
     let (include, exclude) = (glob_set(&options.include)?, glob_set(&options.exclude)?);
+    let existing = TargetDir::open_existing(&options.target)
+        .map_err(|e| Error::io("cannot open restore target", &options.target, e))?;
     let mut plan = RestorePlan::default();
-    let mut leaders: HashMap<i64, PathBuf> = HashMap::new();
+    let mut leaders: HashMap<i64, Vec<u8>> = HashMap::new();
     for (entry_id, entry) in rows {
         let wanted =
             include.as_ref().is_none_or(|set| entry.kind == EntryKind::Dir || matches_or_below(set, &entry.path));
@@ -147,8 +197,13 @@ pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptio
         if !wanted || unwanted || (entry.path == b"/" && options.subpath.is_none()) {
             continue;
         }
-        let target = target_of(&entry.path, &base, base_is_file, &options.target);
-        let planned = plan_entry(manifest, entry_id, entry, target, &mut leaders, &mut plan)?;
+        let relative = relative_of(&entry.path, &base, base_is_file);
+        let found = match &existing {
+            Some(target) => target.find(&relative).unwrap_or(Found::Other),
+            None => Found::Missing,
+        };
+        let target = display_path(&options.target, &relative);
+        let planned = plan_entry(manifest, entry_id, entry, (target, relative), found, &mut leaders, &mut plan)?;
         plan.entries.push(planned);
     }
     if include.is_some() {
@@ -158,16 +213,28 @@ pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptio
     Ok(plan)
 }
 
+fn display_path(target: &Path, relative: &[u8]) -> PathBuf {
+    if relative.is_empty() {
+        target.to_path_buf()
+    } else {
+        target.join(OsStr::from_bytes(relative))
+    }
+}
+
 fn plan_entry(
     manifest: &Manifest,
     entry_id: i64,
     entry: Entry,
-    target: PathBuf,
-    leaders: &mut HashMap<i64, PathBuf>,
+    (target, relative): (PathBuf, Vec<u8>),
+    found: Found,
+    leaders: &mut HashMap<i64, Vec<u8>>,
     plan: &mut RestorePlan,
 ) -> Result<PlannedEntry> {
-    let exists = std::fs::symlink_metadata(&target).is_ok();
-    let mut action = if exists && entry.kind != EntryKind::Dir { Action::Overwrite } else { Action::Create };
+    let in_the_way = match entry.kind {
+        EntryKind::Dir => found == Found::Other,
+        _ => found != Found::Missing,
+    };
+    let mut action = if in_the_way { Action::Overwrite } else { Action::Create };
     let mut link_to = None;
     let mut chunks = Vec::new();
     match entry.kind {
@@ -180,7 +247,7 @@ fn plan_entry(
                 }
                 None => {
                     if let Some(group) = entry.hardlink_group {
-                        leaders.insert(group, target.clone());
+                        leaders.insert(group, relative.clone());
                     }
                     chunks = manifest.chunks(entry_id)?;
                     plan.file_bytes += entry.size;
@@ -207,7 +274,7 @@ fn plan_entry(
         _ => {}
     }
     let xattrs = manifest.xattrs(entry_id)?;
-    Ok(PlannedEntry { entry_id, entry, target, action, link_to, chunks, xattrs })
+    Ok(PlannedEntry { entry_id, entry, target, relative, action, link_to, chunks, xattrs })
 }
 
 /// With `--include`, drops directories that hold nothing included.
@@ -237,39 +304,112 @@ fn count_fetches(repository: &Repository, plan: &mut RestorePlan) -> Result<()> 
     Ok(())
 }
 
-/// Carries out a plan. Damaged data fails only the files that need it; the report lists them.
+/// One restore in progress: the open target and how its temporary names are made.
+pub(super) struct Run<'t> {
+    target: &'t TargetDir,
+    /// `.coffer-restore-<random>-`: this run's temporary names start with it.
+    prefix: String,
+    counter: AtomicU64,
+}
+
+impl<'t> Run<'t> {
+    fn new(target: &'t TargetDir) -> Self {
+        let token = hex::encode(rand::random::<[u8; 6]>());
+        Self { target, prefix: format!("{}{token}-", beneath::TEMPORARY_PREFIX), counter: AtomicU64::new(0) }
+    }
+
+    /// A fresh name for a temporary entry: unique within the run, random across runs,
+    /// and short whatever the final name's length.
+    fn temporary_name(&self) -> OsString {
+        OsString::from(format!("{}{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    /// The relative path of `name` in the folder of `relative`.
+    fn sibling(relative: &[u8], name: &OsStr) -> Vec<u8> {
+        match beneath::split_last(relative) {
+            Some((folder, _)) if !folder.is_empty() => [folder, b"/", name.as_bytes()].concat(),
+            _ => name.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// Carries out a plan. Damaged data fails only the files that need it; the report lists
+/// them. An interrupt (SIGINT, SIGTERM) removes the temporary files and fails with
+/// `Error::Interrupted`.
 pub fn execute(repository: &Repository, plan: &RestorePlan, options: &RestoreOptions) -> Result<RestoreReport> {
     let _lock = repository.lock(false)?;
-    let target = &options.target;
-    std::fs::create_dir_all(target).map_err(|e| Error::io("cannot create restore target", target, e))?;
-    let probe = target.join(format!(".coffer-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| Error::io("cannot write to restore target", target, e))?;
-    let _ = std::fs::remove_file(&probe);
+    let target = TargetDir::create(&options.target)
+        .map_err(|e| Error::io("cannot create restore target", &options.target, e))?;
+    let _target_lock = match target.lock().map_err(|e| Error::io("cannot lock restore target", &options.target, e))? {
+        TargetLock::Busy => {
+            return Err(Error::Locked {
+                holder: format!("by another restore writing into {}", options.target.display()),
+            })
+        }
+        held => held,
+    };
+    target.probe().map_err(|e| Error::io("cannot write to restore target", &options.target, e))?;
+    let run = Run::new(&target);
     let started = repository.backend().stats();
     let mut report = RestoreReport { warnings: plan.warnings.clone(), ..Default::default() };
-    for planned in plan.entries.iter().filter(|p| p.entry.kind == EntryKind::Dir) {
-        std::fs::create_dir_all(&planned.target)
-            .map_err(|e| Error::io("cannot create directory", &planned.target, e))?;
-        report.dirs += 1;
-    }
-    let failed = fetch::restore_contents(repository, plan, options, &mut report)?;
-    let mut failed_paths: HashSet<PathBuf> = report.failed.iter().map(|(path, _)| path.clone()).collect();
-    for planned in plan.entries.iter().filter(|p| p.entry.kind != EntryKind::Dir && p.action != Action::Skip) {
-        if failed.contains(&planned.entry_id)
-            || planned.link_to.as_ref().is_some_and(|leader| failed_paths.contains(leader))
-        {
-            continue;
-        }
-        if let Err(error) = metadata::create_special(planned) {
-            failed_paths.insert(planned.target.clone());
-            report.failed.push((planned.target.clone(), error.to_string()));
+    let mut failed: HashSet<Vec<u8>> = make_dirs(&run, plan, &mut report);
+    crate::interrupt::check()?;
+    let failed_files = fetch::restore_contents(&run, repository, plan, options, &failed, &mut report)?;
+    failed.extend(failed_files);
+    let mut owners = crate::system::is_root().then(crate::system::OwnerIds::default);
+    let specials: Vec<&PlannedEntry> =
+        plan.entries.iter().filter(|p| is_special(p) && !failed.contains(&p.relative)).collect();
+    for planned in specials {
+        if let Err(error) = metadata::create_special(&run, planned, owners.as_mut(), &mut report.warnings) {
+            failed.insert(planned.relative.clone());
+            report.failed.push(local_failure(planned, error));
         }
     }
-    let restored: Vec<&PlannedEntry> =
-        plan.entries.iter().filter(|p| p.action != Action::Skip && !failed_paths.contains(&p.target)).collect();
-    metadata::apply_all(&restored, &mut report.warnings);
+    for planned in plan.entries.iter().rev().filter(|p| p.entry.kind == EntryKind::Dir) {
+        if !failed.contains(&planned.relative) {
+            metadata::apply_dir(&run, planned, owners.as_mut(), &mut report.warnings);
+        }
+    }
     let finished = repository.backend().stats();
     report.bytes_fetched = finished.bytes_read - started.bytes_read;
     report.requests = finished.requests - started.requests;
     Ok(report)
+}
+
+fn is_special(planned: &PlannedEntry) -> bool {
+    !matches!(planned.entry.kind, EntryKind::File | EntryKind::Dir) && planned.action != Action::Skip
+}
+
+fn local_failure(planned: &PlannedEntry, error: std::io::Error) -> Failure {
+    Failure {
+        path: planned.target.clone(),
+        reason: format!("cannot restore {}: {error}", planned.target.display()),
+        cause: FailureCause::LocalIo,
+    }
+}
+
+/// Makes the plan's folders in path order (parents first), replacing what is in their
+/// way, and removes temporary files of killed restores from the folders that existed.
+/// Returns the folders that could not be made.
+fn make_dirs(run: &Run<'_>, plan: &RestorePlan, report: &mut RestoreReport) -> HashSet<Vec<u8>> {
+    let mut failed = HashSet::new();
+    if let Ok(removed) = run.target.remove_stale_temporaries(b"", &run.prefix) {
+        report.stale_removed += removed;
+    }
+    for planned in plan.entries.iter().filter(|p| p.entry.kind == EntryKind::Dir) {
+        match run.target.make_dir(&planned.relative) {
+            Ok(existed) => {
+                report.dirs += 1;
+                if existed && !planned.relative.is_empty() {
+                    report.stale_removed +=
+                        run.target.remove_stale_temporaries(&planned.relative, &run.prefix).unwrap_or(0);
+                }
+            }
+            Err(error) => {
+                failed.insert(planned.relative.clone());
+                report.failed.push(local_failure(planned, error));
+            }
+        }
+    }
+    failed
 }
