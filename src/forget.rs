@@ -229,6 +229,7 @@ fn keep_within_and_tagged(members: &mut [Member<'_>], policy: &RetentionPolicy) 
 /// cached manifests; returns how many were removed. The caller holds an exclusive lock.
 pub fn remove_snapshots(repository: &Repository, decisions: &[Decision]) -> Result<usize> {
     let mut removed = 0;
+    repository.ensure_lock_held()?;
     for decision in decisions.iter().filter(|decision| !decision.keep) {
         repository.backend().delete(&format!("snapshots/{}", decision.id))?;
         let _ = std::fs::remove_file(repository.manifest_cache_path(&decision.id));

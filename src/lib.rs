@@ -39,7 +39,7 @@ pub use error::{Error, Result};
 pub use forget::{apply_policy, parse_duration, remove_snapshots, Decision, GroupBy, RetentionPolicy};
 pub use id::{BlobId, IndexId, KeyId, LockId, PackId, RepositoryId, SnapshotId};
 pub use index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, MAX_OBJECT_BLOBS};
-pub use lock::{remove_locks, LockGuard, LockRecord, STALE_AFTER};
+pub use lock::{remove_locks, LockGuard, LockRecord, LockTiming, HOLD_LIMIT, REFRESH_EVERY, STALE_AFTER};
 pub use manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestWriter, MANIFEST_SCHEMA};
 pub use pack::{BlobType, PackEntry};
 pub use packer::{Packer, PackerStats};

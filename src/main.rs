@@ -15,6 +15,10 @@ fn main() {
         }
     };
     coffer::interrupt::install();
+    // Private by default: repository objects, cache files and temporary files hold
+    // private data (paths, owners, checksums, database content). Restored entries get
+    // their recorded modes explicitly, so they are not affected.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let code = match cli::run(parsed) {
         Ok(code) => code,
         Err(error) => {

@@ -394,6 +394,32 @@ impl Manifest {
 }
 
 impl Manifest {
+    /// Checks every entry's path and kind (one pass over the paths): a manifest that
+    /// fails is damaged, and no part of it is restored.
+    pub fn validate(&self) -> Result<()> {
+        let mut statement = self.connection.prepare("SELECT id, path, kind FROM entries").map_err(|e| self.error(e))?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?, row.get::<_, String>(2)?)))
+            .map_err(|e| self.error(e))?;
+        for row in rows {
+            let (id, path, kind) = row.map_err(|e| self.error(e))?;
+            let named = |error: Error| match error {
+                Error::Integrity { reason, .. } => {
+                    Error::integrity(format!("manifest {}", self.path.display()), reason)
+                }
+                other => other,
+            };
+            check_path(id, &path).map_err(named)?;
+            if EntryKind::from_name(&kind).is_none() {
+                return Err(Error::integrity(
+                    format!("manifest {}", self.path.display()),
+                    format!("entry {id} has unknown kind {kind:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The paths of the entries whose content uses any of `blobs`, in path order: one
     /// pass over the chunk list, for naming what a damaged blob takes with it.
     pub fn paths_using(&self, blobs: &std::collections::HashSet<BlobId>) -> Result<Vec<Vec<u8>>> {
@@ -417,6 +443,41 @@ impl Manifest {
 
 type EntryRow = (i64, Result<Entry>);
 
+/// Why a manifest path is unsafe to restore, if it is: a path must be `/` or `/`
+/// followed by names separated by single slashes, none empty, `.` or `..`, and none
+/// holding a NUL byte. A manifest is written with the password, so a compromised host
+/// sharing the repository could write anything; restore must never follow such a
+/// path out of its target.
+pub fn path_problem(path: &[u8]) -> Option<&'static str> {
+    let Some(rest) = path.strip_prefix(b"/") else {
+        return Some("it is not absolute");
+    };
+    if rest.is_empty() {
+        return None;
+    }
+    if path.contains(&0) {
+        return Some("it holds a NUL byte");
+    }
+    for name in rest.split(|&b| b == b'/') {
+        match name {
+            b"" => return Some("it has an empty component (a doubled, leading or trailing slash)"),
+            b"." | b".." => return Some("it has a . or .. component"),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn check_path(id: i64, path: &[u8]) -> Result<()> {
+    match path_problem(path) {
+        None => Ok(()),
+        Some(problem) => Err(Error::integrity(
+            "manifest",
+            format!("entry {id} has the unsafe path {:?}: {problem}", String::from_utf8_lossy(path)),
+        )),
+    }
+}
+
 fn read_entry(row: &Row<'_>) -> rusqlite::Result<EntryRow> {
     let id: i64 = row.get(0)?;
     let kind_name: String = row.get(2)?;
@@ -431,8 +492,10 @@ fn read_entry(row: &Row<'_>) -> rusqlite::Result<EntryRow> {
                     .map_err(|_| Error::integrity("manifest", format!("entry {id} has a malformed SHA-256")))?,
             ),
         };
+        let path: Vec<u8> = row.get(1)?;
+        check_path(id, &path)?;
         Ok(Entry {
-            path: row.get(1)?,
+            path,
             kind,
             mode: row.get(3)?,
             uid: row.get(4)?,
@@ -496,7 +559,7 @@ mod tests {
             let mut writer = ManifestWriter::create(&path).unwrap();
             let mut expected = Vec::new();
             for name in &names {
-                let mut full = b"/d/".to_vec();
+                let mut full = b"/d/n".to_vec();
                 full.extend(name.iter().map(|&b| if b == b'/' { b'_' } else { b }));
                 if expected.iter().any(|(e, _): &(Entry, Vec<ChunkRef>)| e.path == full) { continue; }
                 let entry = sample(&full, EntryKind::File);
@@ -546,6 +609,26 @@ mod tests {
         drop(connection);
         let error = Manifest::open(&path).err().unwrap();
         assert!(error.to_string().contains("view"), "{error}");
+    }
+
+    #[test]
+    fn unsafe_paths_are_refused_where_they_are_read() {
+        for good in [&b"/"[..], b"/a", b"/a/b c/\xff", b"/..a/.b/c.."] {
+            assert_eq!(path_problem(good), None, "{good:?}");
+        }
+        for bad in [&b""[..], b"a", b"//etc", b"/a/../b", b"/a/./b", b"/a/", b"/a//b", b"/..", b"/a\0b"] {
+            assert!(path_problem(bad).is_some(), "{bad:?}");
+        }
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("m.sqlite");
+        let mut writer = ManifestWriter::create(&path).unwrap();
+        writer.add(&sample(b"/fine", EntryKind::File), &[], &[]).unwrap();
+        writer.add(&sample(b"/x/../../etc/passwd", EntryKind::File), &[], &[]).unwrap();
+        let manifest = Manifest::open(&writer.finish().unwrap()).unwrap();
+        assert!(manifest.entry(b"/fine").unwrap().is_some());
+        assert!(manifest.entry(b"/x/../../etc/passwd").unwrap_err().is_integrity());
+        assert!(manifest.entries_under(b"/").unwrap_err().is_integrity());
+        assert!(manifest.validate().unwrap_err().to_string().contains(".. component"));
     }
 
     #[test]

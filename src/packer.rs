@@ -150,7 +150,7 @@ impl<'r> Packer<'r> {
         let file = tempfile::Builder::new()
             .prefix(&staging_prefix())
             .suffix(".pack")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .tempfile_in(&self.staging)
             .map_err(|e| Error::io("cannot create a pack file in", &self.staging, e))?;
         Ok(PackWriter::new(BufWriter::with_capacity(256 * 1024, file)))
@@ -218,6 +218,21 @@ impl<'r> Packer<'r> {
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         Ok(IndexFile { supersedes: Vec::new(), packs: std::mem::take(&mut state.written) })
+    }
+
+    /// Indexes what a failed run finished: the packs stored since the last checkpoint,
+    /// and with `with_partial` also the packs in hand (uploaded first).
+    pub fn index_finished(&self, with_partial: bool) -> Result<()> {
+        let index = if with_partial {
+            self.flush()?
+        } else {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            IndexFile { supersedes: Vec::new(), packs: std::mem::take(&mut state.written) }
+        };
+        if !index.packs.is_empty() {
+            self.repository.write_index(&index)?;
+        }
+        Ok(())
     }
 
     /// Counters of what was written.

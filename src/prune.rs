@@ -209,9 +209,13 @@ fn choose_repacks(mut candidates: Vec<Repack>, options: &PruneOptions, plan: &mu
 /// the plan was made (the exclusive lock ensures it).
 pub fn execute(repository: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     let mut report = PruneReport::default();
+    repository.ensure_lock_held()?;
     let new_packs = repack(repository, plan)?;
     report.packs_written = new_packs.len() as u64;
     report.bytes_written = new_packs.iter().map(|pack| pack.size).sum();
+    // Nothing is deleted unless the exclusive lock is still ours: a backup may have
+    // started in the meantime if it was lost.
+    repository.ensure_lock_held()?;
     if plan.rewrite_index {
         // The kept packs are read back from the scratch index one at a time.
         let kept = plan.keep.iter().map(|(id, size)| plan.index.pack(id, *size));
@@ -225,6 +229,7 @@ pub fn execute(repository: &Repository, plan: &PrunePlan) -> Result<PruneReport>
     let indexed_gone = plan.delete.iter().map(|(id, _)| id).chain(repacked);
     // Indexed packs may be deleted only once no index object in force names them.
     let deletable: Vec<&PackId> = if plan.rewrite_index { indexed_gone.collect() } else { Vec::new() };
+    repository.ensure_lock_held()?;
     for id in deletable.into_iter().chain(plan.unindexed.iter().map(|(id, _)| id)) {
         repository.backend().delete(&pack_key(id))?;
         report.packs_deleted += 1;

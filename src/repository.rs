@@ -16,7 +16,7 @@ use crate::crypto::{unwrap_master_key, wrap_master_key, KdfParams, KeyFile, Mast
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, KeyId, PackId, RepositoryId, SnapshotId};
 use crate::index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, MAX_OBJECT_BLOBS};
-use crate::lock::LockGuard;
+use crate::lock::{LockGuard, LockTiming};
 use crate::manifest::Manifest;
 use crate::pack::{decode_header, header_bounds, open_object, seal_object, visit_blob, BlobType, PackEntry};
 use crate::snapshot::Snapshot;
@@ -131,6 +131,9 @@ pub struct Repository {
     index: Mutex<IndexCache>,
     /// Most blobs per index object that prune and repair write.
     index_object_blobs: std::sync::atomic::AtomicUsize,
+    lock_timing: Mutex<LockTiming>,
+    /// The lock taken last through [`Repository::lock`], while its guard lives.
+    lease: Mutex<std::sync::Weak<crate::lock::Lease>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -210,8 +213,15 @@ impl Repository {
                 (temporary.path().to_path_buf(), Some(temporary))
             }
         };
-        std::fs::create_dir_all(cache_dir.join("manifests"))
+        crate::system::create_private_dir(&cache_dir.join("manifests"))
             .map_err(|e| Error::io("cannot create cache directory", &cache_dir, e))?;
+        // Caches made by earlier versions were readable by every local user: the
+        // folders are closed, which covers the files in them.
+        for folder in
+            [Some(cache_dir.as_path()), cache_dir.parent().filter(|_| cache_root.is_some())].into_iter().flatten()
+        {
+            crate::system::make_private(folder);
+        }
         let index = IndexCache::open(&cache_dir.join("index.sqlite"))?;
         Ok(Self {
             backend,
@@ -222,6 +232,8 @@ impl Repository {
             _temporary_cache: temporary,
             index: Mutex::new(index),
             index_object_blobs: MAX_OBJECT_BLOBS.into(),
+            lock_timing: Mutex::new(LockTiming::default()),
+            lease: Mutex::new(std::sync::Weak::new()),
         })
     }
 
@@ -266,9 +278,34 @@ impl Repository {
         self.index.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Takes a shared or exclusive lock on the repository.
+    /// Takes a shared or exclusive lock on the repository, then brings the index cache
+    /// up to date: a prune that finished between opening and locking may have deleted
+    /// packs the cache still names, and a backup must not deduplicate against them.
     pub fn lock(&self, exclusive: bool) -> Result<LockGuard> {
-        LockGuard::acquire(self.backend.clone(), &self.master, exclusive)
+        let timing = *self.lock_timing.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = LockGuard::acquire(self.backend.clone(), &self.master, exclusive, timing)?;
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = guard.lease();
+        // Damaged index objects were reported when the repository was opened; check and
+        // repair open it knowing of them.
+        self.sync_index_reporting()?;
+        Ok(guard)
+    }
+
+    /// Before a commit step: fails with `Error::LockLost` if the lock this repository
+    /// handle took was lost (removed, replaced, or not refreshed in time). Without a
+    /// live lock (library callers that did not take one) there is nothing to check.
+    pub fn ensure_lock_held(&self) -> Result<()> {
+        let lease = self.lease.lock().unwrap_or_else(|p| p.into_inner()).upgrade();
+        match lease {
+            Some(lease) => lease.ensure_held(),
+            None => Ok(()),
+        }
+    }
+
+    /// Shortens lock refreshes, for tests of a lock that is lost.
+    #[doc(hidden)]
+    pub fn set_lock_timing(&self, timing: LockTiming) {
+        *self.lock_timing.lock().unwrap_or_else(|p| p.into_inner()) = timing;
     }
 
     /// Brings the index cache up to date with the `index/` objects in storage.
@@ -602,6 +639,16 @@ impl Repository {
                 format!("manifest of snapshot {}", id.short()),
                 "its blobs do not add up to the recorded hash",
             ));
+        }
+        // Validated once, before it is cached: restore and check trust cached manifests.
+        if let Err(error) = Manifest::open(&partial).and_then(|manifest| manifest.validate()) {
+            let _ = std::fs::remove_file(&partial);
+            return Err(match error {
+                Error::Integrity { reason, .. } => {
+                    Error::integrity(format!("manifest of snapshot {}", id.short()), reason)
+                }
+                other => other,
+            });
         }
         std::fs::rename(&partial, &path).map_err(|e| Error::io("cannot write", &path, e))?;
         Manifest::open(&path)

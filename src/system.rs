@@ -28,6 +28,32 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// This process's PID namespace (`pid:[4026531836]`), if `/proc` tells.
+pub fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid").ok().map(|link| link.to_string_lossy().into_owned())
+}
+
+/// This boot of the machine (a random id the kernel picks at boot), if `/proc` tells.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|text| text.trim().to_string())
+}
+
+/// Creates a folder and its missing parents with mode 0700: caches and repositories
+/// hold paths, sizes, owners and checksums of private files.
+pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+}
+
+/// Takes group and other permissions off a folder this user owns (best effort).
+pub fn make_private(path: &std::path::Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(metadata) = std::fs::symlink_metadata(path) else { return };
+    if metadata.is_dir() && metadata.uid() == nix::unistd::geteuid().as_raw() && metadata.mode() & 0o077 != 0 {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(metadata.mode() & 0o7700));
+    }
+}
+
 /// True when running as root, which may set any owner and create devices.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

@@ -75,9 +75,37 @@ pub struct BackupReport {
     pub notes: Vec<String>,
 }
 
-/// Runs a backup and commits its snapshot.
+/// Runs a backup and commits its snapshot. If it fails or is interrupted after packs
+/// were finished, they are indexed before the error is returned, so the next run
+/// reuses them instead of uploading them again.
 pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupReport> {
     let _lock = repository.lock(false)?;
+    let packer =
+        Packer::with_checkpoints(repository, options.checkpoint_packs.unwrap_or(crate::packer::CHECKPOINT_PACKS));
+    run(repository, options, &packer).map_err(|error| keep_finished_packs(&packer, error))
+}
+
+/// After a failed backup: indexes the packs already stored (after an interrupt, also
+/// the packs in hand, which hold complete blobs). An index that cannot be written is
+/// worth a sentence beside the first error, never instead of it.
+fn keep_finished_packs(packer: &Packer<'_>, error: Error) -> Error {
+    let interrupted = matches!(error, Error::Interrupted { .. });
+    let saved = packer.index_finished(interrupted);
+    let kept = packer.stats().bytes;
+    match (error, saved) {
+        (Error::Interrupted { signal, .. }, Ok(())) => Error::Interrupted {
+            signal,
+            outcome: format!("no snapshot saved; {} MiB kept for the next run", kept.div_ceil(1 << 20)),
+        },
+        (Error::Interrupted { signal, .. }, Err(index_error)) => Error::Interrupted {
+            signal,
+            outcome: format!("no snapshot saved; the data stored so far could not be indexed ({index_error})"),
+        },
+        (error, _) => error,
+    }
+}
+
+fn run(repository: &Repository, options: BackupOptions, packer: &Packer<'_>) -> Result<BackupReport> {
     let started = Instant::now();
     let time = jiff::Timestamp::now();
     let paths = options.paths.iter().map(|path| walk::absolute(path)).collect::<Result<Vec<_>>>()?;
@@ -87,13 +115,11 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
     let host = options.host.clone().unwrap_or_else(crate::system::host_name);
     let mut notes = Vec::new();
     let (parent_id, parent) = open_parent(repository, &options, &host, &paths, &mut notes)?;
-    let packer =
-        Packer::with_checkpoints(repository, options.checkpoint_packs.unwrap_or(crate::packer::CHECKPOINT_PACKS));
     let progress = options.progress.clone().unwrap_or_default();
     let mut walker = Walker {
         parent,
         manifest: ManifestWriter::create(&manifest_path)?,
-        packer: &packer,
+        packer,
         owners: OwnerNames::default(),
         hard_links: HashMap::new(),
         summary: Summary::default(),
@@ -107,7 +133,7 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
         let (sender, receiver) = bounded::<(BlobId, Bytes)>(workers * 2);
         for _ in 0..workers {
             let receiver = receiver.clone();
-            let (packer, failure) = (&packer, &failure);
+            let failure = &failure;
             scope.spawn(move || store_blobs(packer, receiver, failure));
         }
         drop(receiver);
@@ -140,7 +166,7 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
         return Err(error);
     }
     let Walker { manifest, mut summary, warnings, .. } = walker;
-    let manifest_ref = store_manifest(&packer, manifest.finish()?)?;
+    let manifest_ref = store_manifest(packer, manifest.finish()?)?;
     let index = packer.flush()?;
     if !index.packs.is_empty() {
         repository.write_index(&index)?;
@@ -167,6 +193,11 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
         program_version: concat!("coffer ", env!("CARGO_PKG_VERSION")).to_string(),
         manifest: manifest_ref,
     };
+    // The commit point. Not after an interrupt (a stream piped in may have been cut
+    // short by the same Ctrl-C), and only if no prune can have run since the lock was
+    // taken.
+    crate::interrupt::check()?;
+    repository.ensure_lock_held()?;
     let id = repository.save_snapshot(&snapshot)?;
     let _ = std::fs::rename(&manifest_path, repository.manifest_cache_path(&id));
     Ok(BackupReport { id, snapshot, warnings, notes })
@@ -286,6 +317,7 @@ impl Walker<'_, '_> {
         let patterns = excludes.glob_set()?;
         for root in roots {
             for item in walk::tree(root, excludes, &patterns) {
+                crate::interrupt::check()?;
                 match item {
                     Ok(item) => self.add_path(item.path(), sender)?,
                     Err(error) => self.warn(walk::walk_warning(&error)),
@@ -425,6 +457,7 @@ impl Walker<'_, '_> {
         let mut chunks = Vec::new();
         let mut offset = 0u64;
         for chunk in chunker.chunks(reader) {
+            crate::interrupt::check().map_err(StreamError::Store)?;
             let chunk = chunk.map_err(StreamError::Read)?;
             digest.update(&chunk);
             let id = repository.master().blob_id(&chunk);

@@ -19,6 +19,8 @@ pub struct FaultyBackend {
     deletes: AtomicU64,
     fail_delete_number: AtomicU64,
     damage: Mutex<Option<ReadDamage>>,
+    /// Only writes of keys with this prefix fail (all writes when `None`).
+    failing_prefix: Mutex<Option<String>>,
 }
 
 /// How reads of matching objects are damaged.
@@ -41,6 +43,7 @@ impl FaultyBackend {
             deletes: AtomicU64::new(0),
             fail_delete_number: AtomicU64::new(u64::MAX),
             damage: Mutex::new(None),
+            failing_prefix: Mutex::new(None),
         }
     }
 
@@ -54,6 +57,12 @@ impl FaultyBackend {
     pub fn fail_puts_after(&self, n: u64) {
         let done = self.puts.load(Ordering::SeqCst);
         self.fail_puts_after.store(done + n, Ordering::SeqCst);
+    }
+
+    /// Limits the write failures set up by the other calls to keys with this prefix
+    /// (such as `locks/`); `None` lets them hit every write again.
+    pub fn fail_only_keys_with_prefix(&self, prefix: Option<&str>) {
+        *self.failing_prefix.lock().unwrap_or_else(|p| p.into_inner()) = prefix.map(str::to_string);
     }
 
     /// The `n`th delete from now on (1-based) fails; the others succeed.
@@ -84,8 +93,15 @@ impl FaultyBackend {
 
     fn check_put(&self, key: &str) -> Result<()> {
         let number = self.puts.fetch_add(1, Ordering::SeqCst) + 1;
-        let failing = number == self.fail_put_number.load(Ordering::SeqCst)
-            || number > self.fail_puts_after.load(Ordering::SeqCst);
+        let matching = self
+            .failing_prefix
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|p| key.starts_with(p.as_str()));
+        let failing = matching
+            && (number == self.fail_put_number.load(Ordering::SeqCst)
+                || number > self.fail_puts_after.load(Ordering::SeqCst));
         if failing {
             return Err(Error::Backend {
                 location: format!("{}/{key}", self.inner.location()),

@@ -79,7 +79,7 @@ impl ObjectStoreBackend {
     pub fn local(path: &std::path::Path, create: bool) -> Result<Self> {
         let location = path.display().to_string();
         if create {
-            std::fs::create_dir_all(path).map_err(|e| Error::io("cannot create", path, e))?;
+            crate::system::create_private_dir(path).map_err(|e| Error::io("cannot create", path, e))?;
         }
         if !path.is_dir() {
             return Err(Error::NoRepository { location });
@@ -150,7 +150,7 @@ impl ObjectStoreBackend {
     fn rename_into_place(&self, root: &std::path::Path, key: &str, file: tempfile::NamedTempFile) -> Result<()> {
         let target = root.join(key);
         if let Some(folder) = target.parent() {
-            std::fs::create_dir_all(folder).map_err(|e| Error::io("cannot create", folder, e))?;
+            crate::system::create_private_dir(folder).map_err(|e| Error::io("cannot create", folder, e))?;
         }
         let size = file.as_file().metadata().map_err(|e| Error::io("cannot read", file.path(), e))?.len();
         // Closed before the rename, and its close checked: on NFS a write error may
