@@ -64,7 +64,7 @@ fn write_tree(root: &Path, seed: u8, long: usize) {
     // A deep path of about 3 KB: fifteen folders of 200-byte names.
     let mut deep = root.to_path_buf();
     for level in 0..15u8 {
-        deep.push(bytes_name(&vec![b'd' + level % 20; 200]));
+        deep.push(bytes_name(&[b'd' + level % 20; 200]));
     }
     std::fs::create_dir_all(&deep).unwrap();
     std::fs::write(deep.join(bytes_name(&[&[b'x'; 64][..], b"_deep_one"].concat())), b"deep one").unwrap();
