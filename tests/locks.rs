@@ -170,7 +170,7 @@ fn a_backup_in_another_pid_namespace_is_not_taken_for_dead() {
     fixture.ok(&["forget", "--keep-tag", "keep"]);
     std::fs::write(source.join("more.dcm"), common::random_bytes(64 << 20, 99)).unwrap();
 
-    let mut command = fixture.command(&["backup", source.to_str().unwrap(), "--force"]);
+    let command = fixture.command(&["backup", source.to_str().unwrap(), "--force"]);
     let program = command.get_program().to_owned();
     let mut contained = std::process::Command::new("unshare");
     contained.args(["--pid", "--fork"]).arg(program).args(command.get_args());
