@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::io::BufWriter;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -153,6 +154,11 @@ impl<'r> Packer<'r> {
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .tempfile_in(&self.staging)
             .map_err(|e| Error::io("cannot create a pack file in", &self.staging, e))?;
+        // Held while the file is open: another run tells a live pack file from one left
+        // by a killed process by whether it can take this lock, whatever host name or
+        // PID namespace either runs in.
+        // SAFETY: flock on a descriptor the file owns for as long as it is open.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(file.as_file()), libc::LOCK_EX | libc::LOCK_NB) };
         Ok(PackWriter::new(BufWriter::with_capacity(256 * 1024, file)))
     }
 
@@ -263,7 +269,10 @@ fn host_prefix() -> String {
     format!("pack-{host}-")
 }
 
-/// Best effort: a pack file left behind holds nothing any index names.
+/// Best effort: a pack file left behind holds nothing any index names. A file is
+/// left behind if no process holds its lock (a live writer always does); files of
+/// versions that did not lock them must also be of a gone process of this host or
+/// unchanged for 15 minutes.
 fn remove_stale_pack_files(staging: &Path) {
     let Ok(entries) = std::fs::read_dir(staging) else {
         return;
@@ -271,11 +280,28 @@ fn remove_stale_pack_files(staging: &Path) {
     let ours = host_prefix();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("pack-") {
+            continue;
+        }
+        let Some(_unlocked) = lock_if_free(&entry.path()) else { continue };
         let pid = name.strip_prefix(&ours).and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse().ok());
-        if pid.is_some_and(|pid| !crate::system::process_alive(pid)) {
+        let gone = pid.is_some_and(|pid| !crate::system::process_alive(pid));
+        let idle = entry
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .is_ok_and(|time| time.elapsed().is_ok_and(|age| age > Duration::from_secs(15 * 60)));
+        if gone || idle {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// The file opened and locked, if no other process holds its lock.
+fn lock_if_free(path: &Path) -> Option<std::fs::File> {
+    let file = std::fs::File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+    // SAFETY: flock on a descriptor owned by `file`.
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    locked.then_some(file)
 }
 
 #[cfg(test)]
@@ -308,6 +334,24 @@ mod tests {
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left, names[1..].iter().cloned().collect(), "only this host's file of a gone process goes");
+    }
+
+    #[test]
+    fn a_locked_pack_file_is_live_whatever_its_name_says() {
+        let staging = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        // A writer in a container: the host's name, a PID that means nothing here.
+        let path = staging.path().join(format!("{}{gone}-live.pack", host_prefix()));
+        let live = std::fs::File::create(&path).unwrap();
+        // SAFETY: flock on a descriptor owned by `live`.
+        assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&live), libc::LOCK_EX) }, 0);
+        remove_stale_pack_files(staging.path());
+        assert!(path.exists(), "a live writer's pack file was removed");
+        drop(live);
+        remove_stale_pack_files(staging.path());
+        assert!(!path.exists());
     }
 
     #[test]

@@ -59,7 +59,10 @@ impl Fixture {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_coffer"));
+        // COFFER_TEST_BIN runs the suite against another binary (a release build, or an
+        // older version to show that a test catches a bug).
+        let binary = std::env::var_os("COFFER_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_coffer").into());
+        let mut command = Command::new(binary);
         command
             .arg("--repo")
             .arg(self.repo_spec())
