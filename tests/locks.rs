@@ -171,9 +171,14 @@ fn a_backup_in_another_pid_namespace_is_not_taken_for_dead() {
     std::fs::write(source.join("more.dcm"), common::random_bytes(64 << 20, 99)).unwrap();
 
     let command = fixture.command(&["backup", source.to_str().unwrap(), "--force"]);
-    let program = command.get_program().to_owned();
+    // Inside the namespace the backup gets a PID that no process has on the host, so
+    // a PID lookup from the host would call its lock stale.
+    let max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").map_or(32768, |t| t.trim().parse().unwrap());
+    let free = (max / 2..max).find(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), None).is_err());
+    let script = format!("echo {} > /proc/sys/kernel/ns_last_pid; \"$@\"", free.unwrap() - 1);
     let mut contained = std::process::Command::new("unshare");
-    contained.args(["--pid", "--fork"]).arg(program).args(command.get_args());
+    contained.args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script, "sh"]);
+    contained.arg(command.get_program()).args(command.get_args());
     for (key, value) in command.get_envs() {
         match value {
             Some(value) => contained.env(key, value),

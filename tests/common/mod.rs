@@ -61,7 +61,9 @@ impl Fixture {
     pub fn command(&self, args: &[&str]) -> Command {
         // COFFER_TEST_BIN runs the suite against another binary (a release build, or an
         // older version to show that a test catches a bug).
-        let binary = std::env::var_os("COFFER_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_coffer").into());
+        let binary = std::env::var_os("COFFER_TEST_BIN")
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_coffer").into());
         let mut command = Command::new(binary);
         command
             .arg("--repo")
