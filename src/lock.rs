@@ -206,8 +206,16 @@ impl LockGuard {
         let token = hex::encode(rand::random::<[u8; 16]>());
         let record = LockRecord::new(exclusive, &token);
         let sealed = seal_object(master, "lock", &serde_json::to_vec(&record).unwrap_or_default());
-        if !backend.put_new(&key_of(&id), Bytes::from(sealed))? {
-            return Err(Error::Locked { holder: format!("by another process that chose the same lock id {id}") });
+        match backend.put_new(&key_of(&id), Bytes::from(sealed)) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::Locked { holder: format!("by another process that chose the same lock id {id}") })
+            }
+            Err(error) => {
+                // The write may have been stored although it failed: no lock left behind.
+                let _ = backend.delete(&key_of(&id));
+                return Err(error);
+            }
         }
         let state = Mutex::new(LeaseState { last_refresh: Instant::now(), lost: None });
         let lease = Arc::new(Lease { backend: backend.clone(), master: master.clone(), id, token, timing, state });

@@ -19,7 +19,13 @@ fn main() {
     // private data (paths, owners, checksums, database content). Restored entries get
     // their recorded modes explicitly, so they are not affected.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let code = match cli::run(parsed) {
+    let outcome = cli::run(parsed);
+    // What storage had to give up on beside the outcome (an upload it could not
+    // abort), never instead of it.
+    for note in coffer::backend::take_notes() {
+        eprintln!("note: {note}");
+    }
+    let code = match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("coffer: {}", message(&error));

@@ -7,6 +7,7 @@ mod aws_profile;
 mod faulty;
 mod memory;
 mod object;
+mod retry;
 mod s3;
 
 use std::ops::Range;
@@ -18,6 +19,7 @@ use crate::error::Result;
 pub use faulty::{FaultyBackend, ReadDamage};
 pub use memory::MemoryBackend;
 pub use object::ObjectStoreBackend;
+pub use retry::{RetryPolicy, DEFAULT_RETRY_BUDGET};
 pub use s3::{open_s3, S3Options, DEFAULT_CONNECTIONS, DEFAULT_S3_PACK_SIZE};
 
 /// One stored object as listed by a backend.
@@ -74,6 +76,19 @@ pub trait Backend: Send + Sync {
     fn stats(&self) -> BackendStats {
         BackendStats::default()
     }
+}
+
+/// Things a backend had to give up on that do not change a command's outcome (an
+/// unfinished upload that could not be aborted), for the CLI to print beside it.
+static NOTES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+pub(crate) fn note(text: String) {
+    NOTES.lock().unwrap_or_else(|p| p.into_inner()).push(text);
+}
+
+/// Takes the notes gathered so far.
+pub fn take_notes() -> Vec<String> {
+    std::mem::take(&mut *NOTES.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// Cuts `range` out of `data`, reporting a short object as missing bytes.

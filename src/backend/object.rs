@@ -1,15 +1,22 @@
-//! The object_store backend: local disk now, S3-compatible stores through the same code.
+//! The object_store backend: a local disk and S3-compatible stores through the same
+//! code. Remote requests are retried under one policy (`retry.rs`): reads resume from
+//! the byte where a body was cut off, multipart uploads retry each part, and a
+//! create-only write whose outcome is unknown is settled by reading the object back.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart,
+};
 
+use super::retry::{retry, RetryAfter, RetryPolicy};
 use super::{Backend, BackendStats, ObjectInfo};
 use crate::error::{Error, Result};
 
@@ -37,34 +44,66 @@ fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().chars().take(400).collect()
 }
 
-/// Sorts a generic storage failure into unreachable, missing bucket, or other.
-fn classify(location: String, root: &str, text: String) -> Error {
+/// Sorts a generic storage failure into transient (reported as unreachable, and
+/// retried), missing bucket, access denied, or other.
+fn classify(error: &object_store::Error, location: String, root: &str, text: String) -> Error {
     let lower = text.to_ascii_lowercase();
-    let unreachable = [
-        "connection refused",
-        "error sending request",
-        "dns error",
-        "timed out",
-        "connection reset",
-        "tcp connect",
-        "operation timed out",
-    ];
     if lower.contains("nosuchbucket") {
         return Error::NoRepository { location: format!("{root} (the bucket does not exist)") };
-    }
-    if unreachable.iter().any(|needle| lower.contains(needle)) {
-        return Error::Unreachable { location: root.to_string(), message: first_line(&text) };
     }
     if lower.contains("accessdenied") || lower.contains("signaturedoesnotmatch") || lower.contains("invalidaccesskeyid")
     {
         return Error::AccessDenied { location: root.to_string(), message: first_line(&text) };
     }
+    if is_transient(error, &lower) {
+        return Error::Unreachable { location: root.to_string(), message: first_line(&text) };
+    }
     Error::Backend { location, message: first_line(&text) }
+}
+
+/// True for a failure below or around the HTTP status line (connect, timeout, reset,
+/// a body cut short) and for answers that ask to try again (5xx, 429, 408, SlowDown).
+fn is_transient(error: &object_store::Error, lower: &str) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<object_store::client::HttpError>().is_some() {
+            return true;
+        }
+        source = cause.source();
+    }
+    let answers = [
+        "status code: 5",
+        "status code: 429",
+        "status code: 408",
+        "slowdown",
+        "internalerror",
+        "requesttimeout",
+        "serviceunavailable",
+    ];
+    let transport = [
+        "connection refused",
+        "error sending request",
+        "dns error",
+        "timed out",
+        "connection reset",
+        "connection closed",
+        "tcp connect",
+        "broken pipe",
+        "unexpected eof",
+        "incomplete",
+        "error decoding response body",
+    ];
+    answers.iter().chain(transport.iter()).any(|needle| lower.contains(needle))
 }
 
 /// A backend over any `object_store` implementation, driven from synchronous code.
 pub struct ObjectStoreBackend {
     store: Arc<dyn ObjectStore>,
+    /// The store for multipart uploads whose parts are retried one by one (S3).
+    multipart: Option<Arc<dyn MultipartStore>>,
+    /// How remote requests are retried; `None` on a local disk, whose failures are final.
+    policy: Option<RetryPolicy>,
+    hint: Arc<RetryAfter>,
     /// The repository's directory, for a local repository.
     local_root: Option<std::path::PathBuf>,
     runtime: tokio::runtime::Runtime,
@@ -104,6 +143,9 @@ impl ObjectStoreBackend {
             })?;
         Ok(Self {
             store,
+            multipart: None,
+            policy: None,
+            hint: Arc::new(RetryAfter::default()),
             local_root: None,
             runtime,
             location,
@@ -120,7 +162,10 @@ impl ObjectStoreBackend {
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
                 Error::AccessDenied { location: self.location.clone(), message: first_line(&chain_text(&error)) }
             }
-            other => classify(location, &self.location, chain_text(&other)),
+            other => {
+                let text = chain_text(&other);
+                classify(&other, location, &self.location, text)
+            }
         }
     }
 
@@ -142,6 +187,29 @@ impl ObjectStoreBackend {
                 Error::NoRepository { location: format!("{} (the bucket does not exist)", self.location) }
             }
             other => self.failure(key, other),
+        }
+    }
+
+    /// Remote requests are retried under `policy`, waiting at least as long as a
+    /// server's `Retry-After` (recorded in `hint`). Without this, every failure is
+    /// final (a local disk).
+    pub fn with_retries(mut self, policy: RetryPolicy, hint: Arc<RetryAfter>) -> Self {
+        self.policy = Some(policy);
+        self.hint = hint;
+        self
+    }
+
+    /// Uploads large objects through `store`, retrying each part on its own.
+    pub fn with_multipart(mut self, store: Arc<dyn MultipartStore>) -> Self {
+        self.multipart = Some(store);
+        self
+    }
+
+    /// Runs one request under the retry policy (once, without one).
+    fn retried<T>(&self, mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+        match &self.policy {
+            Some(policy) => retry(policy, &self.hint, |_| attempt()),
+            None => attempt(),
         }
     }
 
@@ -171,43 +239,125 @@ impl ObjectStoreBackend {
         }
     }
 
-    /// Uploads a file in parts of `MULTIPART_PART`, at most two in flight, so memory
-    /// stays at two parts whatever the object's size.
+    /// Uploads a file: in one request below `MULTIPART_THRESHOLD`, else in parts of
+    /// `MULTIPART_PART` read from the file one at a time, so memory stays at one part
+    /// whatever the object's size.
     fn upload_file(&self, key: &str, file: tempfile::NamedTempFile) -> Result<()> {
         let size = file.as_file().metadata().map_err(|e| Error::io("cannot read", file.path(), e))?.len() as usize;
-        if size < MULTIPART_THRESHOLD {
+        if size < MULTIPART_THRESHOLD || self.multipart.is_none() {
             let bytes = std::fs::read(file.path()).map_err(|e| Error::io("cannot read", file.path(), e))?;
             return self.put(key, Bytes::from(bytes));
         }
+        let mut reader = std::fs::File::open(file.path()).map_err(|e| Error::io("cannot read", file.path(), e))?;
+        let path = file.path().to_path_buf();
+        self.upload_in_parts(key, size, |part| {
+            let mut buffer = Vec::with_capacity(part);
+            std::io::Read::read_to_end(&mut std::io::Read::take(&mut reader, part as u64), &mut buffer)
+                .map_err(|e| Error::io("cannot read", &path, e))?;
+            Ok(Bytes::from(buffer))
+        })
+    }
+
+    /// A multipart upload whose every request is retried on its own. A failure aborts
+    /// the upload (its parts cost storage); an abort that fails too is noted beside the
+    /// first error, never instead of it.
+    fn upload_in_parts(&self, key: &str, size: usize, next_part: impl FnMut(usize) -> Result<Bytes>) -> Result<()> {
+        let Some(store) = self.multipart.clone() else {
+            return Err(Error::Backend { location: self.location.clone(), message: "no multipart store".into() });
+        };
         let path = StorePath::from(key);
-        self.requests.fetch_add(size.div_ceil(MULTIPART_PART) as u64 + 1, Ordering::Relaxed);
+        self.requests.fetch_add(size.div_ceil(MULTIPART_PART) as u64 + 2, Ordering::Relaxed);
         self.bytes_written.fetch_add(size as u64, Ordering::Relaxed);
-        let upload = self.runtime.block_on(self.store.put_multipart(&path)).map_err(|e| self.write_failure(key, e))?;
-        let _context = self.runtime.enter();
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
-        match self.send_parts(&mut writer, file.path(), key) {
-            Ok(()) => self.runtime.block_on(writer.finish()).map(drop).map_err(|e| self.write_failure(key, e)),
-            Err(error) => {
-                // Best effort: parts of an upload never completed cost storage on S3.
-                let _ = self.runtime.block_on(writer.abort());
-                Err(error)
+        let id = self
+            .retried(|| self.runtime.block_on(store.create_multipart(&path)).map_err(|e| self.write_failure(key, e)))?;
+        if let Err(error) = self.send_parts(&*store, key, &id, size, next_part) {
+            if let Err(abort) = self.runtime.block_on(store.abort_multipart(&path, &id)) {
+                crate::backend::note(format!(
+                    "could not abort the unfinished upload of {key} ({}); its parts stay on the server until they are aborted",
+                    first_line(&chain_text(&abort))
+                ));
             }
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    fn send_parts(
+        &self,
+        store: &dyn MultipartStore,
+        key: &str,
+        id: &object_store::MultipartId,
+        size: usize,
+        mut next_part: impl FnMut(usize) -> Result<Bytes>,
+    ) -> Result<()> {
+        let path = StorePath::from(key);
+        let mut parts: Vec<PartId> = Vec::with_capacity(size.div_ceil(MULTIPART_PART));
+        for index in 0..size.div_ceil(MULTIPART_PART) {
+            let data = next_part(MULTIPART_PART)?;
+            let put = || self.runtime.block_on(store.put_part(&path, id, index, PutPayload::from(data.clone())));
+            parts.push(self.retried(|| put().map_err(|e| self.write_failure(key, e)))?);
+        }
+        let complete = || self.runtime.block_on(store.complete_multipart(&path, id, parts.clone()));
+        match self.retried(|| complete().map_err(|e| self.write_failure(key, e))) {
+            Ok(_) => Ok(()),
+            // A completion whose answer was lost and that was sent again: the server
+            // no longer knows the upload, and the object is there, whole.
+            Err(error) if self.head_size(key) == Some(size as u64) => {
+                let _ = error;
+                Ok(())
+            }
+            Err(error) => Err(error),
         }
     }
 
-    /// Reads `path` in parts and hands them to `writer`, one part in flight at a time.
-    fn send_parts(&self, writer: &mut WriteMultipart, path: &std::path::Path, key: &str) -> Result<()> {
-        // A reader of its own: the writer's position is at the end of the file.
-        let mut reader = std::fs::File::open(path).map_err(|e| Error::io("cannot read", path, e))?;
-        loop {
-            let mut part = Vec::with_capacity(MULTIPART_PART);
-            std::io::Read::read_to_end(&mut std::io::Read::take(&mut reader, MULTIPART_PART as u64), &mut part)
-                .map_err(|e| Error::io("cannot read", path, e))?;
-            if part.is_empty() {
-                return Ok(());
+    /// The size of an object, if it can be seen.
+    fn head_size(&self, key: &str) -> Option<u64> {
+        let path = StorePath::from(key);
+        let head = self.retried(|| self.runtime.block_on(self.store.head(&path)).map_err(|e| self.failure(key, e)));
+        head.ok().map(|meta| meta.size)
+    }
+
+    /// Reads `range` of an object into `data`, resuming after what `data` already
+    /// holds: a body cut off by a reset is asked for again from the byte it stopped at.
+    fn read_range_into(&self, key: &str, range: &Range<u64>, data: &mut Vec<u8>) -> Result<()> {
+        let start = range.start + data.len() as u64;
+        if start >= range.end {
+            return Ok(());
+        }
+        let path = StorePath::from(key);
+        let options = GetOptions { range: Some(GetRange::Bounded(start..range.end)), ..Default::default() };
+        self.count(0, 0);
+        let read = self.runtime.block_on(async {
+            let mut stream = self.store.get_opts(&path, options).await?.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                self.bytes_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                data.extend_from_slice(&chunk);
             }
-            self.runtime.block_on(writer.wait_for_capacity(1)).map_err(|e| self.write_failure(key, e))?;
-            writer.put(Bytes::from(part));
+            Ok(())
+        });
+        read.map_err(|e| self.range_failure(key, e))
+    }
+
+    /// A create-only write whose first attempt may have been stored although its
+    /// answer was lost: an object found with the same bytes was written by us.
+    fn settle_put_new(&self, key: &str, data: &Bytes) -> Result<bool> {
+        match self.get(key) {
+            Ok(stored) => Ok(stored == *data),
+            Err(Error::MissingObject { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn put_new_once(&self, key: &str, data: &Bytes) -> Result<bool> {
+        let path = StorePath::from(key);
+        self.count(0, data.len());
+        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+        let put = self.runtime.block_on(self.store.put_opts(&path, PutPayload::from(data.clone()), options));
+        match put {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.write_failure(key, e)),
         }
     }
 
@@ -225,36 +375,46 @@ impl Backend for ObjectStoreBackend {
 
     fn get(&self, key: &str) -> Result<Bytes> {
         let path = StorePath::from(key);
-        let data = self
-            .runtime
-            .block_on(async { self.store.get(&path).await?.bytes().await })
-            .map_err(|e| self.failure(key, e))?;
-        self.count(data.len(), 0);
+        let data = self.retried(|| {
+            self.count(0, 0);
+            self.runtime
+                .block_on(async { self.store.get(&path).await?.bytes().await })
+                .map_err(|e| self.failure(key, e))
+        })?;
+        self.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(data)
     }
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        let path = StorePath::from(key);
         let wanted = range.end.saturating_sub(range.start);
-        let data = self.runtime.block_on(self.store.get_range(&path, range)).map_err(|e| self.range_failure(key, e))?;
-        self.count(data.len(), 0);
+        let mut data = Vec::with_capacity(wanted as usize);
+        self.retried(|| self.read_range_into(key, &range, &mut data))?;
         if data.len() as u64 != wanted {
             return Err(Error::integrity(key, "object is shorter than its index says"));
         }
-        Ok(data)
+        Ok(Bytes::from(data))
     }
 
     fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let path = StorePath::from(key);
-        let parts = data.len().div_ceil(MULTIPART_PART);
-        if data.len() < MULTIPART_THRESHOLD {
-            self.count(0, data.len());
-            self.runtime
-                .block_on(self.store.put(&path, PutPayload::from(data)))
-                .map_err(|e| self.write_failure(key, e))?;
-            return Ok(());
+        if data.len() >= MULTIPART_THRESHOLD && self.multipart.is_some() {
+            let mut offset = 0;
+            return self.upload_in_parts(key, data.len(), |part| {
+                let end = (offset + part).min(data.len());
+                let slice = data.slice(offset..end);
+                offset = end;
+                Ok(slice)
+            });
         }
-        self.requests.fetch_add(parts as u64 + 1, Ordering::Relaxed);
+        if data.len() < MULTIPART_THRESHOLD {
+            return self.retried(|| {
+                self.count(0, data.len());
+                let payload = PutPayload::from(data.clone());
+                self.runtime.block_on(self.store.put(&path, payload)).map(drop).map_err(|e| self.write_failure(key, e))
+            });
+        }
+        // A local disk: object_store writes the parts to a staging file.
+        self.requests.fetch_add(data.len().div_ceil(MULTIPART_PART) as u64 + 1, Ordering::Relaxed);
         self.count(0, data.len());
         self.runtime
             .block_on(async {
@@ -289,33 +449,38 @@ impl Backend for ObjectStoreBackend {
     }
 
     fn put_new(&self, key: &str, data: Bytes) -> Result<bool> {
-        let path = StorePath::from(key);
-        self.count(0, data.len());
-        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-        let put = self.runtime.block_on(self.store.put_opts(&path, PutPayload::from(data), options));
-        match put {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(self.write_failure(key, e)),
+        let mut attempts = 0;
+        let created = self.retried(|| {
+            attempts += 1;
+            self.put_new_once(key, &data)
+        })?;
+        // A retry that finds the object may be finding the first attempt's write.
+        if !created && attempts > 1 {
+            return self.settle_put_new(key, &data);
         }
+        Ok(created)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let folder = StorePath::from(prefix.trim_end_matches('/'));
-        self.count(0, 0);
-        let listed: Vec<object_store::ObjectMeta> =
-            self.runtime.block_on(self.store.list(Some(&folder)).try_collect()).map_err(|e| self.failure(prefix, e))?;
+        // A listing is read whole, page by page; a page cut off starts it over.
+        let listed: Vec<object_store::ObjectMeta> = self.retried(|| {
+            self.count(0, 0);
+            self.runtime.block_on(self.store.list(Some(&folder)).try_collect()).map_err(|e| self.failure(prefix, e))
+        })?;
         let infos = listed.into_iter().map(|meta| ObjectInfo { key: meta.location.to_string(), size: meta.size });
         Ok(infos.filter(|info| info.key.starts_with(prefix)).collect())
     }
 
     fn delete(&self, key: &str) -> Result<()> {
         let path = StorePath::from(key);
-        self.count(0, 0);
-        match self.runtime.block_on(self.store.delete(&path)) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.failure(key, e)),
-        }
+        self.retried(|| {
+            self.count(0, 0);
+            match self.runtime.block_on(self.store.delete(&path)) {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.failure(key, e)),
+            }
+        })
     }
 
     fn stats(&self) -> BackendStats {

@@ -5,10 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
+};
 use object_store::limit::LimitStore;
 use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
+use super::retry::{RetryAfter, RetryPolicy};
 use super::ObjectStoreBackend;
 use crate::error::{Error, Result};
 
@@ -38,6 +42,50 @@ pub struct S3Options {
     pub retry_timeout: Duration,
 }
 
+/// Hands every response through, noting a `Retry-After` of a 429 or 503 answer for
+/// the retry loop (object_store does not report headers with its errors).
+#[derive(Debug)]
+struct RetryAfterService {
+    inner: HttpClient,
+    hint: Arc<RetryAfter>,
+}
+
+#[async_trait::async_trait]
+impl HttpService for RetryAfterService {
+    async fn call(&self, request: HttpRequest) -> std::result::Result<HttpResponse, HttpError> {
+        let response = self.inner.execute(request).await?;
+        if matches!(response.status().as_u16(), 429 | 503) {
+            let header = response.headers().get("retry-after").and_then(|value| value.to_str().ok());
+            if let Some(delay) = header.and_then(parse_retry_after) {
+                self.hint.set(delay);
+            }
+        }
+        Ok(response)
+    }
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = jiff::fmt::rfc2822::parse(value.trim()).ok()?.timestamp();
+    let delay = when.duration_since(jiff::Timestamp::now());
+    Some(Duration::from_secs(delay.as_secs().max(0) as u64))
+}
+
+#[derive(Debug)]
+struct RetryAfterConnector {
+    hint: Arc<RetryAfter>,
+}
+
+impl HttpConnector for RetryAfterConnector {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let inner = ReqwestConnector::default().connect(options)?;
+        Ok(HttpClient::new(RetryAfterService { inner, hint: self.hint.clone() }))
+    }
+}
+
 impl S3Options {
     /// Parses `s3://bucket/prefix` and reads settings from `AWS_*` variables, falling
     /// back to the shared credentials and config files for the selected profile.
@@ -49,7 +97,9 @@ impl S3Options {
         }
         let profile = super::aws_profile::Profile::load();
         let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
-        let retry_seconds = env("COFFER_S3_RETRY_TIMEOUT").and_then(|v| v.parse().ok()).unwrap_or(180);
+        let retry_seconds = env("COFFER_S3_RETRY_TIMEOUT")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(super::retry::DEFAULT_RETRY_BUDGET.as_secs());
         Ok(Self {
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
@@ -97,6 +147,7 @@ impl S3Options {
 /// Opens the S3 repository described by `options`.
 pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
     options.check_http()?;
+    let hint = Arc::new(RetryAfter::default());
     let mut builder = AmazonS3Builder::new()
         .with_bucket_name(&options.bucket)
         .with_region(options.region.clone().unwrap_or_else(|| "us-east-1".to_string()))
@@ -108,15 +159,10 @@ pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
                 .with_timeout(Duration::from_secs(120))
                 .with_connect_timeout(Duration::from_secs(10)),
         )
-        .with_retry(RetryConfig {
-            backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(200),
-                max_backoff: Duration::from_secs(15),
-                base: 2.0,
-            },
-            max_retries: 10,
-            retry_timeout: options.retry_timeout,
-        });
+        // Every retry is coffer's own (retry.rs): one budget for every request kind,
+        // Retry-After honoured, bodies resumed, create-only writes settled.
+        .with_retry(RetryConfig { backoff: BackoffConfig::default(), max_retries: 0, retry_timeout: Duration::ZERO })
+        .with_http_connector(RetryAfterConnector { hint: hint.clone() });
     if let Some(endpoint) = &options.endpoint {
         builder = builder.with_endpoint(endpoint);
     }
@@ -128,13 +174,19 @@ pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
     }
     let store =
         builder.build().map_err(|e| Error::InvalidInput(format!("cannot configure S3 for {}: {e}", options.url())))?;
+    let multipart: Arc<dyn object_store::multipart::MultipartStore> = if options.prefix.is_empty() {
+        Arc::new(store.clone())
+    } else {
+        Arc::new(PrefixStore::new(store.clone(), options.prefix.as_str()))
+    };
     let limited = LimitStore::new(store, options.connections.max(1));
     let store: Arc<dyn ObjectStore> = if options.prefix.is_empty() {
         Arc::new(limited)
     } else {
         Arc::new(PrefixStore::new(limited, options.prefix.as_str()))
     };
-    ObjectStoreBackend::new(store, options.url())
+    let policy = RetryPolicy { budget: options.retry_timeout, ..RetryPolicy::default() };
+    Ok(ObjectStoreBackend::new(store, options.url())?.with_retries(policy, hint).with_multipart(multipart))
 }
 
 #[cfg(test)]
@@ -155,6 +207,16 @@ mod tests {
         let mut allowed = with_endpoint("http://10.1.2.3:9000");
         allowed.allow_http = true;
         assert!(allowed.check_http().is_ok());
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(30);
+        let date = jiff::fmt::rfc2822::to_string(&soon.to_zoned(jiff::tz::TimeZone::UTC)).unwrap();
+        let parsed = parse_retry_after(&date).unwrap();
+        assert!(parsed <= Duration::from_secs(30) && parsed >= Duration::from_secs(28), "{date}: {parsed:?}");
+        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]
