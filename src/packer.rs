@@ -226,19 +226,15 @@ impl<'r> Packer<'r> {
         Ok(IndexFile { supersedes: Vec::new(), packs: std::mem::take(&mut state.written) })
     }
 
-    /// Indexes what a failed run finished: the packs stored since the last checkpoint,
-    /// and with `with_partial` also the packs in hand (uploaded first).
-    pub fn index_finished(&self, with_partial: bool) -> Result<()> {
-        let index = if with_partial {
-            self.flush()?
-        } else {
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            IndexFile { supersedes: Vec::new(), packs: std::mem::take(&mut state.written) }
-        };
-        if !index.packs.is_empty() {
-            self.repository.write_index(&index)?;
+    /// Takes what a failed run finished, for an index object: the packs stored since
+    /// the last checkpoint, and with `with_partial` also the packs in hand (uploaded
+    /// first).
+    pub fn take_finished(&self, with_partial: bool) -> Result<IndexFile> {
+        if with_partial {
+            return self.flush();
         }
-        Ok(())
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(IndexFile { supersedes: Vec::new(), packs: std::mem::take(&mut state.written) })
     }
 
     /// Counters of what was written.

@@ -285,6 +285,7 @@ impl Repository {
         let timing = *self.lock_timing.lock().unwrap_or_else(|p| p.into_inner());
         let guard = LockGuard::acquire(self.backend.clone(), &self.master, exclusive, timing)?;
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = guard.lease();
+        self.store_pending_indexes();
         // Damaged index objects were reported when the repository was opened; check and
         // repair open it knowing of them.
         self.sync_index_reporting()?;
@@ -449,6 +450,50 @@ impl Repository {
         self.backend.put(&format!("index/{id}"), Bytes::from(sealed))?;
         self.index().add(Some(id), file)?;
         Ok(id)
+    }
+
+    /// Where index objects wait that a failed backup could not store.
+    fn pending_dir(&self) -> PathBuf {
+        self.cache_dir.join("pending-index")
+    }
+
+    /// Keeps an index object in the local cache when storage cannot take it (a backup
+    /// failed because storage went away): the next run stores it, so the packs it
+    /// names are not uploaded again.
+    pub fn keep_index_for_later(&self, file: &IndexFile) -> Result<()> {
+        let sealed = seal_object(&self.master, "index", &file.encode());
+        let id = IndexId(*blake3::hash(&sealed).as_bytes());
+        let folder = self.pending_dir();
+        crate::system::create_private_dir(&folder).map_err(|e| Error::io("cannot create", &folder, e))?;
+        let path = folder.join(id.to_hex());
+        std::fs::write(&path, sealed).map_err(|e| Error::io("cannot write", &path, e))
+    }
+
+    /// Stores the index objects kept by [`Repository::keep_index_for_later`] whose packs
+    /// are all still in storage (a prune in between deletes packs no index names).
+    /// Called under a lock; best effort: what cannot be stored now waits.
+    fn store_pending_indexes(&self) {
+        let Ok(entries) = std::fs::read_dir(self.pending_dir()) else { return };
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().and_then(|name| name.parse::<IndexId>().ok()) else { continue };
+            let Ok(sealed) = std::fs::read(entry.path()) else { continue };
+            let decoded = (*blake3::hash(&sealed).as_bytes() == id.0)
+                .then(|| open_object(&self.master, "index", &sealed, "pending index").ok())
+                .flatten()
+                .and_then(|plain| IndexFile::decode(&plain, "pending index").ok());
+            let Some(file) = decoded else {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            };
+            let stored = file.packs.iter().all(|pack| {
+                let key = pack_key(&pack.id);
+                self.backend.get_range(&key, pack.size.saturating_sub(4)..pack.size).is_ok()
+            });
+            if stored && self.backend.put(&format!("index/{id}"), Bytes::from(sealed)).is_err() {
+                continue;
+            }
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 
     /// Writes `packs` as index objects of at most [`MAX_OBJECT_BLOBS`] blobs each (a pack

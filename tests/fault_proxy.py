@@ -29,6 +29,7 @@ Control (JSON over HTTP on the control port):
 import argparse
 import http.server
 import json
+import os
 import socket
 import struct
 import sys
@@ -43,12 +44,14 @@ STATE = {"listening": None, "down_until": 0.0, "killed": False}
 
 
 def reset(sock):
-    """Closes a socket with a TCP reset instead of a clean FIN."""
+    """Closes a socket with a TCP reset instead of a clean FIN, at once, even while
+    another thread reads from it through a file object (which keeps a plain close
+    from closing the descriptor)."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        os.close(sock.detach())
     except OSError:
         pass
-    sock.close()
 
 
 def read_head(stream):

@@ -86,11 +86,18 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
 }
 
 /// After a failed backup: indexes the packs already stored (after an interrupt, also
-/// the packs in hand, which hold complete blobs). An index that cannot be written is
-/// worth a sentence beside the first error, never instead of it.
+/// the packs in hand, which hold complete blobs). When storage cannot take the index
+/// object either, it is kept in the local cache and stored by the next run. Whatever
+/// happens here is said beside the first error, never instead of it.
 fn keep_finished_packs(packer: &Packer<'_>, error: Error) -> Error {
     let interrupted = matches!(error, Error::Interrupted { .. });
-    let saved = packer.index_finished(interrupted);
+    let repository = packer.repository();
+    let saved = packer.take_finished(interrupted).and_then(|index| {
+        if index.packs.is_empty() {
+            return Ok(());
+        }
+        repository.write_index(&index).map(drop).or_else(|_| repository.keep_index_for_later(&index))
+    });
     let kept = packer.stats().bytes;
     match (error, saved) {
         (Error::Interrupted { signal, .. }, Ok(())) => Error::Interrupted {
