@@ -87,7 +87,13 @@ pub struct PruneReport {
     pub bytes_written: u64,
     pub packs_deleted: u64,
     pub index_objects_deleted: u64,
+    /// Unfinished multipart uploads older than [`STALE_UPLOAD_AGE`] that were aborted.
+    pub uploads_aborted: u64,
 }
+
+/// Unfinished multipart uploads older than this are aborted by prune: no backup runs
+/// for a day, and their parts cost storage.
+pub const STALE_UPLOAD_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Plans a prune: finds the blobs the remaining snapshots use, and for each pack
 /// whether it is kept, repacked or deleted. Refuses on any damage it would make worse.
@@ -233,6 +239,11 @@ pub fn execute(repository: &Repository, plan: &PrunePlan) -> Result<PruneReport>
     for id in deletable.into_iter().chain(plan.unindexed.iter().map(|(id, _)| id)) {
         repository.backend().delete(&pack_key(id))?;
         report.packs_deleted += 1;
+    }
+    // Cleanup that loses nothing: a failure is noted, not made the prune's outcome.
+    match repository.backend().abort_stale_uploads(STALE_UPLOAD_AGE) {
+        Ok(count) => report.uploads_aborted = count as u64,
+        Err(error) => crate::backend::note(format!("unfinished uploads were not aborted: {error}")),
     }
     Ok(report)
 }

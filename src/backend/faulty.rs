@@ -178,6 +178,10 @@ impl Backend for FaultyBackend {
         self.inner.delete(key)
     }
 
+    fn abort_stale_uploads(&self, age: std::time::Duration) -> Result<usize> {
+        self.inner.abort_stale_uploads(age)
+    }
+
     fn stats(&self) -> BackendStats {
         self.inner.stats()
     }

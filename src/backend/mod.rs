@@ -9,6 +9,7 @@ mod memory;
 mod object;
 mod retry;
 mod s3;
+mod uploads;
 
 use std::ops::Range;
 
@@ -75,6 +76,13 @@ pub trait Backend: Send + Sync {
     /// Counters since the backend was created.
     fn stats(&self) -> BackendStats {
         BackendStats::default()
+    }
+    /// Aborts unfinished multipart uploads started more than `age` ago (left by a
+    /// crash or an outage; their parts cost storage); returns how many. Only object
+    /// stores have them.
+    fn abort_stale_uploads(&self, age: std::time::Duration) -> Result<usize> {
+        let _ = age;
+        Ok(0)
     }
 }
 

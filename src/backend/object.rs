@@ -101,6 +101,8 @@ pub struct ObjectStoreBackend {
     store: Arc<dyn ObjectStore>,
     /// The store for multipart uploads whose parts are retried one by one (S3).
     multipart: Option<Arc<dyn MultipartStore>>,
+    /// Lists and aborts unfinished multipart uploads (S3).
+    uploads: Option<Arc<super::uploads::StaleUploads>>,
     /// How remote requests are retried; `None` on a local disk, whose failures are final.
     policy: Option<RetryPolicy>,
     hint: Arc<RetryAfter>,
@@ -144,6 +146,7 @@ impl ObjectStoreBackend {
         Ok(Self {
             store,
             multipart: None,
+            uploads: None,
             policy: None,
             hint: Arc::new(RetryAfter::default()),
             local_root: None,
@@ -202,6 +205,12 @@ impl ObjectStoreBackend {
     /// Uploads large objects through `store`, retrying each part on its own.
     pub fn with_multipart(mut self, store: Arc<dyn MultipartStore>) -> Self {
         self.multipart = Some(store);
+        self
+    }
+
+    /// Lets prune find and abort unfinished uploads.
+    pub(super) fn with_stale_uploads(mut self, uploads: super::uploads::StaleUploads) -> Self {
+        self.uploads = Some(Arc::new(uploads));
         self
     }
 
@@ -481,6 +490,13 @@ impl Backend for ObjectStoreBackend {
                 Err(e) => Err(self.failure(key, e)),
             }
         })
+    }
+
+    fn abort_stale_uploads(&self, age: std::time::Duration) -> Result<usize> {
+        match &self.uploads {
+            Some(uploads) => self.retried(|| self.runtime.block_on(uploads.abort_older_than(age))),
+            None => Ok(0),
+        }
     }
 
     fn stats(&self) -> BackendStats {

@@ -126,6 +126,20 @@ impl S3Options {
         }
     }
 
+    /// The bucket's URL as object_store addresses it (path style unless virtual hosted).
+    fn bucket_url(&self) -> String {
+        let region = self.region.clone().unwrap_or_else(|| "us-east-1".to_string());
+        let endpoint = self.endpoint.clone().unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let endpoint = endpoint.trim_end_matches('/');
+        if !self.virtual_hosted {
+            return format!("{endpoint}/{}", self.bucket);
+        }
+        match endpoint.split_once("://") {
+            Some((scheme, host)) => format!("{scheme}://{}.{host}", self.bucket),
+            None => format!("{endpoint}/{}", self.bucket),
+        }
+    }
+
     fn check_http(&self) -> Result<()> {
         let Some(endpoint) = &self.endpoint else { return Ok(()) };
         let Some(rest) = endpoint.strip_prefix("http://") else { return Ok(()) };
@@ -148,17 +162,16 @@ impl S3Options {
 pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
     options.check_http()?;
     let hint = Arc::new(RetryAfter::default());
+    let client_options = ClientOptions::new()
+        .with_allow_http(options.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")))
+        .with_timeout(Duration::from_secs(120))
+        .with_connect_timeout(Duration::from_secs(10));
     let mut builder = AmazonS3Builder::new()
         .with_bucket_name(&options.bucket)
         .with_region(options.region.clone().unwrap_or_else(|| "us-east-1".to_string()))
         .with_virtual_hosted_style_request(options.virtual_hosted)
         .with_conditional_put(S3ConditionalPut::ETagMatch)
-        .with_client_options(
-            ClientOptions::new()
-                .with_allow_http(options.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")))
-                .with_timeout(Duration::from_secs(120))
-                .with_connect_timeout(Duration::from_secs(10)),
-        )
+        .with_client_options(client_options.clone())
         // Every retry is coffer's own (retry.rs): one budget for every request kind,
         // Retry-After honoured, bodies resumed, create-only writes settled.
         .with_retry(RetryConfig { backoff: BackoffConfig::default(), max_retries: 0, retry_timeout: Duration::ZERO })
@@ -179,6 +192,17 @@ pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
     } else {
         Arc::new(PrefixStore::new(store.clone(), options.prefix.as_str()))
     };
+    let uploads = super::uploads::StaleUploads {
+        client: RetryAfterConnector { hint: hint.clone() }
+            .connect(&client_options)
+            .map_err(|e| Error::InvalidInput(format!("cannot configure S3 for {}: {e}", options.url())))?,
+        credentials: store.credentials().clone(),
+        region: options.region.clone().unwrap_or_else(|| "us-east-1".to_string()),
+        bucket_url: options.bucket_url(),
+        prefix: if options.prefix.is_empty() { String::new() } else { format!("{}/", options.prefix) },
+        multipart: multipart.clone(),
+        location: options.url(),
+    };
     let limited = LimitStore::new(store, options.connections.max(1));
     let store: Arc<dyn ObjectStore> = if options.prefix.is_empty() {
         Arc::new(limited)
@@ -186,7 +210,10 @@ pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
         Arc::new(PrefixStore::new(limited, options.prefix.as_str()))
     };
     let policy = RetryPolicy { budget: options.retry_timeout, ..RetryPolicy::default() };
-    Ok(ObjectStoreBackend::new(store, options.url())?.with_retries(policy, hint).with_multipart(multipart))
+    Ok(ObjectStoreBackend::new(store, options.url())?
+        .with_retries(policy, hint)
+        .with_multipart(multipart)
+        .with_stale_uploads(uploads))
 }
 
 #[cfg(test)]

@@ -276,6 +276,7 @@ fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) -> Opt
         if let Some(report) = report {
             value["packs_written"] = json!(report.packs_written);
             value["bytes_written"] = json!(report.bytes_written);
+            value["uploads_aborted"] = json!(report.uploads_aborted);
         }
         return Some(value);
     }
@@ -300,6 +301,9 @@ fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) -> Opt
             cli.quiet,
             &format!("wrote {} new pack(s) ({})", report.packs_written, output::size(report.bytes_written)),
         );
+        if report.uploads_aborted > 0 {
+            note(cli.quiet, &format!("aborted {} unfinished upload(s) older than a day", report.uploads_aborted));
+        }
     }
     None
 }

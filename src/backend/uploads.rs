@@ -1,0 +1,188 @@
+//! Unfinished multipart uploads on S3: listed (ListMultipartUploads, which object_store
+//! does not offer, signed with its SigV4 authorizer) and aborted when they are older
+//! than a day, so parts of uploads that a crash or an outage left behind stop costing
+//! storage. Prune does this under its exclusive lock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
+use object_store::client::{HttpClient, HttpRequest, HttpRequestBody};
+use object_store::multipart::MultipartStore;
+use object_store::path::Path as StorePath;
+
+use crate::error::{Error, Result};
+
+/// One unfinished upload: its key below the repository prefix, id and start time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Upload {
+    pub key: String,
+    pub id: String,
+    pub initiated: String,
+}
+
+/// What is needed to list and abort the repository's unfinished uploads.
+pub(super) struct StaleUploads {
+    pub client: HttpClient,
+    pub credentials: AwsCredentialProvider,
+    pub region: String,
+    /// The bucket's URL, path style (`http://host:port/bucket`) or virtual hosted.
+    pub bucket_url: String,
+    /// The repository prefix in the bucket, with a trailing `/`, or empty.
+    pub prefix: String,
+    /// Aborts through the repository's prefix.
+    pub multipart: Arc<dyn MultipartStore>,
+    pub location: String,
+}
+
+impl std::fmt::Debug for StaleUploads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StaleUploads({})", self.location)
+    }
+}
+
+impl StaleUploads {
+    /// Aborts the uploads started more than `age` ago; returns how many.
+    pub async fn abort_older_than(&self, age: Duration) -> Result<usize> {
+        let cutoff = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(age.as_secs() as i64);
+        let mut aborted = 0;
+        for upload in self.list().await? {
+            if !started_before(&upload, cutoff) {
+                continue;
+            }
+            let Some(key) = upload.key.strip_prefix(&self.prefix) else { continue };
+            let path = StorePath::from(key);
+            self.multipart.abort_multipart(&path, &upload.id).await.map_err(|e| self.failure(e.to_string()))?;
+            aborted += 1;
+        }
+        Ok(aborted)
+    }
+
+    /// Every unfinished upload below the prefix, following the pages of the listing.
+    async fn list(&self) -> Result<Vec<Upload>> {
+        let mut uploads = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut query = format!("prefix={}&uploads=", encode(&self.prefix));
+            if let Some((key, id)) = &markers {
+                query = format!("key-marker={}&{query}&upload-id-marker={}", encode(key), encode(id));
+            }
+            let body = self.get(&format!("{}?{query}", self.bucket_url)).await?;
+            let (page, next) = parse_listing(&body);
+            uploads.extend(page);
+            match next {
+                Some(next) => markers = Some(next),
+                None => return Ok(uploads),
+            }
+        }
+    }
+
+    async fn get(&self, url: &str) -> Result<String> {
+        let credential = self.credentials.get_credential().await.map_err(|e| self.failure(e.to_string()))?;
+        let mut request: HttpRequest = http::Request::builder()
+            .method("GET")
+            .uri(url)
+            .body(HttpRequestBody::empty())
+            .map_err(|e| self.failure(e.to_string()))?;
+        AwsAuthorizer::new(&credential, "s3", &self.region)
+            .try_authorize(&mut request, None)
+            .map_err(|e| self.failure(e.to_string()))?;
+        let response = self.client.execute(request).await.map_err(|e| self.failure(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = response.into_body().bytes().await.map_err(|e| self.failure(e.to_string()))?;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if status != 200 {
+            return Err(self.failure(format!("listing unfinished uploads was answered {status}: {text}")));
+        }
+        Ok(text)
+    }
+
+    fn failure(&self, message: String) -> Error {
+        Error::Backend { location: self.location.clone(), message }
+    }
+}
+
+/// True if the upload started before `cutoff`; an unreadable time counts as old.
+fn started_before(upload: &Upload, cutoff: jiff::Timestamp) -> bool {
+    upload.initiated.parse::<jiff::Timestamp>().map_or(true, |started| started < cutoff)
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
+fn encode(value: &str) -> String {
+    let mut encoded = String::new();
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// The uploads of one page of ListMultipartUploadsResult, and the markers of the next
+/// page when it is truncated.
+fn parse_listing(xml: &str) -> (Vec<Upload>, Option<(String, String)>) {
+    let uploads = elements(xml, "Upload")
+        .into_iter()
+        .filter_map(|upload| {
+            Some(Upload {
+                key: unescape(elements(upload, "Key").first()?),
+                id: unescape(elements(upload, "UploadId").first()?),
+                initiated: elements(upload, "Initiated").first().map(|t| unescape(t)).unwrap_or_default(),
+            })
+        })
+        .collect();
+    let truncated = elements(xml, "IsTruncated").first().is_some_and(|value| value.trim() == "true");
+    let next = truncated
+        .then(|| {
+            let key = unescape(elements(xml, "NextKeyMarker").first()?);
+            let id = unescape(elements(xml, "NextUploadIdMarker").first()?);
+            Some((key, id))
+        })
+        .flatten();
+    (uploads, next)
+}
+
+/// The contents of every `<name>...</name>` element, in order (no nesting of the same name).
+fn elements<'x>(xml: &'x str, name: &str) -> Vec<&'x str> {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    let mut found = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(&close) else { break };
+        found.push(&after[..end]);
+        rest = &after[end + close.len()..];
+    }
+    found
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listings_parse_with_their_next_page() {
+        let xml = "<?xml version=\"1.0\"?><ListMultipartUploadsResult><Bucket>b</Bucket>\
+            <IsTruncated>true</IsTruncated><NextKeyMarker>p/data/ab/c</NextKeyMarker><NextUploadIdMarker>u2</NextUploadIdMarker>\
+            <Upload><Key>p/data/aa/b</Key><UploadId>u1</UploadId><Initiated>2026-01-01T00:00:00.000Z</Initiated></Upload>\
+            <Upload><Key>p/a&amp;b</Key><UploadId>u2</UploadId><Initiated>2026-01-02T00:00:00Z</Initiated></Upload>\
+            </ListMultipartUploadsResult>";
+        let (uploads, next) = parse_listing(xml);
+        assert_eq!(uploads.len(), 2);
+        assert_eq!(uploads[1].key, "p/a&b");
+        assert_eq!(next, Some(("p/data/ab/c".into(), "u2".into())));
+        let (none, last) =
+            parse_listing("<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>");
+        assert!(none.is_empty() && last.is_none());
+        assert_eq!(encode("p/x y"), "p%2Fx%20y");
+        let cutoff: jiff::Timestamp = "2026-01-01T12:00:00Z".parse().unwrap();
+        assert!(started_before(&uploads[0], cutoff));
+        assert!(!started_before(&uploads[1], cutoff));
+    }
+}
