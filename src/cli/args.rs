@@ -12,12 +12,16 @@ pub struct Cli {
     /// Repository: a path, file:///path or s3://bucket/prefix.
     #[arg(short = 'r', long, env = "COFFER_REPOSITORY", global = true)]
     pub repo: Option<String>,
-    /// Read the password from this file (first line).
-    #[arg(short = 'p', long, env = "COFFER_PASSWORD_FILE", global = true)]
+    /// Read the password from this file (first line) [env: COFFER_PASSWORD_FILE].
+    #[arg(short = 'p', long, global = true)]
     pub password_file: Option<PathBuf>,
-    /// Run this shell command and use its output as the password.
-    #[arg(long, env = "COFFER_PASSWORD_COMMAND", global = true)]
-    pub password_command: Option<String>,
+    /// Run this shell command and use the first line it prints as the password
+    /// [env: COFFER_PASSWORD_COMMAND].
+    #[arg(long, value_name = "COMMAND", global = true)]
+    pub password_command: Option<OsString>,
+    /// `COFFER_PASSWORD`, taken out of the environment at start (see `password.rs`).
+    #[arg(skip)]
+    pub password_env: Option<super::password::Secret>,
     /// Local cache directory (default: $XDG_CACHE_HOME/coffer or ~/.cache/coffer).
     #[arg(long, env = "COFFER_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
