@@ -276,3 +276,60 @@ fn a_night_of_sparse_changes_adds_a_small_fraction_of_the_dump() {
     );
     assert!(new_bytes * 5 < dump_size, "the second night added {new_bytes} of {dump_size} bytes");
 }
+
+/// A wrapper that records its command line (as `ps` shows it) and runs the real program.
+fn recording_wrapper(fixture: &Fixture, program: &str) -> std::path::PathBuf {
+    let wrapper = fixture.path(&format!("{program}_recorded"));
+    let log = fixture.path(&format!("{program}.cmdlines"));
+    let script = format!(
+        "#!/bin/sh\ncat /proc/$$/cmdline >> '{}'\necho >> '{}'\nexec {program} \"$@\"\n",
+        log.display(),
+        log.display()
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    wrapper
+}
+
+#[test]
+fn a_password_in_the_connection_string_never_reaches_a_command_line() {
+    if !server() {
+        return;
+    }
+    let fixture = Fixture::new();
+    fill_clinic("pg_secret");
+    let password = std::env::var("PGPASSWORD").expect("scripts/pg_server.sh sets PGPASSWORD");
+    let (host, port) = (std::env::var("PGHOST").unwrap(), std::env::var("PGPORT").unwrap());
+    let uri = format!("postgresql://postgres:{password}@{host}:{port}/pg_secret");
+    let (pg_dump, pg_restore, psql) = (
+        recording_wrapper(&fixture, "pg_dump"),
+        recording_wrapper(&fixture, "pg_restore"),
+        recording_wrapper(&fixture, "psql"),
+    );
+    let run = |args: &[&str]| {
+        let output = fixture
+            .command(args)
+            .env_remove("PGPASSWORD")
+            .env("PGPASSFILE", "/nonexistent")
+            .env("COFFER_PG_DUMP", &pg_dump)
+            .env("COFFER_PG_RESTORE", &pg_restore)
+            .env("COFFER_PSQL", &psql)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "coffer {args:?}: {text}");
+        assert!(!text.contains(&password), "coffer {args:?} showed the password: {text}");
+        text
+    };
+    run(&["backup", "--pg", &uri]);
+    create_database("pg_secret_restored");
+    let target = format!("host={host} port={port} user=postgres dbname=pg_secret_restored password='{password}'");
+    let text = run(&["restore", "latest", "--pg-target", &target]);
+    assert!(text.contains("password=***"), "{text}");
+    assert_eq!(fingerprint("pg_secret_restored"), fingerprint("pg_secret"));
+    for program in ["pg_dump", "pg_restore", "psql"] {
+        let cmdlines = std::fs::read_to_string(fixture.path(&format!("{program}.cmdlines"))).unwrap();
+        assert!(cmdlines.contains("--dbname"), "{program} did not run: {cmdlines}");
+        assert!(!cmdlines.contains(&password), "{program} got the password on its command line: {cmdlines:?}");
+    }
+}
