@@ -264,8 +264,9 @@ pub struct ForgetArgs {
     /// Keep every snapshot with this tag (repeatable).
     #[arg(long = "keep-tag", value_name = "TAG")]
     pub keep_tags: Vec<String>,
-    /// Apply the policy per group of snapshots with the same host, paths and/or tags.
-    #[arg(long, default_value = "host,paths", value_name = "host,paths,tags")]
+    /// Apply the policy per group of snapshots with the same host, paths, sources
+    /// (databases and standard-input names) and/or tags; '' for one group.
+    #[arg(long, default_value = "host,paths,sources", value_name = "host,paths,sources,tags")]
     pub group_by: String,
     /// Show what would be kept and removed, and change nothing.
     #[arg(long)]
