@@ -24,7 +24,7 @@ pub struct Snapshot {
     pub tags: Vec<String>,
     #[serde(default)]
     pub parent: Option<SnapshotId>,
-    /// False when some files could not be read.
+    /// False when some files could not be read, or standard input was empty.
     pub complete: bool,
     pub sources: Vec<Source>,
     pub summary: Summary,

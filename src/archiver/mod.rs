@@ -69,7 +69,8 @@ pub struct BackupOptions {
 pub struct BackupReport {
     pub id: SnapshotId,
     pub snapshot: Snapshot,
-    /// Files that could not be read; the snapshot is incomplete if there are any.
+    /// Files that could not be read, or an empty standard input; the snapshot is
+    /// incomplete if there are any.
     pub warnings: Vec<String>,
     /// Things worth knowing that do not make the snapshot incomplete (e.g. an unusable parent).
     pub notes: Vec<String>,
@@ -455,8 +456,17 @@ impl Walker<'_, '_> {
             return Err(Error::InvalidInput(format!("--stdin-name {name:?} collides with a backed-up path")));
         }
         let chunker = self.packer.repository().file_chunker();
-        self.add_stream(reader, &path, "standard input", &chunker, time, sender)?;
+        let (size, _) = self.add_stream(reader, &path, "standard input", &chunker, time, sender)?;
+        self.warn_if_empty(size, "standard input", &path);
         Ok(())
+    }
+
+    /// Nothing to read is what a failed `pg_dump ... | coffer backup --stdin` looks
+    /// like from here: the snapshot is kept, but marked incomplete, and the user told.
+    fn warn_if_empty(&mut self, size: u64, what: &str, path: &str) {
+        if size == 0 {
+            self.warn(format!("{what} was empty: {path} holds 0 bytes (did the program feeding it fail?)"));
+        }
     }
 
     /// Stores a stream as one regular file of the manifest; returns its size and SHA-256.

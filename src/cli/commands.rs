@@ -135,7 +135,7 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
     }
     note(
         cli.quiet,
-        &format!("snapshot {} is incomplete: {} path(s) could not be read", report.id.short(), report.warnings.len()),
+        &format!("snapshot {} is incomplete: see the {} warning(s) above", report.id.short(), report.warnings.len()),
     );
     Ok(exit::INCOMPLETE)
 }
