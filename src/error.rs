@@ -56,6 +56,11 @@ pub enum Error {
     #[error("{tool} failed: {message}")]
     Postgres { tool: String, message: String },
 
+    /// The program whose output a backup stores (`--stdin-from-command`) failed or could
+    /// not run. The command's text is not part of the message: it may hold a secret.
+    #[error("the input command {message}; no snapshot was saved")]
+    InputCommand { message: String },
+
     /// A safety check refused the operation; `--force` overrides it where offered.
     #[error("refused: {0}")]
     Refused(String),

@@ -29,7 +29,8 @@ mod snapshot;
 mod system;
 
 pub use archiver::{
-    backup, dry_run, BackupOptions, BackupReport, ChangeRules, DryRunReport, Excludes, FileChange, PlannedFile,
+    backup, dry_run, BackupOptions, BackupReport, ChangeRules, DryRunReport, Excludes, FileChange, InputCommand,
+    PlannedFile,
 };
 pub use check::{check, AffectedSnapshot, CheckOptions, CheckReport, Damage, ReadSubset};
 pub use chunker::{Chunker, ChunkerParams};

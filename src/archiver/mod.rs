@@ -1,11 +1,13 @@
 //! Backup: walks trees (or reads stdin), chunks and stores content, writes the manifest,
 //! and commits a snapshot (packs, then index, then snapshot record).
 
+mod command;
 mod digest;
 mod dry_run;
 mod parent;
 mod walk;
 
+pub use command::InputCommand;
 use digest::FileDigest;
 pub use dry_run::{dry_run, DryRunReport, FileChange, PlannedFile};
 pub use parent::ChangeRules;
@@ -43,6 +45,8 @@ pub struct BackupOptions {
     pub paths: Vec<PathBuf>,
     /// Standard input (or any reader) stored as one file named `/NAME`.
     pub stdin: Option<(Box<dyn Read + Send>, String)>,
+    /// A program whose output is stored as one file; its failure fails the backup.
+    pub stdin_command: Option<InputCommand>,
     pub tags: Vec<String>,
     /// Host name recorded in the snapshot; the system's by default.
     pub host: Option<String>,
@@ -99,6 +103,7 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
         hard_links: HashMap::new(),
         summary: Summary::default(),
         warnings: Vec::new(),
+        notes: Vec::new(),
         progress: &progress,
     };
     let mut sources = Vec::new();
@@ -130,6 +135,10 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
             walker.add_stdin(reader, &name, time, &sender)?;
             sources.push(Source::Stdin { name });
         }
+        if let Some(input) = &options.stdin_command {
+            walker.add_command_output(input, time, &sender)?;
+            sources.push(Source::Stdin { name: input.name.clone() });
+        }
         for database in &options.postgres {
             let source = walker.add_postgres(&options.pg_tools, database, time, &sender)?;
             sources.push(Source::Postgres(source));
@@ -140,7 +149,8 @@ pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupR
     if let Some(error) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(error);
     }
-    let Walker { manifest, mut summary, warnings, .. } = walker;
+    let Walker { manifest, mut summary, warnings, notes: walk_notes, .. } = walker;
+    notes.extend(walk_notes);
     let manifest_ref = store_manifest(&packer, manifest.finish()?)?;
     let index = packer.flush()?;
     if !index.packs.is_empty() {
@@ -256,6 +266,7 @@ struct Walker<'a, 'r> {
     hard_links: HashMap<(u64, u64), i64>,
     summary: Summary,
     warnings: Vec<String>,
+    notes: Vec<String>,
     progress: &'a Progress,
 }
 
@@ -447,6 +458,15 @@ impl Walker<'_, '_> {
         time: jiff::Timestamp,
         sender: &BlobSender<'_>,
     ) -> Result<()> {
+        let path = self.stdin_path(name)?;
+        let chunker = self.packer.repository().file_chunker();
+        let (size, _) = self.add_stream(reader, &path, "standard input", &chunker, time, sender)?;
+        self.warn_if_empty(size, "standard input", &path);
+        Ok(())
+    }
+
+    /// The manifest path of the file named by `--stdin-name`.
+    fn stdin_path(&self, name: &str) -> Result<String> {
         let clean = name.trim_start_matches('/');
         if clean.is_empty() || clean.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
             return Err(Error::InvalidInput(format!("--stdin-name {name:?} is not a usable file name")));
@@ -455,10 +475,7 @@ impl Walker<'_, '_> {
         if self.manifest.contains(path.as_bytes())? {
             return Err(Error::InvalidInput(format!("--stdin-name {name:?} collides with a backed-up path")));
         }
-        let chunker = self.packer.repository().file_chunker();
-        let (size, _) = self.add_stream(reader, &path, "standard input", &chunker, time, sender)?;
-        self.warn_if_empty(size, "standard input", &path);
-        Ok(())
+        Ok(path)
     }
 
     /// Nothing to read is what a failed `pg_dump ... | coffer backup --stdin` looks

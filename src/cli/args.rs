@@ -91,9 +91,10 @@ pub struct InitArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("stdin_source").args(["stdin", "stdin_from_command"])))]
 pub struct BackupArgs {
     /// Files and directories to back up.
-    #[arg(required_unless_present_any = ["stdin", "pg"])]
+    #[arg(required_unless_present_any = ["stdin", "stdin_from_command", "pg"])]
     pub paths: Vec<PathBuf>,
     /// Dump this PostgreSQL database into the snapshot (a libpq connection string or URI; repeatable).
     #[arg(long = "pg", value_name = "CONNINFO")]
@@ -107,8 +108,12 @@ pub struct BackupArgs {
     /// Read the content of one file from standard input.
     #[arg(long)]
     pub stdin: bool,
-    /// Name of the file read from standard input.
-    #[arg(long, default_value = "stdin", requires = "stdin")]
+    /// Run this shell command and store its output as one file; if it exits non-zero,
+    /// the backup fails and saves no snapshot (e.g. 'pg_dump -Fc app').
+    #[arg(long, value_name = "COMMAND")]
+    pub stdin_from_command: Option<String>,
+    /// Name of the file read from standard input or from the command.
+    #[arg(long, default_value = "stdin", requires = "stdin_source")]
     pub stdin_name: String,
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
@@ -141,7 +146,7 @@ pub struct BackupArgs {
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
     /// List the files that would be read (new or changed) and their size; store nothing.
-    #[arg(long, conflicts_with_all = ["stdin", "pg"])]
+    #[arg(long, conflicts_with_all = ["stdin", "stdin_from_command", "pg"])]
     pub dry_run: bool,
     /// Show no progress (otherwise a bar on a terminal, or JSON lines on stderr with --json).
     #[arg(long)]

@@ -73,6 +73,10 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
     let mut options = BackupOptions {
         paths: args.paths.clone(),
         stdin,
+        stdin_command: args
+            .stdin_from_command
+            .as_ref()
+            .map(|command| coffer::InputCommand { command: command.clone(), name: args.stdin_name.clone() }),
         tags: args.tags.clone(),
         host: args.host.clone(),
         postgres,

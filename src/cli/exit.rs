@@ -17,6 +17,7 @@ pub const UNREACHABLE: i32 = 17;
 pub const ACCESS_DENIED: i32 = 18;
 pub const POSTGRES: i32 = 19;
 pub const REFUSED: i32 = 20;
+pub const INPUT_COMMAND: i32 = 21;
 
 /// The exit code for a library error.
 pub fn code_of(error: &Error) -> i32 {
@@ -35,5 +36,6 @@ pub fn code_of(error: &Error) -> i32 {
         Error::AccessDenied { .. } => ACCESS_DENIED,
         Error::Postgres { .. } => POSTGRES,
         Error::Refused(_) => REFUSED,
+        Error::InputCommand { .. } => INPUT_COMMAND,
     }
 }
