@@ -333,3 +333,29 @@ fn a_password_in_the_connection_string_never_reaches_a_command_line() {
         assert!(!cmdlines.contains(&password), "{program} got the password on its command line: {cmdlines:?}");
     }
 }
+
+#[test]
+fn check_pg_without_a_dump_says_so_and_fails() {
+    let fixture = Fixture::new();
+    let data = fixture.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("consent.pdf"), b"%PDF").unwrap();
+    expect_failure(&fixture, &["check", "--pg"], 14, &["no PostgreSQL dump to test"]);
+    fixture.backup(&data);
+    let output = fixture.run(&["--json", "check", "--pg"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(14), "{stderr}");
+    assert!(stderr.contains("no PostgreSQL dump to test") && !stderr.contains("no damage found"), "{stderr}");
+    assert_eq!(common::last_json(&output.stdout)["pg_dumps"], serde_json::json!([]));
+    if !server() {
+        return;
+    }
+    // A files-only snapshot newer than the database's: the database's dump is tested.
+    fill_clinic("pg_checked");
+    fixture.json(&["backup", data.to_str().unwrap(), "--pg", &conninfo("pg_checked")]);
+    fixture.backup(&data);
+    let checked = fixture.json(&["check", "--pg"]);
+    assert_eq!(checked["pg_dumps"].as_array().unwrap().len(), 1, "{checked}");
+    assert_eq!(checked["pg_dumps"][0]["database"], "pg_checked");
+    assert_eq!(checked["pg_dumps"][0]["ok"], true, "{checked}");
+}

@@ -238,7 +238,8 @@ pub struct CheckArgs {
     /// Packs downloaded at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: u16,
-    /// Also test the PostgreSQL dumps of the latest snapshot with pg_restore (--list, then a full read).
+    /// Also test the newest dump of each database with pg_restore (--list, then a full
+    /// read); fails when no snapshot holds a dump.
     #[arg(long)]
     pub pg: bool,
 }

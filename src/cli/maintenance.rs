@@ -33,7 +33,7 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
     let repository = open_damaged(cli)?;
     let _lock = repository.lock(false)?;
     let report = coffer::check(&repository, &CheckOptions { read_data, jobs: args.jobs as usize })?;
-    let dumps = if args.pg { check_dumps(&repository) } else { Vec::new() };
+    let dumps = if args.pg { check_dumps(&repository)? } else { Vec::new() };
     if cli.json {
         let mut document = check_json(&report);
         document["pg_dumps"] = json!(dumps
@@ -57,6 +57,9 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
     if bad_dumps > 0 && !report.is_damaged() {
         return fail(exit::DAMAGED, format!("{bad_dumps} PostgreSQL dump(s) failed pg_restore's test"));
     }
+    if args.pg && dumps.is_empty() && !report.is_damaged() {
+        return fail(exit::NOT_FOUND, "check --pg found no PostgreSQL dump to test: no readable snapshot holds one");
+    }
     if !report.is_damaged() {
         return Ok(exit::SUCCESS);
     }
@@ -70,22 +73,44 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
     )
 }
 
-/// Tests every PostgreSQL dump of the latest snapshot: (snapshot, database, entries or error).
-fn check_dumps(repository: &coffer::Repository) -> Vec<(String, String, std::result::Result<usize, String>)> {
-    let Ok((id, snapshot)) = repository.find_snapshot("latest") else { return Vec::new() };
-    let manifest = match repository.load_manifest(&id, &snapshot) {
-        Ok(manifest) => manifest,
-        Err(error) => return vec![(id.short(), "(manifest)".into(), Err(error.to_string()))],
-    };
+/// A tested dump: snapshot, database, and table-of-contents entries or the error.
+type DumpResult = (String, String, std::result::Result<usize, String>);
+
+/// Tests the newest dump of each database (of each host): the newest snapshot need not
+/// hold one, when files-only snapshots are taken more often than database ones.
+fn check_dumps(repository: &coffer::Repository) -> Result<Vec<DumpResult>> {
+    let (snapshots, _) = repository.list_snapshots()?;
+    let mut newest = std::collections::BTreeMap::new();
+    for (index, (_, snapshot)) in snapshots.iter().enumerate() {
+        for source in &snapshot.sources {
+            if let coffer::Source::Postgres(postgres) = source {
+                newest.insert((snapshot.host.as_str(), postgres.database.as_str()), index);
+            }
+        }
+    }
+    let chosen: std::collections::BTreeSet<usize> = newest.values().copied().collect();
     let tools = coffer::pg::PgTools::default();
     let mut results = Vec::new();
-    for source in &snapshot.sources {
-        let coffer::Source::Postgres(postgres) = source else { continue };
-        let tested =
-            coffer::restorer::verify_pg_dump(repository, &manifest, postgres, &tools).map_err(|e| e.to_string());
-        results.push((id.short(), postgres.database.clone(), tested));
+    for index in chosen {
+        let (id, snapshot) = &snapshots[index];
+        let manifest = match repository.load_manifest(id, snapshot) {
+            Ok(manifest) => manifest,
+            Err(error) => {
+                results.push((id.short(), "(manifest)".into(), Err(error.to_string())));
+                continue;
+            }
+        };
+        for source in &snapshot.sources {
+            let coffer::Source::Postgres(postgres) = source else { continue };
+            if newest.get(&(snapshot.host.as_str(), postgres.database.as_str())) != Some(&index) {
+                continue;
+            }
+            let tested =
+                coffer::restorer::verify_pg_dump(repository, &manifest, postgres, &tools).map_err(|e| e.to_string());
+            results.push((id.short(), postgres.database.clone(), tested));
+        }
     }
-    results
+    Ok(results)
 }
 
 fn check_json(report: &CheckReport) -> Value {
