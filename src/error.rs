@@ -32,6 +32,18 @@ pub enum Error {
     #[error("{object} is missing from the repository")]
     MissingObject { object: String },
 
+    /// `latest` was asked for while some snapshot records are damaged: any of them may
+    /// be the newest, so no other snapshot is taken in its place.
+    #[error(
+        "cannot tell which snapshot is the latest: {damaged} snapshot record(s) are damaged ({first}{}), and any may be the newest; {}",
+        if *damaged > 1 { " and others" } else { "" },
+        match newest_readable {
+            Some(newest) => format!("the newest readable snapshot is {newest}: name it by its id to use it"),
+            None => "no snapshot record is readable".to_string(),
+        }
+    )]
+    LatestUnknown { damaged: usize, first: String, newest_readable: Option<String> },
+
     /// A snapshot, path or blob asked for by the user does not exist.
     #[error("{what} not found")]
     NotFound { what: String },

@@ -19,7 +19,7 @@ use crate::index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchInde
 use crate::lock::LockGuard;
 use crate::manifest::Manifest;
 use crate::pack::{decode_header, header_bounds, open_object, seal_object, visit_blob, BlobType, PackEntry};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Resolved, Snapshot};
 
 /// The repository format version this program writes and reads.
 pub const REPOSITORY_VERSION: u64 = 1;
@@ -32,6 +32,8 @@ pub const MAX_PACK_SIZE: u64 = 1 << 31;
 
 /// Readable snapshots (oldest first) and the errors of damaged snapshot records.
 pub type SnapshotList = (Vec<(SnapshotId, Snapshot)>, Vec<Error>);
+/// Readable snapshots (oldest first) and the ids and errors of damaged records.
+type LoadedSnapshots = (Vec<(SnapshotId, Snapshot)>, Vec<(SnapshotId, Error)>);
 /// Readable index objects in force, and the errors of damaged ones.
 /// The index loaded by [`Repository::scratch_index`].
 pub struct ScratchLoad {
@@ -533,6 +535,12 @@ impl Repository {
     /// Every readable snapshot, oldest first, and the errors of those that are damaged:
     /// one damaged record must not hide the others.
     pub fn list_snapshots(&self) -> Result<SnapshotList> {
+        let (snapshots, damaged) = self.load_snapshots()?;
+        Ok((snapshots, damaged.into_iter().map(|(_, error)| error).collect()))
+    }
+
+    /// Readable snapshots, oldest first, and the ids and errors of damaged records.
+    fn load_snapshots(&self) -> Result<LoadedSnapshots> {
         let ids: Vec<SnapshotId> = self
             .backend
             .list("snapshots/")?
@@ -546,18 +554,25 @@ impl Repository {
         for (id, result) in loaded {
             match result {
                 Ok(snapshot) => snapshots.push((id, snapshot)),
-                Err(error) if is_damage(&error) => damaged.push(error),
+                Err(error) if is_damage(&error) => damaged.push((id, error)),
                 Err(error) => return Err(error),
             }
         }
         snapshots.sort_by(|a, b| a.1.timestamp().cmp(&b.1.timestamp()).then(a.0.cmp(&b.0)));
+        damaged.sort_by_key(|(id, _)| *id);
         Ok((snapshots, damaged))
     }
 
-    /// Finds a snapshot by `latest`, id or unique prefix among the readable ones.
+    /// Finds the snapshot a user names: `latest`, an id or a unique prefix. A damaged
+    /// record is never silently passed over (see [`crate::snapshot::resolve`]); naming
+    /// a damaged record by id gives its damage.
     pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
-        let (snapshots, _) = self.list_snapshots()?;
-        crate::snapshot::resolve(spec, &snapshots).cloned()
+        let (mut snapshots, mut damaged) = self.load_snapshots()?;
+        let ids: Vec<SnapshotId> = damaged.iter().map(|(id, _)| *id).collect();
+        match crate::snapshot::resolve(spec, &snapshots, &ids)? {
+            Resolved::Readable(index) => Ok(snapshots.swap_remove(index)),
+            Resolved::Damaged(index) => Err(damaged.swap_remove(index).1),
+        }
     }
 
     /// Path of a snapshot's manifest in the local cache.

@@ -163,19 +163,43 @@ impl Snapshot {
     }
 }
 
+/// The record a snapshot spec names: an index into the readable snapshots, or into
+/// the ids of the damaged records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    Readable(usize),
+    Damaged(usize),
+}
+
 /// Picks the snapshot named by `spec`: `latest`, a full id, or a unique id prefix.
-pub fn resolve<'a>(spec: &str, snapshots: &'a [(SnapshotId, Snapshot)]) -> Result<&'a (SnapshotId, Snapshot)> {
+/// A damaged record is never passed over for a readable one: while any is damaged,
+/// `latest` cannot be known (the damaged one may be the newest), and a prefix matches
+/// damaged records too.
+pub fn resolve(spec: &str, snapshots: &[(SnapshotId, Snapshot)], damaged: &[SnapshotId]) -> Result<Resolved> {
     if spec == "latest" {
-        return snapshots
-            .iter()
-            .max_by(|a, b| a.1.timestamp().cmp(&b.1.timestamp()).then(a.1.time.cmp(&b.1.time)))
+        let newest = (0..snapshots.len()).max_by(|&a, &b| {
+            let (a, b) = (&snapshots[a].1, &snapshots[b].1);
+            a.timestamp().cmp(&b.timestamp()).then(a.time.cmp(&b.time))
+        });
+        if let Some(first) = damaged.first() {
+            return Err(Error::LatestUnknown {
+                damaged: damaged.len(),
+                first: format!("snapshots/{first}"),
+                newest_readable: newest.map(|n| format!("{} ({})", snapshots[n].0.short(), snapshots[n].1.time)),
+            });
+        }
+        return newest
+            .map(Resolved::Readable)
             .ok_or_else(|| Error::NotFound { what: "snapshot \"latest\" (the repository has no snapshots)".into() });
     }
     let spec_lower = spec.to_ascii_lowercase();
     if spec_lower.is_empty() || !spec_lower.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::InvalidInput(format!("{spec:?} is not a snapshot id, id prefix or \"latest\"")));
     }
-    let mut matches = snapshots.iter().filter(|(id, _)| id.to_hex().starts_with(&spec_lower));
+    let named = |id: &SnapshotId| id.to_hex().starts_with(&spec_lower);
+    let readable = snapshots.iter().enumerate().filter(|(_, (id, _))| named(id)).map(|(n, _)| Resolved::Readable(n));
+    let unreadable = damaged.iter().enumerate().filter(|(_, id)| named(id)).map(|(n, _)| Resolved::Damaged(n));
+    let mut matches = readable.chain(unreadable);
     let first = matches.next().ok_or_else(|| Error::NotFound { what: format!("snapshot {spec}") })?;
     if matches.next().is_some() {
         return Err(Error::InvalidInput(format!("snapshot prefix {spec} is ambiguous; give more digits")));
@@ -211,11 +235,27 @@ mod tests {
         let one = sample("2026-01-01T00:00:00Z");
         assert_eq!(Snapshot::decode(&one.encode(), "s").unwrap(), one);
         let list = vec![(SnapshotId([0xab; 32]), one), (SnapshotId([0xac; 32]), sample("2026-02-01T00:00:00Z"))];
-        assert_eq!(resolve("latest", &list).unwrap().0, SnapshotId([0xac; 32]));
-        assert_eq!(resolve("abab", &list).unwrap().0, SnapshotId([0xab; 32]));
-        assert!(matches!(resolve("a", &list), Err(Error::InvalidInput(_))));
-        assert!(matches!(resolve("ff", &list), Err(Error::NotFound { .. })));
-        assert!(matches!(resolve("zz", &list), Err(Error::InvalidInput(_))));
+        assert_eq!(resolve("latest", &list, &[]).unwrap(), Resolved::Readable(1));
+        assert_eq!(resolve("abab", &list, &[]).unwrap(), Resolved::Readable(0));
+        assert!(matches!(resolve("a", &list, &[]), Err(Error::InvalidInput(_))));
+        assert!(matches!(resolve("ff", &list, &[]), Err(Error::NotFound { .. })));
+        assert!(matches!(resolve("zz", &list, &[]), Err(Error::InvalidInput(_))));
+    }
+
+    #[test]
+    fn a_damaged_record_is_never_passed_over() {
+        let list = vec![(SnapshotId([0xab; 32]), sample("2026-01-01T00:00:00Z"))];
+        let damaged = [SnapshotId([0xa0; 32])];
+        let Err(Error::LatestUnknown { damaged: 1, first, newest_readable: Some(newest) }) =
+            resolve("latest", &list, &damaged)
+        else {
+            panic!("latest was resolved with a damaged record");
+        };
+        assert_eq!(first, format!("snapshots/{}", SnapshotId([0xa0; 32])));
+        assert!(newest.starts_with("abababab (2026-01-01"), "{newest}");
+        assert_eq!(resolve("a0", &list, &damaged).unwrap(), Resolved::Damaged(0));
+        assert!(matches!(resolve("a", &list, &damaged), Err(Error::InvalidInput(_))));
+        assert_eq!(resolve("ab", &list, &damaged).unwrap(), Resolved::Readable(0));
     }
 
     #[test]

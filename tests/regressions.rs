@@ -22,3 +22,63 @@ fn a_missing_or_unreadable_password_file_exits_12() {
     let output = fixture.command(&["snapshots"]).env("COFFER_PASSWORD_FILE", &folder).output().unwrap();
     assert_eq!(output.status.code(), Some(12), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// Runs coffer expecting `code`; returns stderr, which must be one line without a panic.
+fn expect_code(fixture: &Fixture, args: &[&str], code: i32) -> String {
+    let output = fixture.run(args);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(code), "coffer {args:?}: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "coffer {args:?}: more than one line: {stderr}");
+    stderr
+}
+
+/// A fixture with a folder `data` holding `chart.txt`, backed up `count` times.
+fn backed_up(count: usize) -> (Fixture, std::path::PathBuf, Vec<String>) {
+    let fixture = Fixture::new();
+    let data = fixture.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut ids = Vec::new();
+    for night in 0..count {
+        std::fs::write(data.join("chart.txt"), format!("night {night}\n").repeat(1000)).unwrap();
+        ids.push(fixture.backup(&data)["snapshot"].as_str().unwrap().to_string());
+    }
+    (fixture, data, ids)
+}
+
+#[test]
+fn latest_is_not_an_older_snapshot_when_a_record_is_damaged() {
+    let (fixture, data, ids) = backed_up(2);
+    let record = fixture.repo().join("snapshots").join(&ids[1]);
+    let mut bytes = std::fs::read(&record).unwrap();
+    bytes[40] ^= 0x10;
+    std::fs::write(&record, &bytes).unwrap();
+    let target = fixture.path("restored");
+    let file = format!("{}/chart.txt", data.display());
+    for args in [
+        vec!["restore", "latest", "--target", target.to_str().unwrap()],
+        vec!["ls", "latest"],
+        vec!["dump", "latest", file.as_str()],
+        vec!["backup", "--parent", "latest", data.to_str().unwrap()],
+    ] {
+        let stderr = expect_code(&fixture, &args, 13);
+        for words in [
+            "cannot tell which snapshot is the latest",
+            "1 snapshot record(s) are damaged",
+            &format!("snapshots/{}", ids[1]),
+            &format!("the newest readable snapshot is {}", &ids[0][..8]),
+            "name it by its id",
+        ] {
+            assert!(stderr.contains(words), "coffer {args:?}: {stderr:?} lacks {words:?}");
+        }
+    }
+    assert!(!target.exists(), "restore latest restored something");
+    // Named by id, the readable snapshot restores; the damaged one reports its damage.
+    fixture.ok(&["restore", &ids[0], "--target", target.to_str().unwrap()]);
+    let restored = std::fs::read_to_string(target.join(data.strip_prefix("/").unwrap()).join("chart.txt")).unwrap();
+    assert!(restored.starts_with("night 0"));
+    let stderr = expect_code(&fixture, &["ls", &ids[1][..12]], 13);
+    assert!(stderr.contains(&format!("snapshots/{}", ids[1])) && stderr.contains("damaged"), "{stderr}");
+    // Backup's own choice of parent still uses the readable snapshots.
+    fixture.backup(&data);
+}

@@ -26,7 +26,10 @@ pub fn code_of(error: &Error) -> i32 {
         Error::AlreadyInitialized { .. } => FAILURE,
         Error::WrongPassword { .. } => WRONG_PASSWORD,
         Error::UnsupportedVersion { .. } => UNSUPPORTED_VERSION,
-        Error::Integrity { .. } | Error::MissingObject { .. } | Error::RestoreIncomplete { .. } => DAMAGED,
+        Error::Integrity { .. }
+        | Error::MissingObject { .. }
+        | Error::RestoreIncomplete { .. }
+        | Error::LatestUnknown { .. } => DAMAGED,
         Error::NotFound { .. } => NOT_FOUND,
         Error::Locked { .. } => LOCKED,
         Error::Io { .. } | Error::Cache { .. } => LOCAL_IO,
