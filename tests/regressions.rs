@@ -82,3 +82,39 @@ fn latest_is_not_an_older_snapshot_when_a_record_is_damaged() {
     // Backup's own choice of parent still uses the readable snapshots.
     fixture.backup(&data);
 }
+
+/// The data pack of a repository holding one backed-up file of several chunks.
+fn data_pack(fixture: &Fixture) -> std::path::PathBuf {
+    let mut packs: Vec<_> = walkdir::WalkDir::new(fixture.repo().join("data"))
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    packs.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    packs.pop().unwrap()
+}
+
+#[test]
+fn a_truncated_pack_is_damage_to_dump_and_repair_index_goes_on() {
+    for length in [0, 1, 3, 600_000] {
+        let fixture = Fixture::new();
+        let data = fixture.path("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("scan.dcm"), common::random_bytes(3_000_000, 11)).unwrap();
+        fixture.backup(&data);
+        let pack = data_pack(&fixture);
+        let name = pack.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(length).unwrap();
+        let file = format!("{}/scan.dcm", data.display());
+        let stderr = expect_code(&fixture, &["dump", "latest", &file], 13);
+        assert!(stderr.contains(&name) && stderr.contains("scan.dcm"), "length {length}: {stderr}");
+        let output = fixture.run(&["--json", "repair", "index"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "length {length}: {stderr}");
+        assert!(stderr.contains(&format!("{name} is left out")), "length {length}: {stderr}");
+        let report = common::last_json(&output.stdout);
+        assert_eq!(report["packs"], 1, "the metadata pack is indexed: {report}");
+        assert_eq!(report["unreadable"][0]["pack"], name.as_str(), "{report}");
+    }
+}

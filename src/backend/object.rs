@@ -200,11 +200,34 @@ impl ObjectStoreBackend {
         }
     }
 
+    /// Why a range read failed. Stores report a range beyond an object's end in their
+    /// own ways (a local store as a generic error, S3 as status 416): the object's size
+    /// tells a short object, which is damage, from a failure of the store, which is not.
+    fn range_failure(&self, key: &str, range: &Range<u64>, error: object_store::Error) -> Error {
+        self.count(0, 0);
+        match self.runtime.block_on(self.store.head(&StorePath::from(key))) {
+            Ok(meta) if meta.size < range.end => short_object(key, meta.size, range),
+            Ok(_) => self.failure(key, error),
+            Err(head_error) => self.failure(key, head_error),
+        }
+    }
+
     fn count(&self, read: usize, written: usize) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.bytes_read.fetch_add(read as u64, Ordering::Relaxed);
         self.bytes_written.fetch_add(written as u64, Ordering::Relaxed);
     }
+}
+
+/// A read that needs bytes the object does not have: it was truncated.
+fn short_object(key: &str, size: u64, range: &Range<u64>) -> Error {
+    Error::integrity(
+        key,
+        format!(
+            "it is {size} bytes long, shorter than its index says (bytes {}..{} are needed)",
+            range.start, range.end
+        ),
+    )
 }
 
 impl Backend for ObjectStoreBackend {
@@ -223,12 +246,19 @@ impl Backend for ObjectStoreBackend {
     }
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        if range.is_empty() {
+            // object_store refuses an empty range; the last bytes of an empty pack are one.
+            return Ok(Bytes::new());
+        }
         let path = StorePath::from(key);
-        let wanted = range.end.saturating_sub(range.start);
-        let data = self.runtime.block_on(self.store.get_range(&path, range)).map_err(|e| self.failure(key, e))?;
+        let data = match self.runtime.block_on(self.store.get_range(&path, range.clone())) {
+            Ok(data) => data,
+            Err(error @ object_store::Error::NotFound { .. }) => return Err(self.failure(key, error)),
+            Err(error) => return Err(self.range_failure(key, &range, error)),
+        };
         self.count(data.len(), 0);
-        if data.len() as u64 != wanted {
-            return Err(Error::integrity(key, "object is shorter than its index says"));
+        if (data.len() as u64) < range.end - range.start {
+            return Err(short_object(key, range.start + data.len() as u64, &range));
         }
         Ok(data)
     }
