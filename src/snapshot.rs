@@ -154,13 +154,42 @@ impl Snapshot {
                 supported: SNAPSHOT_VERSION,
             });
         }
-        serde_json::from_slice(plain).map_err(|e| Error::integrity(name, format!("it is not a snapshot record: {e}")))
+        let snapshot: Snapshot = serde_json::from_slice(plain)
+            .map_err(|e| Error::integrity(name, format!("it is not a snapshot record: {e}")))?;
+        snapshot.validate().map_err(|reason| Error::integrity(name, reason))?;
+        Ok(snapshot)
+    }
+
+    /// Checks the fields readers rely on beyond their JSON types. A record is
+    /// authenticated, but written by anyone holding the password (a compromised host
+    /// sharing the repository, a buggy tool), so its text fields are not trusted.
+    fn validate(&self) -> std::result::Result<(), String> {
+        if !is_hex_digest(&self.manifest.blake3) {
+            return Err("its manifest hash is not 64 hexadecimal digits".into());
+        }
+        for source in &self.sources {
+            let Source::Postgres(postgres) = source else { continue };
+            let database = &postgres.database;
+            if !is_hex_digest(&postgres.sha256) {
+                return Err(format!("the sha256 of its dump of database {database:?} is not 64 hexadecimal digits"));
+            }
+            let paths = std::iter::once(&postgres.path).chain(postgres.globals_path.as_ref());
+            if let Some(path) = paths.into_iter().find(|path| !path.starts_with('/')) {
+                return Err(format!("its dump of database {database:?} names a path that is not absolute: {path:?}"));
+            }
+        }
+        Ok(())
     }
 
     /// The snapshot's time as a timestamp, if it parses.
     pub fn timestamp(&self) -> Option<jiff::Timestamp> {
         self.time.parse().ok()
     }
+}
+
+/// A SHA-256 or BLAKE3 digest as hex: exactly 64 ASCII hexadecimal digits.
+fn is_hex_digest(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The record a snapshot spec names: an index into the readable snapshots, or into
@@ -226,7 +255,7 @@ mod tests {
             sources: vec![Source::Files { paths: vec!["/d".into()] }],
             summary: Summary::default(),
             program_version: "t".into(),
-            manifest: ManifestRef { blobs: vec![BlobId([1; 32])], size: 1, blake3: "00".into() },
+            manifest: ManifestRef { blobs: vec![BlobId([1; 32])], size: 1, blake3: "0f".repeat(32) },
         }
     }
 
@@ -256,6 +285,41 @@ mod tests {
         assert_eq!(resolve("a0", &list, &damaged).unwrap(), Resolved::Damaged(0));
         assert!(matches!(resolve("a", &list, &damaged), Err(Error::InvalidInput(_))));
         assert_eq!(resolve("ab", &list, &damaged).unwrap(), Resolved::Readable(0));
+    }
+
+    #[test]
+    fn text_fields_readers_rely_on_are_validated() {
+        let postgres = |sha256: &str, path: &str| PostgresSource {
+            database: "clinic".into(),
+            path: path.into(),
+            server_version: "16".into(),
+            pg_dump_version: "16".into(),
+            format: "custom".into(),
+            size: 1,
+            sha256: sha256.into(),
+            migrations: vec![],
+            schema_query: None,
+            globals_path: None,
+        };
+        let with = |source: PostgresSource| {
+            let mut record = sample("2026-01-01T00:00:00Z");
+            record.sources.push(Source::Postgres(source));
+            record.encode()
+        };
+        let good = with(postgres(&"ab".repeat(32), "/postgres/clinic.dump"));
+        assert!(Snapshot::decode(&good, "s").is_ok());
+        for (sha256, path) in [
+            ("é".repeat(32).as_str(), "/postgres/clinic.dump"),
+            ("ab", "/postgres/clinic.dump"),
+            (&"zz".repeat(32), "/postgres/clinic.dump"),
+            (&"ab".repeat(32), "postgres/clinic.dump"),
+        ] {
+            let error = Snapshot::decode(&with(postgres(sha256, path)), "s").unwrap_err();
+            assert!(matches!(error, Error::Integrity { .. }), "{error}");
+        }
+        let mut record = sample("2026-01-01T00:00:00Z");
+        record.manifest.blake3 = "é".repeat(32);
+        assert!(matches!(Snapshot::decode(&record.encode(), "s"), Err(Error::Integrity { .. })));
     }
 
     #[test]

@@ -118,3 +118,43 @@ fn a_truncated_pack_is_damage_to_dump_and_repair_index_goes_on() {
         assert_eq!(report["unreadable"][0]["pack"], name.as_str(), "{report}");
     }
 }
+
+/// Opens the fixture's repository with the library, as any holder of the password can.
+fn open_with_library(fixture: &Fixture) -> coffer::Repository {
+    let backend = coffer::backend::ObjectStoreBackend::local(&fixture.repo(), false).unwrap();
+    coffer::Repository::open(std::sync::Arc::new(backend), b"correct horse", None).unwrap()
+}
+
+#[test]
+fn an_authenticated_record_with_a_multibyte_sha256_is_damage_not_a_panic() {
+    let (fixture, _, ids) = backed_up(1);
+    let repository = open_with_library(&fixture);
+    let mut record = repository.load_snapshot(&ids[0].parse().unwrap()).unwrap();
+    // 64 bytes, but byte 16 falls inside a two-byte character.
+    let sha256 = format!("a{}b", "\u{e9}".repeat(31));
+    assert_eq!(sha256.len(), 64);
+    record.time = "2030-01-01T00:00:00Z".into();
+    record.sources.push(coffer::Source::Postgres(coffer::PostgresSource {
+        database: "clinic".into(),
+        path: "/postgres/clinic.dump".into(),
+        server_version: "16".into(),
+        pg_dump_version: "16".into(),
+        format: "custom".into(),
+        size: 0,
+        sha256,
+        migrations: vec![],
+        schema_query: None,
+        globals_path: None,
+    }));
+    let crafted = repository.save_snapshot(&record).unwrap();
+    drop(repository);
+    let output = fixture.run(&["snapshots"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(13), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains(&format!("snapshots/{crafted} is damaged")) && stderr.contains("sha256"), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&ids[0][..8]), "the intact snapshot is still listed");
+    let json = fixture.run(&["--json", "snapshots"]);
+    assert_eq!(json.status.code(), Some(13));
+    assert_eq!(common::last_json(&json.stdout).as_array().unwrap().len(), 1);
+}

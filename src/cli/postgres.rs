@@ -67,7 +67,7 @@ pub fn describe_sources(snapshot: &Snapshot) -> Vec<String> {
             postgres.server_version,
             output::size(postgres.size),
             postgres.path,
-            &postgres.sha256[..16.min(postgres.sha256.len())]
+            postgres.sha256.chars().take(16).collect::<String>()
         );
         for state in &postgres.migrations {
             line.push_str(&format!(
