@@ -16,9 +16,14 @@ pub enum Error {
     #[error("a repository already exists at {location}")]
     AlreadyInitialized { location: String },
 
-    /// No key file opens with the given password.
-    #[error("wrong password: no key in {location} opens with it")]
-    WrongPassword { location: String },
+    /// No key file opens with the given password. When the repository has one key
+    /// file, `only_key` names it: a changed byte in it cannot be told from a wrong
+    /// password.
+    #[error("wrong password{}", match only_key {
+        Some(key) => format!(" for {location} (or its only key file, {key}, is damaged: a changed byte in a wrapped key cannot be told from a wrong password)"),
+        None => format!(": no key in {location} opens with it"),
+    })]
+    WrongPassword { location: String, only_key: Option<String> },
 
     /// The repository or an object in it has a format version this program does not know.
     #[error("{what} has format version {found}, but this coffer reads only version {supported}; upgrade coffer")]

@@ -655,6 +655,7 @@ fn add_key(
     password: &[u8],
     kdf: KdfParams,
 ) -> Result<KeyId> {
+    kdf.check().map_err(|reason| Error::InvalidInput(format!("cannot make a key file: {reason}")))?;
     let created = jiff::Timestamp::now().to_string();
     let file = wrap_master_key(
         master,
@@ -672,31 +673,58 @@ fn add_key(
     Ok(id)
 }
 
-/// Tries the password on every key file. A damaged or newer key file does not stop
-/// the others from opening; it is reported only if no key opens.
+/// Tries the password on every intact key file. A damaged or newer key file does not
+/// stop the others from opening; if no key opens, it is what is reported (as damage,
+/// exit 13, or an unknown version), not a wrong password.
 fn find_key(backend: &dyn Backend, repository: &RepositoryId, password: &[u8]) -> Result<(KeyId, MasterKey)> {
     let mut files = Vec::new();
-    let mut unreadable = None;
+    let mut unusable = Vec::new();
     for info in backend.list("keys/")? {
         let Some(id) = info.key.strip_prefix("keys/").and_then(|n| n.parse::<KeyId>().ok()) else { continue };
         let bytes = backend.get(&info.key)?;
-        match serde_json::from_slice::<KeyFile>(&bytes) {
-            Ok(file) if file.version == KEY_FILE_VERSION => files.push((id, file)),
-            Ok(file) => {
-                unreadable =
-                    Some(Error::UnsupportedVersion { what: info.key, found: file.version, supported: KEY_FILE_VERSION })
-            }
-            Err(e) => unreadable = Some(Error::integrity(&info.key, format!("it is not a key file: {e}"))),
+        match read_key_file(&info.key, &bytes) {
+            Ok(file) => files.push((id, info.key, file)),
+            Err(error) => unusable.push(error),
         }
     }
-    let opened =
-        files.par_iter().find_map_any(|(id, file)| unwrap_master_key(file, password, repository).map(|key| (*id, key)));
-    match (opened, unreadable) {
-        (Some(found), _) => Ok(found),
-        (None, Some(error)) => Err(error),
-        (None, None) if files.is_empty() => {
-            Err(Error::integrity(format!("{}/keys", backend.location()), "the repository has no key files"))
-        }
-        (None, None) => Err(Error::WrongPassword { location: backend.location() }),
+    let opened = files
+        .par_iter()
+        .find_map_any(|(id, _, file)| unwrap_master_key(file, password, repository).map(|key| (*id, key)));
+    if let Some(found) = opened {
+        return Ok(found);
     }
+    match (unusable.into_iter().next(), files.as_slice()) {
+        (Some(Error::Integrity { object, reason }), [_, ..]) => Err(Error::Integrity {
+            object,
+            reason: format!("{reason} (and the password opens none of the {} other key file(s))", files.len()),
+        }),
+        (Some(error), _) => Err(error),
+        (None, []) => Err(Error::integrity(format!("{}/keys", backend.location()), "the repository has no key files")),
+        // One key that does not open: a changed byte in it looks exactly like a wrong password.
+        (None, [(_, name, _)]) => {
+            Err(Error::WrongPassword { location: backend.location(), only_key: Some(name.clone()) })
+        }
+        (None, _) => Err(Error::WrongPassword { location: backend.location(), only_key: None }),
+    }
+}
+
+/// Parses a key file and checks everything that can be checked without the password.
+fn read_key_file(name: &str, bytes: &[u8]) -> Result<KeyFile> {
+    #[derive(Deserialize)]
+    struct Version {
+        version: u64,
+    }
+    let version: Version =
+        serde_json::from_slice(bytes).map_err(|e| Error::integrity(name, format!("it is not a key file: {e}")))?;
+    if version.version != KEY_FILE_VERSION {
+        return Err(Error::UnsupportedVersion {
+            what: name.to_string(),
+            found: version.version,
+            supported: KEY_FILE_VERSION,
+        });
+    }
+    let file: KeyFile =
+        serde_json::from_slice(bytes).map_err(|e| Error::integrity(name, format!("it is not a key file: {e}")))?;
+    file.check().map_err(|reason| Error::integrity(name, format!("its {reason}")))?;
+    Ok(file)
 }

@@ -158,3 +158,68 @@ fn an_authenticated_record_with_a_multibyte_sha256_is_damage_not_a_panic() {
     assert_eq!(json.status.code(), Some(13));
     assert_eq!(common::last_json(&json.stdout).as_array().unwrap().len(), 1);
 }
+
+/// The repository's one key file, parsed, and where it is.
+fn key_file(fixture: &Fixture) -> (std::path::PathBuf, serde_json::Value) {
+    let entry = std::fs::read_dir(fixture.repo().join("keys")).unwrap().next().unwrap().unwrap();
+    let value = serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap();
+    (entry.path(), value)
+}
+
+#[test]
+fn argon2_parameters_from_a_key_file_are_bounded_before_any_allocation() {
+    let (fixture, _, _) = backed_up(1);
+    let (path, original) = key_file(&fixture);
+    let name = format!("keys/{}", path.file_name().unwrap().to_string_lossy());
+    for (field, value, words) in [
+        ("memory_kib", u32::MAX as u64, "Argon2id memory (KiB) 4294967295 is outside the bounds 8 to 1048576"),
+        ("memory_kib", 2 * 1024 * 1024, "outside the bounds 8 to 1048576"),
+        ("iterations", 1_000_000, "Argon2id pass count 1000000 is outside the bounds 1 to 64"),
+        ("parallelism", 1 << 20, "Argon2id lane count 1048576 is outside the bounds 1 to 16"),
+    ] {
+        let mut tampered = original.clone();
+        tampered["params"][field] = value.into();
+        std::fs::write(&path, serde_json::to_vec_pretty(&tampered).unwrap()).unwrap();
+        let started = std::time::Instant::now();
+        let stderr = expect_code(&fixture, &["snapshots"], 13);
+        assert!(stderr.contains(&format!("{name} is damaged")) && stderr.contains(words), "{field}: {stderr}");
+        assert!(started.elapsed().as_secs() < 10, "{field}: the parameters were used");
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&original).unwrap()).unwrap();
+    fixture.ok(&["snapshots"]);
+}
+
+#[test]
+fn a_corrupt_key_file_is_damage_and_a_changed_wrapped_key_is_named_as_a_possibility() {
+    let (fixture, _, _) = backed_up(1);
+    let (path, original) = key_file(&fixture);
+    let name = format!("keys/{}", path.file_name().unwrap().to_string_lossy());
+    let wrapped = original["wrapped"].as_str().unwrap().to_string();
+    let salt = original["salt"].as_str().unwrap().to_string();
+    for (field, value, words) in [
+        ("wrapped", wrapped[..200].to_string(), "wrapped key is not 124 bytes"),
+        ("wrapped", format!("{wrapped}00"), "wrapped key is not 124 bytes"),
+        ("salt", salt[..16].to_string(), "salt is not 16 bytes"),
+        ("kdf", "scrypt".to_string(), "key derivation \"scrypt\" is not argon2id"),
+    ] {
+        let mut tampered = original.clone();
+        tampered[field] = value.into();
+        std::fs::write(&path, serde_json::to_vec_pretty(&tampered).unwrap()).unwrap();
+        let stderr = expect_code(&fixture, &["snapshots"], 13);
+        assert!(stderr.contains(&format!("{name} is damaged")) && stderr.contains(words), "{field}: {stderr}");
+        assert!(!stderr.contains("wrong password"), "{field}: {stderr}");
+    }
+    std::fs::write(&path, b"{ not json").unwrap();
+    let stderr = expect_code(&fixture, &["snapshots"], 13);
+    assert!(stderr.contains(&format!("{name} is damaged")) && stderr.contains("not a key file"), "{stderr}");
+    // A changed byte inside the wrapped key looks exactly like a wrong password.
+    let mut flipped = original.clone();
+    let last = if wrapped.ends_with('0') { "1" } else { "0" };
+    flipped["wrapped"] = format!("{}{last}", &wrapped[..wrapped.len() - 1]).into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&flipped).unwrap()).unwrap();
+    let stderr = expect_code(&fixture, &["snapshots"], 12);
+    assert!(
+        stderr.contains("wrong password") && stderr.contains(&format!("or its only key file, {name}, is damaged")),
+        "{stderr}"
+    );
+}
