@@ -269,6 +269,24 @@ fn keep_within_and_tagged(members: &mut [Member<'_>], policy: &RetentionPolicy) 
     Ok(())
 }
 
+/// The groups of which the decisions keep no snapshot, with how many each holds, in
+/// the order of the decisions. Forgetting a whole group is rarely what was meant (a
+/// `--keep-last 0`, a `--keep-tag` no snapshot of the group carries), so the CLI asks
+/// for an explicit override.
+pub fn emptied_groups(decisions: &[Decision]) -> Vec<(String, usize)> {
+    let mut groups: Vec<(String, usize, bool)> = Vec::new();
+    for decision in decisions {
+        match groups.iter_mut().find(|(group, _, _)| *group == decision.group) {
+            Some((_, count, kept)) => {
+                *count += 1;
+                *kept |= decision.keep;
+            }
+            None => groups.push((decision.group.clone(), 1, decision.keep)),
+        }
+    }
+    groups.into_iter().filter(|(_, _, kept)| !kept).map(|(group, count, _)| (group, count)).collect()
+}
+
 /// Deletes the snapshot records of the decisions that do not keep them, and their
 /// cached manifests; returns how many were removed. The caller holds an exclusive lock.
 pub fn remove_snapshots(repository: &Repository, decisions: &[Decision]) -> Result<usize> {
@@ -439,6 +457,26 @@ mod tests {
         let snapshots = vec![(SnapshotId([0; 32]), one), (SnapshotId([1; 32]), two)];
         let policy = RetentionPolicy { last: Some(1), ..Default::default() };
         assert_eq!(kept(&apply_policy(&snapshots, &policy, by_host(), &TimeZone::UTC).unwrap()), vec![0, 1]);
+    }
+
+    #[test]
+    fn groups_left_empty_are_named() {
+        let snapshots = vec![
+            (SnapshotId([0; 32]), snapshot("2026-03-01T00:00:00Z", "a", &[])),
+            (SnapshotId([1; 32]), snapshot("2026-03-02T00:00:00Z", "a", &["audit"])),
+            (SnapshotId([2; 32]), snapshot("2026-03-01T00:00:00Z", "b", &[])),
+        ];
+        let nothing = RetentionPolicy { last: Some(0), ..Default::default() };
+        let decisions = apply_policy(&snapshots, &nothing, by_host(), &TimeZone::UTC).unwrap();
+        assert_eq!(
+            emptied_groups(&decisions),
+            [("host a, paths /d".to_string(), 2), ("host b, paths /d".to_string(), 1)]
+        );
+        let tagged = RetentionPolicy { tags: vec!["audit".into()], ..Default::default() };
+        let decisions = apply_policy(&snapshots, &tagged, by_host(), &TimeZone::UTC).unwrap();
+        assert_eq!(emptied_groups(&decisions), [("host b, paths /d".to_string(), 1)]);
+        let last = RetentionPolicy { last: Some(1), ..Default::default() };
+        assert!(emptied_groups(&apply_policy(&snapshots, &last, by_host(), &TimeZone::UTC).unwrap()).is_empty());
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub use check::{check, AffectedSnapshot, CheckOptions, CheckReport, Damage, Read
 pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::{KdfParams, MasterKey};
 pub use error::{Error, Result};
-pub use forget::{apply_policy, parse_duration, remove_snapshots, Decision, GroupBy, RetentionPolicy};
+pub use forget::{apply_policy, emptied_groups, parse_duration, remove_snapshots, Decision, GroupBy, RetentionPolicy};
 pub use id::{BlobId, IndexId, KeyId, LockId, PackId, RepositoryId, SnapshotId};
 pub use index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, MAX_OBJECT_BLOBS};
 pub use lock::{remove_locks, LockGuard, LockRecord, STALE_AFTER};

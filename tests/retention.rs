@@ -51,3 +51,36 @@ fn a_database_snapshot_is_not_in_the_group_of_files_only_snapshots() {
     assert_eq!(kept.len(), 1, "{merged}");
     assert_eq!(kept[0]["snapshot"], files_only.as_str());
 }
+
+#[test]
+fn a_policy_that_keeps_nothing_of_a_group_is_refused_unless_allowed() {
+    let fixture = Fixture::new();
+    let data = fixture.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for night in 0..3 {
+        std::fs::write(data.join("chart.txt"), format!("night {night}")).unwrap();
+        fixture.backup(&data);
+    }
+    for policy in [&["--keep-last", "0"][..], &["--keep-daily", "0"], &["--keep-tag", "audit"]] {
+        for dry_run in [false, true] {
+            let mut args = vec!["forget"];
+            args.extend_from_slice(policy);
+            if dry_run {
+                args.push("--dry-run");
+            }
+            let output = fixture.run(&args);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "coffer {args:?}: {stderr}");
+            for words in ["refused: the policy keeps none of the 3 snapshot(s) of group", "--allow-empty-groups"] {
+                assert!(stderr.contains(words), "coffer {args:?}: {stderr:?} lacks {words:?}");
+            }
+            if dry_run {
+                assert!(String::from_utf8_lossy(&output.stdout).contains("remove"), "the dry run shows its plan");
+            }
+            assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 3, "coffer {args:?} removed snapshots");
+        }
+    }
+    let removed = fixture.json(&["forget", "--keep-last", "0", "--allow-empty-groups"]);
+    assert_eq!(removed["removed"], 3, "{removed}");
+    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 0);
+}

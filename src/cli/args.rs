@@ -277,6 +277,9 @@ pub struct ForgetArgs {
     /// Show what would be kept and removed, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Let the policy remove every snapshot of a group (refused otherwise).
+    #[arg(long)]
+    pub allow_empty_groups: bool,
     /// Run prune after removing snapshots.
     #[arg(long)]
     pub prune: bool,

@@ -196,6 +196,24 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
         eprintln!("warning: {error} (not considered)");
     }
     let decisions = coffer::apply_policy(&snapshots, &policy, group_by, &jiff::tz::TimeZone::system())?;
+    let emptied = coffer::emptied_groups(&decisions);
+    if let (Some((group, count)), false) = (emptied.first(), args.allow_empty_groups) {
+        if args.dry_run {
+            if let Some(value) = print_decisions(cli, &decisions, true, 0) {
+                output::json(&value);
+            }
+        }
+        let others = match emptied.len() {
+            1 => String::new(),
+            n => format!(" and {} other group(s)", n - 1),
+        };
+        return fail(
+            exit::USAGE,
+            format!(
+                "refused: the policy keeps none of the {count} snapshot(s) of group \"{group}\"{others}; nothing was removed (check the --keep-* values, or add --allow-empty-groups to remove them)"
+            ),
+        );
+    }
     let removed = if args.dry_run { 0 } else { coffer::remove_snapshots(&repository, &decisions)? };
     let forgotten_json = print_decisions(cli, &decisions, args.dry_run, removed);
     if !args.prune {
