@@ -196,23 +196,8 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
         eprintln!("warning: {error} (not considered)");
     }
     let decisions = coffer::apply_policy(&snapshots, &policy, group_by, &jiff::tz::TimeZone::system())?;
-    let emptied = coffer::emptied_groups(&decisions);
-    if let (Some((group, count)), false) = (emptied.first(), args.allow_empty_groups) {
-        if args.dry_run {
-            if let Some(value) = print_decisions(cli, &decisions, true, 0) {
-                output::json(&value);
-            }
-        }
-        let others = match emptied.len() {
-            1 => String::new(),
-            n => format!(" and {} other group(s)", n - 1),
-        };
-        return fail(
-            exit::USAGE,
-            format!(
-                "refused: the policy keeps none of the {count} snapshot(s) of group \"{group}\"{others}; nothing was removed (check the --keep-* values, or add --allow-empty-groups to remove them)"
-            ),
-        );
+    if !args.allow_empty_groups {
+        refuse_emptied_groups(cli, &decisions, args.dry_run)?;
     }
     let removed = if args.dry_run { 0 } else { coffer::remove_snapshots(&repository, &decisions)? };
     let forgotten_json = print_decisions(cli, &decisions, args.dry_run, removed);
@@ -233,6 +218,29 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
         output::json(&value);
     }
     Ok(exit::SUCCESS)
+}
+
+/// Fails, removing nothing, if the decisions keep no snapshot of some group: that is
+/// rarely meant (`--keep-last 0`), so it takes `--allow-empty-groups`. A dry run still
+/// shows its plan first.
+fn refuse_emptied_groups(cli: &Cli, decisions: &[Decision], dry_run: bool) -> Result<()> {
+    let emptied = coffer::emptied_groups(decisions);
+    let Some((group, count)) = emptied.first() else { return Ok(()) };
+    if dry_run {
+        if let Some(value) = print_decisions(cli, decisions, true, 0) {
+            output::json(&value);
+        }
+    }
+    let others = match emptied.len() {
+        1 => String::new(),
+        n => format!(" and {} other group(s)", n - 1),
+    };
+    fail(
+        exit::USAGE,
+        format!(
+            "refused: the policy keeps none of the {count} snapshot(s) of group \"{group}\"{others}; nothing was removed (check the --keep-* values, or add --allow-empty-groups to remove them)"
+        ),
+    )
 }
 
 fn retention_policy(args: &ForgetArgs) -> Result<RetentionPolicy> {
