@@ -5,6 +5,8 @@
 //! salt with keyed BLAKE3, so every derived key seals exactly one message: the 2^32
 //! message limit of random 96-bit GCM nonces never comes into play.
 
+use std::ops::RangeInclusive;
+
 use aes_gcm::aead::inout::InOutBuf;
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
@@ -17,6 +19,9 @@ pub const SEAL_OVERHEAD: usize = SALT_LEN + TAG_LEN;
 const SALT_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const MASTER_LEN: usize = 96;
+const KEY_SALT_LEN: usize = 16;
+/// `nonce (12) || AES-256-GCM(master key) || tag (16)`.
+const WRAPPED_LEN: usize = 12 + MASTER_LEN + TAG_LEN;
 
 /// The secrets of one repository, wrapped by every key file.
 #[derive(Clone)]
@@ -144,6 +149,37 @@ pub struct KdfParams {
     pub parallelism: u32,
 }
 
+/// Argon2id memory a key file may ask for, in KiB: up to 1 GiB. Parameters come from
+/// storage, and Argon2 allocates all of its memory at once: without a bound, a tampered
+/// key file made every command try to allocate gigabytes, or terabytes, per key file.
+pub const KDF_MEMORY_KIB: RangeInclusive<u32> = 8..=1024 * 1024;
+/// Argon2id passes a key file may ask for.
+pub const KDF_ITERATIONS: RangeInclusive<u32> = 1..=64;
+/// Argon2id lanes a key file may ask for.
+pub const KDF_LANES: RangeInclusive<u32> = 1..=16;
+
+impl KdfParams {
+    /// Why these parameters are out of bounds (FORMAT.md section 4.2), if they are.
+    pub fn check(&self) -> Result<(), String> {
+        let out_of = |what: &str, value: u32, bounds: &RangeInclusive<u32>| {
+            format!("Argon2id {what} {value} is outside the bounds {} to {}", bounds.start(), bounds.end())
+        };
+        if !KDF_MEMORY_KIB.contains(&self.memory_kib) {
+            return Err(out_of("memory (KiB)", self.memory_kib, &KDF_MEMORY_KIB));
+        }
+        if !KDF_ITERATIONS.contains(&self.iterations) {
+            return Err(out_of("pass count", self.iterations, &KDF_ITERATIONS));
+        }
+        if !KDF_LANES.contains(&self.parallelism) {
+            return Err(out_of("lane count", self.parallelism, &KDF_LANES));
+        }
+        if self.memory_kib < 8 * self.parallelism {
+            return Err(format!("Argon2id memory of {} KiB is less than 8 KiB per lane", self.memory_kib));
+        }
+        Ok(())
+    }
+}
+
 impl Default for KdfParams {
     /// 32 MiB and 6 passes: the same memory-time product as 64 MiB and 3 passes, at
     /// half the peak memory, which every command pays once at start. Two lanes, computed
@@ -172,6 +208,26 @@ pub struct KeyFile {
 /// Version of the key file format this program writes and reads.
 pub const KEY_FILE_VERSION: u64 = 1;
 
+impl KeyFile {
+    /// Checks what can be checked without the password: the key derivation, its
+    /// parameters' bounds, and the lengths of the salt and the wrapped key. A key file
+    /// that fails is damaged; one that passes and does not open may be either damaged
+    /// or opened with the wrong password, which cryptography cannot tell apart.
+    pub fn check(&self) -> Result<(), String> {
+        if self.kdf != "argon2id" {
+            return Err(format!("key derivation {:?} is not argon2id", self.kdf));
+        }
+        self.params.check()?;
+        if hex::decode(&self.salt).map_or(true, |salt| salt.len() != KEY_SALT_LEN) {
+            return Err(format!("salt is not {KEY_SALT_LEN} bytes of hex"));
+        }
+        if hex::decode(&self.wrapped).map_or(true, |wrapped| wrapped.len() != WRAPPED_LEN) {
+            return Err(format!("wrapped key is not {WRAPPED_LEN} bytes of hex"));
+        }
+        Ok(())
+    }
+}
+
 fn password_key(password: &[u8], salt: &[u8], params: KdfParams) -> Option<[u8; 32]> {
     let argon_params = argon2::Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32)).ok()?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
@@ -196,7 +252,8 @@ pub fn wrap_master_key(
     host: String,
     user: String,
 ) -> Option<KeyFile> {
-    let salt: [u8; 16] = rand::random();
+    params.check().ok()?;
+    let salt: [u8; KEY_SALT_LEN] = rand::random();
     let key = password_key(password, &salt, params)?;
     let nonce: [u8; 12] = rand::random();
     let cipher = Aes256Gcm::new(&key.into());
@@ -219,13 +276,12 @@ pub fn wrap_master_key(
     })
 }
 
-/// Unwraps the master key with `password`; `None` if the password does not open it.
+/// Unwraps the master key with `password`; `None` if the password does not open it,
+/// or if the file fails [`KeyFile::check`] (then nothing is derived or allocated).
 pub fn unwrap_master_key(file: &KeyFile, password: &[u8], repository: &RepositoryId) -> Option<MasterKey> {
+    file.check().ok()?;
     let salt = hex::decode(&file.salt).ok()?;
     let wrapped = hex::decode(&file.wrapped).ok()?;
-    if wrapped.len() != 12 + MASTER_LEN + TAG_LEN || file.kdf != "argon2id" {
-        return None;
-    }
     let key = password_key(password, &salt, file.params)?;
     let nonce: [u8; 12] = wrapped[..12].try_into().ok()?;
     let mut buffer = wrapped[12..12 + MASTER_LEN].to_vec();
@@ -284,6 +340,38 @@ mod tests {
         assert_eq!(opened.to_bytes(), master.to_bytes());
         assert!(unwrap_master_key(&file, b"wrong", &repository).is_none());
         assert!(unwrap_master_key(&file, b"secret", &RepositoryId::random()).is_none());
+    }
+
+    #[test]
+    fn key_files_out_of_bounds_are_refused_before_any_derivation() {
+        let master = MasterKey::generate();
+        let repository = RepositoryId::random();
+        let params = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+        let file =
+            wrap_master_key(&master, b"secret", params, &repository, "t".into(), "h".into(), "u".into()).unwrap();
+        assert_eq!(file.check(), Ok(()));
+        let tampered = [
+            KdfParams { memory_kib: u32::MAX, ..params },
+            KdfParams { memory_kib: 1024 * 1024 + 1, ..params },
+            KdfParams { iterations: 0, ..params },
+            KdfParams { iterations: u32::MAX, ..params },
+            KdfParams { parallelism: 17, ..params },
+            KdfParams { memory_kib: 8, parallelism: 2, ..params },
+        ];
+        for params in tampered {
+            let bad = KeyFile { params, ..file.clone() };
+            assert!(bad.check().is_err(), "{params:?}");
+            // u32::MAX KiB would be 4 TiB: this returns at once only if nothing is allocated.
+            assert!(unwrap_master_key(&bad, b"secret", &repository).is_none());
+        }
+        let short = KeyFile { wrapped: file.wrapped[..200].to_string(), ..file.clone() };
+        assert!(short.check().unwrap_err().contains("wrapped key"));
+        let salt = KeyFile { salt: "zz".repeat(16), ..file.clone() };
+        assert!(salt.check().unwrap_err().contains("salt"));
+        let kdf = KeyFile { kdf: "scrypt".into(), ..file };
+        assert!(kdf.check().unwrap_err().contains("scrypt"));
+        let huge = KdfParams { memory_kib: 2 * 1024 * 1024, ..params };
+        assert!(wrap_master_key(&master, b"pw", huge, &repository, "t".into(), "h".into(), "u".into()).is_none());
     }
 
     #[test]

@@ -16,9 +16,14 @@ pub enum Error {
     #[error("a repository already exists at {location}")]
     AlreadyInitialized { location: String },
 
-    /// No key file opens with the given password.
-    #[error("wrong password: no key in {location} opens with it")]
-    WrongPassword { location: String },
+    /// No key file opens with the given password. When the repository has one key
+    /// file, `only_key` names it: a changed byte in it cannot be told from a wrong
+    /// password.
+    #[error("wrong password{}", match only_key {
+        Some(key) => format!(" for {location} (or its only key file, {key}, is damaged: a changed byte in a wrapped key cannot be told from a wrong password)"),
+        None => format!(": no key in {location} opens with it"),
+    })]
+    WrongPassword { location: String, only_key: Option<String> },
 
     /// The repository or an object in it has a format version this program does not know.
     #[error("{what} has format version {found}, but this coffer reads only version {supported}; upgrade coffer")]
@@ -31,6 +36,18 @@ pub enum Error {
     /// An object the repository refers to is missing from storage.
     #[error("{object} is missing from the repository")]
     MissingObject { object: String },
+
+    /// `latest` was asked for while some snapshot records are damaged: any of them may
+    /// be the newest, so no other snapshot is taken in its place.
+    #[error(
+        "cannot tell which snapshot is the latest: {damaged} snapshot record(s) are damaged ({first}{}), and any may be the newest; {}",
+        if *damaged > 1 { " and others" } else { "" },
+        match newest_readable {
+            Some(newest) => format!("the newest readable snapshot is {newest}: name it by its id to use it"),
+            None => "no snapshot record is readable".to_string(),
+        }
+    )]
+    LatestUnknown { damaged: usize, first: String, newest_readable: Option<String> },
 
     /// A snapshot, path or blob asked for by the user does not exist.
     #[error("{what} not found")]
@@ -55,6 +72,11 @@ pub enum Error {
     /// A PostgreSQL program (pg_dump, pg_restore, psql) failed; the message is its own.
     #[error("{tool} failed: {message}")]
     Postgres { tool: String, message: String },
+
+    /// The program whose output a backup stores (`--stdin-from-command`) failed or could
+    /// not run. The command's text is not part of the message: it may hold a secret.
+    #[error("the input command {message}; no snapshot was saved")]
+    InputCommand { message: String },
 
     /// A safety check refused the operation; `--force` overrides it where offered.
     #[error("refused: {0}")]

@@ -1,5 +1,6 @@
 //! Retention policies: which snapshots `forget` keeps, decided by a pure function of
-//! their times, hosts, paths and tags, with periods counted in local calendar time.
+//! their times, hosts, paths, sources and tags, with periods counted in local calendar
+//! time.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -10,7 +11,7 @@ use jiff::{Span, Timestamp, Zoned};
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::repository::Repository;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, Source};
 
 /// What to keep; a snapshot is kept if any rule keeps it.
 #[derive(Debug, Clone, Default)]
@@ -65,27 +66,35 @@ pub fn parse_duration(text: &str) -> Result<Span> {
     Ok(span)
 }
 
-/// Which facts put snapshots in the same group.
+/// Which facts put snapshots in the same group. `Default` groups nothing apart: one
+/// group; [`GroupBy::STANDARD`] is what `forget` uses unless told otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GroupBy {
     pub host: bool,
     pub paths: bool,
+    /// The databases and standard-input names a snapshot holds besides its paths, so
+    /// that a nightly files-only snapshot never counts against one with a database.
+    pub sources: bool,
     pub tags: bool,
 }
 
 impl FromStr for GroupBy {
     type Err = Error;
 
-    /// Parses a comma-separated list of `host`, `paths` and `tags` (empty: one group).
+    /// Parses a comma-separated list of `host`, `paths`, `sources` and `tags` (empty:
+    /// one group).
     fn from_str(text: &str) -> Result<Self> {
         let mut group = GroupBy::default();
         for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
             match part {
                 "host" => group.host = true,
                 "paths" => group.paths = true,
+                "sources" => group.sources = true,
                 "tags" => group.tags = true,
                 other => {
-                    return Err(Error::InvalidInput(format!("cannot group by {other:?}: use host, paths or tags")))
+                    return Err(Error::InvalidInput(format!(
+                        "cannot group by {other:?}: use host, paths, sources or tags"
+                    )))
                 }
             }
         }
@@ -94,23 +103,58 @@ impl FromStr for GroupBy {
 }
 
 impl GroupBy {
-    /// The group a snapshot falls in, as text for display.
-    pub fn key(&self, snapshot: &Snapshot) -> String {
-        let mut parts = Vec::new();
-        if self.host {
-            parts.push(format!("host {}", snapshot.host));
+    /// Host, paths and sources.
+    pub const STANDARD: GroupBy = GroupBy { host: true, paths: true, sources: true, tags: false };
+
+    /// The group a snapshot falls in.
+    fn group_of(&self, snapshot: &Snapshot) -> GroupKey {
+        let sorted = |mut items: Vec<String>| {
+            items.sort();
+            items
+        };
+        let sources = snapshot.sources.iter().filter_map(|source| match source {
+            Source::Files { .. } => None,
+            Source::Postgres(postgres) => Some(format!("postgres:{}", postgres.database)),
+            Source::Stdin { name } => Some(format!("stdin:{name}")),
+        });
+        GroupKey {
+            host: self.host.then(|| snapshot.host.clone()),
+            paths: self.paths.then(|| sorted(snapshot.paths.clone())),
+            sources: self.sources.then(|| sorted(sources.collect())),
+            tags: self.tags.then(|| sorted(snapshot.tags.clone())),
         }
-        if self.paths {
-            let mut paths = snapshot.paths.clone();
-            paths.sort();
+    }
+}
+
+/// What the snapshots of one group share: structured, so that names holding spaces or
+/// commas cannot make two groups look like one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct GroupKey {
+    host: Option<String>,
+    paths: Option<Vec<String>>,
+    sources: Option<Vec<String>>,
+    tags: Option<Vec<String>>,
+}
+
+/// "host db1, paths /data, sources postgres:clinic", for display.
+impl std::fmt::Display for GroupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(host) = &self.host {
+            parts.push(format!("host {host}"));
+        }
+        if let Some(paths) = &self.paths {
             parts.push(format!("paths {}", paths.join(" ")));
         }
-        if self.tags {
-            let mut tags = snapshot.tags.clone();
-            tags.sort();
+        match &self.sources {
+            Some(sources) if sources.is_empty() => parts.push("sources (files only)".into()),
+            Some(sources) => parts.push(format!("sources {}", sources.join(" "))),
+            None => {}
+        }
+        if let Some(tags) = &self.tags {
             parts.push(format!("tags {}", tags.join(",")));
         }
-        parts.join(", ")
+        f.write_str(&parts.join(", "))
     }
 }
 
@@ -138,12 +182,12 @@ pub fn apply_policy(
     if policy.is_empty() {
         return Err(Error::InvalidInput("no retention policy given: add at least one --keep-* option".into()));
     }
-    let mut groups: BTreeMap<String, Vec<Member<'_>>> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Vec<Member<'_>>> = BTreeMap::new();
     for (id, snapshot) in snapshots {
-        let group = group_by.key(snapshot);
+        let group = group_by.group_of(snapshot);
         let zoned = snapshot.time.parse::<Timestamp>().ok().map(|time| time.to_zoned(zone.clone()));
         let decision =
-            Decision { id: *id, group: group.clone(), time: snapshot.time.clone(), keep: false, reasons: vec![] };
+            Decision { id: *id, group: group.to_string(), time: snapshot.time.clone(), keep: false, reasons: vec![] };
         groups.entry(group).or_default().push((decision, zoned, snapshot));
     }
     let mut decisions = Vec::new();
@@ -223,6 +267,24 @@ fn keep_within_and_tagged(members: &mut [Member<'_>], policy: &RetentionPolicy) 
         }
     }
     Ok(())
+}
+
+/// The groups of which the decisions keep no snapshot, with how many each holds, in
+/// the order of the decisions. Forgetting a whole group is rarely what was meant (a
+/// `--keep-last 0`, a `--keep-tag` no snapshot of the group carries), so the CLI asks
+/// for an explicit override.
+pub fn emptied_groups(decisions: &[Decision]) -> Vec<(String, usize)> {
+    let mut groups: Vec<(String, usize, bool)> = Vec::new();
+    for decision in decisions {
+        match groups.iter_mut().find(|(group, _, _)| *group == decision.group) {
+            Some((_, count, kept)) => {
+                *count += 1;
+                *kept |= decision.keep;
+            }
+            None => groups.push((decision.group.clone(), 1, decision.keep)),
+        }
+    }
+    groups.into_iter().filter(|(_, _, kept)| !kept).map(|(group, count, _)| (group, count)).collect()
 }
 
 /// Deletes the snapshot records of the decisions that do not keep them, and their
@@ -356,6 +418,69 @@ mod tests {
     }
 
     #[test]
+    fn sources_keep_a_database_snapshot_out_of_a_files_only_group() {
+        let with_database = |time: &str| {
+            let mut record = snapshot(time, "h", &[]);
+            record.sources.push(Source::Postgres(crate::snapshot::PostgresSource {
+                database: "clinic".into(),
+                path: "/postgres/clinic.dump".into(),
+                server_version: "16".into(),
+                pg_dump_version: "16".into(),
+                format: "custom".into(),
+                size: 1,
+                sha256: "0".repeat(64),
+                migrations: vec![],
+                schema_query: None,
+                globals_path: None,
+            }));
+            record
+        };
+        let snapshots = vec![
+            (SnapshotId([0; 32]), with_database("2026-03-01T00:00:00Z")),
+            (SnapshotId([1; 32]), snapshot("2026-03-02T00:00:00Z", "h", &[])),
+            (SnapshotId([2; 32]), snapshot("2026-03-03T00:00:00Z", "h", &[])),
+        ];
+        let policy = RetentionPolicy { last: Some(1), ..Default::default() };
+        let decisions = apply_policy(&snapshots, &policy, GroupBy::STANDARD, &TimeZone::UTC).unwrap();
+        assert_eq!(kept(&decisions), vec![0, 2]);
+        let groups: Vec<&str> = decisions.iter().map(|d| d.group.as_str()).collect();
+        assert!(groups.contains(&"host h, paths /d, sources postgres:clinic"), "{groups:?}");
+        assert!(groups.contains(&"host h, paths /d, sources (files only)"), "{groups:?}");
+        assert_eq!(kept(&apply_policy(&snapshots, &policy, by_host(), &TimeZone::UTC).unwrap()), vec![2]);
+    }
+
+    #[test]
+    fn names_with_separators_do_not_merge_groups() {
+        let mut one = snapshot("2026-03-01T00:00:00Z", "h", &[]);
+        one.paths = vec!["/a /b".into()];
+        let mut two = snapshot("2026-03-02T00:00:00Z", "h", &[]);
+        two.paths = vec!["/a".into(), "/b".into()];
+        let snapshots = vec![(SnapshotId([0; 32]), one), (SnapshotId([1; 32]), two)];
+        let policy = RetentionPolicy { last: Some(1), ..Default::default() };
+        assert_eq!(kept(&apply_policy(&snapshots, &policy, by_host(), &TimeZone::UTC).unwrap()), vec![0, 1]);
+    }
+
+    #[test]
+    fn groups_left_empty_are_named() {
+        let snapshots = vec![
+            (SnapshotId([0; 32]), snapshot("2026-03-01T00:00:00Z", "a", &[])),
+            (SnapshotId([1; 32]), snapshot("2026-03-02T00:00:00Z", "a", &["audit"])),
+            (SnapshotId([2; 32]), snapshot("2026-03-01T00:00:00Z", "b", &[])),
+        ];
+        let nothing = RetentionPolicy { last: Some(0), ..Default::default() };
+        let decisions = apply_policy(&snapshots, &nothing, by_host(), &TimeZone::UTC).unwrap();
+        assert_eq!(
+            emptied_groups(&decisions),
+            [("host a, paths /d".to_string(), 2), ("host b, paths /d".to_string(), 1)]
+        );
+        let tagged = RetentionPolicy { tags: vec!["audit".into()], ..Default::default() };
+        let decisions = apply_policy(&snapshots, &tagged, by_host(), &TimeZone::UTC).unwrap();
+        assert_eq!(emptied_groups(&decisions), [("host b, paths /d".to_string(), 1)]);
+        let last = RetentionPolicy { last: Some(1), ..Default::default() };
+        assert!(emptied_groups(&apply_policy(&snapshots, &last, by_host(), &TimeZone::UTC).unwrap()).is_empty());
+    }
+
+    #[test]
     fn no_policy_is_refused_and_durations_parse() {
         let error =
             apply_policy(&list(&["2026-03-01T00:00:00Z"]), &RetentionPolicy::default(), by_host(), &TimeZone::UTC);
@@ -367,5 +492,6 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert!("host,colour".parse::<GroupBy>().is_err());
+        assert_eq!("host, paths,sources".parse::<GroupBy>().unwrap(), GroupBy::STANDARD);
     }
 }

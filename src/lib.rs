@@ -30,13 +30,14 @@ mod snapshot;
 mod system;
 
 pub use archiver::{
-    backup, dry_run, BackupOptions, BackupReport, ChangeRules, DryRunReport, Excludes, FileChange, PlannedFile,
+    backup, dry_run, BackupOptions, BackupReport, ChangeRules, DryRunReport, Excludes, FileChange, InputCommand,
+    PlannedFile,
 };
 pub use check::{check, AffectedSnapshot, CheckOptions, CheckReport, Damage, ReadSubset};
 pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::{KdfParams, MasterKey};
 pub use error::{Error, Result};
-pub use forget::{apply_policy, parse_duration, remove_snapshots, Decision, GroupBy, RetentionPolicy};
+pub use forget::{apply_policy, emptied_groups, parse_duration, remove_snapshots, Decision, GroupBy, RetentionPolicy};
 pub use id::{BlobId, IndexId, KeyId, LockId, PackId, RepositoryId, SnapshotId};
 pub use index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, MAX_OBJECT_BLOBS};
 pub use lock::{remove_locks, LockGuard, LockRecord, LockTiming, HOLD_LIMIT, REFRESH_EVERY, STALE_AFTER};

@@ -6,8 +6,10 @@ use clap::Parser;
 
 fn main() {
     bound_heap_growth();
+    // Before any thread starts, and before anything that could start a child process.
+    let secrets = cli::password::EnvSecrets::take();
     let parsed = match cli::Cli::try_parse() {
-        Ok(parsed) => parsed,
+        Ok(parsed) => secrets.apply(parsed),
         Err(error) => {
             let code = if error.use_stderr() { cli::exit::USAGE } else { cli::exit::SUCCESS };
             let _ = error.print();

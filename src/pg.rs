@@ -2,7 +2,13 @@
 //! and the application's schema-migration state is recorded and compared.
 //!
 //! coffer drives the PostgreSQL client programs; libpq gives them the usual connection
-//! strings, PGPASSWORD and .pgpass handling.
+//! strings, PGPASSWORD and .pgpass handling. A password inside a connection string is
+//! never put on a program's command line (where `ps` shows it to every local user): the
+//! program gets the string without it, and the password in its own environment.
+
+mod conninfo;
+
+pub use conninfo::ConnInfo;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -54,7 +60,7 @@ impl Default for PgTools {
 #[derive(Debug, Clone, Default)]
 pub struct PgBackupOptions {
     /// A libpq connection string or URI.
-    pub conninfo: String,
+    pub conninfo: ConnInfo,
     /// A query whose rows describe the schema state, instead of the detected tables.
     pub schema_query: Option<String>,
     /// Also store `pg_dumpall --globals-only` (roles, tablespaces).
@@ -98,12 +104,21 @@ fn tool_message(stderr: &str) -> String {
     }
 }
 
+/// Names the database on a program's command line; the password, if the connection
+/// string holds one, goes into the environment of that program alone.
+fn connect<'c>(command: &'c mut Command, conninfo: &ConnInfo) -> &'c mut Command {
+    command.arg("--dbname").arg(conninfo.argument());
+    if let Some(password) = conninfo.password() {
+        command.env("PGPASSWORD", password);
+    }
+    command
+}
+
 /// Runs one query with psql; rows come back split into fields.
-pub fn query(tools: &PgTools, conninfo: &str, sql: &str) -> Result<Vec<Vec<String>>> {
-    let output = Command::new(&tools.psql)
-        .args(["-X", "-w", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-F", "\u{1f}", "-0"])
-        .arg("--dbname")
-        .arg(conninfo)
+pub fn query(tools: &PgTools, conninfo: &ConnInfo, sql: &str) -> Result<Vec<Vec<String>>> {
+    let mut command = Command::new(&tools.psql);
+    command.args(["-X", "-w", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-F", "\u{1f}", "-0"]);
+    let output = connect(&mut command, conninfo)
         .arg("--command")
         .arg(sql)
         .stdin(Stdio::null())
@@ -122,7 +137,7 @@ fn single_value(rows: &[Vec<String>]) -> String {
 }
 
 /// The migration state of a database: detected tables, or the custom query.
-pub fn migration_state(tools: &PgTools, conninfo: &str, custom: Option<&str>) -> Result<Vec<MigrationState>> {
+pub fn migration_state(tools: &PgTools, conninfo: &ConnInfo, custom: Option<&str>) -> Result<Vec<MigrationState>> {
     if let Some(sql) = custom {
         let rows = query(tools, conninfo, sql)?;
         return Ok(vec![MigrationState {
@@ -226,23 +241,25 @@ impl Drop for Running {
 }
 
 /// Starts `pg_dump` in custom format without compression, so nightly dumps deduplicate.
-pub fn start_dump(tools: &PgTools, conninfo: &str) -> Result<Running> {
+pub fn start_dump(tools: &PgTools, conninfo: &ConnInfo) -> Result<Running> {
     let mut command = Command::new(&tools.pg_dump);
-    command.args(["--format=custom", "--compress=0", "--no-password"]).arg("--dbname").arg(conninfo);
+    command.args(["--format=custom", "--compress=0", "--no-password"]);
+    connect(&mut command, conninfo);
     Running::spawn("pg_dump", command, Stdio::null())
 }
 
 /// Starts `pg_dumpall --globals-only` (roles, tablespaces) as SQL text.
-pub fn start_globals(tools: &PgTools, conninfo: &str) -> Result<Running> {
+pub fn start_globals(tools: &PgTools, conninfo: &ConnInfo) -> Result<Running> {
     let mut command = Command::new(&tools.pg_dumpall);
-    command.args(["--globals-only", "--no-password"]).arg("--dbname").arg(conninfo);
+    command.args(["--globals-only", "--no-password"]);
+    connect(&mut command, conninfo);
     Running::spawn("pg_dumpall", command, Stdio::null())
 }
 
 /// How to feed a dump to pg_restore.
 #[derive(Debug, Clone, Default)]
 pub struct PgRestoreOptions {
-    pub conninfo: String,
+    pub conninfo: ConnInfo,
     pub tables: Vec<String>,
     /// Create the database named in the dump (conninfo names a maintenance database).
     pub create: bool,
@@ -271,7 +288,8 @@ pub fn start_restore(tools: &PgTools, options: &PgRestoreOptions, input: Option<
     } else if let Some(file) = &options.to_file {
         command.arg("--file").arg(file);
     } else {
-        command.args(["--exit-on-error", "--no-password"]).arg("--dbname").arg(&options.conninfo);
+        command.args(["--exit-on-error", "--no-password"]);
+        connect(&mut command, &options.conninfo);
         if options.single_transaction() {
             command.arg("--single-transaction");
         }
@@ -317,7 +335,7 @@ fn entry_exists_sql(source: &str, entry: &str) -> Option<String> {
 /// runs against the target (or has diverged from it).
 pub fn newer_than_target(
     tools: &PgTools,
-    conninfo: &str,
+    conninfo: &ConnInfo,
     dump: &[MigrationState],
     custom: Option<&str>,
 ) -> Result<Option<String>> {

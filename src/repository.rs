@@ -19,7 +19,7 @@ use crate::index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchInde
 use crate::lock::{LockGuard, LockTiming};
 use crate::manifest::Manifest;
 use crate::pack::{decode_header, header_bounds, open_object, seal_object, visit_blob, BlobType, PackEntry};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Resolved, Snapshot};
 
 /// The repository format version this program writes and reads.
 pub const REPOSITORY_VERSION: u64 = 1;
@@ -32,6 +32,8 @@ pub const MAX_PACK_SIZE: u64 = 1 << 31;
 
 /// Readable snapshots (oldest first) and the errors of damaged snapshot records.
 pub type SnapshotList = (Vec<(SnapshotId, Snapshot)>, Vec<Error>);
+/// Readable snapshots (oldest first) and the ids and errors of damaged records.
+type LoadedSnapshots = (Vec<(SnapshotId, Snapshot)>, Vec<(SnapshotId, Error)>);
 /// Readable index objects in force, and the errors of damaged ones.
 /// The index loaded by [`Repository::scratch_index`].
 pub struct ScratchLoad {
@@ -615,6 +617,12 @@ impl Repository {
     /// Every readable snapshot, oldest first, and the errors of those that are damaged:
     /// one damaged record must not hide the others.
     pub fn list_snapshots(&self) -> Result<SnapshotList> {
+        let (snapshots, damaged) = self.load_snapshots()?;
+        Ok((snapshots, damaged.into_iter().map(|(_, error)| error).collect()))
+    }
+
+    /// Readable snapshots, oldest first, and the ids and errors of damaged records.
+    fn load_snapshots(&self) -> Result<LoadedSnapshots> {
         let ids: Vec<SnapshotId> = self
             .backend
             .list("snapshots/")?
@@ -628,18 +636,25 @@ impl Repository {
         for (id, result) in loaded {
             match result {
                 Ok(snapshot) => snapshots.push((id, snapshot)),
-                Err(error) if is_damage(&error) => damaged.push(error),
+                Err(error) if is_damage(&error) => damaged.push((id, error)),
                 Err(error) => return Err(error),
             }
         }
         snapshots.sort_by(|a, b| a.1.timestamp().cmp(&b.1.timestamp()).then(a.0.cmp(&b.0)));
+        damaged.sort_by_key(|(id, _)| *id);
         Ok((snapshots, damaged))
     }
 
-    /// Finds a snapshot by `latest`, id or unique prefix among the readable ones.
+    /// Finds the snapshot a user names: `latest`, an id or a unique prefix. A damaged
+    /// record is never silently passed over (see [`crate::snapshot::resolve`]); naming
+    /// a damaged record by id gives its damage.
     pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
-        let (snapshots, _) = self.list_snapshots()?;
-        crate::snapshot::resolve(spec, &snapshots).cloned()
+        let (mut snapshots, mut damaged) = self.load_snapshots()?;
+        let ids: Vec<SnapshotId> = damaged.iter().map(|(id, _)| *id).collect();
+        match crate::snapshot::resolve(spec, &snapshots, &ids)? {
+            Resolved::Readable(index) => Ok(snapshots.swap_remove(index)),
+            Resolved::Damaged(index) => Err(damaged.swap_remove(index).1),
+        }
     }
 
     /// Path of a snapshot's manifest in the local cache.
@@ -732,6 +747,7 @@ fn add_key(
     password: &[u8],
     kdf: KdfParams,
 ) -> Result<KeyId> {
+    kdf.check().map_err(|reason| Error::InvalidInput(format!("cannot make a key file: {reason}")))?;
     let created = jiff::Timestamp::now().to_string();
     let file = wrap_master_key(
         master,
@@ -749,31 +765,58 @@ fn add_key(
     Ok(id)
 }
 
-/// Tries the password on every key file. A damaged or newer key file does not stop
-/// the others from opening; it is reported only if no key opens.
+/// Tries the password on every intact key file. A damaged or newer key file does not
+/// stop the others from opening; if no key opens, it is what is reported (as damage,
+/// exit 13, or an unknown version), not a wrong password.
 fn find_key(backend: &dyn Backend, repository: &RepositoryId, password: &[u8]) -> Result<(KeyId, MasterKey)> {
     let mut files = Vec::new();
-    let mut unreadable = None;
+    let mut unusable = Vec::new();
     for info in backend.list("keys/")? {
         let Some(id) = info.key.strip_prefix("keys/").and_then(|n| n.parse::<KeyId>().ok()) else { continue };
         let bytes = backend.get(&info.key)?;
-        match serde_json::from_slice::<KeyFile>(&bytes) {
-            Ok(file) if file.version == KEY_FILE_VERSION => files.push((id, file)),
-            Ok(file) => {
-                unreadable =
-                    Some(Error::UnsupportedVersion { what: info.key, found: file.version, supported: KEY_FILE_VERSION })
-            }
-            Err(e) => unreadable = Some(Error::integrity(&info.key, format!("it is not a key file: {e}"))),
+        match read_key_file(&info.key, &bytes) {
+            Ok(file) => files.push((id, info.key, file)),
+            Err(error) => unusable.push(error),
         }
     }
-    let opened =
-        files.par_iter().find_map_any(|(id, file)| unwrap_master_key(file, password, repository).map(|key| (*id, key)));
-    match (opened, unreadable) {
-        (Some(found), _) => Ok(found),
-        (None, Some(error)) => Err(error),
-        (None, None) if files.is_empty() => {
-            Err(Error::integrity(format!("{}/keys", backend.location()), "the repository has no key files"))
-        }
-        (None, None) => Err(Error::WrongPassword { location: backend.location() }),
+    let opened = files
+        .par_iter()
+        .find_map_any(|(id, _, file)| unwrap_master_key(file, password, repository).map(|key| (*id, key)));
+    if let Some(found) = opened {
+        return Ok(found);
     }
+    match (unusable.into_iter().next(), files.as_slice()) {
+        (Some(Error::Integrity { object, reason }), [_, ..]) => Err(Error::Integrity {
+            object,
+            reason: format!("{reason} (and the password opens none of the {} other key file(s))", files.len()),
+        }),
+        (Some(error), _) => Err(error),
+        (None, []) => Err(Error::integrity(format!("{}/keys", backend.location()), "the repository has no key files")),
+        // One key that does not open: a changed byte in it looks exactly like a wrong password.
+        (None, [(_, name, _)]) => {
+            Err(Error::WrongPassword { location: backend.location(), only_key: Some(name.clone()) })
+        }
+        (None, _) => Err(Error::WrongPassword { location: backend.location(), only_key: None }),
+    }
+}
+
+/// Parses a key file and checks everything that can be checked without the password.
+fn read_key_file(name: &str, bytes: &[u8]) -> Result<KeyFile> {
+    #[derive(Deserialize)]
+    struct Version {
+        version: u64,
+    }
+    let version: Version =
+        serde_json::from_slice(bytes).map_err(|e| Error::integrity(name, format!("it is not a key file: {e}")))?;
+    if version.version != KEY_FILE_VERSION {
+        return Err(Error::UnsupportedVersion {
+            what: name.to_string(),
+            found: version.version,
+            supported: KEY_FILE_VERSION,
+        });
+    }
+    let file: KeyFile =
+        serde_json::from_slice(bytes).map_err(|e| Error::integrity(name, format!("it is not a key file: {e}")))?;
+    file.check().map_err(|reason| Error::integrity(name, format!("its {reason}")))?;
+    Ok(file)
 }

@@ -24,7 +24,7 @@ pub struct Snapshot {
     pub tags: Vec<String>,
     #[serde(default)]
     pub parent: Option<SnapshotId>,
-    /// False when some files could not be read.
+    /// False when some files could not be read, or standard input was empty.
     pub complete: bool,
     pub sources: Vec<Source>,
     pub summary: Summary,
@@ -154,7 +154,31 @@ impl Snapshot {
                 supported: SNAPSHOT_VERSION,
             });
         }
-        serde_json::from_slice(plain).map_err(|e| Error::integrity(name, format!("it is not a snapshot record: {e}")))
+        let snapshot: Snapshot = serde_json::from_slice(plain)
+            .map_err(|e| Error::integrity(name, format!("it is not a snapshot record: {e}")))?;
+        snapshot.validate().map_err(|reason| Error::integrity(name, reason))?;
+        Ok(snapshot)
+    }
+
+    /// Checks the fields readers rely on beyond their JSON types. A record is
+    /// authenticated, but written by anyone holding the password (a compromised host
+    /// sharing the repository, a buggy tool), so its text fields are not trusted.
+    fn validate(&self) -> std::result::Result<(), String> {
+        if !is_hex_digest(&self.manifest.blake3) {
+            return Err("its manifest hash is not 64 hexadecimal digits".into());
+        }
+        for source in &self.sources {
+            let Source::Postgres(postgres) = source else { continue };
+            let database = &postgres.database;
+            if !is_hex_digest(&postgres.sha256) {
+                return Err(format!("the sha256 of its dump of database {database:?} is not 64 hexadecimal digits"));
+            }
+            let paths = std::iter::once(&postgres.path).chain(postgres.globals_path.as_ref());
+            if let Some(path) = paths.into_iter().find(|path| !path.starts_with('/')) {
+                return Err(format!("its dump of database {database:?} names a path that is not absolute: {path:?}"));
+            }
+        }
+        Ok(())
     }
 
     /// The snapshot's time as a timestamp, if it parses.
@@ -163,19 +187,48 @@ impl Snapshot {
     }
 }
 
+/// A SHA-256 or BLAKE3 digest as hex: exactly 64 ASCII hexadecimal digits.
+fn is_hex_digest(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The record a snapshot spec names: an index into the readable snapshots, or into
+/// the ids of the damaged records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    Readable(usize),
+    Damaged(usize),
+}
+
 /// Picks the snapshot named by `spec`: `latest`, a full id, or a unique id prefix.
-pub fn resolve<'a>(spec: &str, snapshots: &'a [(SnapshotId, Snapshot)]) -> Result<&'a (SnapshotId, Snapshot)> {
+/// A damaged record is never passed over for a readable one: while any is damaged,
+/// `latest` cannot be known (the damaged one may be the newest), and a prefix matches
+/// damaged records too.
+pub fn resolve(spec: &str, snapshots: &[(SnapshotId, Snapshot)], damaged: &[SnapshotId]) -> Result<Resolved> {
     if spec == "latest" {
-        return snapshots
-            .iter()
-            .max_by(|a, b| a.1.timestamp().cmp(&b.1.timestamp()).then(a.1.time.cmp(&b.1.time)))
+        let newest = (0..snapshots.len()).max_by(|&a, &b| {
+            let (a, b) = (&snapshots[a].1, &snapshots[b].1);
+            a.timestamp().cmp(&b.timestamp()).then(a.time.cmp(&b.time))
+        });
+        if let Some(first) = damaged.first() {
+            return Err(Error::LatestUnknown {
+                damaged: damaged.len(),
+                first: format!("snapshots/{first}"),
+                newest_readable: newest.map(|n| format!("{} ({})", snapshots[n].0.short(), snapshots[n].1.time)),
+            });
+        }
+        return newest
+            .map(Resolved::Readable)
             .ok_or_else(|| Error::NotFound { what: "snapshot \"latest\" (the repository has no snapshots)".into() });
     }
     let spec_lower = spec.to_ascii_lowercase();
     if spec_lower.is_empty() || !spec_lower.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::InvalidInput(format!("{spec:?} is not a snapshot id, id prefix or \"latest\"")));
     }
-    let mut matches = snapshots.iter().filter(|(id, _)| id.to_hex().starts_with(&spec_lower));
+    let named = |id: &SnapshotId| id.to_hex().starts_with(&spec_lower);
+    let readable = snapshots.iter().enumerate().filter(|(_, (id, _))| named(id)).map(|(n, _)| Resolved::Readable(n));
+    let unreadable = damaged.iter().enumerate().filter(|(_, id)| named(id)).map(|(n, _)| Resolved::Damaged(n));
+    let mut matches = readable.chain(unreadable);
     let first = matches.next().ok_or_else(|| Error::NotFound { what: format!("snapshot {spec}") })?;
     if matches.next().is_some() {
         return Err(Error::InvalidInput(format!("snapshot prefix {spec} is ambiguous; give more digits")));
@@ -202,7 +255,7 @@ mod tests {
             sources: vec![Source::Files { paths: vec!["/d".into()] }],
             summary: Summary::default(),
             program_version: "t".into(),
-            manifest: ManifestRef { blobs: vec![BlobId([1; 32])], size: 1, blake3: "00".into() },
+            manifest: ManifestRef { blobs: vec![BlobId([1; 32])], size: 1, blake3: "0f".repeat(32) },
         }
     }
 
@@ -211,11 +264,62 @@ mod tests {
         let one = sample("2026-01-01T00:00:00Z");
         assert_eq!(Snapshot::decode(&one.encode(), "s").unwrap(), one);
         let list = vec![(SnapshotId([0xab; 32]), one), (SnapshotId([0xac; 32]), sample("2026-02-01T00:00:00Z"))];
-        assert_eq!(resolve("latest", &list).unwrap().0, SnapshotId([0xac; 32]));
-        assert_eq!(resolve("abab", &list).unwrap().0, SnapshotId([0xab; 32]));
-        assert!(matches!(resolve("a", &list), Err(Error::InvalidInput(_))));
-        assert!(matches!(resolve("ff", &list), Err(Error::NotFound { .. })));
-        assert!(matches!(resolve("zz", &list), Err(Error::InvalidInput(_))));
+        assert_eq!(resolve("latest", &list, &[]).unwrap(), Resolved::Readable(1));
+        assert_eq!(resolve("abab", &list, &[]).unwrap(), Resolved::Readable(0));
+        assert!(matches!(resolve("a", &list, &[]), Err(Error::InvalidInput(_))));
+        assert!(matches!(resolve("ff", &list, &[]), Err(Error::NotFound { .. })));
+        assert!(matches!(resolve("zz", &list, &[]), Err(Error::InvalidInput(_))));
+    }
+
+    #[test]
+    fn a_damaged_record_is_never_passed_over() {
+        let list = vec![(SnapshotId([0xab; 32]), sample("2026-01-01T00:00:00Z"))];
+        let damaged = [SnapshotId([0xa0; 32])];
+        let Err(Error::LatestUnknown { damaged: 1, first, newest_readable: Some(newest) }) =
+            resolve("latest", &list, &damaged)
+        else {
+            panic!("latest was resolved with a damaged record");
+        };
+        assert_eq!(first, format!("snapshots/{}", SnapshotId([0xa0; 32])));
+        assert!(newest.starts_with("abababab (2026-01-01"), "{newest}");
+        assert_eq!(resolve("a0", &list, &damaged).unwrap(), Resolved::Damaged(0));
+        assert!(matches!(resolve("a", &list, &damaged), Err(Error::InvalidInput(_))));
+        assert_eq!(resolve("ab", &list, &damaged).unwrap(), Resolved::Readable(0));
+    }
+
+    #[test]
+    fn text_fields_readers_rely_on_are_validated() {
+        let postgres = |sha256: &str, path: &str| PostgresSource {
+            database: "clinic".into(),
+            path: path.into(),
+            server_version: "16".into(),
+            pg_dump_version: "16".into(),
+            format: "custom".into(),
+            size: 1,
+            sha256: sha256.into(),
+            migrations: vec![],
+            schema_query: None,
+            globals_path: None,
+        };
+        let with = |source: PostgresSource| {
+            let mut record = sample("2026-01-01T00:00:00Z");
+            record.sources.push(Source::Postgres(source));
+            record.encode()
+        };
+        let good = with(postgres(&"ab".repeat(32), "/postgres/clinic.dump"));
+        assert!(Snapshot::decode(&good, "s").is_ok());
+        for (sha256, path) in [
+            ("é".repeat(32).as_str(), "/postgres/clinic.dump"),
+            ("ab", "/postgres/clinic.dump"),
+            (&"zz".repeat(32), "/postgres/clinic.dump"),
+            (&"ab".repeat(32), "postgres/clinic.dump"),
+        ] {
+            let error = Snapshot::decode(&with(postgres(sha256, path)), "s").unwrap_err();
+            assert!(matches!(error, Error::Integrity { .. }), "{error}");
+        }
+        let mut record = sample("2026-01-01T00:00:00Z");
+        record.manifest.blake3 = "é".repeat(32);
+        assert!(matches!(Snapshot::decode(&record.encode(), "s"), Err(Error::Integrity { .. })));
     }
 
     #[test]

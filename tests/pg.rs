@@ -276,3 +276,86 @@ fn a_night_of_sparse_changes_adds_a_small_fraction_of_the_dump() {
     );
     assert!(new_bytes * 5 < dump_size, "the second night added {new_bytes} of {dump_size} bytes");
 }
+
+/// A wrapper that records its command line (as `ps` shows it) and runs the real program.
+fn recording_wrapper(fixture: &Fixture, program: &str) -> std::path::PathBuf {
+    let wrapper = fixture.path(&format!("{program}_recorded"));
+    let log = fixture.path(&format!("{program}.cmdlines"));
+    let script = format!(
+        "#!/bin/sh\ncat /proc/$$/cmdline >> '{}'\necho >> '{}'\nexec {program} \"$@\"\n",
+        log.display(),
+        log.display()
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    wrapper
+}
+
+#[test]
+fn a_password_in_the_connection_string_never_reaches_a_command_line() {
+    if !server() {
+        return;
+    }
+    let fixture = Fixture::new();
+    fill_clinic("pg_secret");
+    let password = std::env::var("PGPASSWORD").expect("scripts/pg_server.sh sets PGPASSWORD");
+    let (host, port) = (std::env::var("PGHOST").unwrap(), std::env::var("PGPORT").unwrap());
+    let uri = format!("postgresql://postgres:{password}@{host}:{port}/pg_secret");
+    let (pg_dump, pg_restore, psql) = (
+        recording_wrapper(&fixture, "pg_dump"),
+        recording_wrapper(&fixture, "pg_restore"),
+        recording_wrapper(&fixture, "psql"),
+    );
+    let run = |args: &[&str]| {
+        let output = fixture
+            .command(args)
+            .env_remove("PGPASSWORD")
+            .env("PGPASSFILE", "/nonexistent")
+            .env("COFFER_PG_DUMP", &pg_dump)
+            .env("COFFER_PG_RESTORE", &pg_restore)
+            .env("COFFER_PSQL", &psql)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "coffer {args:?}: {text}");
+        assert!(!text.contains(&password), "coffer {args:?} showed the password: {text}");
+        text
+    };
+    run(&["backup", "--pg", &uri]);
+    create_database("pg_secret_restored");
+    let target = format!("host={host} port={port} user=postgres dbname=pg_secret_restored password='{password}'");
+    let text = run(&["restore", "latest", "--pg-target", &target]);
+    assert!(text.contains("password=***"), "{text}");
+    assert_eq!(fingerprint("pg_secret_restored"), fingerprint("pg_secret"));
+    for program in ["pg_dump", "pg_restore", "psql"] {
+        let cmdlines = std::fs::read_to_string(fixture.path(&format!("{program}.cmdlines"))).unwrap();
+        assert!(cmdlines.contains("--dbname"), "{program} did not run: {cmdlines}");
+        assert!(!cmdlines.contains(&password), "{program} got the password on its command line: {cmdlines:?}");
+    }
+}
+
+#[test]
+fn check_pg_without_a_dump_says_so_and_fails() {
+    let fixture = Fixture::new();
+    let data = fixture.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("consent.pdf"), b"%PDF").unwrap();
+    expect_failure(&fixture, &["check", "--pg"], 14, &["no PostgreSQL dump to test"]);
+    fixture.backup(&data);
+    let output = fixture.run(&["--json", "check", "--pg"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(14), "{stderr}");
+    assert!(stderr.contains("no PostgreSQL dump to test") && !stderr.contains("no damage found"), "{stderr}");
+    assert_eq!(common::last_json(&output.stdout)["pg_dumps"], serde_json::json!([]));
+    if !server() {
+        return;
+    }
+    // A files-only snapshot newer than the database's: the database's dump is tested.
+    fill_clinic("pg_checked");
+    fixture.json(&["backup", data.to_str().unwrap(), "--pg", &conninfo("pg_checked")]);
+    fixture.backup(&data);
+    let checked = fixture.json(&["check", "--pg"]);
+    assert_eq!(checked["pg_dumps"].as_array().unwrap().len(), 1, "{checked}");
+    assert_eq!(checked["pg_dumps"][0]["database"], "pg_checked");
+    assert_eq!(checked["pg_dumps"][0]["ok"], true, "{checked}");
+}

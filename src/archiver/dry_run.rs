@@ -77,7 +77,7 @@ pub fn dry_run(
     options: &BackupOptions,
     on_file: &mut dyn FnMut(&PlannedFile<'_>),
 ) -> Result<DryRunReport> {
-    if options.stdin.is_some() || !options.postgres.is_empty() {
+    if options.stdin.is_some() || options.stdin_command.is_some() || !options.postgres.is_empty() {
         return Err(Error::InvalidInput("a dry run covers files and directories only, not --stdin or --pg".into()));
     }
     let paths = options.paths.iter().map(|path| walk::absolute(path)).collect::<Result<Vec<_>>>()?;

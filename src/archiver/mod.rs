@@ -1,11 +1,13 @@
 //! Backup: walks trees (or reads stdin), chunks and stores content, writes the manifest,
 //! and commits a snapshot (packs, then index, then snapshot record).
 
+mod command;
 mod digest;
 mod dry_run;
 mod parent;
 mod walk;
 
+pub use command::InputCommand;
 use digest::FileDigest;
 pub use dry_run::{dry_run, DryRunReport, FileChange, PlannedFile};
 pub use parent::ChangeRules;
@@ -43,6 +45,8 @@ pub struct BackupOptions {
     pub paths: Vec<PathBuf>,
     /// Standard input (or any reader) stored as one file named `/NAME`.
     pub stdin: Option<(Box<dyn Read + Send>, String)>,
+    /// A program whose output is stored as one file; its failure fails the backup.
+    pub stdin_command: Option<InputCommand>,
     pub tags: Vec<String>,
     /// Host name recorded in the snapshot; the system's by default.
     pub host: Option<String>,
@@ -69,7 +73,8 @@ pub struct BackupOptions {
 pub struct BackupReport {
     pub id: SnapshotId,
     pub snapshot: Snapshot,
-    /// Files that could not be read; the snapshot is incomplete if there are any.
+    /// Files that could not be read, or an empty standard input; the snapshot is
+    /// incomplete if there are any.
     pub warnings: Vec<String>,
     /// Things worth knowing that do not make the snapshot incomplete (e.g. an unusable parent).
     pub notes: Vec<String>,
@@ -131,6 +136,7 @@ fn run(repository: &Repository, options: BackupOptions, packer: &Packer<'_>) -> 
         hard_links: HashMap::new(),
         summary: Summary::default(),
         warnings: Vec::new(),
+        notes: Vec::new(),
         progress: &progress,
     };
     let mut sources = Vec::new();
@@ -162,6 +168,10 @@ fn run(repository: &Repository, options: BackupOptions, packer: &Packer<'_>) -> 
             walker.add_stdin(reader, &name, time, &sender)?;
             sources.push(Source::Stdin { name });
         }
+        if let Some(input) = &options.stdin_command {
+            walker.add_command_output(input, time, &sender)?;
+            sources.push(Source::Stdin { name: input.name.clone() });
+        }
         for database in &options.postgres {
             let source = walker.add_postgres(&options.pg_tools, database, time, &sender)?;
             sources.push(Source::Postgres(source));
@@ -172,7 +182,8 @@ fn run(repository: &Repository, options: BackupOptions, packer: &Packer<'_>) -> 
     if let Some(error) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(error);
     }
-    let Walker { manifest, mut summary, warnings, .. } = walker;
+    let Walker { manifest, mut summary, warnings, notes: walk_notes, .. } = walker;
+    notes.extend(walk_notes);
     let manifest_ref = store_manifest(packer, manifest.finish()?)?;
     let index = packer.flush()?;
     if !index.packs.is_empty() {
@@ -293,6 +304,7 @@ struct Walker<'a, 'r> {
     hard_links: HashMap<(u64, u64), i64>,
     summary: Summary,
     warnings: Vec<String>,
+    notes: Vec<String>,
     progress: &'a Progress,
 }
 
@@ -486,6 +498,15 @@ impl Walker<'_, '_> {
         time: jiff::Timestamp,
         sender: &BlobSender<'_>,
     ) -> Result<()> {
+        let path = self.stdin_path(name)?;
+        let chunker = self.packer.repository().file_chunker();
+        let (size, _) = self.add_stream(reader, &path, "standard input", &chunker, time, sender)?;
+        self.warn_if_empty(size, "standard input", &path);
+        Ok(())
+    }
+
+    /// The manifest path of the file named by `--stdin-name`.
+    fn stdin_path(&self, name: &str) -> Result<String> {
         let clean = name.trim_start_matches('/');
         if clean.is_empty() || clean.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
             return Err(Error::InvalidInput(format!("--stdin-name {name:?} is not a usable file name")));
@@ -494,9 +515,15 @@ impl Walker<'_, '_> {
         if self.manifest.contains(path.as_bytes())? {
             return Err(Error::InvalidInput(format!("--stdin-name {name:?} collides with a backed-up path")));
         }
-        let chunker = self.packer.repository().file_chunker();
-        self.add_stream(reader, &path, "standard input", &chunker, time, sender)?;
-        Ok(())
+        Ok(path)
+    }
+
+    /// Nothing to read is what a failed `pg_dump ... | coffer backup --stdin` looks
+    /// like from here: the snapshot is kept, but marked incomplete, and the user told.
+    fn warn_if_empty(&mut self, size: u64, what: &str, path: &str) {
+        if size == 0 {
+            self.warn(format!("{what} was empty: {path} holds 0 bytes (did the program feeding it fail?)"));
+        }
     }
 
     /// Stores a stream as one regular file of the manifest; returns its size and SHA-256.

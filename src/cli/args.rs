@@ -12,12 +12,16 @@ pub struct Cli {
     /// Repository: a path, file:///path or s3://bucket/prefix.
     #[arg(short = 'r', long, env = "COFFER_REPOSITORY", global = true)]
     pub repo: Option<String>,
-    /// Read the password from this file (first line).
-    #[arg(short = 'p', long, env = "COFFER_PASSWORD_FILE", global = true)]
+    /// Read the password from this file (first line) [env: COFFER_PASSWORD_FILE].
+    #[arg(short = 'p', long, global = true)]
     pub password_file: Option<PathBuf>,
-    /// Run this shell command and use its output as the password.
-    #[arg(long, env = "COFFER_PASSWORD_COMMAND", global = true)]
-    pub password_command: Option<String>,
+    /// Run this shell command and use the first line it prints as the password
+    /// [env: COFFER_PASSWORD_COMMAND].
+    #[arg(long, value_name = "COMMAND", global = true)]
+    pub password_command: Option<OsString>,
+    /// `COFFER_PASSWORD`, taken out of the environment at start (see `password.rs`).
+    #[arg(skip)]
+    pub password_env: Option<super::password::Secret>,
     /// Local cache directory (default: $XDG_CACHE_HOME/coffer or ~/.cache/coffer).
     #[arg(long, env = "COFFER_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
@@ -87,9 +91,10 @@ pub struct InitArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("stdin_source").args(["stdin", "stdin_from_command"])))]
 pub struct BackupArgs {
     /// Files and directories to back up.
-    #[arg(required_unless_present_any = ["stdin", "pg"])]
+    #[arg(required_unless_present_any = ["stdin", "stdin_from_command", "pg"])]
     pub paths: Vec<PathBuf>,
     /// Dump this PostgreSQL database into the snapshot (a libpq connection string or URI; repeatable).
     #[arg(long = "pg", value_name = "CONNINFO")]
@@ -103,8 +108,12 @@ pub struct BackupArgs {
     /// Read the content of one file from standard input.
     #[arg(long)]
     pub stdin: bool,
-    /// Name of the file read from standard input.
-    #[arg(long, default_value = "stdin", requires = "stdin")]
+    /// Run this shell command and store its output as one file; if it exits non-zero,
+    /// the backup fails and saves no snapshot (e.g. 'pg_dump -Fc app').
+    #[arg(long, value_name = "COMMAND")]
+    pub stdin_from_command: Option<String>,
+    /// Name of the file read from standard input or from the command.
+    #[arg(long, default_value = "stdin", requires = "stdin_source")]
     pub stdin_name: String,
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
@@ -137,7 +146,7 @@ pub struct BackupArgs {
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
     /// List the files that would be read (new or changed) and their size; store nothing.
-    #[arg(long, conflicts_with_all = ["stdin", "pg"])]
+    #[arg(long, conflicts_with_all = ["stdin", "stdin_from_command", "pg"])]
     pub dry_run: bool,
     /// Show no progress (otherwise a bar on a terminal, or JSON lines on stderr with --json).
     #[arg(long)]
@@ -229,7 +238,8 @@ pub struct CheckArgs {
     /// Packs downloaded at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: u16,
-    /// Also test the PostgreSQL dumps of the latest snapshot with pg_restore (--list, then a full read).
+    /// Also test the newest dump of each database with pg_restore (--list, then a full
+    /// read); fails when no snapshot holds a dump.
     #[arg(long)]
     pub pg: bool,
 }
@@ -260,12 +270,16 @@ pub struct ForgetArgs {
     /// Keep every snapshot with this tag (repeatable).
     #[arg(long = "keep-tag", value_name = "TAG")]
     pub keep_tags: Vec<String>,
-    /// Apply the policy per group of snapshots with the same host, paths and/or tags.
-    #[arg(long, default_value = "host,paths", value_name = "host,paths,tags")]
+    /// Apply the policy per group of snapshots with the same host, paths, sources
+    /// (databases and standard-input names) and/or tags; '' for one group.
+    #[arg(long, default_value = "host,paths,sources", value_name = "host,paths,sources,tags")]
     pub group_by: String,
     /// Show what would be kept and removed, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Let the policy remove every snapshot of a group (refused otherwise).
+    #[arg(long)]
+    pub allow_empty_groups: bool,
     /// Run prune after removing snapshots.
     #[arg(long)]
     pub prune: bool,

@@ -56,21 +56,27 @@ fn init(cli: &Cli, args: &InitArgs) -> Result<i32> {
 }
 
 fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
+    let postgres: Vec<_> = args
+        .pg
+        .iter()
+        .map(|conninfo| {
+            Ok(coffer::pg::PgBackupOptions {
+                conninfo: coffer::pg::ConnInfo::parse(conninfo)?,
+                schema_query: args.pg_schema_query.clone(),
+                globals: args.pg_globals,
+            })
+        })
+        .collect::<coffer::Result<_>>()?;
     let repository = super::open(cli)?;
     let stdin: Option<(Box<dyn std::io::Read + Send>, String)> =
         args.stdin.then(|| (Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>, args.stdin_name.clone()));
-    let postgres = args
-        .pg
-        .iter()
-        .map(|conninfo| coffer::pg::PgBackupOptions {
-            conninfo: conninfo.clone(),
-            schema_query: args.pg_schema_query.clone(),
-            globals: args.pg_globals,
-        })
-        .collect();
     let mut options = BackupOptions {
         paths: args.paths.clone(),
         stdin,
+        stdin_command: args
+            .stdin_from_command
+            .as_ref()
+            .map(|command| coffer::InputCommand { command: command.clone(), name: args.stdin_name.clone() }),
         tags: args.tags.clone(),
         host: args.host.clone(),
         postgres,
@@ -133,7 +139,7 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
     }
     note(
         cli.quiet,
-        &format!("snapshot {} is incomplete: {} path(s) could not be read", report.id.short(), report.warnings.len()),
+        &format!("snapshot {} is incomplete: see the {} warning(s) above", report.id.short(), report.warnings.len()),
     );
     Ok(exit::INCOMPLETE)
 }

@@ -17,6 +17,7 @@ pub const UNREACHABLE: i32 = 17;
 pub const ACCESS_DENIED: i32 = 18;
 pub const POSTGRES: i32 = 19;
 pub const REFUSED: i32 = 20;
+pub const INPUT_COMMAND: i32 = 21;
 
 /// The exit code for a library error.
 pub fn code_of(error: &Error) -> i32 {
@@ -25,7 +26,10 @@ pub fn code_of(error: &Error) -> i32 {
         Error::AlreadyInitialized { .. } => FAILURE,
         Error::WrongPassword { .. } => WRONG_PASSWORD,
         Error::UnsupportedVersion { .. } => UNSUPPORTED_VERSION,
-        Error::Integrity { .. } | Error::MissingObject { .. } | Error::RestoreIncomplete { .. } => DAMAGED,
+        Error::Integrity { .. }
+        | Error::MissingObject { .. }
+        | Error::RestoreIncomplete { .. }
+        | Error::LatestUnknown { .. } => DAMAGED,
         Error::NotFound { .. } => NOT_FOUND,
         Error::Locked { .. } => LOCKED,
         Error::Io { .. } | Error::Cache { .. } => LOCAL_IO,
@@ -37,5 +41,6 @@ pub fn code_of(error: &Error) -> i32 {
         Error::Refused(_) => REFUSED,
         Error::Interrupted { signal, .. } => 128 + signal,
         Error::LockLost { .. } => LOCKED,
+        Error::InputCommand { .. } => INPUT_COMMAND,
     }
 }

@@ -33,7 +33,7 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
     let repository = open_damaged(cli)?;
     let _lock = repository.lock(false)?;
     let report = coffer::check(&repository, &CheckOptions { read_data, jobs: args.jobs as usize })?;
-    let dumps = if args.pg { check_dumps(&repository) } else { Vec::new() };
+    let dumps = if args.pg { check_dumps(&repository)? } else { Vec::new() };
     if cli.json {
         let mut document = check_json(&report);
         document["pg_dumps"] = json!(dumps
@@ -57,6 +57,9 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
     if bad_dumps > 0 && !report.is_damaged() {
         return fail(exit::DAMAGED, format!("{bad_dumps} PostgreSQL dump(s) failed pg_restore's test"));
     }
+    if args.pg && dumps.is_empty() && !report.is_damaged() {
+        return fail(exit::NOT_FOUND, "check --pg found no PostgreSQL dump to test: no readable snapshot holds one");
+    }
     if !report.is_damaged() {
         return Ok(exit::SUCCESS);
     }
@@ -70,22 +73,44 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
     )
 }
 
-/// Tests every PostgreSQL dump of the latest snapshot: (snapshot, database, entries or error).
-fn check_dumps(repository: &coffer::Repository) -> Vec<(String, String, std::result::Result<usize, String>)> {
-    let Ok((id, snapshot)) = repository.find_snapshot("latest") else { return Vec::new() };
-    let manifest = match repository.load_manifest(&id, &snapshot) {
-        Ok(manifest) => manifest,
-        Err(error) => return vec![(id.short(), "(manifest)".into(), Err(error.to_string()))],
-    };
+/// A tested dump: snapshot, database, and table-of-contents entries or the error.
+type DumpResult = (String, String, std::result::Result<usize, String>);
+
+/// Tests the newest dump of each database (of each host): the newest snapshot need not
+/// hold one, when files-only snapshots are taken more often than database ones.
+fn check_dumps(repository: &coffer::Repository) -> Result<Vec<DumpResult>> {
+    let (snapshots, _) = repository.list_snapshots()?;
+    let mut newest = std::collections::BTreeMap::new();
+    for (index, (_, snapshot)) in snapshots.iter().enumerate() {
+        for source in &snapshot.sources {
+            if let coffer::Source::Postgres(postgres) = source {
+                newest.insert((snapshot.host.as_str(), postgres.database.as_str()), index);
+            }
+        }
+    }
+    let chosen: std::collections::BTreeSet<usize> = newest.values().copied().collect();
     let tools = coffer::pg::PgTools::default();
     let mut results = Vec::new();
-    for source in &snapshot.sources {
-        let coffer::Source::Postgres(postgres) = source else { continue };
-        let tested =
-            coffer::restorer::verify_pg_dump(repository, &manifest, postgres, &tools).map_err(|e| e.to_string());
-        results.push((id.short(), postgres.database.clone(), tested));
+    for index in chosen {
+        let (id, snapshot) = &snapshots[index];
+        let manifest = match repository.load_manifest(id, snapshot) {
+            Ok(manifest) => manifest,
+            Err(error) => {
+                results.push((id.short(), "(manifest)".into(), Err(error.to_string())));
+                continue;
+            }
+        };
+        for source in &snapshot.sources {
+            let coffer::Source::Postgres(postgres) = source else { continue };
+            if newest.get(&(snapshot.host.as_str(), postgres.database.as_str())) != Some(&index) {
+                continue;
+            }
+            let tested =
+                coffer::restorer::verify_pg_dump(repository, &manifest, postgres, &tools).map_err(|e| e.to_string());
+            results.push((id.short(), postgres.database.clone(), tested));
+        }
     }
-    results
+    Ok(results)
 }
 
 fn check_json(report: &CheckReport) -> Value {
@@ -171,6 +196,9 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
         eprintln!("warning: {error} (not considered)");
     }
     let decisions = coffer::apply_policy(&snapshots, &policy, group_by, &jiff::tz::TimeZone::system())?;
+    if !args.allow_empty_groups {
+        refuse_emptied_groups(cli, &decisions, args.dry_run)?;
+    }
     let removed = if args.dry_run { 0 } else { coffer::remove_snapshots(&repository, &decisions)? };
     let forgotten_json = print_decisions(cli, &decisions, args.dry_run, removed);
     if !args.prune {
@@ -190,6 +218,29 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
         output::json(&value);
     }
     Ok(exit::SUCCESS)
+}
+
+/// Fails, removing nothing, if the decisions keep no snapshot of some group: that is
+/// rarely meant (`--keep-last 0`), so it takes `--allow-empty-groups`. A dry run still
+/// shows its plan first.
+fn refuse_emptied_groups(cli: &Cli, decisions: &[Decision], dry_run: bool) -> Result<()> {
+    let emptied = coffer::emptied_groups(decisions);
+    let Some((group, count)) = emptied.first() else { return Ok(()) };
+    if dry_run {
+        if let Some(value) = print_decisions(cli, decisions, true, 0) {
+            output::json(&value);
+        }
+    }
+    let others = match emptied.len() {
+        1 => String::new(),
+        n => format!(" and {} other group(s)", n - 1),
+    };
+    fail(
+        exit::USAGE,
+        format!(
+            "refused: the policy keeps none of the {count} snapshot(s) of group \"{group}\"{others}; nothing was removed (check the --keep-* values, or add --allow-empty-groups to remove them)"
+        ),
+    )
 }
 
 fn retention_policy(args: &ForgetArgs) -> Result<RetentionPolicy> {

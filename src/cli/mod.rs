@@ -6,7 +6,7 @@ mod dry_run;
 pub mod exit;
 mod maintenance;
 mod output;
-mod password;
+pub mod password;
 mod postgres;
 mod progress;
 

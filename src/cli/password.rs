@@ -1,24 +1,82 @@
 //! Where the password comes from: a file, a command, the environment or a prompt.
+//!
+//! coffer's own secrets (`COFFER_PASSWORD`, and the file or command that yields it) are
+//! taken out of the environment before anything else runs, so no program coffer starts
+//! (the password command, pg_dump, a `--stdin-from-command` program) inherits them.
 
+use std::ffi::{OsStr, OsString};
 use std::io::IsTerminal;
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
 
 use anyhow::{Context, Result};
 
 use super::{exit, fail, Cli};
 
+/// Text that must not be shown: `Debug` prints stars.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(OsString);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The password settings found in the environment at start.
+#[derive(Debug, Default)]
+pub struct EnvSecrets {
+    password: Option<Secret>,
+    file: Option<OsString>,
+    command: Option<Secret>,
+}
+
+impl EnvSecrets {
+    /// Reads `COFFER_PASSWORD`, `COFFER_PASSWORD_FILE` and `COFFER_PASSWORD_COMMAND` and
+    /// removes them from the process environment. Call it first thing in `main`:
+    /// changing the environment is sound only while no other thread runs.
+    pub fn take() -> Self {
+        let take = |name: &str| {
+            let value = std::env::var_os(name);
+            std::env::remove_var(name);
+            value
+        };
+        let non_empty = |value: Option<OsString>| value.filter(|value| !value.is_empty());
+        Self {
+            password: take("COFFER_PASSWORD").map(Secret),
+            file: non_empty(take("COFFER_PASSWORD_FILE")),
+            command: non_empty(take("COFFER_PASSWORD_COMMAND")).map(Secret),
+        }
+    }
+
+    /// Fills in what the command line did not give; a flag wins over the environment.
+    pub fn apply(self, mut cli: Cli) -> Cli {
+        cli.password_file = cli.password_file.or(self.file.map(PathBuf::from));
+        cli.password_command = cli.password_command.or(self.command.map(|command| command.0));
+        cli.password_env = self.password;
+        cli
+    }
+}
+
 /// Reads the password; `confirm` asks twice at a prompt (for `init`).
 pub fn read(cli: &Cli, confirm: bool) -> Result<String> {
     if let Some(path) = &cli.password_file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?;
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) => {
+                return fail(exit::WRONG_PASSWORD, format!("cannot read password file {}: {error}", path.display()))
+            }
+        };
         return non_empty(first_line(&text), &format!("password file {}", path.display()));
     }
     if let Some(command) = &cli.password_command {
         return from_command(command);
     }
-    if let Ok(password) = std::env::var("COFFER_PASSWORD") {
-        return non_empty(password, "COFFER_PASSWORD");
+    if let Some(Secret(password)) = &cli.password_env {
+        let Some(password) = password.to_str() else {
+            return fail(exit::WRONG_PASSWORD, "COFFER_PASSWORD is not valid UTF-8");
+        };
+        return non_empty(password.to_string(), "COFFER_PASSWORD");
     }
     if std::io::stdin().is_terminal() {
         return prompt(confirm);
@@ -40,17 +98,30 @@ fn non_empty(password: String, source: &str) -> Result<String> {
     Ok(password)
 }
 
-fn from_command(command: &str) -> Result<String> {
-    let output = Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run password command {command:?}"))?;
+/// Runs the password command. Its text is never shown: it may hold a secret (a token
+/// passed to a vault client, say); its own stderr reaches the user unchanged.
+fn from_command(command: &OsStr) -> Result<String> {
+    let output = match Command::new("sh").arg("-c").arg(command).stderr(Stdio::inherit()).output() {
+        Ok(output) => output,
+        Err(error) => return fail(exit::WRONG_PASSWORD, format!("cannot run the password command with sh: {error}")),
+    };
     if !output.status.success() {
-        return fail(exit::WRONG_PASSWORD, format!("password command {command:?} failed with {}", output.status));
+        return fail(exit::WRONG_PASSWORD, format!("the password command {}", how_it_ended(output.status)));
     }
-    non_empty(first_line(&String::from_utf8_lossy(&output.stdout)), "the password command")
+    let Ok(text) = String::from_utf8(output.stdout) else {
+        return fail(exit::WRONG_PASSWORD, "the password command printed text that is not UTF-8");
+    };
+    non_empty(first_line(&text), "the password command")
+}
+
+/// "exited with status 3" or "was killed by signal 9".
+fn how_it_ended(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => format!("ended with {status}"),
+    }
 }
 
 fn prompt(confirm: bool) -> Result<String> {

@@ -1,7 +1,7 @@
 //! Database restores and the PostgreSQL lines of snapshot listings.
 
 use anyhow::Result;
-use coffer::pg::{PgRestoreOptions, PgTools};
+use coffer::pg::{ConnInfo, PgRestoreOptions, PgTools};
 use coffer::{Manifest, Repository, Snapshot, Source};
 use serde_json::json;
 
@@ -19,7 +19,7 @@ pub fn restore(
 ) -> Result<i32> {
     let source = coffer::restorer::select_source(snapshot, args.pg_database.as_deref())?;
     let options = PgRestoreOptions {
-        conninfo: args.pg_target.clone().unwrap_or_default(),
+        conninfo: ConnInfo::parse(args.pg_target.as_deref().unwrap_or_default())?,
         tables: args.pg_tables.clone(),
         create: args.pg_create,
         clean: args.pg_clean,
@@ -42,7 +42,8 @@ pub fn restore(
             &json!({"database": report.database, "bytes": report.bytes, "tables": options.tables, "single_transaction": options.single_transaction()}),
         );
     } else {
-        let target = if args.pg_create { "a new database of that name".to_string() } else { options.conninfo.clone() };
+        let target =
+            if args.pg_create { "a new database of that name".to_string() } else { options.conninfo.to_string() };
         note(
             cli.quiet,
             &format!(
@@ -66,7 +67,7 @@ pub fn describe_sources(snapshot: &Snapshot) -> Vec<String> {
             postgres.server_version,
             output::size(postgres.size),
             postgres.path,
-            &postgres.sha256[..16.min(postgres.sha256.len())]
+            postgres.sha256.chars().take(16).collect::<String>()
         );
         for state in &postgres.migrations {
             line.push_str(&format!(
