@@ -297,6 +297,7 @@ pub fn remove_snapshots(repository: &Repository, decisions: &[Decision]) -> Resu
         let _ = std::fs::remove_file(repository.manifest_cache_path(&decision.id));
         removed += 1;
     }
+    repository.backend().sync()?;
     Ok(removed)
 }
 

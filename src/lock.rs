@@ -61,6 +61,9 @@ pub struct LockRecord {
     /// The holder's boot (`/proc/sys/kernel/random/boot_id`), where known.
     #[serde(default)]
     pub boot_id: Option<String>,
+    /// The holder's machine (`/etc/machine-id`), where known.
+    #[serde(default)]
+    pub machine_id: Option<String>,
 }
 
 impl LockRecord {
@@ -74,18 +77,28 @@ impl LockRecord {
             token: token.to_string(),
             pid_namespace: crate::system::pid_namespace(),
             boot_id: crate::system::boot_id(),
+            machine_id: crate::system::machine_id(),
         }
     }
 
     /// True if the holder stopped refreshing it, or is visibly gone: a process of this
-    /// host, PID namespace and boot that no longer exists. A PID seen from another
-    /// namespace (a container) or boot says nothing, so such a lock is judged by time.
+    /// host, PID namespace and boot that no longer exists, or a process of an earlier
+    /// boot of this machine (same machine id, another boot id: after a power cut). A
+    /// PID seen from another namespace (a container) says nothing, nor does another
+    /// boot of a machine that may be another one of the same name; such a lock is
+    /// judged by time.
     pub fn is_stale(&self) -> bool {
         let Ok(time) = self.time.parse::<jiff::Timestamp>() else {
             return true;
         };
         let age = jiff::Timestamp::now().duration_since(time);
         if age.as_secs() > STALE_AFTER.as_secs() as i64 {
+            return true;
+        }
+        let this_machine = self.host == crate::system::host_name()
+            && self.machine_id.is_some()
+            && self.machine_id == crate::system::machine_id();
+        if this_machine && self.boot_id.is_some() && self.boot_id != crate::system::boot_id() {
             return true;
         }
         let same_system = self.host == crate::system::host_name()
@@ -357,9 +370,11 @@ mod tests {
         assert!(!container.is_stale(), "a PID from another namespace says nothing");
         let mut other_boot = here.clone();
         other_boot.boot_id = Some("another boot".into());
+        assert!(other_boot.is_stale(), "an earlier boot of this machine: after a power cut");
+        other_boot.machine_id = Some("another machine of the same name".into());
         assert!(!other_boot.is_stale());
         let mut old_version = here;
-        (old_version.pid_namespace, old_version.boot_id) = (None, None);
+        (old_version.pid_namespace, old_version.boot_id, old_version.machine_id) = (None, None, None);
         assert!(!old_version.is_stale(), "a record without namespace and boot is judged by time");
     }
 

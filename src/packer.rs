@@ -265,7 +265,8 @@ fn host_prefix() -> String {
     format!("pack-{host}-")
 }
 
-/// Best effort: a pack file left behind holds nothing any index names. A file is
+/// Best effort: a pack file (or an object being written, `object-*.tmp`) left behind
+/// holds nothing any index names. A file is
 /// left behind if no process holds its lock (a live writer always does); files of
 /// versions that did not lock them must also be of a gone process of this host or
 /// unchanged for 15 minutes.
@@ -276,10 +277,15 @@ fn remove_stale_pack_files(staging: &Path) {
     let ours = host_prefix();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("pack-") {
+        if !name.starts_with("pack-") && !name.starts_with("object-") {
             continue;
         }
         let Some(_unlocked) = lock_if_free(&entry.path()) else { continue };
+        // Objects being written are always locked by their writer.
+        if name.starts_with("object-") {
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
         let pid = name.strip_prefix(&ours).and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse().ok());
         let gone = pid.is_some_and(|pid| !crate::system::process_alive(pid));
         let idle = entry

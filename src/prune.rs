@@ -240,6 +240,7 @@ pub fn execute(repository: &Repository, plan: &PrunePlan) -> Result<PruneReport>
         repository.backend().delete(&pack_key(id))?;
         report.packs_deleted += 1;
     }
+    repository.backend().sync()?;
     // Cleanup that loses nothing: a failure is noted, not made the prune's outcome.
     match repository.backend().abort_stale_uploads(STALE_UPLOAD_AGE) {
         Ok(count) => report.uploads_aborted = count as u64,

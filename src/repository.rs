@@ -184,10 +184,12 @@ impl Repository {
         };
         let master = MasterKey::generate();
         let key_id = add_key(&*backend, &master, &config.id, password, options.kdf)?;
+        backend.sync()?;
         let config_bytes = serde_json::to_vec_pretty(&config).unwrap_or_default();
         if !backend.put_new("config", Bytes::from(config_bytes))? {
             return Err(Error::AlreadyInitialized { location });
         }
+        backend.sync()?;
         Self::assemble(backend, config, master, key_id, cache_root)
     }
 
@@ -446,10 +448,13 @@ impl Repository {
     }
 
     /// Stores an index object and adds it to the cache.
+    /// The packs it names are made durable first, and it is durable when this returns.
     pub fn write_index(&self, file: &IndexFile) -> Result<IndexId> {
         let sealed = seal_object(&self.master, "index", &file.encode());
         let id = IndexId(*blake3::hash(&sealed).as_bytes());
+        self.backend.sync()?;
         self.backend.put(&format!("index/{id}"), Bytes::from(sealed))?;
+        self.backend.sync()?;
         self.index().add(Some(id), file)?;
         Ok(id)
     }
@@ -491,7 +496,9 @@ impl Repository {
                 let key = pack_key(&pack.id);
                 self.backend.get_range(&key, pack.size.saturating_sub(4)..pack.size).is_ok()
             });
-            if stored && self.backend.put(&format!("index/{id}"), Bytes::from(sealed)).is_err() {
+            let put =
+                || self.backend.sync().and_then(|()| self.backend.put(&format!("index/{id}"), Bytes::from(sealed)));
+            if stored && put().and_then(|()| self.backend.sync()).is_err() {
                 continue;
             }
             let _ = std::fs::remove_file(entry.path());
@@ -597,10 +604,14 @@ impl Repository {
     }
 
     /// Stores a snapshot record; it is the commit point of a backup.
+    /// Everything written before it is made durable first, and the record is durable
+    /// when this returns: a backup reported committed survives a power cut.
     pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
         let sealed = seal_object(&self.master, "snapshot", &snapshot.encode());
         let id = SnapshotId(*blake3::hash(&sealed).as_bytes());
+        self.backend.sync()?;
         self.backend.put_new(&format!("snapshots/{id}"), Bytes::from(sealed))?;
+        self.backend.sync()?;
         Ok(id)
     }
 

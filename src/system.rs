@@ -54,6 +54,11 @@ pub fn make_private(path: &std::path::Path) {
     }
 }
 
+/// This machine (`/etc/machine-id`), if it has one.
+pub fn machine_id() -> Option<String> {
+    std::fs::read_to_string("/etc/machine-id").ok().map(|text| text.trim().to_string()).filter(|id| !id.is_empty())
+}
+
 /// True when running as root, which may set any owner and create devices.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

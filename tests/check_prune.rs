@@ -423,7 +423,7 @@ fn cli_check_forget_prune_exit_codes() {
     assert_eq!(plan["snapshots"].as_array().unwrap().iter().filter(|s| s["keep"] == false).count(), 2);
     assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 3, "a dry run changes nothing");
 
-    let backend = Arc::new(coffer::backend::ObjectStoreBackend::local(&fixture.repo(), false).unwrap());
+    let backend = Arc::new(coffer::backend::LocalBackend::open(&fixture.repo(), false).unwrap());
     let repository = Repository::open(backend, b"correct horse", None).unwrap();
     let lock = repository.lock(true).unwrap();
     for command in [&["prune"][..], &["forget", "--keep-last", "1"], &["check"]] {

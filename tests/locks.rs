@@ -9,12 +9,12 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer::backend::{Backend, ObjectStoreBackend};
+use coffer::backend::{Backend, LocalBackend};
 use coffer::{BackupOptions, Repository};
 use common::Fixture;
 
 fn open(fixture: &Fixture) -> Repository {
-    let backend: Arc<dyn Backend> = Arc::new(ObjectStoreBackend::local(&fixture.repo(), false).unwrap());
+    let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(&fixture.repo(), false).unwrap());
     Repository::open(backend, b"correct horse", Some(&fixture.path("cache-library"))).unwrap()
 }
 
@@ -124,7 +124,7 @@ fn a_backup_whose_lock_was_removed_commits_nothing() {
 #[test]
 fn a_backup_whose_lock_cannot_be_refreshed_commits_nothing() {
     let fixture = Fixture::new();
-    let local: Arc<dyn Backend> = Arc::new(ObjectStoreBackend::local(&fixture.repo(), false).unwrap());
+    let local: Arc<dyn Backend> = Arc::new(LocalBackend::open(&fixture.repo(), false).unwrap());
     let faulty = Arc::new(coffer::backend::FaultyBackend::new(local));
     let repository = Repository::open(faulty.clone(), b"correct horse", None).unwrap();
     repository.set_lock_timing(coffer::LockTiming {

@@ -121,7 +121,7 @@ fn a_truncated_pack_is_damage_to_dump_and_repair_index_goes_on() {
 
 /// Opens the fixture's repository with the library, as any holder of the password can.
 fn open_with_library(fixture: &Fixture) -> coffer::Repository {
-    let backend = coffer::backend::ObjectStoreBackend::local(&fixture.repo(), false).unwrap();
+    let backend = coffer::backend::LocalBackend::open(&fixture.repo(), false).unwrap();
     coffer::Repository::open(std::sync::Arc::new(backend), b"correct horse", None).unwrap()
 }
 

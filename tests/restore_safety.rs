@@ -173,10 +173,10 @@ fn planted_symlinks_change_nothing_outside_the_target() {
 /// Commits, with the password (as a compromised host sharing the repository could), a
 /// snapshot whose manifest holds the given paths, each a file of 7 bytes.
 fn commit_snapshot_with_paths(fixture: &Fixture, paths: &[&[u8]]) -> String {
-    use coffer::backend::ObjectStoreBackend;
+    use coffer::backend::LocalBackend;
     use coffer::{BlobType, ChunkRef, Entry, EntryKind, ManifestRef, ManifestWriter, Packer, Repository};
     use sha2::Digest;
-    let backend = std::sync::Arc::new(ObjectStoreBackend::local(&fixture.repo(), false).unwrap());
+    let backend = std::sync::Arc::new(LocalBackend::open(&fixture.repo(), false).unwrap());
     let repository = Repository::open(backend, b"correct horse", None).unwrap();
     let _lock = repository.lock(false).unwrap();
     let (_, mut snapshot) = repository.find_snapshot("latest").unwrap();

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use coffer::backend::{open_s3, Backend, MemoryBackend, ObjectStoreBackend, S3Options};
+use coffer::backend::{open_s3, Backend, LocalBackend, MemoryBackend, S3Options};
 use common::{random_bytes, Fixture};
 
 /// The test bucket's settings, or `None` (with a note) when no server was started.
@@ -74,7 +74,7 @@ fn conformance(backend: &dyn Backend, large: bool) {
 fn every_backend_passes_the_same_conformance_sequence() {
     conformance(&MemoryBackend::new(), false);
     let directory = tempfile::tempdir().unwrap();
-    conformance(&ObjectStoreBackend::local(directory.path(), true).unwrap(), true);
+    conformance(&LocalBackend::open(directory.path(), true).unwrap(), true);
     if let Some(settings) = s3_settings() {
         conformance(&open_s3(&settings).unwrap(), true);
     }

@@ -178,6 +178,19 @@ impl Backend for FaultyBackend {
         self.inner.delete(key)
     }
 
+    fn sync(&self) -> Result<()> {
+        self.inner.sync()
+    }
+
+    fn staging_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner.staging_dir()
+    }
+
+    fn put_file(&self, key: &str, file: tempfile::NamedTempFile) -> Result<()> {
+        self.check_put(key)?;
+        self.inner.put_file(key, file)
+    }
+
     fn abort_stale_uploads(&self, age: std::time::Duration) -> Result<usize> {
         self.inner.abort_stale_uploads(age)
     }

@@ -5,6 +5,7 @@
 
 mod aws_profile;
 mod faulty;
+mod local;
 mod memory;
 mod object;
 mod retry;
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use crate::error::Result;
 
 pub use faulty::{FaultyBackend, ReadDamage};
+pub use local::{DurableFs, LocalBackend, RealFs};
 pub use memory::MemoryBackend;
 pub use object::ObjectStoreBackend;
 pub use retry::{RetryPolicy, DEFAULT_RETRY_BUDGET};
@@ -73,6 +75,12 @@ pub trait Backend: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     /// Deletes an object; deleting a missing object is not an error.
     fn delete(&self, key: &str) -> Result<()>;
+    /// Makes every write and delete so far durable (a local disk fsyncs the folders
+    /// they changed); the repository calls it between the steps of the commit protocol.
+    /// Object stores are durable when a write is answered.
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
     /// Counters since the backend was created.
     fn stats(&self) -> BackendStats {
         BackendStats::default()

@@ -1,5 +1,5 @@
-//! The object_store backend: a local disk and S3-compatible stores through the same
-//! code. Remote requests are retried under one policy (`retry.rs`): reads resume from
+//! The object_store backend: S3-compatible stores (and object_store's in-memory and
+//! other stores, for tests). Remote requests are retried under one policy (`retry.rs`): reads resume from
 //! the byte where a body was cut off, multipart uploads retry each part, and a
 //! create-only write whose outcome is unknown is settled by reading the object back.
 
@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::local::LocalFileSystem;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as StorePath;
 use object_store::{
@@ -106,8 +105,6 @@ pub struct ObjectStoreBackend {
     /// How remote requests are retried; `None` on a local disk, whose failures are final.
     policy: Option<RetryPolicy>,
     hint: Arc<RetryAfter>,
-    /// The repository's directory, for a local repository.
-    local_root: Option<std::path::PathBuf>,
     runtime: tokio::runtime::Runtime,
     location: String,
     requests: AtomicU64,
@@ -116,22 +113,6 @@ pub struct ObjectStoreBackend {
 }
 
 impl ObjectStoreBackend {
-    /// A repository in a local directory, created if `create` is set.
-    pub fn local(path: &std::path::Path, create: bool) -> Result<Self> {
-        let location = path.display().to_string();
-        if create {
-            crate::system::create_private_dir(path).map_err(|e| Error::io("cannot create", path, e))?;
-        }
-        if !path.is_dir() {
-            return Err(Error::NoRepository { location });
-        }
-        let store = LocalFileSystem::new_with_prefix(path)
-            .map_err(|e| Error::Backend { location: location.clone(), message: e.to_string() })?;
-        let mut backend = Self::new(Arc::new(store), location)?;
-        backend.local_root = Some(path.to_path_buf());
-        Ok(backend)
-    }
-
     /// Wraps an object store; `location` names it in messages.
     pub fn new(store: Arc<dyn ObjectStore>, location: String) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -149,7 +130,6 @@ impl ObjectStoreBackend {
             uploads: None,
             policy: None,
             hint: Arc::new(RetryAfter::default()),
-            local_root: None,
             runtime,
             location,
             requests: AtomicU64::new(0),
@@ -208,32 +188,6 @@ impl ObjectStoreBackend {
         match &self.policy {
             Some(policy) => retry(policy, &self.hint, |_| attempt()),
             None => attempt(),
-        }
-    }
-
-    /// Renames a finished file into place in a local repository; across file systems
-    /// (a `tmp/` that is a mount point of its own) it is copied by `put`.
-    fn rename_into_place(&self, root: &std::path::Path, key: &str, file: tempfile::NamedTempFile) -> Result<()> {
-        let target = root.join(key);
-        if let Some(folder) = target.parent() {
-            crate::system::create_private_dir(folder).map_err(|e| Error::io("cannot create", folder, e))?;
-        }
-        let size = file.as_file().metadata().map_err(|e| Error::io("cannot read", file.path(), e))?.len();
-        // Closed before the rename, and its close checked: on NFS a write error may
-        // only show there, and a short pack must not get its name.
-        let (file, path) = file.into_parts();
-        nix::unistd::close(std::os::fd::IntoRawFd::into_raw_fd(file))
-            .map_err(|e| Error::io("cannot finish writing", &path, e.into()))?;
-        match path.persist(&target) {
-            Ok(()) => {
-                self.count(0, size as usize);
-                Ok(())
-            }
-            Err(error) if error.error.raw_os_error() == Some(libc::EXDEV) => {
-                let bytes = std::fs::read(&error.path).map_err(|e| Error::io("cannot read", &error.path, e))?;
-                self.put(key, Bytes::from(bytes))
-            }
-            Err(error) => Err(Error::io("cannot move a finished pack to", &target, error.error)),
         }
     }
 
@@ -456,24 +410,7 @@ impl Backend for ObjectStoreBackend {
     }
 
     fn put_file(&self, key: &str, file: tempfile::NamedTempFile) -> Result<()> {
-        match &self.local_root {
-            Some(root) => self.rename_into_place(root, key, file),
-            None => self.upload_file(key, file),
-        }
-    }
-
-    fn parallel_reads(&self) -> usize {
-        // Reads from a local disk do not wait on a network: two per core keep the cores
-        // busy opening blobs. Eight on two cores held twice the memory for the same time
-        // (a restore of 1 GiB: 1.08 s either way, 112 MB against 74 MB peak).
-        match self.local_root {
-            Some(_) => 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
-            None => 8,
-        }
-    }
-
-    fn staging_dir(&self) -> Option<std::path::PathBuf> {
-        self.local_root.as_ref().map(|root| root.join("tmp"))
+        self.upload_file(key, file)
     }
 
     fn put_new(&self, key: &str, data: Bytes) -> Result<bool> {

@@ -205,6 +205,10 @@ pub struct RestoreArgs {
     /// Re-read every restored file and check it against the manifest's SHA-256.
     #[arg(long)]
     pub verify: bool,
+    /// Do not wait until the restored files are on disk (by default the restore
+    /// reports success only once a power cut can no longer lose them).
+    #[arg(long)]
+    pub no_sync: bool,
 }
 
 #[derive(Debug, Args)]

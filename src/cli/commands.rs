@@ -242,6 +242,7 @@ fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
         include: args.include.clone(),
         exclude: args.exclude.clone(),
         verify: args.verify,
+        no_sync: args.no_sync,
     };
     let plan = restorer::plan(&repository, &manifest, &options)?;
     if args.dry_run {
@@ -254,6 +255,9 @@ fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
     }
     for failure in &report.failed {
         eprintln!("error: {} not restored: {}", failure.path.display(), failure.reason);
+    }
+    if args.no_sync {
+        note(cli.quiet, "not synced to disk (--no-sync): a power cut in the next seconds may lose restored files");
     }
     if report.stale_removed > 0 {
         note(cli.quiet, &format!("removed {} temporary file(s) left by an earlier restore", report.stale_removed));

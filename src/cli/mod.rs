@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use coffer::backend::{Backend, ObjectStoreBackend};
+use coffer::backend::{Backend, LocalBackend};
 use coffer::Repository;
 
 pub use args::Cli;
@@ -75,7 +75,7 @@ fn location(cli: &Cli) -> Result<Location> {
 
 fn backend(cli: &Cli, create: bool) -> Result<Arc<dyn Backend>> {
     match location(cli)? {
-        Location::Local(path) => Ok(Arc::new(ObjectStoreBackend::local(&path, create)?)),
+        Location::Local(path) => Ok(Arc::new(LocalBackend::open(&path, create)?)),
         Location::S3(options) => Ok(Arc::new(coffer::backend::open_s3(&options)?)),
     }
 }

@@ -213,6 +213,16 @@ impl TargetDir {
         }
     }
 
+    /// Flushes the target's whole file system to disk (`syncfs`): one call for every
+    /// file, folder and rename the restore made.
+    pub fn sync(&self) -> io::Result<()> {
+        // SAFETY: syncfs on a descriptor this value owns.
+        match unsafe { libc::syncfs(self.root.as_raw_fd()) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
     /// Checks that the target takes new files, with a file that has no name.
     pub fn probe(&self) -> io::Result<()> {
         let flags = OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC;

@@ -41,6 +41,8 @@ pub struct RestoreOptions {
     pub exclude: Vec<String>,
     /// Re-read every restored file and compare it with the manifest's SHA-256.
     pub verify: bool,
+    /// Skip the final flush of the target's file system to disk.
+    pub no_sync: bool,
 }
 
 /// What will happen to one entry.
@@ -369,6 +371,11 @@ pub fn execute(repository: &Repository, plan: &RestorePlan, options: &RestoreOpt
         if !failed.contains(&planned.relative) {
             metadata::apply_dir(&run, planned, owners.as_mut(), &mut report.warnings);
         }
+    }
+    // Success is reported only once what was written is on disk: one syncfs of the
+    // target's file system, not an fsync per file.
+    if !options.no_sync {
+        target.sync().map_err(|e| Error::io("cannot flush restored files to disk in", &options.target, e))?;
     }
     let finished = repository.backend().stats();
     report.bytes_fetched = finished.bytes_read - started.bytes_read;
