@@ -133,6 +133,8 @@ pub struct CheckReport {
     /// Findings that lose nothing, such as packs no index names (left by an
     /// interrupted backup or prune; prune removes them).
     pub warnings: Vec<String>,
+    /// Packs that could not be read for a storage reason (not damage): not verified.
+    pub unreadable: Vec<(String, String)>,
 }
 
 impl CheckReport {
@@ -268,7 +270,16 @@ fn read_packs(
         let readings: Vec<(PackId, Result<PackReading>)> =
             pool.install(|| batch.par_iter().map(|pack| (pack.id, read_one_pack(repository, pack))).collect());
         for (id, reading) in readings {
-            let reading = reading?;
+            // Storage that failed after its retries: this pack is not verified, the
+            // others are; the report names it and check does not pass.
+            let reading = match reading {
+                Ok(reading) => reading,
+                Err(error) if !error.is_integrity() => {
+                    report.unreadable.push((pack_key(&id), error.to_string()));
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             report.packs_read += 1;
             report.bytes_read += reading.bytes;
             report.blobs_read += reading.blobs;
@@ -405,7 +416,7 @@ fn pack_header(repository: &Repository, key: &str, size: u64, tail: (u64, Bytes)
 }
 
 fn check_snapshots(repository: &Repository, index: &ScratchIndex, report: &mut CheckReport) -> Result<()> {
-    let (snapshots, damaged) = repository.list_snapshots()?;
+    let (snapshots, damaged) = repository.list_snapshots_from_storage()?;
     report.damage.extend(damaged.iter().map(damage_of));
     for (id, snapshot) in &snapshots {
         report.snapshots += 1;

@@ -615,33 +615,73 @@ impl Repository {
         Ok(id)
     }
 
-    /// Loads one snapshot record.
+    /// Loads one snapshot record: from the local cache when it holds the record (a
+    /// record never changes, and its name is the hash of its bytes), else from storage,
+    /// keeping a copy.
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        self.read_snapshot(id, true)
+    }
+
+    fn read_snapshot(&self, id: &SnapshotId, cached: bool) -> Result<Snapshot> {
         let name = format!("snapshots/{id}");
-        let bytes = self.backend.get(&name)?;
-        if *blake3::hash(&bytes).as_bytes() != id.0 {
-            return Err(Error::integrity(&name, "its content does not match its name (hash mismatch)"));
-        }
+        let copy = self.snapshot_cache_dir().join(id.to_hex());
+        let bytes = match std::fs::read(&copy).ok().filter(|_| cached) {
+            Some(bytes) if *blake3::hash(&bytes).as_bytes() == id.0 => Bytes::from(bytes),
+            _ => {
+                let bytes = self.backend.get(&name)?;
+                if *blake3::hash(&bytes).as_bytes() != id.0 {
+                    return Err(Error::integrity(&name, "its content does not match its name (hash mismatch)"));
+                }
+                // Best effort: a cache that cannot be written costs a request next time.
+                let _ = crate::system::create_private_dir(&self.snapshot_cache_dir())
+                    .and_then(|()| std::fs::write(&copy, &bytes));
+                bytes
+            }
+        };
         Snapshot::decode(&open_object(&self.master, "snapshot", &bytes, &name)?, &name)
+    }
+
+    fn snapshot_cache_dir(&self) -> PathBuf {
+        self.cache_dir.join("snapshots")
+    }
+
+    /// Drops cached records of snapshots no longer in storage (forgotten).
+    fn forget_cached_snapshots(&self, stored: &[SnapshotId]) {
+        let Ok(entries) = std::fs::read_dir(self.snapshot_cache_dir()) else { return };
+        let stored: std::collections::HashSet<&SnapshotId> = stored.iter().collect();
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_str().and_then(|name| name.parse::<SnapshotId>().ok());
+            if id.is_none_or(|id| !stored.contains(&id)) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Every readable snapshot, oldest first, and the errors of those that are damaged:
     /// one damaged record must not hide the others.
     pub fn list_snapshots(&self) -> Result<SnapshotList> {
-        let (snapshots, damaged) = self.load_snapshots()?;
+        let (snapshots, damaged) = self.load_snapshots(true)?;
+        Ok((snapshots, damaged.into_iter().map(|(_, error)| error).collect()))
+    }
+
+    /// The same, every record read from storage rather than the local cache: for
+    /// `check`, which must see damage in storage.
+    pub fn list_snapshots_from_storage(&self) -> Result<SnapshotList> {
+        let (snapshots, damaged) = self.load_snapshots(false)?;
         Ok((snapshots, damaged.into_iter().map(|(_, error)| error).collect()))
     }
 
     /// Readable snapshots, oldest first, and the ids and errors of damaged records.
-    fn load_snapshots(&self) -> Result<LoadedSnapshots> {
+    fn load_snapshots(&self, cached: bool) -> Result<LoadedSnapshots> {
         let ids: Vec<SnapshotId> = self
             .backend
             .list("snapshots/")?
             .into_iter()
             .filter_map(|info| info.key.strip_prefix("snapshots/").and_then(|n| n.parse().ok()))
             .collect();
+        self.forget_cached_snapshots(&ids);
         let loaded: Vec<(SnapshotId, Result<Snapshot>)> =
-            ids.par_iter().map(|id| (*id, self.load_snapshot(id))).collect();
+            ids.par_iter().map(|id| (*id, self.read_snapshot(id, cached))).collect();
         let mut snapshots = Vec::new();
         let mut damaged = Vec::new();
         for (id, result) in loaded {
@@ -660,7 +700,7 @@ impl Repository {
     /// record is never silently passed over (see [`crate::snapshot::resolve`]); naming
     /// a damaged record by id gives its damage.
     pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
-        let (mut snapshots, mut damaged) = self.load_snapshots()?;
+        let (mut snapshots, mut damaged) = self.load_snapshots(true)?;
         let ids: Vec<SnapshotId> = damaged.iter().map(|(id, _)| *id).collect();
         match crate::snapshot::resolve(spec, &snapshots, &ids)? {
             Resolved::Readable(index) => Ok(snapshots.swap_remove(index)),

@@ -356,3 +356,32 @@ fn a_failed_backup_keeps_what_it_uploaded() {
     assert!(added < total / 3, "the next backup uploaded {added} of {total} bytes again");
     repo.assert_intact(&source);
 }
+
+/// Issue 13: check goes on past a pack that storage will not serve, names it, and
+/// exits 17 (not verified), not 13 (nothing is known to be damaged).
+#[test]
+fn check_goes_on_past_a_pack_storage_will_not_serve() {
+    let Some(repo) = S3Repo::new(1) else { return };
+    let source = repo.tree(6, 1 << 20);
+    repo.ok(&["backup", source.to_str().unwrap()]);
+    let pack = repo
+        .proxy
+        .log()
+        .iter()
+        .filter(|entry| entry[0] == "PUT" && entry[1].as_str().unwrap().contains("/data/"))
+        .map(|entry| entry[1].as_str().unwrap().rsplit('/').next().unwrap().to_string())
+        .next()
+        .unwrap();
+    repo.proxy.rules(json!([{"action": "status", "status": 503, "method": "GET", "path": pack}]));
+    let output =
+        repo.command(&["--json", "check", "--read-data"]).env("COFFER_S3_RETRY_TIMEOUT", "2").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(17), "{stderr}");
+    let report = common::last_json(&output.stdout);
+    assert_eq!(report["unreadable"].as_array().unwrap().len(), 1, "{report}");
+    assert!(report["unreadable"][0]["object"].as_str().unwrap().contains(&pack));
+    assert!(report["packs_read"].as_u64().unwrap() >= 5, "the other packs were not read: {report}");
+    assert!(report["damage"].as_array().unwrap().is_empty());
+    repo.proxy.rules(json!([]));
+    repo.assert_intact(&source);
+}

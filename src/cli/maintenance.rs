@@ -60,6 +60,16 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
     if args.pg && dumps.is_empty() && !report.is_damaged() {
         return fail(exit::NOT_FOUND, "check --pg found no PostgreSQL dump to test: no readable snapshot holds one");
     }
+    if !report.is_damaged() && !report.unreadable.is_empty() {
+        let (pack, reason) = &report.unreadable[0];
+        return fail(
+            exit::UNREACHABLE,
+            format!(
+                "{} pack(s) could not be read and were not verified, the first {pack}: {reason}; no damage found in the rest",
+                report.unreadable.len()
+            ),
+        );
+    }
     if !report.is_damaged() {
         return Ok(exit::SUCCESS);
     }
@@ -131,9 +141,12 @@ fn check_json(report: &CheckReport) -> Value {
                 "lost_blobs": a.lost_blobs, "files": a.files, "paths": paths, "marked_damaged": a.marked})
         })
         .collect();
-    json!({"ok": !report.is_damaged(), "index_objects": report.index_objects, "packs": report.packs,
+    let unreadable: Vec<Value> =
+        report.unreadable.iter().map(|(pack, reason)| json!({"object": pack, "reason": reason})).collect();
+    json!({"ok": !report.is_damaged() && report.unreadable.is_empty(), "index_objects": report.index_objects, "packs": report.packs,
         "snapshots": report.snapshots, "packs_read": report.packs_read, "bytes_read": report.bytes_read,
-        "blobs_read": report.blobs_read, "damage": damage, "affected": affected, "warnings": report.warnings})
+        "blobs_read": report.blobs_read, "damage": damage, "affected": affected, "warnings": report.warnings,
+        "unreadable": unreadable})
 }
 
 fn print_check(cli: &Cli, report: &CheckReport) {
@@ -177,6 +190,9 @@ fn print_check(cli: &Cli, report: &CheckReport) {
             let hint = if shown < affected.paths.len() { " (-v lists more)" } else { "" };
             output::line(&format!("  ... and {} more{hint}", affected.files - shown as u64));
         }
+    }
+    for (pack, reason) in &report.unreadable {
+        eprintln!("error: {pack} could not be read, so it was not verified: {reason}");
     }
     if !report.is_damaged() {
         note(cli.quiet, "no damage found");
