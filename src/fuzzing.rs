@@ -1,10 +1,10 @@
 //! Entry points for fuzzing every decoder of repository data. The fuzz targets in
 //! `fuzz/` and the bounded fuzz tests call these; none may panic on any input.
 
-use crate::crypto::MasterKey;
-use crate::index::IndexFile;
+use crate::repository::crypto::MasterKey;
+use crate::repository::index::IndexFile;
+use crate::repository::snapshot::Snapshot;
 use crate::repository::Config;
-use crate::snapshot::Snapshot;
 
 /// A fresh random key; targets keep one per process so sealed inputs can reach the
 /// code behind decryption when a corpus was made with it.
@@ -19,19 +19,19 @@ pub fn config(bytes: &[u8]) {
 
 /// Key file parsing and unwrapping with a cheap password attempt.
 pub fn key_file(bytes: &[u8]) {
-    if let Ok(file) = serde_json::from_slice::<crate::crypto::KeyFile>(bytes) {
+    if let Ok(file) = serde_json::from_slice::<crate::repository::crypto::KeyFile>(bytes) {
         let mut cheap = file.clone();
         cheap.params.memory_kib = cheap.params.memory_kib.min(64);
         cheap.params.iterations = cheap.params.iterations.clamp(1, 2);
-        let _ = crate::crypto::unwrap_master_key(&cheap, b"password", &crate::id::RepositoryId([0; 32]));
+        let _ = crate::repository::crypto::unwrap_master_key(&cheap, b"password", &crate::id::RepositoryId([0; 32]));
     }
 }
 
 /// Pack trailer and header decoding, with the sealed layer and without it.
 pub fn pack(key: &MasterKey, bytes: &[u8]) {
-    let _ = crate::pack::read_pack(key, bytes, None, "pack");
-    let _ = crate::pack::decode_header(bytes, bytes.len() as u64, "pack");
-    let _ = crate::pack::header_bounds(
+    let _ = crate::repository::pack::read_pack(key, bytes, None, "pack");
+    let _ = crate::repository::pack::decode_header(bytes, bytes.len() as u64, "pack");
+    let _ = crate::repository::pack::header_bounds(
         bytes.get(bytes.len().saturating_sub(4)..).unwrap_or(&[]),
         bytes.len() as u64,
         "pack",
@@ -41,7 +41,7 @@ pub fn pack(key: &MasterKey, bytes: &[u8]) {
 /// Index object decoding, sealed and plain.
 pub fn index(key: &MasterKey, bytes: &[u8]) {
     let _ = IndexFile::decode(bytes, "index");
-    if let Ok(plain) = crate::pack::open_object(key, "index", bytes, "index") {
+    if let Ok(plain) = crate::repository::pack::open_object(key, "index", bytes, "index") {
         let _ = IndexFile::decode(&plain, "index");
     }
 }
@@ -55,8 +55,9 @@ pub fn snapshot(bytes: &[u8]) {
 /// the rest is the sealed blob.
 pub fn blob(key: &MasterKey, bytes: &[u8]) {
     let Some(id) = bytes.get(..32).and_then(crate::id::BlobId::from_slice) else { return };
-    let _ = crate::pack::open_blob(key, crate::pack::BlobType::Data, id, &bytes[32..], 1 << 20);
-    let _ = crate::pack::open_blob(key, crate::pack::BlobType::Metadata, id, &bytes[32..], 1 << 20);
+    let _ = crate::repository::pack::open_blob(key, crate::repository::pack::BlobType::Data, id, &bytes[32..], 1 << 20);
+    let _ =
+        crate::repository::pack::open_blob(key, crate::repository::pack::BlobType::Metadata, id, &bytes[32..], 1 << 20);
 }
 
 /// Manifest loading: the bytes are written to a file and queried like a real manifest.
@@ -68,7 +69,7 @@ pub fn manifest(bytes: &[u8]) {
     if std::fs::write(&path, bytes).is_err() {
         return;
     }
-    let Ok(manifest) = crate::manifest::Manifest::open(&path) else {
+    let Ok(manifest) = crate::repository::manifest::Manifest::open(&path) else {
         return;
     };
     if let Ok(entries) = manifest.entries_under(b"/") {

@@ -1,54 +1,50 @@
 //! coffer: a content-addressed, encrypted, incremental backup engine.
 //!
 //! The library knows nothing about terminals or command lines; the `coffer` binary is a
-//! thin layer on top. Layers, from the bottom: [`backend`] (storage), crypto and
-//! chunking, packs, the index and manifests, the [`Repository`], and the pipelines
-//! ([`backup`], [`restorer`]).
+//! thin layer on top. Layers, from the bottom: [`backend`] (storage); the repository
+//! (crypto, chunking, packs, the index, manifests, snapshots, locks, and the
+//! [`Repository`] handle over them); the pipelines ([`backup`], [`restorer`], [`pg`]);
+//! and maintenance ([`check`], [`prune`], forget, repair).
 
-mod archiver;
+// The layers, from the bottom (DESIGN.md): storage, the repository and what it is
+// made of, the pipelines that fill and read it, and the maintenance commands.
 pub mod backend;
-mod check;
-mod chunker;
-mod crypto;
 mod error;
-mod forget;
-pub mod fuzzing;
 mod id;
-mod index;
 pub mod interrupt;
-mod lock;
-mod manifest;
-mod pack;
-mod packer;
-pub mod pg;
-mod progress;
-pub mod prune;
-mod repair;
+mod maintenance;
+mod pipelines;
 mod repository;
-pub mod restorer;
-mod snapshot;
 mod system;
 
-pub use archiver::{
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
+pub use maintenance::prune;
+pub use pipelines::{pg, restorer};
+
+pub use error::{Error, Result};
+pub use id::{BlobId, IndexId, KeyId, LockId, PackId, RepositoryId, SnapshotId};
+pub use maintenance::check::{check, AffectedSnapshot, CheckOptions, CheckReport, Damage, ReadSubset};
+pub use maintenance::forget::{
+    apply_policy, emptied_groups, parse_duration, remove_snapshots, Decision, GroupBy, RetentionPolicy,
+};
+pub use maintenance::prune::{PruneOptions, PrunePlan, PruneReport, Repack};
+pub use maintenance::repair::{repair_index, repair_snapshots, RepairIndexReport, SnapshotRepair, DAMAGED_TAG};
+pub use pipelines::archiver::{
     backup, dry_run, BackupOptions, BackupReport, ChangeRules, DryRunReport, Excludes, FileChange, InputCommand,
     PlannedFile,
 };
-pub use check::{check, AffectedSnapshot, CheckOptions, CheckReport, Damage, ReadSubset};
-pub use chunker::{Chunker, ChunkerParams};
-pub use crypto::{KdfParams, MasterKey};
-pub use error::{Error, Result};
-pub use forget::{apply_policy, emptied_groups, parse_duration, remove_snapshots, Decision, GroupBy, RetentionPolicy};
-pub use id::{BlobId, IndexId, KeyId, LockId, PackId, RepositoryId, SnapshotId};
-pub use index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, MAX_OBJECT_BLOBS};
-pub use lock::{remove_locks, LockGuard, LockRecord, LockTiming, HOLD_LIMIT, REFRESH_EVERY, STALE_AFTER};
-pub use manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestWriter, MANIFEST_SCHEMA};
-pub use pack::{BlobType, PackEntry};
-pub use packer::{Packer, PackerStats};
-pub use progress::{Progress, ProgressSnapshot};
-pub use prune::{PruneOptions, PrunePlan, PruneReport, Repack};
-pub use repair::{repair_index, repair_snapshots, RepairIndexReport, SnapshotRepair, DAMAGED_TAG};
+pub use pipelines::progress::{Progress, ProgressSnapshot};
+pub use repository::chunker::{Chunker, ChunkerParams};
+pub use repository::crypto::{KdfParams, MasterKey};
+pub use repository::index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, MAX_OBJECT_BLOBS};
+pub use repository::lock::{remove_locks, LockGuard, LockRecord, LockTiming, HOLD_LIMIT, REFRESH_EVERY, STALE_AFTER};
+pub use repository::manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestWriter, MANIFEST_SCHEMA};
+pub use repository::pack::{BlobType, PackEntry};
+pub use repository::packer::{Packer, PackerStats};
+pub use repository::snapshot::{ManifestRef, PostgresSource, Snapshot, Source, Summary};
 pub use repository::{pack_key, read_config, Config, InitOptions, Repository, DEFAULT_PACK_SIZE, REPOSITORY_VERSION};
-pub use snapshot::{ManifestRef, PostgresSource, Snapshot, Source, Summary};
 
 /// Reads one file of a snapshot into `out`, verifying every blob and the file's SHA-256;
 /// `sink` names `out` in errors (a path, "standard output", "pg_restore's input").

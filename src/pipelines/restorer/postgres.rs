@@ -4,10 +4,10 @@
 use std::io::Read;
 
 use crate::error::{Error, Result};
-use crate::manifest::Manifest;
-use crate::pg::{self, PgRestoreOptions, PgTools};
+use crate::pipelines::pg::{self, PgRestoreOptions, PgTools};
+use crate::repository::manifest::Manifest;
+use crate::repository::snapshot::{PostgresSource, Snapshot, Source};
 use crate::repository::Repository;
-use crate::snapshot::{PostgresSource, Snapshot, Source};
 
 /// The outcome of a database restore (or, with `list`, pg_restore's table of contents).
 #[derive(Debug, Default)]

@@ -13,7 +13,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
 
 use super::{PlannedEntry, Run};
-use crate::manifest::{Entry, EntryKind};
+use crate::repository::manifest::{Entry, EntryKind};
 use crate::system::OwnerIds;
 
 /// Creates a symlink, fifo or device under a temporary name, gives it its metadata

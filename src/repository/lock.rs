@@ -18,10 +18,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
-use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::id::LockId;
-use crate::pack::{open_object, seal_object};
+use crate::repository::crypto::MasterKey;
+use crate::repository::pack::{open_object, seal_object};
 
 /// A lock not refreshed for this long is stale and ignored.
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);

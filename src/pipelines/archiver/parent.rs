@@ -4,10 +4,10 @@
 
 use crate::error::Result;
 use crate::id::SnapshotId;
-use crate::manifest::{ChunkRef, Entry, EntryKind, Manifest};
-use crate::pack::BlobType;
+use crate::repository::manifest::{ChunkRef, Entry, EntryKind, Manifest};
+use crate::repository::pack::BlobType;
+use crate::repository::snapshot::Snapshot;
 use crate::repository::Repository;
-use crate::snapshot::Snapshot;
 
 /// A file modified less than this before its backup started may change again within
 /// the file system's timestamp granularity without its mtime changing, so it is read

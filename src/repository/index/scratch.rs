@@ -15,8 +15,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, PackId};
-use crate::index::{IndexFile, IndexedPack};
-use crate::pack::{BlobType, PackEntry};
+use crate::repository::index::{IndexFile, IndexedPack};
+use crate::repository::pack::{BlobType, PackEntry};
 
 /// SQLite page cache of a scratch index, in KiB.
 const CACHE_KIB: i64 = 32 * 1024;

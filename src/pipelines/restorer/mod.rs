@@ -26,8 +26,8 @@ use beneath::{Found, TargetDir, TargetLock};
 
 use crate::error::{Error, Result};
 use crate::id::BlobId;
-use crate::manifest::{ChunkRef, Entry, EntryKind, Manifest};
-use crate::pack::BlobType;
+use crate::repository::manifest::{ChunkRef, Entry, EntryKind, Manifest};
+use crate::repository::pack::BlobType;
 use crate::repository::Repository;
 
 /// What to restore and where.

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use globset::GlobSet;
 
 use crate::error::{Error, Result};
-use crate::manifest::{Entry, EntryKind};
-use crate::progress::Progress;
+use crate::pipelines::progress::Progress;
+use crate::repository::manifest::{Entry, EntryKind};
 use crate::system::OwnerNames;
 
 /// Paths left out of a backup.
@@ -28,7 +28,7 @@ pub struct Excludes {
 impl Excludes {
     /// The compiled glob patterns, or `None` when there are none.
     pub(super) fn glob_set(&self) -> Result<Option<GlobSet>> {
-        crate::restorer::glob_set(&self.patterns)
+        crate::pipelines::restorer::glob_set(&self.patterns)
     }
 }
 

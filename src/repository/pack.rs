@@ -3,9 +3,9 @@
 //! A pack is `blob... || sealed header || header length (u32 LE)`. Its id is the
 //! BLAKE3 hash of all its bytes, so its integrity can be checked without a key.
 
-use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
+use crate::repository::crypto::MasterKey;
 
 /// What a blob holds; data and metadata blobs go to separate packs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -418,6 +418,7 @@ pub fn decode_header(plain: &[u8], blob_area: u64, name: &str) -> Result<Vec<Pac
 }
 
 /// Reads the entries of a whole pack held in memory, checking its hash against `expected`.
+#[cfg_attr(not(feature = "fuzzing"), allow(dead_code))]
 pub fn read_pack(master: &MasterKey, bytes: &[u8], expected: Option<PackId>, name: &str) -> Result<Vec<PackEntry>> {
     if let Some(expected) = expected {
         if *blake3::hash(bytes).as_bytes() != expected.0 {
@@ -509,7 +510,7 @@ mod tests {
         assert!(sealed.bytes.len() < 1000);
         let noise: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         let sealed = seal_blob(&master, BlobType::Data, master.blob_id(&noise), &noise, 3).unwrap();
-        assert!(sealed.bytes.len() <= noise.len() + 1 + crate::crypto::SEAL_OVERHEAD);
+        assert!(sealed.bytes.len() <= noise.len() + 1 + crate::repository::crypto::SEAL_OVERHEAD);
     }
 
     #[test]

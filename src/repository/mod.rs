@@ -3,6 +3,15 @@
 //! Commit protocol: packs, then the index objects naming them, then the snapshot
 //! record. A crash at any point leaves only objects nothing refers to.
 
+pub mod chunker;
+pub mod crypto;
+pub mod index;
+pub mod lock;
+pub mod manifest;
+pub mod pack;
+pub mod packer;
+pub mod snapshot;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -11,15 +20,17 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
-use crate::chunker::{Chunker, ChunkerParams};
-use crate::crypto::{unwrap_master_key, wrap_master_key, KdfParams, KeyFile, MasterKey, KEY_FILE_VERSION};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, KeyId, PackId, RepositoryId, SnapshotId};
-use crate::index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, MAX_OBJECT_BLOBS};
-use crate::lock::{LockGuard, LockTiming};
-use crate::manifest::Manifest;
-use crate::pack::{decode_header, header_bounds, open_object, seal_object, visit_blob, BlobType, PackEntry};
-use crate::snapshot::{Resolved, Snapshot};
+use crate::repository::chunker::{Chunker, ChunkerParams};
+use crate::repository::crypto::{unwrap_master_key, wrap_master_key, KdfParams, KeyFile, MasterKey, KEY_FILE_VERSION};
+use crate::repository::index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, MAX_OBJECT_BLOBS};
+use crate::repository::lock::{LockGuard, LockTiming};
+use crate::repository::manifest::Manifest;
+use crate::repository::pack::{
+    decode_header, header_bounds, open_object, seal_object, visit_blob, BlobType, PackEntry,
+};
+use crate::repository::snapshot::{Resolved, Snapshot};
 
 /// The repository format version this program writes and reads.
 pub const REPOSITORY_VERSION: u64 = 1;
@@ -135,7 +146,7 @@ pub struct Repository {
     index_object_blobs: std::sync::atomic::AtomicUsize,
     lock_timing: Mutex<LockTiming>,
     /// The lock taken last through [`Repository::lock`], while its guard lives.
-    lease: Mutex<std::sync::Weak<crate::lock::Lease>>,
+    lease: Mutex<std::sync::Weak<crate::repository::lock::Lease>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -697,12 +708,12 @@ impl Repository {
     }
 
     /// Finds the snapshot a user names: `latest`, an id or a unique prefix. A damaged
-    /// record is never silently passed over (see [`crate::snapshot::resolve`]); naming
+    /// record is never silently passed over (see [`crate::repository::snapshot::resolve`]); naming
     /// a damaged record by id gives its damage.
     pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
         let (mut snapshots, mut damaged) = self.load_snapshots(true)?;
         let ids: Vec<SnapshotId> = damaged.iter().map(|(id, _)| *id).collect();
-        match crate::snapshot::resolve(spec, &snapshots, &ids)? {
+        match crate::repository::snapshot::resolve(spec, &snapshots, &ids)? {
             Resolved::Readable(index) => Ok(snapshots.swap_remove(index)),
             Resolved::Damaged(index) => Err(damaged.swap_remove(index).1),
         }

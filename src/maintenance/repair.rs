@@ -6,8 +6,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::id::{IndexId, PackId, SnapshotId};
-use crate::index::IndexedPack;
-use crate::pack::{decode_header, header_bounds, open_object, PackEntry};
+use crate::repository::index::IndexedPack;
+use crate::repository::pack::{decode_header, header_bounds, open_object, PackEntry};
 use crate::repository::{pack_key, Repository};
 
 /// What rebuilding the index found and did.
@@ -101,7 +101,7 @@ pub struct SnapshotRepair {
 /// intact file restorable; its new record is written before the old one is deleted.
 pub fn repair_snapshots(
     repository: &Repository,
-    report: &crate::check::CheckReport,
+    report: &crate::maintenance::check::CheckReport,
     forget: bool,
     apply: bool,
 ) -> Result<Vec<SnapshotRepair>> {

@@ -17,8 +17,8 @@ use tempfile::NamedTempFile;
 
 use crate::error::{Error, Result};
 use crate::id::BlobId;
-use crate::index::{IndexFile, IndexedPack, MAX_OBJECT_BLOBS};
-use crate::pack::{seal_blob, BlobType, FinishedPack, PackWriter, SealedBlob};
+use crate::repository::index::{IndexFile, IndexedPack, MAX_OBJECT_BLOBS};
+use crate::repository::pack::{seal_blob, BlobType, FinishedPack, PackWriter, SealedBlob};
 use crate::repository::{pack_key, Repository};
 
 /// A checkpoint index object is written after this many packs...
@@ -312,7 +312,7 @@ mod tests {
 
     use super::*;
     use crate::backend::MemoryBackend;
-    use crate::crypto::KdfParams;
+    use crate::repository::crypto::KdfParams;
     use crate::repository::InitOptions;
 
     #[test]

@@ -26,16 +26,16 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver};
 
-use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, SnapshotId};
-use crate::manifest::{ChunkRef, Entry, EntryKind, ManifestWriter};
-use crate::pack::BlobType;
-use crate::packer::Packer;
-use crate::pg::{self, PgBackupOptions, PgTools};
-use crate::progress::Progress;
+use crate::pipelines::pg::{self, PgBackupOptions, PgTools};
+use crate::pipelines::progress::Progress;
+use crate::repository::chunker::Chunker;
+use crate::repository::manifest::{ChunkRef, Entry, EntryKind, ManifestWriter};
+use crate::repository::pack::BlobType;
+use crate::repository::packer::Packer;
+use crate::repository::snapshot::{ManifestRef, PostgresSource, Snapshot, Source, Summary, SNAPSHOT_VERSION};
 use crate::repository::Repository;
-use crate::snapshot::{ManifestRef, PostgresSource, Snapshot, Source, Summary, SNAPSHOT_VERSION};
 use crate::system::OwnerNames;
 
 /// What to back up.
@@ -85,8 +85,10 @@ pub struct BackupReport {
 /// reuses them instead of uploading them again.
 pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupReport> {
     let _lock = repository.lock(false)?;
-    let packer =
-        Packer::with_checkpoints(repository, options.checkpoint_packs.unwrap_or(crate::packer::CHECKPOINT_PACKS));
+    let packer = Packer::with_checkpoints(
+        repository,
+        options.checkpoint_packs.unwrap_or(crate::repository::packer::CHECKPOINT_PACKS),
+    );
     run(repository, options, &packer).map_err(|error| keep_finished_packs(&packer, error))
 }
 

@@ -8,9 +8,9 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
 use crate::id::{IndexId, PackId, SnapshotId};
-use crate::index::{IndexedPack, ScratchIndex};
-use crate::pack::{open_blob, BlobType};
-use crate::packer::Packer;
+use crate::repository::index::{IndexedPack, ScratchIndex};
+use crate::repository::pack::{open_blob, BlobType};
+use crate::repository::packer::Packer;
 use crate::repository::{pack_key, Repository, ScratchLoad};
 
 /// Limits of one prune.

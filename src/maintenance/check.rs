@@ -11,11 +11,11 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId};
-use crate::index::{IndexedPack, ScratchIndex};
-use crate::pack::{decode_header, header_bounds, open_object, verify_blob, BlobType, PackEntry};
-use crate::repair::DAMAGED_TAG;
+use crate::maintenance::repair::DAMAGED_TAG;
+use crate::repository::index::{IndexedPack, ScratchIndex};
+use crate::repository::pack::{decode_header, header_bounds, open_object, verify_blob, BlobType, PackEntry};
+use crate::repository::snapshot::Snapshot;
 use crate::repository::{pack_key, Repository, ScratchLoad};
-use crate::snapshot::Snapshot;
 
 /// Most paths a report lists per affected snapshot; `AffectedSnapshot::files` counts all.
 pub const PATHS_LISTED: usize = 10_000;

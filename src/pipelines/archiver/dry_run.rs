@@ -8,7 +8,7 @@ use super::walk;
 use super::BackupOptions;
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
-use crate::manifest::EntryKind;
+use crate::repository::manifest::EntryKind;
 use crate::repository::Repository;
 use crate::system::OwnerNames;
 

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, PackId};
-use crate::pack::{BlobType, PackEntry};
+use crate::repository::pack::{BlobType, PackEntry};
 
 mod scratch;
 pub use scratch::ScratchIndex;

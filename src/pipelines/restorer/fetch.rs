@@ -22,9 +22,9 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
-use crate::index::BlobLocation;
-use crate::manifest::EntryKind;
-use crate::pack::BlobType;
+use crate::repository::index::BlobLocation;
+use crate::repository::manifest::EntryKind;
+use crate::repository::pack::BlobType;
 use crate::repository::{pack_key, Repository};
 
 /// Ranges closer than this are fetched as one request.

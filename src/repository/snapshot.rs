@@ -59,7 +59,7 @@ pub struct PostgresSource {
     /// SHA-256 of the dump stream, hex.
     pub sha256: String,
     /// Latest entries of the detected migration tables (or of `--pg-schema-query`).
-    pub migrations: Vec<crate::pg::MigrationState>,
+    pub migrations: Vec<crate::pipelines::pg::MigrationState>,
     /// The query used instead of the detected tables, if any.
     #[serde(default)]
     pub schema_query: Option<String>,

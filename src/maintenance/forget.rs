@@ -10,8 +10,8 @@ use jiff::{Span, Timestamp, Zoned};
 
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
+use crate::repository::snapshot::{Snapshot, Source};
 use crate::repository::Repository;
-use crate::snapshot::{Snapshot, Source};
 
 /// What to keep; a snapshot is kept if any rule keeps it.
 #[derive(Debug, Clone, Default)]
@@ -304,7 +304,7 @@ pub fn remove_snapshots(repository: &Repository, decisions: &[Decision]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{ManifestRef, Source, Summary};
+    use crate::repository::snapshot::{ManifestRef, Source, Summary};
 
     fn snapshot(time: &str, host: &str, tags: &[&str]) -> Snapshot {
         Snapshot {
@@ -422,7 +422,7 @@ mod tests {
     fn sources_keep_a_database_snapshot_out_of_a_files_only_group() {
         let with_database = |time: &str| {
             let mut record = snapshot(time, "h", &[]);
-            record.sources.push(Source::Postgres(crate::snapshot::PostgresSource {
+            record.sources.push(Source::Postgres(crate::repository::snapshot::PostgresSource {
                 database: "clinic".into(),
                 path: "/postgres/clinic.dump".into(),
                 server_version: "16".into(),
