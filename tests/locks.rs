@@ -233,3 +233,31 @@ fn an_interrupted_backup_keeps_its_packs_for_the_next_run() {
     assert!(added + stored >= total && added <= total - stored + (16 << 20), "added {added}, kept {stored}");
     assert_everything_restores(&fixture);
 }
+
+/// Review finding: a backup whose lock was removed (`unlock --remove-all`) while a
+/// prune deleted its unindexed packs must not index those packs on its way out; the
+/// next backup of the same data must store it again and restore.
+#[test]
+fn a_backup_that_lost_its_lock_indexes_nothing_a_prune_deleted() {
+    let fixture = Fixture::new();
+    let blob = fixture.path("blob.bin");
+    std::fs::write(&blob, common::random_bytes(40 << 20, 5)).unwrap();
+    let slow = format!("cat {}; sleep 4", blob.display());
+    let mut backup = fixture
+        .command(&["backup", "--stdin-from-command", &slow, "--stdin-name", "scan.dcm"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while stored_bytes(&fixture) < (20 << 20) && backup.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fixture.ok(&["unlock", "--remove-all"]);
+    fixture.ok(&["prune", "--unindexed-age", "0"]);
+    let output = backup.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(11), "{stderr}");
+    assert!(stderr.contains("lost the repository lock"), "{stderr}");
+    let plain = format!("cat {}", blob.display());
+    fixture.ok(&["backup", "--stdin-from-command", &plain, "--stdin-name", "scan.dcm"]);
+    assert_everything_restores(&fixture);
+}

@@ -300,7 +300,7 @@ fn every_power_cut_during_backups_and_a_prune_loses_nothing_committed() {
         // From the moment forget starts, the forgotten snapshot may be gone.
         recorder.push(Op::Forgotten(first));
         coffer::remove_snapshots(&repository, &decisions).unwrap();
-        let options = coffer::PruneOptions { max_unused: 0.0, max_repack_size: None };
+        let options = coffer::PruneOptions { max_unused: 0.0, ..Default::default() };
         let plan = coffer::prune::plan(&repository, &options, &Default::default()).unwrap();
         let pruned = coffer::prune::execute(&repository, &plan).unwrap();
         assert!(pruned.packs_deleted > 0, "the prune deleted nothing: no cut point would test it");

@@ -189,8 +189,8 @@ impl LocalBackend {
             if !file_type.is_file() || key.contains('#') {
                 continue;
             }
-            let size = entry.metadata().map_err(|e| Error::io("cannot list", &path, e))?.len();
-            found.push(ObjectInfo { key: key.to_string(), size });
+            let metadata = entry.metadata().map_err(|e| Error::io("cannot list", &path, e))?;
+            found.push(ObjectInfo { key: key.to_string(), size: metadata.len(), modified: metadata.modified().ok() });
         }
         Ok(())
     }

@@ -83,7 +83,7 @@ impl Backend for MemoryBackend {
         let listed = objects
             .range(prefix.to_string()..)
             .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(key, data)| ObjectInfo { key: key.clone(), size: data.len() as u64 });
+            .map(|(key, data)| ObjectInfo { key: key.clone(), size: data.len() as u64, modified: None });
         Ok(listed.collect())
     }
 

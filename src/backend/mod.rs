@@ -32,6 +32,8 @@ pub struct ObjectInfo {
     pub key: String,
     /// Its size in bytes.
     pub size: u64,
+    /// When it was written, as the storage reports it (`None` where it does not).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// Byte and request counters of a backend, for reporting what a run cost.

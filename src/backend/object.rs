@@ -433,7 +433,13 @@ impl Backend for ObjectStoreBackend {
             self.count(0, 0);
             self.runtime.block_on(self.store.list(Some(&folder)).try_collect()).map_err(|e| self.failure(prefix, e))
         })?;
-        let infos = listed.into_iter().map(|meta| ObjectInfo { key: meta.location.to_string(), size: meta.size });
+        let infos = listed.into_iter().map(|meta| ObjectInfo {
+            key: meta.location.to_string(),
+            size: meta.size,
+            modified: u64::try_from(meta.last_modified.timestamp())
+                .ok()
+                .map(|seconds| std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds)),
+        });
         Ok(infos.filter(|info| info.key.starts_with(prefix)).collect())
     }
 

@@ -299,6 +299,10 @@ pub struct PruneOptionsArgs {
     /// Repack at most this many MiB of packs per run.
     #[arg(long, value_name = "MiB")]
     pub max_repack_size: Option<u64>,
+    /// Delete packs that no index names only once they are this many minutes old
+    /// (younger ones may belong to a backup still running or just failed).
+    #[arg(long, default_value_t = 60, value_name = "MINUTES")]
+    pub unindexed_age: u64,
 }
 
 #[derive(Debug, Args)]

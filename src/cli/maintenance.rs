@@ -326,6 +326,7 @@ fn plan_and_prune(
     let options = PruneOptions {
         max_unused: args.max_unused / 100.0,
         max_repack_size: args.max_repack_size.map(|mebibytes| mebibytes.saturating_mul(1024 * 1024)),
+        unindexed_age: std::time::Duration::from_secs(args.unindexed_age.saturating_mul(60)),
     };
     let plan = prune::plan(repository, &options, forgotten)?;
     let report = if dry_run { None } else { Some(prune::execute(repository, &plan)?) };
@@ -338,6 +339,7 @@ fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) -> Opt
     if cli.json {
         let mut value = json!({"dry_run": report.is_none(), "snapshots": plan.snapshots, "used_blobs": plan.used_blobs,
             "packs_kept": plan.keep.len(), "packs_deleted": deleted, "packs_unindexed": plan.unindexed.len(),
+            "packs_unindexed_kept": plan.recent_unindexed,
             "packs_repacked": plan.repack.len(), "bytes_deleted": plan.bytes_deleted(), "bytes_repacked": plan.bytes_repacked(),
             "bytes_freed": plan.bytes_freed(), "index_objects_replaced": if plan.rewrite_index { plan.old_indexes.len() } else { 0 }});
         if let Some(report) = report {
@@ -362,6 +364,12 @@ fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) -> Opt
     ));
     if plan.rewrite_index {
         output::line(&format!("{verb}replace {} index object(s) with new ones", plan.old_indexes.len()));
+    }
+    if plan.recent_unindexed > 0 {
+        output::line(&format!(
+            "kept {} pack(s) in no index younger than --unindexed-age (a backup may be writing them)",
+            plan.recent_unindexed
+        ));
     }
     if let Some(report) = report {
         note(

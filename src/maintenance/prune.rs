@@ -20,11 +20,18 @@ pub struct PruneOptions {
     pub max_unused: f64,
     /// Repack at most this many bytes of packs (`None`: no limit).
     pub max_repack_size: Option<u64>,
+    /// Packs no index names are deleted only once they are this old: younger ones may
+    /// belong to a backup that is still writing (on a host whose lock looked stale) or
+    /// that just failed and whose index waits in its cache.
+    pub unindexed_age: std::time::Duration,
 }
+
+/// The default of [`PruneOptions::unindexed_age`].
+pub const UNINDEXED_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        Self { max_unused: 0.05, max_repack_size: None }
+        Self { max_unused: 0.05, max_repack_size: None, unindexed_age: UNINDEXED_AGE }
     }
 }
 
@@ -51,6 +58,8 @@ pub struct PrunePlan {
     pub delete: Vec<(PackId, u64)>,
     /// Packs no index object names (left by interrupted runs), with their sizes.
     pub unindexed: Vec<(PackId, u64)>,
+    /// Packs no index names that are younger than [`PruneOptions::unindexed_age`]: kept.
+    pub recent_unindexed: u64,
     /// Every stored index object; replaced by new ones when `rewrite_index`.
     pub old_indexes: Vec<IndexId>,
     pub rewrite_index: bool,
@@ -106,7 +115,8 @@ pub fn plan(repository: &Repository, options: &PruneOptions, forgotten: &HashSet
         return Err(refusal(error));
     }
     let snapshots = mark_used(repository, &index, forgotten)?;
-    let stored = repository.list_packs()?;
+    let listed_packs = repository.list_packs_with_times()?;
+    let stored: HashMap<PackId, u64> = listed_packs.iter().map(|(id, (size, _))| (*id, *size)).collect();
     let mut plan = PrunePlan {
         snapshots,
         used_blobs: index.used_count()?,
@@ -114,13 +124,22 @@ pub fn plan(repository: &Repository, options: &PruneOptions, forgotten: &HashSet
         repack: Vec::new(),
         delete: Vec::new(),
         unindexed: Vec::new(),
+        recent_unindexed: 0,
         old_indexes: repository.index_object_ids()?,
         rewrite_index: false,
         index,
     };
     let listed = classify_packs(&stored, options, &mut plan)?;
-    let mut unindexed: Vec<(PackId, u64)> =
-        stored.iter().filter(|(id, _)| !listed.contains(*id)).map(|(id, size)| (*id, *size)).collect();
+    let old_enough = |modified: &Option<std::time::SystemTime>| {
+        modified.is_none_or(|time| time.elapsed().is_ok_and(|age| age >= options.unindexed_age))
+    };
+    let mut unindexed = Vec::new();
+    for (id, (size, modified)) in listed_packs.iter().filter(|(id, _)| !listed.contains(*id)) {
+        match old_enough(modified) {
+            true => unindexed.push((*id, *size)),
+            false => plan.recent_unindexed += 1,
+        }
+    }
     unindexed.sort();
     plan.unindexed = unindexed;
     plan.rewrite_index = !plan.delete.is_empty() || !plan.repack.is_empty() || plan.old_indexes.len() > 1;

@@ -116,6 +116,15 @@ impl LockRecord {
     }
 }
 
+/// Time since boot, suspended time included (`CLOCK_BOOTTIME`): a holder that was
+/// suspended (a paused VM, a laptop asleep) for longer than the hold limit must see
+/// that it was, though the monotonic clock stood still.
+fn boot_time() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|time| Duration::new(time.tv_sec() as u64, time.tv_nsec() as u32))
+        .unwrap_or_else(|_| Instant::now().elapsed())
+}
+
 fn key_of(id: &LockId) -> String {
     format!("locks/{id}")
 }
@@ -143,7 +152,8 @@ pub fn list_locks(backend: &dyn Backend, master: &MasterKey) -> Result<Vec<(Lock
 
 /// What the refresher learned, shared with the holder.
 struct LeaseState {
-    last_refresh: Instant,
+    /// On the boot-time clock, which goes on while the machine is suspended.
+    last_refresh: Duration,
     /// Why the lock is no longer held, once that is known.
     lost: Option<String>,
 }
@@ -168,7 +178,7 @@ impl Lease {
             if let Some(reason) = &state.lost {
                 return Err(Error::LockLost { reason: reason.clone() });
             }
-            let since = state.last_refresh.elapsed();
+            let since = boot_time().saturating_sub(state.last_refresh);
             if since > self.timing.hold_limit {
                 let reason = format!(
                     "it could not be refreshed for {} s, so other processes may take it for stale",
@@ -191,7 +201,7 @@ impl Lease {
         });
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match outcome {
-            Ok(()) => state.last_refresh = Instant::now(),
+            Ok(()) => state.last_refresh = boot_time(),
             Err(Refresh::Lost(reason)) => {
                 state.lost.get_or_insert(reason);
             }
@@ -230,17 +240,28 @@ impl LockGuard {
                 return Err(error);
             }
         }
-        let state = Mutex::new(LeaseState { last_refresh: Instant::now(), lost: None });
+        let state = Mutex::new(LeaseState { last_refresh: boot_time(), lost: None });
         let lease = Arc::new(Lease { backend: backend.clone(), master: master.clone(), id, token, timing, state });
         // From here on, dropping the guard removes the lock object.
         let mut guard = Self { lease, stop: None, refresher: None };
+        let mut overridden = Vec::new();
         for (other, record) in list_locks(&*backend, master)? {
             let Some(record) = record.filter(|_| other != id) else {
                 continue;
             };
-            if !record.is_stale() && (exclusive || record.exclusive) {
+            if !(exclusive || record.exclusive) {
+                continue;
+            }
+            if !record.is_stale() {
                 return Err(Error::Locked { holder: record.describe() });
             }
+            overridden.push(other);
+        }
+        // A stale lock that this one overrides is removed, so that its holder, if it
+        // is only slow (suspended, or on a host whose clock is behind), finds its lock
+        // gone and commits nothing.
+        for other in overridden {
+            backend.delete(&key_of(&other))?;
         }
         guard.start_refresher(exclusive);
         Ok(guard)
@@ -306,7 +327,12 @@ impl Drop for LockGuard {
         if let Some(refresher) = self.refresher.take() {
             let _ = refresher.join();
         }
-        let _ = self.lease.backend.delete(&key_of(&self.lease.id));
+        let key = key_of(&self.lease.id);
+        if let Err(error) = self.lease.backend.delete(&key) {
+            crate::backend::note(format!(
+                "the lock {key} could not be removed ({error}); it goes stale in 30 minutes, or `coffer unlock` removes it"
+            ));
+        }
     }
 }
 
@@ -346,13 +372,14 @@ mod tests {
     fn stale_locks_are_ignored_and_removed() {
         let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
         let master = MasterKey::generate();
-        let mut old = LockRecord::new(true, "t");
+        let mut old = LockRecord::new(false, "t");
         old.time = "2020-01-01T00:00:00Z".into();
         write_lock(&*backend, &master, &LockId::random(), &old).unwrap();
-        let mut dead = LockRecord::new(true, "t");
+        let mut dead = LockRecord::new(false, "t");
         dead.pid = u32::MAX - 1;
         write_lock(&*backend, &master, &LockId::random(), &dead).unwrap();
-        drop(LockGuard::acquire(backend.clone(), &master, true, LockTiming::default()).unwrap());
+        // A shared lock does not conflict with them, so leaves them to `unlock`.
+        drop(LockGuard::acquire(backend.clone(), &master, false, LockTiming::default()).unwrap());
         assert_eq!(remove_locks(&*backend, &master, false).unwrap(), 2);
         assert!(backend.list("locks/").unwrap().is_empty());
     }
@@ -376,6 +403,19 @@ mod tests {
         let mut old_version = here;
         (old_version.pid_namespace, old_version.boot_id, old_version.machine_id) = (None, None, None);
         assert!(!old_version.is_stale(), "a record without namespace and boot is judged by time");
+    }
+
+    #[test]
+    fn a_stale_lock_that_is_overridden_is_removed() {
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let master = MasterKey::generate();
+        let mut old = LockRecord::new(true, "t");
+        old.time = "2020-01-01T00:00:00Z".into();
+        let stale = LockId::random();
+        write_lock(&*backend, &master, &stale, &old).unwrap();
+        let held = LockGuard::acquire(backend.clone(), &master, true, LockTiming::default()).unwrap();
+        let left: Vec<String> = backend.list("locks/").unwrap().into_iter().map(|info| info.key).collect();
+        assert_eq!(left, vec![key_of(&held.id())], "the stale lock it overrode is gone, so its holder stops");
     }
 
     #[test]

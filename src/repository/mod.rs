@@ -422,11 +422,18 @@ impl Repository {
     /// Every pack in storage and its size, from one listing of `data/`. Names that are
     /// not `data/<xx>/<pack id>` are left out.
     pub fn list_packs(&self) -> Result<std::collections::HashMap<PackId, u64>> {
+        Ok(self.list_packs_with_times()?.into_iter().map(|(id, (size, _))| (id, size)).collect())
+    }
+
+    /// Every pack in storage with its size and when storage says it was written.
+    pub fn list_packs_with_times(
+        &self,
+    ) -> Result<std::collections::HashMap<PackId, (u64, Option<std::time::SystemTime>)>> {
         let mut packs = std::collections::HashMap::new();
         for info in self.backend.list("data/")? {
             let Some(id) = info.key.rsplit('/').next().and_then(|name| name.parse::<PackId>().ok()) else { continue };
             if info.key == pack_key(&id) {
-                packs.insert(id, info.size);
+                packs.insert(id, (info.size, info.modified));
             }
         }
         Ok(packs)
@@ -458,11 +465,14 @@ impl Repository {
         IndexFile::decode(&plain, &name)
     }
 
-    /// Stores an index object and adds it to the cache.
+    /// Stores an index object and adds it to the cache. Only while this handle's lock,
+    /// if it took one, is held: a prune that ran after the lock was lost may have
+    /// deleted the packs the object names.
     /// The packs it names are made durable first, and it is durable when this returns.
     pub fn write_index(&self, file: &IndexFile) -> Result<IndexId> {
         let sealed = seal_object(&self.master, "index", &file.encode());
         let id = IndexId(*blake3::hash(&sealed).as_bytes());
+        self.ensure_lock_held()?;
         self.backend.sync()?;
         self.backend.put(&format!("index/{id}"), Bytes::from(sealed))?;
         self.backend.sync()?;
