@@ -1,6 +1,7 @@
 //! Facts about the running system: host, user, owner names, process liveness.
 
 use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
 
 /// The host name, or "unknown".
 pub fn host_name() -> String {
@@ -57,6 +58,35 @@ pub fn make_private(path: &std::path::Path) {
 /// This machine (`/etc/machine-id`), if it has one.
 pub fn machine_id() -> Option<String> {
     std::fs::read_to_string("/etc/machine-id").ok().map(|text| text.trim().to_string()).filter(|id| !id.is_empty())
+}
+
+/// Takes an exclusive `flock` on a file this process writes, so that other runs can
+/// tell it from a file a killed process left (see [`remove_unlocked_files`]).
+pub fn lock_file(file: &std::fs::File) {
+    // SAFETY: flock on a descriptor owned by `file`; closing it releases the lock.
+    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(file), libc::LOCK_EX | libc::LOCK_NB) };
+}
+
+/// Removes the files of `folder` whose names start with `prefix` and whose lock no
+/// process holds: left by a process that was killed.
+pub fn remove_unlocked_files(folder: &std::path::Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(folder) else { return };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        if let Some(_unlocked) = lock_if_free(&entry.path()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The file opened and locked, if no other process holds its lock.
+pub fn lock_if_free(path: &std::path::Path) -> Option<std::fs::File> {
+    let file = std::fs::File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+    // SAFETY: flock on a descriptor owned by `file`.
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    locked.then_some(file)
 }
 
 /// True when running as root, which may set any owner and create devices.

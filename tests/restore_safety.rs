@@ -336,3 +336,63 @@ fn an_interrupted_restore_removes_its_temporary_files() {
     }
     panic!("every restore finished before SIGTERM reached it");
 }
+
+/// Review finding: a local user who swaps a hard-link group's first file for a file
+/// of their own while the restore runs must not get the other names linked to it.
+#[test]
+fn further_hard_link_names_are_linked_to_the_restored_file_only() {
+    let fixture = Fixture::new();
+    let source = fixture.path("src");
+    std::fs::create_dir_all(source.join("a-shared")).unwrap();
+    std::fs::create_dir_all(source.join("z-private")).unwrap();
+    for index in 0..40 {
+        std::fs::write(source.join(format!("a-shared/filler{index}")), common::random_bytes(200_000, index)).unwrap();
+    }
+    std::fs::write(source.join("a-shared/0leader"), b"the real record").unwrap();
+    std::fs::hard_link(source.join("a-shared/0leader"), source.join("z-private/b")).unwrap();
+    fixture.backup(&source);
+    for round in 0..6 {
+        let target = fixture.path(&format!("restore{round}"));
+        let leader = restored(&target, &source).join("a-shared/0leader");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let attacker = {
+            let (leader, stop) = (leader.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let planted = leader.with_file_name(".planted");
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if std::fs::read(&leader).is_ok_and(|content| content == b"the real record") {
+                        let _ = std::fs::write(&planted, b"attacker content");
+                        let _ = std::fs::rename(&planted, &leader);
+                    }
+                }
+            })
+        };
+        let output = fixture.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        attacker.join().unwrap();
+        let private = restored(&target, &source).join("z-private/b");
+        let content = std::fs::read(&private).unwrap_or_default();
+        assert_ne!(content, b"attacker content", "round {round}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+/// Review finding: restoring a folder of a snapshot into an existing target leaves the
+/// target's own mode and owner alone (a new target gets the folder's).
+#[test]
+fn an_existing_target_keeps_its_own_mode() {
+    let fixture = Fixture::new();
+    let source = fixture.path("src");
+    std::fs::create_dir(&source).unwrap();
+    std::fs::write(source.join("plain"), b"x").unwrap();
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o777)).unwrap();
+    fixture.backup(&source);
+    let existing = fixture.path("existing");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let spec = format!("latest:{}", source.display());
+    fixture.ok(&["restore", &spec, "--target", existing.to_str().unwrap()]);
+    assert_eq!(std::fs::metadata(&existing).unwrap().mode() & 0o777, 0o700);
+    let fresh = fixture.path("fresh");
+    fixture.ok(&["restore", &spec, "--target", fresh.to_str().unwrap()]);
+    assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o777);
+}

@@ -136,7 +136,7 @@ impl LocalBackend {
     /// A fresh temporary name in `tmp/`.
     fn temporary(&self) -> Result<PathBuf> {
         let folder = self.root.join("tmp");
-        self.fs.create_dir(&folder).map_err(|e| Error::io("cannot create", &folder, e))?;
+        self.fs.create_dir(&folder).map_err(|e| self.io_error("cannot create", &folder, e))?;
         Ok(folder.join(format!("object-{}.tmp", hex::encode(rand::random::<[u8; 12]>()))))
     }
 
@@ -145,7 +145,7 @@ impl LocalBackend {
         let temporary = self.temporary()?;
         self.fs.write_new(&temporary, data).map_err(|e| {
             let _ = std::fs::remove_file(&temporary);
-            Error::io("cannot write", &temporary, e)
+            self.io_error("cannot write", &temporary, e)
         })?;
         Ok(temporary)
     }
@@ -165,7 +165,19 @@ impl LocalBackend {
     fn read_error(&self, key: &str, path: &Path, error: std::io::Error) -> Error {
         match error.kind() {
             std::io::ErrorKind::NotFound => Error::MissingObject { object: key.to_string() },
-            _ => Error::io("cannot read", path, error),
+            _ => self.io_error("cannot read", path, error),
+        }
+    }
+
+    /// A failure of the repository's folder: permission denied is the storage refusing
+    /// access (exit 18), as on S3; anything else is a local file-system error.
+    fn io_error(&self, action: &'static str, path: &Path, error: std::io::Error) -> Error {
+        match error.kind() {
+            std::io::ErrorKind::PermissionDenied => Error::AccessDenied {
+                location: self.location(),
+                message: format!("{action} {}: {error}", path.display()),
+            },
+            _ => Error::io(action, path, error),
         }
     }
 
@@ -173,7 +185,7 @@ impl LocalBackend {
         let entries = match std::fs::read_dir(folder) {
             Ok(entries) => entries,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(Error::io("cannot list", folder, error)),
+            Err(error) => return Err(self.io_error("cannot list", folder, error)),
         };
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("cannot list", folder, e))?;

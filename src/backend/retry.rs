@@ -75,11 +75,13 @@ pub fn retry<T>(policy: &RetryPolicy, hint: &RetryAfter, mut attempt: impl FnMut
             Err(error) if is_transient(&error) => error,
             other => return other,
         };
-        let pause = jitter(backoff).max(hint.remaining());
-        if started.elapsed() + pause > policy.budget {
+        let left = policy.budget.saturating_sub(started.elapsed());
+        if left.is_zero() {
             return Err(exhausted(error, started.elapsed(), number + 1));
         }
-        std::thread::sleep(pause);
+        // A pause that would run past the budget is cut short, for one last attempt
+        // when the budget ends.
+        std::thread::sleep(jitter(backoff).max(hint.remaining()).min(left));
         backoff = (backoff * 2).min(policy.max_backoff);
     }
     unreachable!("an unbounded range ends only by returning")
@@ -149,6 +151,23 @@ mod tests {
         let error = retry(&quick(100), &RetryAfter::default(), |_| -> Result<()> { Err(down()) }).unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(error.to_string().contains("attempts over"), "{error}");
+    }
+
+    #[test]
+    fn the_last_attempt_is_made_when_the_budget_ends() {
+        let policy = RetryPolicy {
+            budget: Duration::from_millis(300),
+            first_backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(10),
+        };
+        let started = Instant::now();
+        let mut attempts = Vec::new();
+        let _ = retry(&policy, &RetryAfter::default(), |_| -> Result<()> {
+            attempts.push(started.elapsed());
+            Err(down())
+        });
+        assert_eq!(attempts.len(), 2, "one attempt, then one more when the budget ends: {attempts:?}");
+        assert!(attempts[1] >= Duration::from_millis(290), "{attempts:?}");
     }
 
     #[test]

@@ -292,6 +292,7 @@ fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
         Some(restorer::FailureCause::Damage) => exit::DAMAGED,
         Some(restorer::FailureCause::Unreachable) => exit::UNREACHABLE,
         Some(restorer::FailureCause::Storage) => exit::FAILURE,
+        Some(restorer::FailureCause::Denied) => exit::ACCESS_DENIED,
         Some(restorer::FailureCause::LocalIo) => exit::LOCAL_IO,
     };
     fail(

@@ -31,6 +31,21 @@ pub struct EnvSecrets {
     command: Option<Secret>,
 }
 
+/// Overwrites the value of `name` where the kernel placed the environment at start:
+/// removing a variable only unlinks it, and `/proc/<pid>/environ` shows that memory.
+fn wipe_original(name: &str) {
+    let Ok(name) = std::ffi::CString::new(name) else { return };
+    // SAFETY: called before any other thread exists; getenv returns a pointer into the
+    // process's environment strings (or null), and the write stays within the value's
+    // own length, found by strlen.
+    unsafe {
+        let value = libc::getenv(name.as_ptr());
+        if !value.is_null() {
+            std::ptr::write_bytes(value, b'*', libc::strlen(value));
+        }
+    }
+}
+
 impl EnvSecrets {
     /// Reads `COFFER_PASSWORD`, `COFFER_PASSWORD_FILE` and `COFFER_PASSWORD_COMMAND` and
     /// removes them from the process environment. Call it first thing in `main`:
@@ -38,6 +53,7 @@ impl EnvSecrets {
     pub fn take() -> Self {
         let take = |name: &str| {
             let value = std::env::var_os(name);
+            wipe_original(name);
             std::env::remove_var(name);
             value
         };

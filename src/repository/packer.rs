@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 use std::io::BufWriter;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -157,8 +156,7 @@ impl<'r> Packer<'r> {
         // Held while the file is open: another run tells a live pack file from one left
         // by a killed process by whether it can take this lock, whatever host name or
         // PID namespace either runs in.
-        // SAFETY: flock on a descriptor the file owns for as long as it is open.
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(file.as_file()), libc::LOCK_EX | libc::LOCK_NB) };
+        crate::system::lock_file(file.as_file());
         Ok(PackWriter::new(BufWriter::with_capacity(256 * 1024, file)))
     }
 
@@ -280,7 +278,7 @@ fn remove_stale_pack_files(staging: &Path) {
         if !name.starts_with("pack-") && !name.starts_with("object-") {
             continue;
         }
-        let Some(_unlocked) = lock_if_free(&entry.path()) else { continue };
+        let Some(_unlocked) = crate::system::lock_if_free(&entry.path()) else { continue };
         // Objects being written are always locked by their writer.
         if name.starts_with("object-") {
             let _ = std::fs::remove_file(entry.path());
@@ -296,14 +294,6 @@ fn remove_stale_pack_files(staging: &Path) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
-}
-
-/// The file opened and locked, if no other process holds its lock.
-fn lock_if_free(path: &Path) -> Option<std::fs::File> {
-    let file = std::fs::File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
-    // SAFETY: flock on a descriptor owned by `file`.
-    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    locked.then_some(file)
 }
 
 #[cfg(test)]

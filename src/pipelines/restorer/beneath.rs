@@ -36,6 +36,15 @@ pub(super) enum TargetLock {
     Busy,
 }
 
+/// A folder made (or found) by [`TargetDir::make_dir`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MadeDir {
+    pub existed: bool,
+    /// Its inode: its metadata is later set only on this folder, not on one a local
+    /// user put in its place.
+    pub inode: u64,
+}
+
 /// What an entry of the target is, as far as a restore cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Found {
@@ -143,20 +152,28 @@ impl TargetDir {
     /// Makes `relative` a folder: made (mode 0700 until its metadata is set) if
     /// missing, and whatever else is there (a file, a symlink) replaced. Returns true
     /// if a folder was there already.
-    pub fn make_dir(&self, relative: &[u8]) -> io::Result<bool> {
+    pub fn make_dir(&self, relative: &[u8]) -> io::Result<MadeDir> {
         if relative.is_empty() {
-            return Ok(true);
+            let inode = nix::sys::stat::fstat(&self.root)?.st_ino;
+            return Ok(MadeDir { existed: true, inode });
         }
         let (folder, name) = self.parent(relative)?;
+        let existed = match stat_at(&folder, name)? {
+            Some(stat) if is_dir(&stat) => return Ok(MadeDir { existed: true, inode: stat.st_ino }),
+            Some(_) => {
+                nix::unistd::unlinkat(&folder, name, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+                false
+            }
+            None => false,
+        };
+        let existed = match nix::sys::stat::mkdirat(&folder, name, Mode::from_bits_truncate(0o700)) {
+            Ok(()) => existed,
+            Err(Errno::EEXIST) => true,
+            Err(error) => return Err(error.into()),
+        };
         match stat_at(&folder, name)? {
-            Some(stat) if is_dir(&stat) => return Ok(true),
-            Some(_) => nix::unistd::unlinkat(&folder, name, nix::unistd::UnlinkatFlags::NoRemoveDir)?,
-            None => {}
-        }
-        match nix::sys::stat::mkdirat(&folder, name, Mode::from_bits_truncate(0o700)) {
-            Ok(()) => Ok(false),
-            Err(Errno::EEXIST) if stat_at(&folder, name)?.is_some_and(|stat| is_dir(&stat)) => Ok(true),
-            Err(error) => Err(error.into()),
+            Some(stat) if is_dir(&stat) => Ok(MadeDir { existed, inode: stat.st_ino }),
+            _ => Err(io::Error::other("the new folder was replaced by something else")),
         }
     }
 
@@ -184,7 +201,7 @@ impl TargetDir {
         let mut stale = Vec::new();
         for entry in folder.iter() {
             let name = entry?.file_name().to_bytes().to_vec();
-            if name.starts_with(TEMPORARY_PREFIX.as_bytes()) && !name.starts_with(this_run.as_bytes()) {
+            if is_temporary_name(&name) && !name.starts_with(this_run.as_bytes()) {
                 stale.push(name);
             }
         }
@@ -231,6 +248,20 @@ impl TargetDir {
             Err(error) => Err(error.into()),
         }
     }
+}
+
+/// True for exactly the names restores give temporary entries,
+/// `.coffer-restore-<12 hex>-<counter>`: a file of the user's that merely starts the
+/// same way is not one.
+pub(super) fn is_temporary_name(name: &[u8]) -> bool {
+    let Some(rest) = name.strip_prefix(TEMPORARY_PREFIX.as_bytes()) else { return false };
+    let (token, counter) = match rest.get(12) {
+        Some(b'-') => (&rest[..12], &rest[13..]),
+        _ => return false,
+    };
+    token.iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && !counter.is_empty()
+        && counter.iter().all(u8::is_ascii_digit)
 }
 
 /// The components of a relative path; empty, `.` and `..` components are refused.
@@ -295,9 +326,23 @@ mod tests {
         assert!(target.make_dirs(b"a/b").is_err());
         assert_eq!(target.find(b"a/file").unwrap(), Found::Missing);
         assert_eq!(target.find(b"a").unwrap(), Found::Other);
-        assert!(!target.make_dir(b"a").unwrap(), "the symlink is replaced by a folder");
+        assert!(!target.make_dir(b"a").unwrap().existed, "the symlink is replaced by a folder");
         assert!(root.path().join("a").symlink_metadata().unwrap().is_dir());
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn only_names_of_restore_temporaries_count_as_such() {
+        assert!(is_temporary_name(b".coffer-restore-0123456789ab-0"));
+        assert!(is_temporary_name(b".coffer-restore-0123456789ab-4711"));
+        for other in [
+            &b".coffer-restore-mine"[..],
+            b".coffer-restore-0123456789ab-",
+            b".coffer-restore-0123456789AB-1",
+            b".coffer-restore-0123456789ab-1x",
+        ] {
+            assert!(!is_temporary_name(other), "{other:?}");
+        }
     }
 
     #[test]

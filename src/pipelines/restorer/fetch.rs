@@ -100,7 +100,14 @@ pub(super) fn restore_contents(
         return Err(Error::Interrupted { signal, outcome });
     }
     let mut failed = finish_files(run, &pending, options.verify, failures, report);
-    link_files(run, plan, &mut failed, report);
+    // The inodes this run created, by final name: further names are linked to these
+    // inodes only, never to whatever a local user may have put under the name since.
+    let inodes: HashMap<&[u8], u64> = pending
+        .iter()
+        .filter(|file| !failed.contains(&file.planned.relative))
+        .map(|file| (file.planned.relative.as_slice(), file.inode))
+        .collect();
+    link_files(run, plan, &inodes, &mut failed, report);
     Ok(failed)
 }
 
@@ -373,7 +380,13 @@ fn verify_file(file: &mut File, expected: Option<[u8; 32]>) -> Option<String> {
 
 /// Creates the further names of hard-linked files: a link under a temporary name,
 /// renamed over the final one.
-fn link_files(run: &Run<'_>, plan: &RestorePlan, failed: &mut HashSet<Vec<u8>>, report: &mut RestoreReport) {
+fn link_files(
+    run: &Run<'_>,
+    plan: &RestorePlan,
+    inodes: &HashMap<&[u8], u64>,
+    failed: &mut HashSet<Vec<u8>>,
+    report: &mut RestoreReport,
+) {
     for planned in plan.entries.iter().filter(|p| p.action == Action::HardLink) {
         let Some(leader) = &planned.link_to else {
             continue;
@@ -382,7 +395,8 @@ fn link_files(run: &Run<'_>, plan: &RestorePlan, failed: &mut HashSet<Vec<u8>>, 
             let shown = run.target.display(leader);
             Err((format!("its hard link {} could not be restored", shown.display()), FailureCause::LocalIo))
         } else {
-            link_one(run, leader, &planned.relative).map_err(|error| {
+            let inode = inodes.get(leader.as_slice()).copied().unwrap_or(0);
+            link_one(run, leader, inode, &planned.relative).map_err(|error| {
                 let reason = format!(
                     "cannot link {} to {}: {error}",
                     planned.target.display(),
@@ -401,11 +415,23 @@ fn link_files(run: &Run<'_>, plan: &RestorePlan, failed: &mut HashSet<Vec<u8>>, 
     }
 }
 
-fn link_one(run: &Run<'_>, leader: &[u8], relative: &[u8]) -> std::io::Result<()> {
-    let (leader_folder, leader_name) = run.target.parent(leader)?;
+fn link_one(run: &Run<'_>, leader: &[u8], inode: u64, relative: &[u8]) -> std::io::Result<()> {
+    let handle = run.target.open(leader, OFlag::O_PATH, Mode::empty())?;
+    if nix::sys::stat::fstat(&handle)?.st_ino != inode {
+        return Err(std::io::Error::other("the file it links to was replaced during the restore"));
+    }
     let (folder, _) = run.target.parent(relative)?;
     let temporary: OsString = run.temporary_name();
-    nix::unistd::linkat(&leader_folder, leader_name, &folder, temporary.as_os_str(), nix::fcntl::AtFlags::empty())?;
+    // `/proc/self/fd/N` followed by linkat names exactly the inode behind the handle.
+    let exact = beneath::proc_path(std::os::fd::AsFd::as_fd(&handle), None);
+    let linked = nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        &exact,
+        &folder,
+        temporary.as_os_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    );
+    linked?;
     metadata::rename_into_place(run, relative, &temporary)
 }
 

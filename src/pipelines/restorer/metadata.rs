@@ -80,13 +80,21 @@ pub(super) fn rename_into_place(run: &Run<'_>, relative: &[u8], name: &OsStr) ->
 pub(super) fn apply_dir(
     run: &Run<'_>,
     planned: &PlannedEntry,
+    inode: Option<u64>,
     owners: Option<&mut OwnerIds>,
     warnings: &mut Vec<String>,
 ) {
-    match run.target.open(&planned.relative, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()) {
-        Ok(folder) => apply_to_handle(&folder, planned, owners, warnings),
-        Err(error) => warnings.push(format!("cannot set metadata of {}: {error}", planned.target.display())),
+    let shown = planned.target.display();
+    let opened = run.target.open(&planned.relative, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty());
+    let folder = match opened {
+        Ok(folder) => folder,
+        Err(error) => return warnings.push(format!("cannot set metadata of {shown}: {error}")),
+    };
+    // The folder this restore made or found, not one someone moved into its place.
+    if inode.is_some_and(|inode| nix::sys::stat::fstat(&folder).is_ok_and(|stat| stat.st_ino != inode)) {
+        return warnings.push(format!("not setting metadata of {shown}: it was replaced during the restore"));
     }
+    apply_to_handle(&folder, planned, owners, warnings)
 }
 
 /// Sets owner (as root), mode, extended attributes and times of an open file or folder.
@@ -157,8 +165,13 @@ fn apply_to_node(
     let shown = planned.target.display();
     let node = nix::fcntl::openat(folder, name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
     let stat = nix::sys::stat::fstat(&node)?;
-    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK {
-        return Err(io::Error::other("the new entry was replaced by a symlink"));
+    let expected = match entry.kind {
+        EntryKind::Fifo => SFlag::S_IFIFO,
+        EntryKind::CharDevice => SFlag::S_IFCHR,
+        _ => SFlag::S_IFBLK,
+    };
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != expected {
+        return Err(io::Error::other("the new entry was replaced by another kind of file"));
     }
     if let Some((uid, gid)) = owners.map(|owners| owner_of(entry, owners)) {
         if let Err(error) = nix::unistd::fchownat(&node, "", Some(uid), Some(gid), AtFlags::AT_EMPTY_PATH) {

@@ -97,6 +97,8 @@ pub enum FailureCause {
     LocalIo,
     /// Storage failed to answer (after retries).
     Storage,
+    /// Storage refused the credentials or the request.
+    Denied,
     /// Storage could not be reached (after retries).
     Unreachable,
     /// Data in the repository is damaged or missing.
@@ -109,6 +111,7 @@ impl FailureCause {
         match error {
             error if error.is_integrity() => FailureCause::Damage,
             Error::Unreachable { .. } => FailureCause::Unreachable,
+            Error::AccessDenied { .. } => FailureCause::Denied,
             Error::Io { .. } | Error::Cache { .. } => FailureCause::LocalIo,
             _ => FailureCause::Storage,
         }
@@ -340,13 +343,15 @@ impl<'t> Run<'t> {
 /// `Error::Interrupted`.
 pub fn execute(repository: &Repository, plan: &RestorePlan, options: &RestoreOptions) -> Result<RestoreReport> {
     let _lock = repository.lock(false)?;
+    let target_existed = options.target.is_dir();
     let target = TargetDir::create(&options.target)
         .map_err(|e| Error::io("cannot create restore target", &options.target, e))?;
     let _target_lock = match target.lock().map_err(|e| Error::io("cannot lock restore target", &options.target, e))? {
         TargetLock::Busy => {
-            return Err(Error::Locked {
-                holder: format!("by another restore writing into {}", options.target.display()),
-            })
+            return Err(Error::Refused(format!(
+                "another restore is writing into {}; wait for it to finish",
+                options.target.display()
+            )))
         }
         held => held,
     };
@@ -354,7 +359,7 @@ pub fn execute(repository: &Repository, plan: &RestorePlan, options: &RestoreOpt
     let run = Run::new(&target);
     let started = repository.backend().stats();
     let mut report = RestoreReport { warnings: plan.warnings.clone(), ..Default::default() };
-    let mut failed: HashSet<Vec<u8>> = make_dirs(&run, plan, &mut report);
+    let (mut failed, inodes) = make_dirs(&run, plan, &mut report);
     crate::interrupt::check()?;
     let failed_files = fetch::restore_contents(&run, repository, plan, options, &failed, &mut report)?;
     failed.extend(failed_files);
@@ -368,8 +373,11 @@ pub fn execute(repository: &Repository, plan: &RestorePlan, options: &RestoreOpt
         }
     }
     for planned in plan.entries.iter().rev().filter(|p| p.entry.kind == EntryKind::Dir) {
-        if !failed.contains(&planned.relative) {
-            metadata::apply_dir(&run, planned, owners.as_mut(), &mut report.warnings);
+        // The target folder itself keeps its own metadata if it was there before.
+        let kept = planned.relative.is_empty() && target_existed;
+        if !failed.contains(&planned.relative) && !kept {
+            let inode = inodes.get(&planned.relative).copied();
+            metadata::apply_dir(&run, planned, inode, owners.as_mut(), &mut report.warnings);
         }
     }
     // Success is reported only once what was written is on disk: one syncfs of the
@@ -398,16 +406,22 @@ fn local_failure(planned: &PlannedEntry, error: std::io::Error) -> Failure {
 /// Makes the plan's folders in path order (parents first), replacing what is in their
 /// way, and removes temporary files of killed restores from the folders that existed.
 /// Returns the folders that could not be made.
-fn make_dirs(run: &Run<'_>, plan: &RestorePlan, report: &mut RestoreReport) -> HashSet<Vec<u8>> {
+fn make_dirs(
+    run: &Run<'_>,
+    plan: &RestorePlan,
+    report: &mut RestoreReport,
+) -> (HashSet<Vec<u8>>, HashMap<Vec<u8>, u64>) {
     let mut failed = HashSet::new();
+    let mut inodes = HashMap::new();
     if let Ok(removed) = run.target.remove_stale_temporaries(b"", &run.prefix) {
         report.stale_removed += removed;
     }
     for planned in plan.entries.iter().filter(|p| p.entry.kind == EntryKind::Dir) {
         match run.target.make_dir(&planned.relative) {
-            Ok(existed) => {
+            Ok(made) => {
                 report.dirs += 1;
-                if existed && !planned.relative.is_empty() {
+                inodes.insert(planned.relative.clone(), made.inode);
+                if made.existed && !planned.relative.is_empty() {
                     report.stale_removed +=
                         run.target.remove_stale_temporaries(&planned.relative, &run.prefix).unwrap_or(0);
                 }
@@ -418,5 +432,5 @@ fn make_dirs(run: &Run<'_>, plan: &RestorePlan, report: &mut RestoreReport) -> H
             }
         }
     }
-    failed
+    (failed, inodes)
 }

@@ -127,7 +127,9 @@ fn through_pipe(
     Ok(report(source, bytes, output))
 }
 
-/// Parallel pg_restore needs a seekable file: the dump is written to a private temporary file first.
+/// Parallel pg_restore needs a seekable file: the dump is written first to a file in
+/// the cache's private `tmp/` (0700; a dump holds the database in plain text), locked
+/// while in use. Dumps left by killed restores are removed here.
 fn through_file(
     repository: &Repository,
     manifest: &Manifest,
@@ -135,8 +137,16 @@ fn through_file(
     options: &PgRestoreOptions,
     tools: &PgTools,
 ) -> Result<PgRestoreReport> {
-    let mut file = tempfile::NamedTempFile::new()
-        .map_err(|e| Error::io("cannot create a temporary file in", std::env::temp_dir(), e))?;
+    let folder = repository.cache_dir().join("tmp");
+    crate::system::create_private_dir(&folder).map_err(|e| Error::io("cannot create", &folder, e))?;
+    crate::system::remove_unlocked_files(&folder, "dump-");
+    let mut file = tempfile::Builder::new()
+        .prefix("dump-")
+        .suffix(".restore")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .tempfile_in(&folder)
+        .map_err(|e| Error::io("cannot create a temporary file in", &folder, e))?;
+    crate::system::lock_file(file.as_file());
     let sink = file.path().display().to_string();
     let bytes = crate::dump_file(repository, manifest, source.path.as_bytes(), file.as_file_mut(), &sink)?;
     let mut running = pg::start_restore(tools, options, Some(file.path()))?;
