@@ -396,3 +396,35 @@ fn an_existing_target_keeps_its_own_mode() {
     fixture.ok(&["restore", &spec, "--target", fresh.to_str().unwrap()]);
     assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o777);
 }
+
+/// Review finding: on a folder restore, patterns are relative to that folder, `*` stays
+/// within one name, and a pattern that matches nothing is reported.
+#[test]
+fn patterns_are_relative_to_the_restored_folder() {
+    let fixture = Fixture::new();
+    let source = fixture.path("src");
+    std::fs::create_dir_all(source.join("d1/d2")).unwrap();
+    for name in ["top", "d1/sparse", "d1/keep", "d1/d2/deep"] {
+        std::fs::write(source.join(name), name).unwrap();
+    }
+    fixture.backup(&source);
+    let target = fixture.path("restore");
+    let spec = format!("latest:{}", source.display());
+    let output = fixture.run(&[
+        "restore",
+        &spec,
+        "--target",
+        target.to_str().unwrap(),
+        "--exclude",
+        "d1/sparse",
+        "--exclude",
+        "d1/*",
+        "--exclude",
+        "nothing/here",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(target.join("top").exists());
+    assert!(!target.join("d1/sparse").exists() && !target.join("d1/keep").exists());
+    assert!(stderr.contains("\"nothing/here\" matched nothing"), "{stderr}");
+}

@@ -28,7 +28,7 @@ pub struct Excludes {
 impl Excludes {
     /// The compiled glob patterns, or `None` when there are none.
     pub(super) fn glob_set(&self) -> Result<Option<GlobSet>> {
-        crate::pipelines::restorer::glob_set(&self.patterns)
+        crate::pipelines::patterns::glob_set(&self.patterns)
     }
 }
 

@@ -20,8 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
-
+use super::patterns::RestorePatterns;
 use beneath::{Found, TargetDir, TargetLock};
 
 use crate::error::{Error, Result};
@@ -148,27 +147,6 @@ impl RestoreReport {
     }
 }
 
-/// Compiles globs; a pattern without `/` matches a name at any depth.
-pub(crate) fn glob_set(patterns: &[String]) -> Result<Option<GlobSet>> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut builder = GlobSetBuilder::new();
-    for pattern in patterns {
-        let full = if pattern.contains('/') { pattern.clone() } else { format!("**/{pattern}") };
-        let glob = Glob::new(&full)
-            .map_err(|e| Error::InvalidInput(format!("pattern {pattern:?} is not a valid glob: {e}")))?;
-        builder.add(glob);
-    }
-    builder.build().map(Some).map_err(|e| Error::InvalidInput(format!("patterns cannot be compiled: {e}")))
-}
-
-/// True if the path or one of its ancestors matches.
-fn matches_or_below(set: &GlobSet, path: &[u8]) -> bool {
-    let path = Path::new(OsStr::from_bytes(path));
-    path.ancestors().any(|ancestor| ancestor != Path::new("/") && set.is_match(ancestor))
-}
-
 /// Where an entry lands below the target: relative to the subpath, or to `/`. Manifest
 /// paths were validated when read, so the result has no empty, `.` or `..` component.
 fn relative_of(entry_path: &[u8], base: &[u8], base_is_file: bool) -> Vec<u8> {
@@ -190,19 +168,20 @@ pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptio
         return Err(Error::NotFound { what: format!("path {shown} in the snapshot") });
     }
     let base_is_file = rows.len() == 1 && rows[0].1.path == base && rows[0].1.kind != EntryKind::Dir;
-    let (include, exclude) = (glob_set(&options.include)?, glob_set(&options.exclude)?);
+    let include = RestorePatterns::new(&options.include)?;
+    let exclude = RestorePatterns::new(&options.exclude)?;
     let existing = TargetDir::open_existing(&options.target)
         .map_err(|e| Error::io("cannot open restore target", &options.target, e))?;
     let mut plan = RestorePlan::default();
     let mut leaders: HashMap<i64, Vec<u8>> = HashMap::new();
     for (entry_id, entry) in rows {
+        let relative = relative_of(&entry.path, &base, base_is_file);
         let wanted =
-            include.as_ref().is_none_or(|set| entry.kind == EntryKind::Dir || matches_or_below(set, &entry.path));
-        let unwanted = exclude.as_ref().is_some_and(|set| matches_or_below(set, &entry.path));
+            include.as_ref().is_none_or(|set| entry.kind == EntryKind::Dir || set.matches(&entry.path, &relative));
+        let unwanted = exclude.as_ref().is_some_and(|set| set.matches(&entry.path, &relative));
         if !wanted || unwanted || (entry.path == b"/" && options.subpath.is_none()) {
             continue;
         }
-        let relative = relative_of(&entry.path, &base, base_is_file);
         let found = match &existing {
             Some(target) => target.find(&relative).unwrap_or(Found::Other),
             None => Found::Missing,
@@ -213,6 +192,13 @@ pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptio
     }
     if include.is_some() {
         prune_empty_dirs(&mut plan);
+    }
+    for (option, set) in [("--include", &include), ("--exclude", &exclude)] {
+        for pattern in set.iter().flat_map(|set| set.unmatched()) {
+            plan.warnings.push(format!(
+                "{option} {pattern:?} matched nothing (patterns without a leading / are relative to the restored folder)"
+            ));
+        }
     }
     count_fetches(repository, &mut plan)?;
     Ok(plan)
