@@ -79,7 +79,8 @@ fn every_backend_passes_the_same_conformance_sequence() {
         conformance(&open_s3(&settings).unwrap(), true);
     }
     if let Ok(endpoint) = std::env::var("COFFER_TEST_MOTO_ENDPOINT") {
-        let mut settings = S3Options::from_url("s3://coffer-moto/conformance").unwrap();
+        let prefix = format!("conformance-{}", coffer::LockId::random().short());
+        let mut settings = S3Options::from_url(&format!("s3://coffer-moto/{prefix}")).unwrap();
         settings.endpoint = Some(endpoint);
         conformance(&open_s3(&settings).unwrap(), true);
     }

@@ -43,6 +43,34 @@ fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().chars().take(400).collect()
 }
 
+/// What went wrong, in a few words, from object_store's long error text: the HTTP
+/// status and S3 error code of an answer, or what happened to the connection.
+fn reason(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let code = text.split("<Code>").nth(1).and_then(|rest| rest.split("</Code>").next());
+    if let Some(at) = lower.find("status code: ") {
+        let status: String = text[at + 13..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        return match code {
+            Some(code) => format!("the server answered {status} {code}"),
+            None => format!("the server answered {status}"),
+        };
+    }
+    let connection = [
+        ("connection refused", "the connection was refused"),
+        ("connection reset", "the connection was reset"),
+        ("timed out", "the request timed out"),
+        ("dns error", "the server's name could not be resolved"),
+        ("error decoding response body", "the answer was cut short"),
+        ("incomplete", "the answer was cut short"),
+        ("connection closed", "the connection was closed before an answer"),
+        ("error sending request", "the request could not be sent"),
+    ];
+    match connection.iter().find(|(needle, _)| lower.contains(needle)) {
+        Some((_, said)) => said.to_string(),
+        None => first_line(text),
+    }
+}
+
 /// Sorts a generic storage failure into transient (reported as unreachable, and
 /// retried), missing bucket, access denied, or other.
 fn classify(error: &object_store::Error, location: String, root: &str, text: String) -> Error {
@@ -52,12 +80,13 @@ fn classify(error: &object_store::Error, location: String, root: &str, text: Str
     }
     if lower.contains("accessdenied") || lower.contains("signaturedoesnotmatch") || lower.contains("invalidaccesskeyid")
     {
-        return Error::AccessDenied { location: root.to_string(), message: first_line(&text) };
+        return Error::AccessDenied { location: root.to_string(), message: reason(&text) };
     }
     if is_transient(error, &lower) {
-        return Error::Unreachable { location: root.to_string(), message: first_line(&text) };
+        let key = location.strip_prefix(root).unwrap_or(&location).trim_start_matches('/');
+        return Error::Unreachable { location: root.to_string(), message: format!("{} ({key})", reason(&text)) };
     }
-    Error::Backend { location, message: first_line(&text) }
+    Error::Backend { location, message: reason(&text) }
 }
 
 /// True for a failure below or around the HTTP status line (connect, timeout, reset,
@@ -143,7 +172,7 @@ impl ObjectStoreBackend {
         match error {
             object_store::Error::NotFound { .. } => Error::MissingObject { object: key.to_string() },
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-                Error::AccessDenied { location: self.location.clone(), message: first_line(&chain_text(&error)) }
+                Error::AccessDenied { location: self.location.clone(), message: reason(&chain_text(&error)) }
             }
             other => {
                 let text = chain_text(&other);
@@ -467,5 +496,18 @@ impl Backend for ObjectStoreBackend {
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_a_few_words() {
+        let status = "Generic S3 error: Error performing GET http://h/b/k in 741µs - Server returned non-2xx status code: 503 Service Unavailable: <?xml version=\"1.0\"?><Error><Code>SlowDown</Code></Error>";
+        assert_eq!(reason(status), "the server answered 503 SlowDown");
+        let refused = "Error performing PUT http://h/b/k - HTTP error: error sending request: client error (Connect): tcp connect error: Connection refused (os error 111)";
+        assert_eq!(reason(refused), "the connection was refused");
     }
 }
