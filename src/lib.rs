@@ -44,7 +44,10 @@ pub use repository::manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestWri
 pub use repository::pack::{BlobType, PackEntry};
 pub use repository::packer::{Packer, PackerStats};
 pub use repository::snapshot::{ManifestRef, PostgresSource, Snapshot, Source, Summary};
-pub use repository::{pack_key, read_config, Config, InitOptions, Repository, DEFAULT_PACK_SIZE, REPOSITORY_VERSION};
+pub use repository::{
+    pack_key, read_config, Config, Exclusive, InitOptions, Locked, Repository, Shared, DEFAULT_PACK_SIZE,
+    REPOSITORY_VERSION,
+};
 
 /// Reads one file of a snapshot into `out`, verifying every blob and the file's SHA-256;
 /// `sink` names `out` in errors (a path, "standard output", "pg_restore's input").

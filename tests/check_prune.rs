@@ -66,7 +66,7 @@ fn copy_of(memory: &MemoryBackend) -> Arc<MemoryBackend> {
 fn forget_and_prune(backend: Arc<dyn Backend>, index_object_blobs: usize) -> coffer::Result<coffer::PruneReport> {
     let repository = Repository::open(backend, b"pw", None)?;
     repository.set_index_object_blobs(index_object_blobs);
-    let _lock = repository.lock(true)?;
+    let repository = repository.lock_exclusive()?;
     let (snapshots, _) = repository.list_snapshots()?;
     let policy = RetentionPolicy { last: Some(2), ..Default::default() };
     let decisions = coffer::apply_policy(&snapshots, &policy, GroupBy::default(), &jiff::tz::TimeZone::UTC)?;
@@ -77,6 +77,7 @@ fn forget_and_prune(backend: Arc<dyn Backend>, index_object_blobs: usize) -> cof
 
 fn prune_only(backend: Arc<dyn Backend>) -> coffer::PruneReport {
     let repository = Repository::open(backend, b"pw", None).unwrap();
+    let repository = repository.lock_exclusive().unwrap();
     let plan = prune::plan(&repository, &PruneOptions::default(), &HashSet::new()).unwrap();
     prune::execute(&repository, &plan).unwrap()
 }
@@ -353,6 +354,7 @@ fn check_names_a_flipped_byte_a_missing_pack_and_a_truncated_index() {
     assert!(!report.affected.is_empty(), "the snapshots whose blobs it listed are affected");
     assert!(report.warnings.iter().any(|w| w.contains("in no index object")), "{:?}", report.warnings);
     let (repository, _) = Repository::open_damaged(memory.clone(), b"pw", None).unwrap();
+    let repository = repository.lock_exclusive().unwrap();
     let refused = prune::plan(&repository, &PruneOptions::default(), &HashSet::new()).unwrap_err();
     assert!(refused.to_string().contains("prune stopped before changing anything"), "{refused}");
 }
@@ -425,7 +427,7 @@ fn cli_check_forget_prune_exit_codes() {
 
     let backend = Arc::new(coffer::backend::LocalBackend::open(&fixture.repo(), false).unwrap());
     let repository = Repository::open(backend, b"correct horse", None).unwrap();
-    let lock = repository.lock(true).unwrap();
+    let lock = repository.lock_exclusive().unwrap();
     for command in [&["prune"][..], &["forget", "--keep-last", "1"], &["check"]] {
         let output = fixture.run(command);
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -454,7 +456,7 @@ fn cli_check_forget_prune_exit_codes() {
 
 fn repair(backend: Arc<dyn Backend>) -> coffer::Result<coffer::RepairIndexReport> {
     let (repository, _) = Repository::open_damaged(backend, b"pw", None)?;
-    let _lock = repository.lock(true)?;
+    let repository = repository.lock_exclusive()?;
     coffer::repair_index(&repository, 4, false)
 }
 

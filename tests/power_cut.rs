@@ -292,7 +292,7 @@ fn every_power_cut_during_backups_and_a_prune_loses_nothing_committed() {
     let first = backup(1, &mut expected);
     backup(2, &mut expected);
     {
-        let _lock = repository.lock(true).unwrap();
+        let repository = repository.lock_exclusive().unwrap();
         let forget = coffer::RetentionPolicy { last: Some(1), ..Default::default() };
         let (snapshots, _) = repository.list_snapshots().unwrap();
         let decisions =

@@ -178,7 +178,7 @@ fn commit_snapshot_with_paths(fixture: &Fixture, paths: &[&[u8]]) -> String {
     use sha2::Digest;
     let backend = std::sync::Arc::new(LocalBackend::open(&fixture.repo(), false).unwrap());
     let repository = Repository::open(backend, b"correct horse", None).unwrap();
-    let _lock = repository.lock(false).unwrap();
+    let repository = repository.lock_shared().unwrap();
     let (_, mut snapshot) = repository.find_snapshot("latest").unwrap();
     let work = tempfile::tempdir().unwrap();
     let manifest_path = work.path().join("m.sqlite");

@@ -4,7 +4,10 @@ use std::collections::HashSet;
 
 use anyhow::Result;
 use coffer::prune::{self, PruneOptions, PrunePlan, PruneReport};
-use coffer::{CheckOptions, CheckReport, Decision, GroupBy, ReadSubset, Repository, RetentionPolicy, SnapshotId};
+use coffer::{
+    CheckOptions, CheckReport, Decision, Exclusive, GroupBy, Locked, ReadSubset, Repository, RetentionPolicy,
+    SnapshotId,
+};
 use serde_json::{json, Value};
 
 use super::args::{
@@ -31,7 +34,7 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
         (None, false) => None,
     };
     let repository = open_damaged(cli)?;
-    let _lock = repository.lock(false)?;
+    let repository = repository.lock_shared()?;
     let report = coffer::check(&repository, &CheckOptions { read_data, jobs: args.jobs as usize })?;
     let dumps = if args.pg { check_dumps(&repository)? } else { Vec::new() };
     if cli.json {
@@ -206,7 +209,7 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
         return fail(exit::USAGE, "no retention policy given: add at least one --keep-* option");
     }
     let repository = super::open(cli)?;
-    let _lock = repository.lock(true)?;
+    let repository = repository.lock_exclusive()?;
     let (snapshots, damaged) = repository.list_snapshots()?;
     for error in &damaged {
         eprintln!("warning: {error} (not considered)");
@@ -304,7 +307,7 @@ fn print_decisions(cli: &Cli, decisions: &[Decision], dry_run: bool, removed: us
 
 pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<i32> {
     let repository = super::open(cli)?;
-    let _lock = repository.lock(true)?;
+    let repository = repository.lock_exclusive()?;
     if let Some(value) = plan_and_prune(cli, &repository, &args.options, args.dry_run, &HashSet::new())? {
         output::json(&value);
     }
@@ -312,10 +315,10 @@ pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<i32> {
 }
 
 /// Plans a prune, prints the plan (or returns it as JSON), and executes it unless this
-/// is a dry run. The caller holds an exclusive lock.
+/// is a dry run.
 fn plan_and_prune(
     cli: &Cli,
-    repository: &Repository,
+    repository: &Locked<'_, Exclusive>,
     args: &PruneOptionsArgs,
     dry_run: bool,
     forgotten: &HashSet<SnapshotId>,
@@ -392,7 +395,8 @@ pub fn repair(cli: &Cli, what: &RepairCommand) -> Result<i32> {
 
 fn repair_snapshots(cli: &Cli, args: &RepairSnapshotsArgs) -> Result<i32> {
     let repository = open_damaged(cli)?;
-    let _lock = repository.lock(args.apply)?;
+    // Exclusive even for a dry run: the report must not change under it.
+    let repository = repository.lock_exclusive()?;
     let read_data = args.read_data.then_some(ReadSubset::All);
     let report = coffer::check(&repository, &CheckOptions { read_data, jobs: args.jobs as usize })?;
     let repairs = coffer::repair_snapshots(&repository, &report, args.forget, args.apply)?;
@@ -427,7 +431,7 @@ fn repair_snapshots(cli: &Cli, args: &RepairSnapshotsArgs) -> Result<i32> {
 
 fn repair_index(cli: &Cli, args: &RepairIndexArgs) -> Result<i32> {
     let repository = open_damaged(cli)?;
-    let _lock = repository.lock(true)?;
+    let repository = repository.lock_exclusive()?;
     let report = coffer::repair_index(&repository, args.jobs as usize, args.dry_run)?;
     for (pack, reason) in &report.unreadable {
         eprintln!("warning: {} is left out: {reason}", coffer::pack_key(pack));

@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId};
 use crate::maintenance::repair::DAMAGED_TAG;
 use crate::repository::index::{IndexedPack, ScratchIndex};
-use crate::repository::pack::{decode_header, header_bounds, open_object, verify_blob, BlobType, PackEntry};
+use crate::repository::objects::read_pack_header;
+use crate::repository::pack::{verify_blob, BlobType, PackEntry};
 use crate::repository::snapshot::Snapshot;
 use crate::repository::{pack_key, Repository, ScratchLoad};
 
@@ -364,7 +365,8 @@ fn read_one_pack(repository: &Repository, pack: &IndexedPack) -> Result<PackRead
     if *hasher.finalize().as_bytes() != pack.id.0 {
         reading.problems.push("its content does not match its name (hash mismatch)".to_string());
     }
-    match pack_header(repository, &key, pack.size, tail) {
+    let tail = Some((tail.0, &tail.1[..]));
+    match read_pack_header(&**repository.backend(), repository.master(), &pack.id, pack.size, tail) {
         Ok(header) => {
             let listed: HashSet<&PackEntry> = header.iter().collect();
             if pack.blobs.iter().any(|blob| !listed.contains(blob)) {
@@ -396,25 +398,6 @@ fn bad_blobs(repository: &Repository, piece: &Piece<'_>, bytes: &[u8]) -> Vec<(B
 
 /// The entries of a pack's header, taken from the last piece read (`tail`, starting at
 /// that offset), which holds the header unless the index is wrong about the pack.
-fn pack_header(repository: &Repository, key: &str, size: u64, tail: (u64, Bytes)) -> Result<Vec<PackEntry>> {
-    let (tail_start, tail) = tail;
-    let last_four = tail.get(tail.len().saturating_sub(4)..).unwrap_or_default();
-    let (start, length) = header_bounds(last_four, size, key)?;
-    let sealed = match start.checked_sub(tail_start) {
-        // A short last piece (a backend that returned less than asked) has no header.
-        Some(from) => tail
-            .get(from as usize..(from + length) as usize)
-            .map(Bytes::copy_from_slice)
-            .ok_or_else(|| Error::integrity(key, "it is shorter than its index says"))?,
-        None => repository.backend().get_range(key, start..start + length)?,
-    };
-    let plain = open_object(repository.master(), "pack-header", &sealed, key).map_err(|error| match error {
-        Error::Integrity { reason, .. } => Error::integrity(key, reason.replacen("it ", "its header ", 1)),
-        other => other,
-    })?;
-    decode_header(&plain, start, key)
-}
-
 fn check_snapshots(repository: &Repository, index: &ScratchIndex, report: &mut CheckReport) -> Result<()> {
     let (snapshots, damaged) = repository.list_snapshots_from_storage()?;
     report.damage.extend(damaged.iter().map(damage_of));

@@ -10,8 +10,9 @@ use jiff::{Span, Timestamp, Zoned};
 
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
+use crate::repository::objects::Kind;
 use crate::repository::snapshot::{Snapshot, Source};
-use crate::repository::Repository;
+use crate::repository::{Exclusive, Locked};
 
 /// What to keep; a snapshot is kept if any rule keeps it.
 #[derive(Debug, Clone, Default)]
@@ -289,11 +290,11 @@ pub fn emptied_groups(decisions: &[Decision]) -> Vec<(String, usize)> {
 
 /// Deletes the snapshot records of the decisions that do not keep them, and their
 /// cached manifests; returns how many were removed. The caller holds an exclusive lock.
-pub fn remove_snapshots(repository: &Repository, decisions: &[Decision]) -> Result<usize> {
+pub fn remove_snapshots(repository: &Locked<'_, Exclusive>, decisions: &[Decision]) -> Result<usize> {
     let mut removed = 0;
-    repository.ensure_lock_held()?;
+    repository.ensure_held()?;
     for decision in decisions.iter().filter(|decision| !decision.keep) {
-        repository.backend().delete(&format!("snapshots/{}", decision.id))?;
+        Kind::Snapshot.delete(&**repository.backend(), &decision.id)?;
         let _ = std::fs::remove_file(repository.manifest_cache_path(&decision.id));
         removed += 1;
     }

@@ -9,9 +9,10 @@ use std::collections::{HashMap, HashSet};
 use crate::error::{Error, Result};
 use crate::id::{IndexId, PackId, SnapshotId};
 use crate::repository::index::{IndexedPack, ScratchIndex};
+use crate::repository::objects::Kind;
 use crate::repository::pack::{open_blob, BlobType};
 use crate::repository::packer::Packer;
-use crate::repository::{pack_key, Repository, ScratchLoad};
+use crate::repository::{pack_key, Exclusive, Locked, Repository, ScratchLoad};
 
 /// Limits of one prune.
 #[derive(Debug, Clone, Copy)]
@@ -109,7 +110,11 @@ pub const STALE_UPLOAD_AGE: std::time::Duration = std::time::Duration::from_secs
 ///
 /// `forgotten` snapshots are treated as already removed, so a dry run of
 /// `forget --prune` shows what the prune after it would do.
-pub fn plan(repository: &Repository, options: &PruneOptions, forgotten: &HashSet<SnapshotId>) -> Result<PrunePlan> {
+pub fn plan(
+    repository: &Locked<'_, Exclusive>,
+    options: &PruneOptions,
+    forgotten: &HashSet<SnapshotId>,
+) -> Result<PrunePlan> {
     let ScratchLoad { index, damaged, .. } = repository.scratch_index()?;
     if let Some(error) = damaged.into_iter().next() {
         return Err(refusal(error));
@@ -232,21 +237,21 @@ fn choose_repacks(mut candidates: Vec<Repack>, options: &PruneOptions, plan: &mu
 
 /// Executes a plan in the crash-safe order. The repository must not have changed since
 /// the plan was made (the exclusive lock ensures it).
-pub fn execute(repository: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
+pub fn execute(repository: &Locked<'_, Exclusive>, plan: &PrunePlan) -> Result<PruneReport> {
     let mut report = PruneReport::default();
-    repository.ensure_lock_held()?;
+    repository.ensure_held()?;
     let new_packs = repack(repository, plan)?;
     report.packs_written = new_packs.len() as u64;
     report.bytes_written = new_packs.iter().map(|pack| pack.size).sum();
     // Nothing is deleted unless the exclusive lock is still ours: a backup may have
     // started in the meantime if it was lost.
-    repository.ensure_lock_held()?;
+    repository.ensure_held()?;
     if plan.rewrite_index {
         // The kept packs are read back from the scratch index one at a time.
         let kept = plan.keep.iter().map(|(id, size)| plan.index.pack(id, *size));
         repository.write_index_objects(kept.chain(new_packs.into_iter().map(Ok)), plan.old_indexes.clone())?;
         for id in &plan.old_indexes {
-            repository.backend().delete(&format!("index/{id}"))?;
+            Kind::Index.delete(&**repository.backend(), id)?;
             report.index_objects_deleted += 1;
         }
     }
@@ -254,7 +259,7 @@ pub fn execute(repository: &Repository, plan: &PrunePlan) -> Result<PruneReport>
     let indexed_gone = plan.delete.iter().map(|(id, _)| id).chain(repacked);
     // Indexed packs may be deleted only once no index object in force names them.
     let deletable: Vec<&PackId> = if plan.rewrite_index { indexed_gone.collect() } else { Vec::new() };
-    repository.ensure_lock_held()?;
+    repository.ensure_held()?;
     for id in deletable.into_iter().chain(plan.unindexed.iter().map(|(id, _)| id)) {
         repository.backend().delete(&pack_key(id))?;
         report.packs_deleted += 1;

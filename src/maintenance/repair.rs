@@ -7,8 +7,9 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::id::{IndexId, PackId, SnapshotId};
 use crate::repository::index::IndexedPack;
-use crate::repository::pack::{decode_header, header_bounds, open_object, PackEntry};
-use crate::repository::{pack_key, Repository};
+use crate::repository::objects::{read_pack_header, Kind};
+use crate::repository::pack::PackEntry;
+use crate::repository::{Exclusive, Locked};
 
 /// What rebuilding the index found and did.
 #[derive(Debug, Clone, Default)]
@@ -28,7 +29,7 @@ pub struct RepairIndexReport {
 /// objects listing them, the last of which supersedes every stored index object, then
 /// deletes those. Headers are read a batch at a time, so memory does not grow with the
 /// repository.
-pub fn repair_index(repository: &Repository, jobs: usize, dry_run: bool) -> Result<RepairIndexReport> {
+pub fn repair_index(repository: &Locked<'_, Exclusive>, jobs: usize, dry_run: bool) -> Result<RepairIndexReport> {
     let mut stored: Vec<(PackId, u64)> = repository.list_packs()?.into_iter().collect();
     stored.sort();
     let pool = rayon::ThreadPoolBuilder::new()
@@ -39,8 +40,14 @@ pub fn repair_index(repository: &Repository, jobs: usize, dry_run: bool) -> Resu
     let mut unreadable = Vec::new();
     let mut blobs = 0u64;
     let packs = stored.chunks(jobs.max(1) * 8).flat_map(|batch| {
-        let headers: Vec<(PackId, u64, Result<Vec<PackEntry>>)> = pool
-            .install(|| batch.par_iter().map(|(id, size)| (*id, *size, read_header(repository, id, *size))).collect());
+        let headers: Vec<(PackId, u64, Result<Vec<PackEntry>>)> = pool.install(|| {
+            batch
+                .par_iter()
+                .map(|(id, size)| {
+                    (*id, *size, read_pack_header(&**repository.backend(), repository.master(), id, *size, None))
+                })
+                .collect()
+        });
         let mut packs = Vec::new();
         for (id, size, header) in headers {
             match header {
@@ -67,21 +74,12 @@ pub fn repair_index(repository: &Repository, jobs: usize, dry_run: bool) -> Resu
         report.written = repository.write_index_objects(counted, report.replaced.clone())?;
         report.packs = count;
         for id in &report.replaced {
-            repository.backend().delete(&format!("index/{id}"))?;
+            Kind::Index.delete(&**repository.backend(), id)?;
         }
     }
     report.blobs = blobs;
     report.unreadable = unreadable;
     Ok(report)
-}
-
-/// Reads and authenticates the header of a pack of known size.
-fn read_header(repository: &Repository, pack: &PackId, size: u64) -> Result<Vec<PackEntry>> {
-    let key = pack_key(pack);
-    let last_four = repository.backend().get_range(&key, size.saturating_sub(4)..size)?;
-    let (start, length) = header_bounds(&last_four, size, &key)?;
-    let sealed = repository.backend().get_range(&key, start..start + length)?;
-    decode_header(&open_object(repository.master(), "pack-header", &sealed, &key)?, start, &key)
 }
 
 /// What `repair snapshots` did, or would do, to one snapshot that lost data.
@@ -100,7 +98,7 @@ pub struct SnapshotRepair {
 /// check found damaged (marking skips those already marked). Without `apply` it only reports. A marked snapshot keeps every
 /// intact file restorable; its new record is written before the old one is deleted.
 pub fn repair_snapshots(
-    repository: &Repository,
+    repository: &Locked<'_, Exclusive>,
     report: &crate::maintenance::check::CheckReport,
     forget: bool,
     apply: bool,
@@ -125,7 +123,7 @@ pub fn repair_snapshots(
             repair.new = Some(repository.save_snapshot(&snapshot)?);
         }
         if apply {
-            repository.backend().delete(&format!("snapshots/{}", affected.id))?;
+            Kind::Snapshot.delete(&**repository.backend(), &affected.id)?;
         }
         repairs.push(repair);
     }

@@ -21,7 +21,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::id::LockId;
 use crate::repository::crypto::MasterKey;
-use crate::repository::pack::{open_object, seal_object};
+use crate::repository::objects::Kind;
 
 /// A lock not refreshed for this long is stale and ignored.
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -126,22 +126,20 @@ fn boot_time() -> Duration {
 }
 
 fn key_of(id: &LockId) -> String {
-    format!("locks/{id}")
+    Kind::Lock.key(id)
 }
 
-fn read_lock(backend: &dyn Backend, master: &MasterKey, key: &str) -> Result<Option<LockRecord>> {
-    let bytes = backend.get(key)?;
-    Ok(open_object(master, "lock", &bytes, key).ok().and_then(|plain| serde_json::from_slice(&plain).ok()))
+fn read_lock(backend: &dyn Backend, master: &MasterKey, id: &LockId) -> Result<Option<LockRecord>> {
+    let bytes = backend.get(&key_of(id))?;
+    let plain = Kind::Lock.open(master, id, &bytes).ok();
+    Ok(plain.and_then(|plain| serde_json::from_slice(&plain).ok()))
 }
 
 /// Reads every lock object; unreadable ones are reported as stale records.
 pub fn list_locks(backend: &dyn Backend, master: &MasterKey) -> Result<Vec<(LockId, Option<LockRecord>)>> {
     let mut locks = Vec::new();
-    for info in backend.list("locks/")? {
-        let Some(id) = info.key.strip_prefix("locks/").and_then(|name| name.parse::<LockId>().ok()) else {
-            continue;
-        };
-        match read_lock(backend, master, &info.key) {
+    for id in Kind::Lock.list::<LockId>(backend)? {
+        match read_lock(backend, master, &id) {
             Ok(record) => locks.push((id, record)),
             Err(Error::MissingObject { .. }) => continue,
             Err(error) => return Err(error),
@@ -228,7 +226,7 @@ impl LockGuard {
         let id = LockId::random();
         let token = hex::encode(rand::random::<[u8; 16]>());
         let record = LockRecord::new(exclusive, &token);
-        let sealed = seal_object(master, "lock", &serde_json::to_vec(&record).unwrap_or_default());
+        let (_, sealed) = Kind::Lock.seal(master, &serde_json::to_vec(&record).unwrap_or_default());
         match backend.put_new(&key_of(&id), Bytes::from(sealed)) {
             Ok(true) => {}
             Ok(false) => {
@@ -305,7 +303,7 @@ enum Refresh {
 }
 
 fn check_own(backend: &dyn Backend, master: &MasterKey, id: &LockId, token: &str) -> std::result::Result<(), Refresh> {
-    match read_lock(backend, master, &key_of(id)) {
+    match read_lock(backend, master, id) {
         Ok(Some(record)) if record.token == token => Ok(()),
         Ok(_) => Err(Refresh::Lost(format!("lock object {} was replaced by another", key_of(id)))),
         Err(Error::MissingObject { .. }) => Err(Refresh::Lost(format!(
@@ -318,7 +316,7 @@ fn check_own(backend: &dyn Backend, master: &MasterKey, id: &LockId, token: &str
 
 fn write_lock(backend: &dyn Backend, master: &MasterKey, id: &LockId, record: &LockRecord) -> Result<()> {
     let plain = serde_json::to_vec(record).unwrap_or_default();
-    backend.put(&key_of(id), Bytes::from(seal_object(master, "lock", &plain)))
+    backend.put(&key_of(id), Bytes::from(Kind::Lock.seal(master, &plain).1))
 }
 
 impl Drop for LockGuard {

@@ -367,7 +367,8 @@ impl<W: std::io::Write> PackWriter<W> {
 
     /// Appends the sealed header and its length, and names the pack by its hash.
     pub fn finish(mut self, master: &MasterKey) -> std::io::Result<FinishedPack<W>> {
-        let header = seal_object(master, "pack-header", &encode_header(&self.entries));
+        let header =
+            seal_object(master, crate::repository::objects::Kind::Pack.seal_label(), &encode_header(&self.entries));
         self.write(&header)?;
         self.write(&(header.len() as u32).to_le_bytes())?;
         self.sink.flush()?;
@@ -428,7 +429,7 @@ pub fn read_pack(master: &MasterKey, bytes: &[u8], expected: Option<PackId>, nam
     let (header_start, header_length) =
         header_bounds(bytes.get(bytes.len().saturating_sub(4)..).unwrap_or(&[]), bytes.len() as u64, name)?;
     let sealed = &bytes[header_start as usize..(header_start + header_length) as usize];
-    let plain = open_object(master, "pack-header", sealed, name)?;
+    let plain = open_object(master, crate::repository::objects::Kind::Pack.seal_label(), sealed, name)?;
     decode_header(&plain, header_start, name)
 }
 

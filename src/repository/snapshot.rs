@@ -213,7 +213,7 @@ pub fn resolve(spec: &str, snapshots: &[(SnapshotId, Snapshot)], damaged: &[Snap
         if let Some(first) = damaged.first() {
             return Err(Error::LatestUnknown {
                 damaged: damaged.len(),
-                first: format!("snapshots/{first}"),
+                first: crate::repository::objects::Kind::Snapshot.key(&first),
                 newest_readable: newest.map(|n| format!("{} ({})", snapshots[n].0.short(), snapshots[n].1.time)),
             });
         }

@@ -84,7 +84,7 @@ pub struct BackupReport {
 /// were finished, they are indexed before the error is returned, so the next run
 /// reuses them instead of uploading them again.
 pub fn backup(repository: &Repository, options: BackupOptions) -> Result<BackupReport> {
-    let _lock = repository.lock(false)?;
+    let _lock = repository.lock_shared()?;
     let packer = Packer::with_checkpoints(
         repository,
         options.checkpoint_packs.unwrap_or(crate::repository::packer::CHECKPOINT_PACKS),

@@ -328,7 +328,7 @@ impl<'t> Run<'t> {
 /// them. An interrupt (SIGINT, SIGTERM) removes the temporary files and fails with
 /// `Error::Interrupted`.
 pub fn execute(repository: &Repository, plan: &RestorePlan, options: &RestoreOptions) -> Result<RestoreReport> {
-    let _lock = repository.lock(false)?;
+    let _lock = repository.lock_shared()?;
     let target_existed = options.target.is_dir();
     let target = TargetDir::create(&options.target)
         .map_err(|e| Error::io("cannot create restore target", &options.target, e))?;

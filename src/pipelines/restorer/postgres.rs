@@ -55,7 +55,7 @@ pub fn restore_postgres(
     tools: &PgTools,
     force: bool,
 ) -> Result<PgRestoreReport> {
-    let _lock = repository.lock(false)?;
+    let _lock = repository.lock_shared()?;
     if !options.list && !options.create && !force {
         if let Some(reason) =
             pg::newer_than_target(tools, &options.conninfo, &source.migrations, source.schema_query.as_deref())?

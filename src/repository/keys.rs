@@ -1,0 +1,102 @@
+//! Key files: one per password, each wrapping the master keys (FORMAT.md section 4).
+
+use bytes::Bytes;
+use rayon::prelude::*;
+
+use super::*;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::id::{KeyId, RepositoryId};
+use crate::repository::crypto::{unwrap_master_key, wrap_master_key, KdfParams, KeyFile, MasterKey, KEY_FILE_VERSION};
+use crate::repository::objects::Kind;
+
+impl Repository {
+    /// Adds a key file for another password; returns its id.
+    pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<KeyId> {
+        add_key(&*self.backend, &self.master, &self.config.id, password, kdf)
+    }
+}
+
+pub(super) fn add_key(
+    backend: &dyn Backend,
+    master: &MasterKey,
+    repository: &RepositoryId,
+    password: &[u8],
+    kdf: KdfParams,
+) -> Result<KeyId> {
+    kdf.check().map_err(|reason| Error::InvalidInput(format!("cannot make a key file: {reason}")))?;
+    let created = jiff::Timestamp::now().to_string();
+    let file = wrap_master_key(
+        master,
+        password,
+        kdf,
+        repository,
+        created,
+        crate::system::host_name(),
+        crate::system::user_name(),
+    )
+    .ok_or_else(|| Error::InvalidInput(format!("key derivation parameters {kdf:?} are not valid for Argon2id")))?;
+    let id = KeyId::random();
+    let bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
+    backend.put_new(&Kind::Key.key(&id), Bytes::from(bytes))?;
+    Ok(id)
+}
+
+/// Tries the password on every intact key file. A damaged or newer key file does not
+/// stop the others from opening; if no key opens, it is what is reported (as damage,
+/// exit 13, or an unknown version), not a wrong password.
+pub(super) fn find_key(
+    backend: &dyn Backend,
+    repository: &RepositoryId,
+    password: &[u8],
+) -> Result<(KeyId, MasterKey)> {
+    let mut files = Vec::new();
+    let mut unusable = Vec::new();
+    for (id, info) in Kind::Key.list_with_info::<KeyId>(backend)? {
+        let bytes = backend.get(&info.key)?;
+        match read_key_file(&info.key, &bytes) {
+            Ok(file) => files.push((id, info.key, file)),
+            Err(error) => unusable.push(error),
+        }
+    }
+    let opened = files
+        .par_iter()
+        .find_map_any(|(id, _, file)| unwrap_master_key(file, password, repository).map(|key| (*id, key)));
+    if let Some(found) = opened {
+        return Ok(found);
+    }
+    match (unusable.into_iter().next(), files.as_slice()) {
+        (Some(Error::Integrity { object, reason }), [_, ..]) => Err(Error::Integrity {
+            object,
+            reason: format!("{reason} (and the password opens none of the {} other key file(s))", files.len()),
+        }),
+        (Some(error), _) => Err(error),
+        (None, []) => Err(Error::integrity(format!("{}/keys", backend.location()), "the repository has no key files")),
+        // One key that does not open: a changed byte in it looks exactly like a wrong password.
+        (None, [(_, name, _)]) => {
+            Err(Error::WrongPassword { location: backend.location(), only_key: Some(name.clone()) })
+        }
+        (None, _) => Err(Error::WrongPassword { location: backend.location(), only_key: None }),
+    }
+}
+
+/// Parses a key file and checks everything that can be checked without the password.
+pub(super) fn read_key_file(name: &str, bytes: &[u8]) -> Result<KeyFile> {
+    #[derive(Deserialize)]
+    struct Version {
+        version: u64,
+    }
+    let version: Version =
+        serde_json::from_slice(bytes).map_err(|e| Error::integrity(name, format!("it is not a key file: {e}")))?;
+    if version.version != KEY_FILE_VERSION {
+        return Err(Error::UnsupportedVersion {
+            what: name.to_string(),
+            found: version.version,
+            supported: KEY_FILE_VERSION,
+        });
+    }
+    let file: KeyFile =
+        serde_json::from_slice(bytes).map_err(|e| Error::integrity(name, format!("it is not a key file: {e}")))?;
+    file.check().map_err(|reason| Error::integrity(name, format!("its {reason}")))?;
+    Ok(file)
+}
