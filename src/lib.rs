@@ -22,6 +22,8 @@ pub mod fuzzing;
 
 pub use maintenance::prune;
 pub use pipelines::{pg, restorer};
+/// Every kind of object in a repository: names, sealing, reading (for tools and tests).
+pub use repository::objects;
 
 pub use error::{Error, Result};
 pub use id::{BlobId, IndexId, KeyId, LockId, PackId, RepositoryId, SnapshotId};
