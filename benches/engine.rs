@@ -1,27 +1,17 @@
 //! Criterion benchmarks of the hot paths: chunking, sealing a chunk, and a whole backup
 //! into the in-memory backend.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 
 use coffer::backend::{Backend, MemoryBackend};
 use coffer::{BackupOptions, Chunker, ChunkerParams, InitOptions, KdfParams, MasterKey, Repository};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-fn pseudo_random(length: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut bytes = Vec::with_capacity(length + 8);
-    while bytes.len() < length {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(length);
-    bytes
-}
-
 fn chunking(c: &mut Criterion) {
-    let data = pseudo_random(64 << 20, 1);
+    let data = common::random_bytes(64 << 20, 1);
     let chunker = Chunker::new(&[7; 32], ChunkerParams::FILES);
     let mut group = c.benchmark_group("chunker");
     group.throughput(Throughput::Bytes(data.len() as u64));
@@ -32,7 +22,7 @@ fn chunking(c: &mut Criterion) {
 
 fn sealing(c: &mut Criterion) {
     let master = MasterKey::generate();
-    let random = pseudo_random(1 << 20, 2);
+    let random = common::random_bytes(1 << 20, 2);
     let text = "2026-11-22 patient 4711 blood pressure 120/80 heart rate 64\n".repeat(18_000);
     let mut group = c.benchmark_group("chunk");
     group.throughput(Throughput::Bytes(1 << 20));
@@ -50,7 +40,7 @@ fn pipeline(c: &mut Criterion) {
     let mut total = 0;
     for index in 0..64u64 {
         let data = if index % 2 == 0 {
-            pseudo_random(1 << 20, index)
+            common::random_bytes(1 << 20, index)
         } else {
             format!("line {index}\n").repeat(100_000).into_bytes()
         };
@@ -64,10 +54,7 @@ fn pipeline(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-                let options = InitOptions {
-                    kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
-                    ..Default::default()
-                };
+                let options = InitOptions { kdf: KdfParams::QUICK, ..Default::default() };
                 Repository::init(backend, b"pw", &options, None).unwrap()
             },
             |repository| {

@@ -17,11 +17,7 @@ use coffer::{Snapshot, SnapshotId};
 use common::Fixture;
 
 fn quick_init() -> InitOptions {
-    InitOptions {
-        kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
-        pack_size: 64 * 1024,
-        ..Default::default()
-    }
+    InitOptions { kdf: KdfParams::QUICK, pack_size: 64 * 1024, ..Default::default() }
 }
 
 fn write_tree(root: &Path, seed: u64) {

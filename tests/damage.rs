@@ -10,7 +10,7 @@ use coffer::restorer::{self, RestoreOptions};
 use coffer::{BackupOptions, InitOptions, KdfParams, Repository};
 
 fn quick_init() -> InitOptions {
-    InitOptions { kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }, ..Default::default() }
+    InitOptions { kdf: KdfParams::QUICK, ..Default::default() }
 }
 
 /// Opens the repository afresh (no cache) and restores everything; Ok(()) only if every file came back.

@@ -12,11 +12,7 @@ use coffer::restorer::{self, RestoreOptions};
 use coffer::{BackupOptions, InitOptions, KdfParams, Repository};
 
 fn quick_init() -> InitOptions {
-    InitOptions {
-        kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
-        pack_size: 64 * 1024,
-        ..Default::default()
-    }
+    InitOptions { kdf: KdfParams::QUICK, pack_size: 64 * 1024, ..Default::default() }
 }
 
 fn backup(backend: Arc<dyn Backend>, source: &Path) -> coffer::Result<coffer::BackupReport> {

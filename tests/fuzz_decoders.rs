@@ -456,7 +456,7 @@ impl Fixture {
         let cache = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
         let options = InitOptions {
-            kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
+            kdf: KdfParams::QUICK,
             // Small chunks and packs, so files span several blobs and there are several packs.
             chunker: ChunkerParams { min_size: 1024, avg_size: 4096, max_size: 16 * 1024 },
             pack_size: 16 * 1024,

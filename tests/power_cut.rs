@@ -6,6 +6,8 @@
 //! state every snapshot reported committed before the cut restores bit-identical,
 //! check finds no damage (unreferenced packs are fine), and the next backup works.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -192,7 +194,7 @@ fn write_version(source: &Path, version: u64) -> BTreeMap<PathBuf, Vec<u8>> {
     for index in 0..6u64 {
         // Files 0-2 change with every version; 3-5 stay (deduplicated).
         let seed = if index < 3 { version * 100 + index } else { index };
-        let content = common_random(9_000 + 7_000 * index as usize, seed);
+        let content = common::random_bytes(9_000 + 7_000 * index as usize, seed);
         let path = source.join(format!("study/slice{index}.dcm"));
         std::fs::write(&path, &content).unwrap();
         files.insert(path, content);
@@ -200,25 +202,8 @@ fn write_version(source: &Path, version: u64) -> BTreeMap<PathBuf, Vec<u8>> {
     files
 }
 
-fn common_random(length: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..length)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 fn options() -> InitOptions {
-    InitOptions {
-        kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
-        pack_size: 8 * 1024,
-        compression_level: 0,
-        ..Default::default()
-    }
+    InitOptions { kdf: KdfParams::QUICK, pack_size: 8 * 1024, compression_level: 0, ..Default::default() }
 }
 
 /// Restores a snapshot and compares every file with what was backed up.

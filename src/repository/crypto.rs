@@ -149,6 +149,13 @@ pub struct KdfParams {
     pub parallelism: u32,
 }
 
+impl KdfParams {
+    /// The cheapest parameters the bounds allow: for tests and benchmarks, which make
+    /// many repositories. Never for a real one.
+    #[doc(hidden)]
+    pub const QUICK: KdfParams = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+}
+
 /// Argon2id memory a key file may ask for, in KiB: up to 1 GiB. Parameters come from
 /// storage, and Argon2 allocates all of its memory at once: without a bound, a tampered
 /// key file made every command try to allocate gigabytes, or terabytes, per key file.
@@ -333,7 +340,7 @@ mod tests {
     fn key_file_round_trip_and_wrong_password() {
         let master = MasterKey::generate();
         let repository = RepositoryId::random();
-        let params = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+        let params = KdfParams::QUICK;
         let file =
             wrap_master_key(&master, b"secret", params, &repository, "t".into(), "h".into(), "u".into()).unwrap();
         let opened = unwrap_master_key(&file, b"secret", &repository).unwrap();
@@ -346,7 +353,7 @@ mod tests {
     fn key_files_out_of_bounds_are_refused_before_any_derivation() {
         let master = MasterKey::generate();
         let repository = RepositoryId::random();
-        let params = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+        let params = KdfParams::QUICK;
         let file =
             wrap_master_key(&master, b"secret", params, &repository, "t".into(), "h".into(), "u".into()).unwrap();
         assert_eq!(file.check(), Ok(()));

@@ -348,12 +348,8 @@ mod tests {
 
     #[test]
     fn checkpointed_blobs_leave_the_claimed_set_and_are_still_deduplicated() {
-        let options = InitOptions {
-            kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
-            pack_size: 1024,
-            compression_level: 0,
-            ..Default::default()
-        };
+        let options =
+            InitOptions { kdf: KdfParams::QUICK, pack_size: 1024, compression_level: 0, ..Default::default() };
         let repository = Repository::init(Arc::new(MemoryBackend::new()), b"pw", &options, None).unwrap();
         // Blobs larger than a pack and a checkpoint after every pack: each blob is indexed
         // as soon as it is stored.
