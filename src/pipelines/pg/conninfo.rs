@@ -27,6 +27,54 @@ pub struct ConnInfo {
 
 const URI_PREFIXES: [&str; 2] = ["postgresql://", "postgres://"];
 
+/// The keywords libpq knows (PostgreSQL 17), `password` aside.
+const KEYWORDS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "passfile",
+    "require_auth",
+    "channel_binding",
+    "connect_timeout",
+    "client_encoding",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslmode",
+    "requiressl",
+    "sslnegotiation",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslkeylogfile",
+    "sslpassword",
+    "sslcertmode",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "target_session_attrs",
+    "load_balance_hosts",
+    "min_protocol_version",
+    "max_protocol_version",
+];
+
 fn invalid(reason: impl std::fmt::Display) -> Error {
     // The string itself is never quoted: a mistake in it may be inside a password.
     Error::InvalidInput(format!("the PostgreSQL connection string is not valid: {reason}"))
@@ -43,7 +91,24 @@ impl ConnInfo {
         } else if !text.is_empty() {
             conninfo.params.push(("dbname".into(), text.to_string()));
         }
+        conninfo.refuse_what_libpq_would_read_differently()?;
         Ok(conninfo)
+    }
+
+    /// libpq reads a `dbname` that is itself a connection string as one (and its
+    /// password with it), and refuses keywords it does not know: rather than guess at
+    /// either, such strings are refused, so a password can never slip past the parser.
+    fn refuse_what_libpq_would_read_differently(&self) -> Result<()> {
+        for (name, value) in &self.params {
+            if !KEYWORDS.contains(&name.as_str()) {
+                return Err(invalid(format!("{name:?} is not a keyword libpq knows (keywords are lower case)")));
+            }
+            let nested = value.contains('=') || URI_PREFIXES.iter().any(|prefix| value.starts_with(prefix));
+            if name == "dbname" && nested && !self.text.starts_with(value.as_str()) {
+                return Err(invalid("the database name is itself a connection string; give its keywords directly"));
+            }
+        }
+        Ok(())
     }
 
     /// The password, if the string holds one.
@@ -335,6 +400,21 @@ mod tests {
 
     fn params(conninfo: &ConnInfo) -> Vec<(&str, &str)> {
         conninfo.params.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect()
+    }
+
+    #[test]
+    fn strings_libpq_would_read_differently_are_refused() {
+        for text in [
+            "dbname='host=db password=X dbname=clinic'",
+            "dbname=postgresql://app:X@db/clinic",
+            "host=db PASSWORD=X dbname=clinic",
+            "host=db passwd=X",
+        ] {
+            let error = ConnInfo::parse(text).unwrap_err().to_string();
+            assert!(!error.contains('X'), "{text}: {error}");
+        }
+        assert!(ConnInfo::parse("clinic").is_ok());
+        assert!(ConnInfo::parse("postgresql://app:X@db/clinic").is_ok());
     }
 
     #[test]
