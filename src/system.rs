@@ -67,12 +67,16 @@ pub fn lock_file(file: &std::fs::File) {
     unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(file), libc::LOCK_EX | libc::LOCK_NB) };
 }
 
-/// Removes the files of `folder` whose names start with `prefix` and whose lock no
-/// process holds: left by a process that was killed.
-pub fn remove_unlocked_files(folder: &std::path::Path, prefix: &str) {
+/// Removes the files of `folder` whose names start with `prefix`, that are at least
+/// `age` old and whose lock no process holds: left by a process that was killed.
+pub fn remove_unlocked_files(folder: &std::path::Path, prefix: &str, age: std::time::Duration) {
     let Ok(entries) = std::fs::read_dir(folder) else { return };
     for entry in entries.flatten() {
         if !entry.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let modified = entry.metadata().and_then(|metadata| metadata.modified());
+        if !modified.is_ok_and(|time| time.elapsed().is_ok_and(|elapsed| elapsed >= age)) {
             continue;
         }
         if let Some(_unlocked) = lock_if_free(&entry.path()) {

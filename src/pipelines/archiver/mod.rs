@@ -123,8 +123,10 @@ fn run(repository: &Repository, options: BackupOptions, packer: &Packer<'_>) -> 
     let started = Instant::now();
     let time = jiff::Timestamp::now();
     let paths = options.paths.iter().map(|path| walk::absolute(path)).collect::<Result<Vec<_>>>()?;
-    let manifest_path =
-        repository.cache_dir().join("manifests").join(format!("new-{}.sqlite", crate::id::LockId::random().short()));
+    let manifests = repository.cache_dir().join("manifests");
+    // Manifests of backups that were killed (a live backup holds a lock on its own).
+    crate::system::remove_unlocked_files(&manifests, "new-", std::time::Duration::from_secs(60));
+    let manifest_path = manifests.join(format!("new-{}.sqlite", crate::id::LockId::random().short()));
     let _cleanup = RemoveOnDrop(manifest_path.clone());
     let host = options.host.clone().unwrap_or_else(crate::system::host_name);
     let mut notes = Vec::new();
@@ -133,6 +135,7 @@ fn run(repository: &Repository, options: BackupOptions, packer: &Packer<'_>) -> 
     let mut walker = Walker {
         parent,
         manifest: ManifestWriter::create(&manifest_path)?,
+        _manifest_lock: std::fs::File::open(&manifest_path).inspect(crate::system::lock_file).ok(),
         packer,
         owners: OwnerNames::default(),
         hard_links: HashMap::new(),
@@ -301,6 +304,8 @@ impl BlobSender<'_> {
 struct Walker<'a, 'r> {
     parent: Option<Parent<'r>>,
     manifest: ManifestWriter,
+    /// Held while the manifest is written, so that other runs leave it alone.
+    _manifest_lock: Option<std::fs::File>,
     packer: &'a Packer<'r>,
     owners: OwnerNames,
     hard_links: HashMap<(u64, u64), i64>,

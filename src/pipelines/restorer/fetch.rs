@@ -100,6 +100,10 @@ pub(super) fn restore_contents(
         return Err(Error::Interrupted { signal, outcome });
     }
     let mut failed = finish_files(run, &pending, options.verify, failures, report);
+    if let Some(signal) = crate::interrupt::requested() {
+        let outcome = format!("{} file(s) were put in place; the others' temporary files were removed", report.files);
+        return Err(Error::Interrupted { signal, outcome });
+    }
     // The inodes this run created, by final name: further names are linked to these
     // inodes only, never to whatever a local user may have put under the name since.
     let inodes: HashMap<&[u8], u64> = pending
@@ -324,6 +328,13 @@ fn finish_files(
     let mut owners = crate::system::is_root().then(crate::system::OwnerIds::default);
     let mut failed = HashSet::new();
     for (index, file) in pending.iter().enumerate() {
+        // Interrupted while files are being put in place: the rest are not.
+        if crate::interrupt::requested().is_some() {
+            for rest in &pending[index..] {
+                remove_temporary(run, rest);
+            }
+            return failed;
+        }
         let planned = file.planned;
         let outcome = match failures.remove(&index) {
             Some(failure) => Err(failure),

@@ -28,14 +28,30 @@ pub fn select_source<'s>(snapshot: &'s Snapshot, name: Option<&str>) -> Result<&
             _ => None,
         })
         .collect();
-    let names = || sources.iter().map(|s| s.database.as_str()).collect::<Vec<_>>().join(", ");
+    let names = || {
+        let named = sources.iter().map(|s| format!("{} at {}", s.database, s.path));
+        named.collect::<Vec<_>>().join(", ")
+    };
     match name {
-        Some(name) => sources.iter().copied().find(|s| s.database == name).ok_or_else(|| Error::NotFound {
-            what: format!(
-                "database {name:?} in the snapshot (it holds: {})",
-                if sources.is_empty() { "none".into() } else { names() }
-            ),
-        }),
+        Some(name) => {
+            // A name, or the dump's path for two databases of one name (two servers).
+            let matching: Vec<&PostgresSource> =
+                sources.iter().copied().filter(|s| s.database == name || s.path == name).collect();
+            match matching[..] {
+                [one] => Ok(one),
+                [] => Err(Error::NotFound {
+                    what: format!(
+                        "database {name:?} in the snapshot (it holds: {})",
+                        if sources.is_empty() { "none".into() } else { names() }
+                    ),
+                }),
+                _ => Err(Error::InvalidInput(format!(
+                    "the snapshot holds {} dumps of a database named {name:?} ({}); choose one by its path with --pg-database",
+                    matching.len(),
+                    matching.iter().map(|s| s.path.as_str()).collect::<Vec<_>>().join(", ")
+                ))),
+            }
+        }
         None if sources.len() == 1 => Ok(sources[0]),
         None if sources.is_empty() => Err(Error::NotFound { what: "a PostgreSQL dump in the snapshot".into() }),
         None => Err(Error::InvalidInput(format!(
@@ -139,7 +155,7 @@ fn through_file(
 ) -> Result<PgRestoreReport> {
     let folder = repository.cache_dir().join("tmp");
     crate::system::create_private_dir(&folder).map_err(|e| Error::io("cannot create", &folder, e))?;
-    crate::system::remove_unlocked_files(&folder, "dump-");
+    crate::system::remove_unlocked_files(&folder, "dump-", std::time::Duration::ZERO);
     let mut file = tempfile::Builder::new()
         .prefix("dump-")
         .suffix(".restore")
