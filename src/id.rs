@@ -82,5 +82,8 @@ typed_id!(
     /// Random name of a lock object.
     LockId, "lock");
 typed_id!(
+    /// Random name of a restore record.
+    RestoreId, "restore");
+typed_id!(
     /// Random repository identity, chosen at `init`.
     RepositoryId, "repository");

@@ -26,7 +26,7 @@ pub use pipelines::{pg, restorer};
 pub use repository::objects;
 
 pub use error::{Error, Result};
-pub use id::{BlobId, IndexId, KeyId, LockId, PackId, RepositoryId, SnapshotId};
+pub use id::{BlobId, IndexId, KeyId, LockId, PackId, RepositoryId, RestoreId, SnapshotId};
 pub use maintenance::check::{check, AffectedSnapshot, CheckOptions, CheckReport, Damage, ReadSubset};
 pub use maintenance::forget::{
     apply_policy, emptied_groups, parse_duration, remove_snapshots, Decision, GroupBy, RetentionPolicy,
@@ -47,8 +47,8 @@ pub use repository::pack::{BlobType, PackEntry};
 pub use repository::packer::{Packer, PackerStats};
 pub use repository::snapshot::{ManifestRef, PostgresSource, Snapshot, Source, Summary};
 pub use repository::{
-    pack_key, read_config, Config, Exclusive, InitOptions, Locked, Repository, Shared, DEFAULT_PACK_SIZE,
-    REPOSITORY_VERSION,
+    pack_key, read_config, Config, Exclusive, InitOptions, Locked, Repository, RestoreOutcome, RestoreRecord, Shared,
+    DEFAULT_PACK_SIZE, REPOSITORY_VERSION, RESTORE_RECORD_VERSION,
 };
 
 /// Reads one file of a snapshot into `out`, verifying every blob and the file's SHA-256;

@@ -55,6 +55,8 @@ pub enum Command {
     Backup(BackupArgs),
     /// List snapshots.
     Snapshots,
+    /// List past restores into folders: their safety snapshot and outcome.
+    Restores,
     /// List the entries of a snapshot, or of one folder of it (SNAP:PATH).
     Ls(LsArgs),
     /// Restore a snapshot, or one folder or file of it (SNAP:PATH), into a directory.
@@ -168,10 +170,27 @@ pub struct LsArgs {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// SNAP or SNAP:PATH.
-    pub snapshot: OsString,
+    #[arg(required_unless_present = "rollback")]
+    pub snapshot: Option<OsString>,
     /// Directory to restore into (created if missing).
-    #[arg(short, long, required_unless_present = "pg_target")]
+    #[arg(short, long, required_unless_present_any = ["pg_target", "rollback"])]
     pub target: Option<PathBuf>,
+    /// Undo the restore with this id (or id prefix): remove what it created and put
+    /// back what it replaced or deleted, from its safety snapshot.
+    #[arg(long, value_name = "RESTORE_ID", conflicts_with_all = ["snapshot", "target", "pg_target", "dry_run"])]
+    pub rollback: Option<String>,
+    /// What to do with entries the target already holds: always, if-changed (replace
+    /// what differs, leave identical entries alone), if-newer, never.
+    #[arg(long, default_value = "if-changed", value_name = "RULE")]
+    pub overwrite: String,
+    /// Remove entries of the target that the snapshot (or its restored folder) does not
+    /// hold; refused for / and for a target other than the restored folder, unless --force.
+    #[arg(long)]
+    pub delete: bool,
+    /// Do not take a safety snapshot of what the restore replaces or deletes (it then
+    /// cannot be rolled back).
+    #[arg(long)]
+    pub no_safety: bool,
     /// Restore the snapshot's database dump into this database (libpq connection string).
     #[arg(long, value_name = "CONNINFO", conflicts_with = "target")]
     pub pg_target: Option<String>,
@@ -190,7 +209,9 @@ pub struct RestoreArgs {
     /// Parallel pg_restore jobs (the dump is first written to a temporary file).
     #[arg(long, default_value_t = 1)]
     pub jobs: u32,
-    /// Restore even if the dump's schema migrations are newer than the target's.
+    /// Restore a dump even if its schema migrations are newer than the target's; allow
+    /// --delete into / or into another folder than the restored one; roll back a
+    /// restore that completed.
     #[arg(long)]
     pub force: bool,
     /// Restore only what matches these globs (repeatable).
@@ -274,6 +295,9 @@ pub struct ForgetArgs {
     /// Keep every snapshot with this tag (repeatable).
     #[arg(long = "keep-tag", value_name = "TAG")]
     pub keep_tags: Vec<String>,
+    /// Keep restores' safety snapshots this long (default 30d); they count in no other rule.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_safety: Option<String>,
     /// Apply the policy per group of snapshots with the same host, paths, sources
     /// (databases and standard-input names) and/or tags; '' for one group.
     #[arg(long, default_value = "host,paths,sources", value_name = "host,paths,sources,tags")]

@@ -4,11 +4,10 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use anyhow::Result;
-use coffer::restorer::{self, Action, RestoreOptions};
 use coffer::{BackupOptions, InitOptions, KdfParams, Repository};
 use serde_json::json;
 
-use super::args::{BackupArgs, Command, DumpArgs, InitArgs, LsArgs, RestoreArgs, UnlockArgs};
+use super::args::{BackupArgs, Command, DumpArgs, InitArgs, LsArgs, UnlockArgs};
 use super::output::{self, note};
 use super::{exit, fail, Cli};
 
@@ -18,7 +17,8 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Backup(args) => backup(cli, args),
         Command::Snapshots => snapshots(cli),
         Command::Ls(args) => ls(cli, args),
-        Command::Restore(args) => restore(cli, args),
+        Command::Restore(args) => super::restore::restore(cli, args),
+        Command::Restores => super::restore::restores(cli),
         Command::Dump(args) => dump(cli, args),
         Command::Unlock(args) => unlock(cli, args),
         Command::Check(args) => super::maintenance::check(cli, args),
@@ -88,6 +88,7 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
             ignore_ctime: args.ignore_ctime,
         },
         checkpoint_packs: args.checkpoint_packs,
+        selection: Vec::new(),
         excludes: coffer::Excludes {
             patterns: exclude_patterns(args)?,
             if_present: args.exclude_if_present.clone(),
@@ -193,7 +194,7 @@ fn snapshots(cli: &Cli) -> Result<i32> {
 }
 
 /// Splits `SNAP[:PATH]`; the path is made absolute.
-fn split_spec(spec: &OsStr) -> (String, Option<Vec<u8>>) {
+pub(super) fn split_spec(spec: &OsStr) -> (String, Option<Vec<u8>>) {
     let bytes = spec.as_bytes();
     match bytes.iter().position(|&b| b == b':') {
         None => (String::from_utf8_lossy(bytes).into_owned(), None),
@@ -226,120 +227,6 @@ fn ls(cli: &Cli, args: &LsArgs) -> Result<i32> {
         output::line(&if args.long { output::entry_long(entry) } else { output::path_text(&entry.path) });
     }
     Ok(exit::SUCCESS)
-}
-
-fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
-    let repository = super::open(cli)?;
-    let (spec, subpath) = split_spec(&args.snapshot);
-    let (id, snapshot) = repository.find_snapshot(&spec)?;
-    let manifest = repository.load_manifest(&id, &snapshot)?;
-    let Some(target) = args.target.clone() else {
-        return super::postgres::restore(cli, args, &repository, &manifest, &snapshot);
-    };
-    let options = RestoreOptions {
-        subpath,
-        target: target.clone(),
-        include: args.include.clone(),
-        exclude: args.exclude.clone(),
-        verify: args.verify,
-        no_sync: args.no_sync,
-    };
-    let plan = restorer::plan(&repository, &manifest, &options)?;
-    if args.dry_run {
-        print_plan(cli, &plan);
-        return Ok(exit::SUCCESS);
-    }
-    let report = restorer::execute(&repository, &plan, &options)?;
-    for warning in &report.warnings {
-        eprintln!("warning: {warning}");
-    }
-    for failure in &report.failed {
-        eprintln!("error: {} not restored: {}", failure.path.display(), failure.reason);
-    }
-    if args.no_sync {
-        note(cli.quiet, "not synced to disk (--no-sync): a power cut in the next seconds may lose restored files");
-    }
-    if report.stale_removed > 0 {
-        note(cli.quiet, &format!("removed {} temporary file(s) left by an earlier restore", report.stale_removed));
-    }
-    if cli.json {
-        let failed: Vec<_> = report
-            .failed
-            .iter()
-            .map(|failure| json!({"path": failure.path.display().to_string(), "reason": failure.reason}))
-            .collect();
-        output::json(
-            &json!({"snapshot": id.to_hex(), "target": target.display().to_string(), "files": report.files, "dirs": report.dirs,
-            "bytes_written": report.bytes_written, "bytes_fetched": report.bytes_fetched, "requests": report.requests, "failed": failed, "warnings": report.warnings}),
-        );
-    } else {
-        note(
-            cli.quiet,
-            &format!(
-                "restored {} files and {} dirs ({}) from snapshot {} to {}; fetched {} in {} requests",
-                report.files,
-                report.dirs,
-                output::size(report.bytes_written),
-                id.short(),
-                target.display(),
-                output::size(report.bytes_fetched),
-                report.requests
-            ),
-        );
-    }
-    let code = match report.worst_cause() {
-        None => return Ok(exit::SUCCESS),
-        Some(restorer::FailureCause::Damage) => exit::DAMAGED,
-        Some(restorer::FailureCause::Unreachable) => exit::UNREACHABLE,
-        Some(restorer::FailureCause::Storage) => exit::FAILURE,
-        Some(restorer::FailureCause::Denied) => exit::ACCESS_DENIED,
-        Some(restorer::FailureCause::LocalIo) => exit::LOCAL_IO,
-    };
-    fail(
-        code,
-        format!(
-            "{} file(s) could not be restored from snapshot {}; the first: {}",
-            report.failed.len(),
-            id.short(),
-            report.failed[0].reason
-        ),
-    )
-}
-
-fn print_plan(cli: &Cli, plan: &restorer::RestorePlan) {
-    let action_name = |action: Action| match action {
-        Action::Create => "create",
-        Action::Overwrite => "overwrite",
-        Action::HardLink => "link",
-        Action::Skip => "skip",
-    };
-    if cli.json {
-        let entries: Vec<_> = plan.entries.iter().map(|p| json!({"path": p.target.display().to_string(), "kind": p.entry.kind.name(), "action": action_name(p.action), "size": p.entry.size})).collect();
-        output::json(
-            &json!({"dry_run": true, "files": plan.files, "dirs": plan.dirs, "bytes": plan.file_bytes, "creates": plan.creates,
-            "overwrites": plan.overwrites, "blobs": plan.blobs, "fetch_bytes": plan.fetch_bytes, "packs": plan.packs, "entries": entries, "warnings": plan.warnings}),
-        );
-        return;
-    }
-    if cli.verbose > 0 {
-        for planned in &plan.entries {
-            output::line(&format!("{:<9} {}", action_name(planned.action), planned.target.display()));
-        }
-    }
-    output::line(&format!(
-        "would restore {} files ({}) and {} dirs: {} created, {} overwritten; fetch {} in {} blobs from {} packs",
-        plan.files,
-        output::size(plan.file_bytes),
-        plan.dirs,
-        plan.creates,
-        plan.overwrites,
-        output::size(plan.fetch_bytes),
-        plan.blobs,
-        plan.packs
-    ));
-    for warning in &plan.warnings {
-        eprintln!("warning: {warning}");
-    }
 }
 
 fn dump(cli: &Cli, args: &DumpArgs) -> Result<i32> {

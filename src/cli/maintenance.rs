@@ -272,6 +272,7 @@ fn retention_policy(args: &ForgetArgs) -> Result<RetentionPolicy> {
         yearly: args.keep_yearly,
         within: args.keep_within.as_deref().map(coffer::parse_duration).transpose()?,
         tags: args.keep_tags.clone(),
+        safety: args.keep_safety.as_deref().map(coffer::parse_duration).transpose()?,
     })
 }
 

@@ -9,6 +9,7 @@ mod output;
 pub mod password;
 mod postgres;
 mod progress;
+mod restore;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -27,7 +27,16 @@ pub struct RetentionPolicy {
     pub within: Option<Span>,
     /// Keep snapshots carrying any of these tags.
     pub tags: Vec<String>,
+    /// How long restores' safety snapshots are kept (`SAFETY_KEPT` if not set). They
+    /// form a group of their own, which no other rule counts.
+    pub safety: Option<Span>,
 }
+
+/// How long safety snapshots are kept unless told otherwise: 30 days.
+pub const SAFETY_KEPT_DAYS: i64 = 30;
+
+/// The group safety snapshots form.
+pub const SAFETY_GROUP: &str = "safety snapshots of restores";
 
 impl RetentionPolicy {
     /// True if no rule is set: forgetting with it would remove everything.
@@ -184,14 +193,25 @@ pub fn apply_policy(
         return Err(Error::InvalidInput("no retention policy given: add at least one --keep-* option".into()));
     }
     let mut groups: BTreeMap<GroupKey, Vec<Member<'_>>> = BTreeMap::new();
-    for (id, snapshot) in snapshots {
+    let mut decisions = Vec::new();
+    let safety_span = policy.safety.unwrap_or_else(|| Span::new().days(SAFETY_KEPT_DAYS));
+    let safety_since = Timestamp::now()
+        .to_zoned(zone.clone())
+        .checked_sub(safety_span)
+        .map_err(|e| Error::InvalidInput(format!("--keep-safety reaches beyond the calendar: {e}")))?;
+    for (id, snapshot) in snapshots.iter().filter(|(_, snapshot)| snapshot.is_safety()) {
+        let zoned = snapshot.time.parse::<Timestamp>().ok().map(|time| time.to_zoned(zone.clone()));
+        let keep = zoned.as_ref().is_none_or(|zoned| *zoned >= safety_since);
+        let reasons = if keep { vec![format!("safety, younger than {safety_span:#}")] } else { vec![] };
+        decisions.push(Decision { id: *id, group: SAFETY_GROUP.into(), time: snapshot.time.clone(), keep, reasons });
+    }
+    for (id, snapshot) in snapshots.iter().filter(|(_, snapshot)| !snapshot.is_safety()) {
         let group = group_by.group_of(snapshot);
         let zoned = snapshot.time.parse::<Timestamp>().ok().map(|time| time.to_zoned(zone.clone()));
         let decision =
             Decision { id: *id, group: group.to_string(), time: snapshot.time.clone(), keep: false, reasons: vec![] };
         groups.entry(group).or_default().push((decision, zoned, snapshot));
     }
-    let mut decisions = Vec::new();
     for (_, mut members) in groups {
         members.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.id.cmp(&a.0.id)));
         decide_group(&mut members, policy)?;
@@ -285,7 +305,11 @@ pub fn emptied_groups(decisions: &[Decision]) -> Vec<(String, usize)> {
             None => groups.push((decision.group.clone(), 1, decision.keep)),
         }
     }
-    groups.into_iter().filter(|(_, _, kept)| !kept).map(|(group, count, _)| (group, count)).collect()
+    groups
+        .into_iter()
+        .filter(|(group, _, kept)| !kept && group != SAFETY_GROUP)
+        .map(|(group, count, _)| (group, count))
+        .collect()
 }
 
 /// Deletes the snapshot records of the decisions that do not keep them, and their

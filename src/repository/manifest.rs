@@ -15,8 +15,9 @@ use crate::id::BlobId;
 pub const MANIFEST_SCHEMA: i64 = 1;
 
 /// What kind of file-system object an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum EntryKind {
+    #[default]
     File,
     Dir,
     Symlink,
@@ -49,7 +50,7 @@ impl EntryKind {
 }
 
 /// One file-system entry as recorded in a manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Entry {
     /// Absolute path, as bytes.
     pub path: Vec<u8>,

@@ -18,10 +18,12 @@ mod keys;
 mod manifests;
 pub mod objects;
 mod open;
+mod restores;
 mod snapshots;
 
 pub use index_sync::ScratchLoad;
 pub use objects::pack_key;
+pub use restores::{Outcome as RestoreOutcome, RestoreRecord, RESTORE_RECORD_VERSION};
 pub use open::{read_config, Config, InitOptions, DEFAULT_PACK_SIZE, REPOSITORY_VERSION};
 
 use std::marker::PhantomData;

@@ -26,6 +26,9 @@ pub enum Kind {
     Snapshot,
     /// `locks/<random id>`.
     Lock,
+    /// `restores/<random id>`: one record per restore into a folder, rewritten with
+    /// its outcome.
+    Restore,
 }
 
 impl Kind {
@@ -38,6 +41,7 @@ impl Kind {
             Kind::Index => "index/",
             Kind::Snapshot => "snapshots/",
             Kind::Lock => "locks/",
+            Kind::Restore => "restores/",
         }
     }
 
@@ -49,6 +53,7 @@ impl Kind {
             Kind::Index => "index",
             Kind::Snapshot => "snapshot",
             Kind::Lock => "lock",
+            Kind::Restore => "restore",
         }
     }
 
@@ -145,7 +150,14 @@ macro_rules! id_bytes {
         }
     )*};
 }
-id_bytes!(crate::id::PackId, crate::id::IndexId, crate::id::SnapshotId, crate::id::LockId, crate::id::KeyId);
+id_bytes!(
+    crate::id::PackId,
+    crate::id::IndexId,
+    crate::id::SnapshotId,
+    crate::id::LockId,
+    crate::id::KeyId,
+    crate::id::RestoreId
+);
 
 /// The name of a pack.
 pub fn pack_key(id: &PackId) -> String {

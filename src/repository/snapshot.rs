@@ -200,13 +200,21 @@ pub enum Resolved {
     Damaged(usize),
 }
 
+impl Snapshot {
+    /// True for a restore's safety snapshot (tagged `safety`).
+    pub fn is_safety(&self) -> bool {
+        self.tags.iter().any(|tag| tag == "safety")
+    }
+}
+
 /// Picks the snapshot named by `spec`: `latest`, a full id, or a unique id prefix.
 /// A damaged record is never passed over for a readable one: while any is damaged,
 /// `latest` cannot be known (the damaged one may be the newest), and a prefix matches
 /// damaged records too.
 pub fn resolve(spec: &str, snapshots: &[(SnapshotId, Snapshot)], damaged: &[SnapshotId]) -> Result<Resolved> {
     if spec == "latest" {
-        let newest = (0..snapshots.len()).max_by(|&a, &b| {
+        // Safety snapshots hold what a restore replaced: never what "latest" means.
+        let newest = (0..snapshots.len()).filter(|&n| !snapshots[n].1.is_safety()).max_by(|&a, &b| {
             let (a, b) = (&snapshots[a].1, &snapshots[b].1);
             a.timestamp().cmp(&b.timestamp()).then(a.time.cmp(&b.time))
         });

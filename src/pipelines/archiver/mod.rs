@@ -66,6 +66,9 @@ pub struct BackupOptions {
     /// Counters to update as the backup goes; when given, a scan thread also counts
     /// the files and bytes to expect.
     pub progress: Option<Arc<Progress>>,
+    /// When not empty, only these entries are backed up (with everything below them
+    /// if the flag says so), and `paths` is only recorded: a restore's safety snapshot.
+    pub selection: Vec<(PathBuf, bool)>,
 }
 
 /// The outcome of a backup.
@@ -158,11 +161,15 @@ fn run(repository: &Repository, options: BackupOptions, packer: &Packer<'_>) -> 
         let sender = BlobSender { sender, failure: &failure, digests: digest::DigestThread::start(scope) };
         if !paths.is_empty() {
             let roots = walk::outermost(&paths);
-            if options.progress.is_some() {
+            if options.progress.is_some() && options.selection.is_empty() {
                 let (roots, excludes, progress) = (roots.clone(), &options.excludes, &progress);
                 scope.spawn(move || walk::scan(&roots, excludes, progress));
             }
-            let walked = walker.walk_trees(&roots, &options.excludes, &sender);
+            let walked = if options.selection.is_empty() {
+                walker.walk_trees(&roots, &options.excludes, &sender)
+            } else {
+                walker.walk_selection(&options.selection, &options.excludes, &sender)
+            };
             progress.finish_walk();
             walked?;
             sources.push(Source::Files { paths: paths.iter().map(|p| p.display().to_string()).collect() });
@@ -343,6 +350,38 @@ impl Walker<'_, '_> {
         let patterns = excludes.glob_set()?;
         for root in roots {
             for item in walk::tree(root, excludes, &patterns) {
+                crate::interrupt::check()?;
+                match item {
+                    Ok(item) => self.add_path(item.path(), sender)?,
+                    Err(error) => self.warn(walk::walk_warning(&error)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Backs up only the selected entries, sorted so that a folder comes before what
+    /// is in it, each after the folders above it; a flag set walks the whole tree below.
+    fn walk_selection(
+        &mut self,
+        selection: &[(PathBuf, bool)],
+        excludes: &Excludes,
+        sender: &BlobSender<'_>,
+    ) -> Result<()> {
+        let patterns = excludes.glob_set()?;
+        let mut sorted: Vec<&(PathBuf, bool)> = selection.iter().collect();
+        sorted.sort();
+        for (path, recursive) in sorted {
+            crate::interrupt::check()?;
+            self.add_ancestors(&[path])?;
+            if self.manifest.contains(path.as_os_str().as_bytes())? {
+                continue;
+            }
+            if !*recursive {
+                self.add_path(path, sender)?;
+                continue;
+            }
+            for item in walk::tree(path, excludes, &patterns) {
                 crate::interrupt::check()?;
                 match item {
                     Ok(item) => self.add_path(item.path(), sender)?,

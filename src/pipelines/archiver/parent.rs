@@ -89,7 +89,7 @@ pub fn find_parent(
         .filter(|(_, snapshot)| {
             let mut theirs = snapshot.paths.clone();
             theirs.sort();
-            snapshot.host == host && theirs == wanted
+            snapshot.host == host && theirs == wanted && !snapshot.is_safety()
         })
         .max_by(|a, b| a.1.timestamp().cmp(&b.1.timestamp()))
         .cloned()

@@ -10,7 +10,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -77,6 +77,11 @@ impl TargetDir {
         Ok(Self { root, path: path.to_path_buf(), openat2: AtomicBool::new(true) })
     }
 
+    /// The target's path, as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The path of an entry, for messages.
     pub fn display(&self, relative: &[u8]) -> PathBuf {
         if relative.is_empty() {
@@ -132,21 +137,48 @@ impl TargetDir {
         if relative.is_empty() {
             return Ok(Found::Dir);
         }
-        let (folder, name) = match self.parent(relative) {
-            Ok(found) => found,
-            // A missing or non-folder parent means nothing is at the path.
-            Err(error) if matches!(error.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
-                return Ok(Found::Missing)
-            }
-            // A symlink on the way: the entry will be made after the link is replaced.
-            Err(error) if error.raw_os_error() == Some(libc::ELOOP) => return Ok(Found::Missing),
-            Err(error) => return Err(error),
-        };
-        Ok(match stat_at(&folder, name)? {
+        Ok(match self.lookup(relative)? {
             None => Found::Missing,
             Some(stat) if is_dir(&stat) => Found::Dir,
             Some(_) => Found::Other,
         })
+    }
+
+    /// The status of the entry at `relative` (the target itself for an empty path),
+    /// not following a symlink; `None` if nothing is there, or if a symlink or a file
+    /// stands where a folder on the way should be (the entry will be made after it
+    /// is replaced).
+    pub fn lookup(&self, relative: &[u8]) -> io::Result<Option<FileStat>> {
+        if relative.is_empty() {
+            return Ok(Some(nix::sys::stat::fstat(&self.root)?));
+        }
+        let (folder, name) = match self.parent(relative) {
+            Ok(found) => found,
+            Err(error) if matches!(error.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)) => {
+                return Ok(None)
+            }
+            Err(error) => return Err(error),
+        };
+        stat_at(&folder, name)
+    }
+
+    /// The target of the symlink at `relative`.
+    pub fn read_link(&self, relative: &[u8]) -> io::Result<Vec<u8>> {
+        let (folder, name) = self.parent(relative)?;
+        Ok(nix::fcntl::readlinkat(&folder, name)?.into_vec())
+    }
+
+    /// Removes the empty folder at `relative`.
+    pub fn remove_empty_dir(&self, relative: &[u8]) -> io::Result<()> {
+        let (folder, name) = self.parent(relative)?;
+        Ok(nix::unistd::unlinkat(&folder, name, nix::unistd::UnlinkatFlags::RemoveDir)?)
+    }
+
+    /// Removes the entry at `relative` and, for a folder, everything in it, never
+    /// following a symlink. Missing entries are not an error.
+    pub fn remove_tree(&self, relative: &[u8]) -> io::Result<()> {
+        let (folder, name) = self.parent(relative)?;
+        remove_at(&folder, name)
     }
 
     /// Makes `relative` a folder: made (mode 0700 until its metadata is set) if
@@ -262,6 +294,37 @@ pub(super) fn is_temporary_name(name: &[u8]) -> bool {
     token.iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         && !counter.is_empty()
         && counter.iter().all(u8::is_ascii_digit)
+}
+
+/// Removes `name` in `folder` and everything below it, without following symlinks.
+fn remove_at(folder: &OwnedFd, name: &OsStr) -> io::Result<()> {
+    use nix::unistd::UnlinkatFlags;
+    match stat_at(folder, name)? {
+        None => return Ok(()),
+        Some(stat) if is_dir(&stat) => {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            let inner = nix::fcntl::openat(folder, name, flags, Mode::empty())?;
+            let mut listing = nix::dir::Dir::from_fd(inner.try_clone()?)?;
+            let mut names = Vec::new();
+            for item in listing.iter() {
+                let item_name = item?.file_name().to_bytes().to_vec();
+                if item_name != b"." && item_name != b".." {
+                    names.push(item_name);
+                }
+            }
+            for child in names {
+                remove_at(&inner, OsStr::from_bytes(&child))?;
+            }
+            match nix::unistd::unlinkat(folder, name, UnlinkatFlags::RemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                Err(error) => Err(error.into()),
+            }
+        }
+        Some(_) => match nix::unistd::unlinkat(folder, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(error) => Err(error.into()),
+        },
+    }
 }
 
 /// The components of a relative path; empty, `.` and `..` components are refused.

@@ -67,7 +67,10 @@ pub(super) fn restore_contents(
 ) -> Result<HashSet<Vec<u8>>> {
     let mut pending = Vec::new();
     let failures: Failures = Mutex::new(HashMap::new());
-    let files = plan.entries.iter().filter(|p| p.entry.kind == EntryKind::File && p.action != Action::HardLink);
+    let files = plan
+        .entries
+        .iter()
+        .filter(|p| p.entry.kind == EntryKind::File && matches!(p.action, Action::Create | Action::Overwrite));
     for planned in files.filter(|p| !failed_dirs.contains(&p.relative)) {
         let index = pending.len();
         match create_temporary(run, planned) {

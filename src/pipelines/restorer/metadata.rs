@@ -76,6 +76,23 @@ pub(super) fn rename_into_place(run: &Run<'_>, relative: &[u8], name: &OsStr) ->
     Ok(renamed?)
 }
 
+/// Sets the metadata of a regular file the target already holds with the right
+/// content, through a handle on that file (never through a symlink).
+pub(super) fn update_in_place(
+    run: &Run<'_>,
+    planned: &PlannedEntry,
+    owners: Option<&mut OwnerIds>,
+    warnings: &mut Vec<String>,
+) -> io::Result<()> {
+    let file = run.target.open(&planned.relative, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty())?;
+    let stat = nix::sys::stat::fstat(&file)?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(io::Error::other("it is no longer a regular file"));
+    }
+    apply_to_handle(&file, planned, owners, warnings);
+    Ok(())
+}
+
 /// Applies a folder's metadata (after everything inside it was made).
 pub(super) fn apply_dir(
     run: &Run<'_>,

@@ -8,9 +8,11 @@
 //! ever touched.
 
 mod beneath;
+mod compare;
 mod fetch;
 mod metadata;
 mod postgres;
+pub mod safety;
 
 pub use postgres::{restore_postgres, select_source, verify_pg_dump, PgRestoreReport};
 
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::patterns::RestorePatterns;
-use beneath::{Found, TargetDir, TargetLock};
+use beneath::{TargetDir, TargetLock};
 
 use crate::error::{Error, Result};
 use crate::id::BlobId;
@@ -42,17 +44,79 @@ pub struct RestoreOptions {
     pub verify: bool,
     /// Skip the final flush of the target's file system to disk.
     pub no_sync: bool,
+    /// What to do with entries the target already holds.
+    pub overwrite: Overwrite,
+    /// Remove entries of the target that the snapshot (or its restored folder) does not hold.
+    pub delete: bool,
+    /// Allow `--delete` into `/` or into a folder other than the restored one.
+    pub force: bool,
+    /// Set the target folder's own metadata even if it existed (a rollback does).
+    pub target_metadata: bool,
+}
+
+/// When an existing entry of the target is replaced (`--overwrite`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overwrite {
+    /// Replace every existing entry.
+    Always,
+    /// Replace entries whose content or kind differs, fix those whose metadata
+    /// differs, and leave identical ones alone.
+    #[default]
+    IfChanged,
+    /// As `IfChanged`, but only where the snapshot's entry is newer than the target's.
+    IfNewer,
+    /// Leave every existing entry alone.
+    Never,
+}
+
+impl std::str::FromStr for Overwrite {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        Ok(match text {
+            "always" => Overwrite::Always,
+            "if-changed" => Overwrite::IfChanged,
+            "if-newer" => Overwrite::IfNewer,
+            "never" => Overwrite::Never,
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "--overwrite {other:?} is not a rule: use always, if-changed, if-newer or never"
+                )))
+            }
+        })
+    }
 }
 
 /// What will happen to one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Nothing is there: made.
     Create,
+    /// Something else is there: replaced (its content or kind differs, or `--overwrite always`).
     Overwrite,
+    /// The same content is there: its mode, times or owner are set in place.
+    Update,
+    /// Left as it is (identical, or kept by the `--overwrite` rule).
+    Keep,
     /// A further name of a file restored under another name.
     HardLink,
     /// Cannot be restored here (a device without root, a socket); the reason is a warning.
     Skip,
+    /// In the target but not in the snapshot (`--delete`): removed, with what is in it.
+    Delete,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Overwrite => "overwrite",
+            Action::Update => "update",
+            Action::Keep => "keep",
+            Action::HardLink => "link",
+            Action::Skip => "skip",
+            Action::Delete => "delete",
+        }
+    }
 }
 
 /// One entry of a plan.
@@ -65,6 +129,10 @@ pub struct PlannedEntry {
     /// Where the entry lands below the target (`a/b`; empty for the target itself).
     pub relative: Vec<u8>,
     pub action: Action,
+    /// Why: "content differs", "identical", "not in the snapshot"...
+    pub why: &'static str,
+    /// Something was at the entry's place before the restore.
+    pub existed: bool,
     /// For `HardLink`: the relative path of the first restored name.
     pub link_to: Option<Vec<u8>>,
     pub chunks: Vec<ChunkRef>,
@@ -82,11 +150,26 @@ pub struct RestorePlan {
     pub file_bytes: u64,
     pub creates: u64,
     pub overwrites: u64,
+    pub updates: u64,
+    pub keeps: u64,
+    pub deletes: u64,
+    /// Bytes of the files to write, and of the files already present (kept or updated).
+    pub bytes_to_write: u64,
+    pub bytes_present: u64,
+    /// Bytes of target files read to compare them with the snapshot.
+    pub bytes_compared: u64,
     /// Distinct blobs to fetch, and their stored size.
     pub blobs: u64,
     pub fetch_bytes: u64,
     pub packs: u64,
     pub warnings: Vec<String>,
+}
+
+impl RestorePlan {
+    /// True if the plan replaces, changes or deletes something the target holds.
+    pub fn touches_target(&self) -> bool {
+        self.entries.iter().any(|p| p.existed && matches!(p.action, Action::Overwrite | Action::Update | Action::Delete | Action::HardLink))
+    }
 }
 
 /// Why an entry was not restored: what the exit code reports.
@@ -136,6 +219,10 @@ pub struct RestoreReport {
     /// Entries not restored, with the reason (naming the damaged object).
     pub failed: Vec<Failure>,
     pub warnings: Vec<String>,
+    /// Entries left alone, whose metadata was set in place, and removed (`--delete`).
+    pub kept: u64,
+    pub updated: u64,
+    pub deleted: u64,
     /// Temporary files of earlier, killed restores that were removed.
     pub stale_removed: usize,
 }
@@ -157,8 +244,8 @@ fn relative_of(entry_path: &[u8], base: &[u8], base_is_file: bool) -> Vec<u8> {
     relative.strip_prefix(b"/").unwrap_or(relative).to_vec()
 }
 
-/// Builds the plan: reads only the manifest rows below the subpath, and looks at the
-/// target (without following symlinks) to tell creations from overwrites.
+/// Builds the plan: reads only the manifest rows below the subpath, and compares each
+/// with what the target holds (without following symlinks) to choose its action.
 pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptions) -> Result<RestorePlan> {
     let base = options.subpath.clone().unwrap_or_else(|| b"/".to_vec());
     let base = if base.len() > 1 { base.strip_suffix(b"/").unwrap_or(&base).to_vec() } else { base };
@@ -168,6 +255,9 @@ pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptio
         return Err(Error::NotFound { what: format!("path {shown} in the snapshot") });
     }
     let base_is_file = rows.len() == 1 && rows[0].1.path == base && rows[0].1.kind != EntryKind::Dir;
+    if options.delete {
+        check_delete(options, &base, base_is_file)?;
+    }
     let include = RestorePatterns::new(&options.include)?;
     let exclude = RestorePatterns::new(&options.exclude)?;
     let existing = TargetDir::open_existing(&options.target)
@@ -183,11 +273,20 @@ pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptio
             continue;
         }
         let found = match &existing {
-            Some(target) => target.find(&relative).unwrap_or(Found::Other),
-            None => Found::Missing,
+            Some(target) => Some(target.lookup(&relative).map_err(|e| {
+                Error::io("cannot look at", display_path(&options.target, &relative), e)
+            })?),
+            None => None,
         };
-        let target = display_path(&options.target, &relative);
-        let planned = plan_entry(manifest, entry_id, entry, (target, relative), found, &mut leaders, &mut plan)?;
+        let planned = plan_entry(
+            manifest,
+            (entry_id, entry),
+            (&options.target, relative),
+            (existing.as_ref(), found.flatten()),
+            options.overwrite,
+            &mut leaders,
+            &mut plan,
+        )?;
         plan.entries.push(planned);
     }
     if include.is_some() {
@@ -200,8 +299,104 @@ pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptio
             ));
         }
     }
+    if let (true, Some(target)) = (options.delete, &existing) {
+        plan_deletions(target, &base, exclude.as_ref(), &mut plan)?;
+    }
     count_fetches(repository, &mut plan)?;
     Ok(plan)
+}
+
+/// `--delete` removes what the restored folder does not hold, so it is refused where a
+/// mistyped target would wipe something else: `/`, a target that is not the restored
+/// folder's own path, a single file; `--force` overrides the first two.
+fn check_delete(options: &RestoreOptions, base: &[u8], base_is_file: bool) -> Result<()> {
+    if !options.include.is_empty() {
+        return Err(Error::InvalidInput(
+            "--delete cannot be combined with --include: it would remove everything not included".into(),
+        ));
+    }
+    if base_is_file {
+        return Err(Error::InvalidInput("--delete needs a folder of the snapshot, not a single file".into()));
+    }
+    let target = std::path::absolute(&options.target)
+        .ok()
+        .and_then(|path| path.canonicalize().ok().or(Some(path)))
+        .unwrap_or_else(|| options.target.clone());
+    if options.force {
+        return Ok(());
+    }
+    if target == Path::new("/") {
+        return Err(Error::Refused("--delete into / would remove everything the snapshot does not hold; add --force if that is really meant".into()));
+    }
+    if target.as_os_str().as_bytes() != base {
+        return Err(Error::Refused(format!(
+            "--delete removes what the restored folder {} does not hold, and the target {} is another folder; add --force if that is really meant",
+            String::from_utf8_lossy(base),
+            target.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Plans the removal of every entry of the target that the plan does not hold (a
+/// folder once, with what is in it), except those `--exclude` matches and temporary
+/// files of restores.
+fn plan_deletions(
+    target: &TargetDir,
+    base: &[u8],
+    exclude: Option<&RestorePatterns>,
+    plan: &mut RestorePlan,
+) -> Result<()> {
+    let kept: HashSet<Vec<u8>> = plan.entries.iter().map(|p| p.relative.clone()).collect();
+    let mut walk = walkdir::WalkDir::new(target.path())
+        .follow_links(false)
+        .follow_root_links(false)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter();
+    while let Some(item) = walk.next() {
+        let item = item.map_err(|e| {
+            let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| target.path().to_path_buf());
+            Error::io("cannot list", path, e.into_io_error().unwrap_or_else(|| std::io::Error::other("a loop")))
+        })?;
+        let relative = item.path().strip_prefix(target.path()).unwrap_or(item.path()).as_os_str().as_bytes().to_vec();
+        if kept.contains(&relative) {
+            continue;
+        }
+        let is_dir = item.file_type().is_dir();
+        let name = item.file_name().as_bytes();
+        let snapshot_path = if base == b"/" { [b"/", &relative[..]].concat() } else { [base, b"/", &relative].concat() };
+        if beneath::is_temporary_name(name) || exclude.is_some_and(|set| set.matches(&snapshot_path, &relative)) {
+            if is_dir {
+                walk.skip_current_dir();
+            }
+            continue;
+        }
+        if is_dir {
+            walk.skip_current_dir();
+        }
+        let metadata = item.metadata().ok();
+        let entry = Entry {
+            path: snapshot_path,
+            kind: compare::kind_of_type(item.file_type()),
+            size: metadata.as_ref().map_or(0, |m| if m.is_file() { m.len() } else { 0 }),
+            ..Entry::default()
+        };
+        plan.deletes += 1;
+        plan.entries.push(PlannedEntry {
+            entry_id: 0,
+            entry,
+            target: item.path().to_path_buf(),
+            relative,
+            action: Action::Delete,
+            why: "not in the snapshot",
+            existed: true,
+            link_to: None,
+            chunks: Vec::new(),
+            xattrs: Vec::new(),
+        });
+    }
+    Ok(())
 }
 
 fn display_path(target: &Path, relative: &[u8]) -> PathBuf {
@@ -212,35 +407,77 @@ fn display_path(target: &Path, relative: &[u8]) -> PathBuf {
     }
 }
 
+/// The action for one entry, by the `--overwrite` rule and what the target holds.
+fn choose(
+    target: Option<&TargetDir>,
+    relative: &[u8],
+    stat: Option<&nix::sys::stat::FileStat>,
+    entry: &Entry,
+    overwrite: Overwrite,
+    hashed: &mut u64,
+) -> (Action, &'static str) {
+    let (Some(target), Some(stat)) = (target, stat) else { return (Action::Create, "") };
+    let same_kind = compare::kind_of(stat) == entry.kind;
+    match overwrite {
+        Overwrite::Never => return (Action::Keep, "exists (--overwrite never)"),
+        Overwrite::Always if same_kind && entry.kind == EntryKind::Dir => {
+            return (Action::Update, "--overwrite always")
+        }
+        Overwrite::Always => return (Action::Overwrite, "--overwrite always"),
+        Overwrite::IfNewer if compare::mtime_ns(stat) >= entry.mtime_ns && entry.kind != EntryKind::Dir => {
+            return (Action::Keep, "as new or newer in the target (--overwrite if-newer)")
+        }
+        _ => {}
+    }
+    // Every name of a hard-linked file is made anew, so that they share one inode.
+    if entry.hardlink_group.is_some() {
+        return (Action::Overwrite, "hard-linked");
+    }
+    match compare::compare(target, relative, stat, entry, hashed) {
+        compare::Difference::None => (Action::Keep, "identical"),
+        compare::Difference::Metadata if matches!(entry.kind, EntryKind::File | EntryKind::Dir) => {
+            (Action::Update, "metadata differs")
+        }
+        compare::Difference::Metadata => (Action::Overwrite, "metadata differs"),
+        compare::Difference::Content => (Action::Overwrite, "content differs"),
+        compare::Difference::Kind => (Action::Overwrite, "another kind of entry is there"),
+    }
+}
+
 fn plan_entry(
     manifest: &Manifest,
-    entry_id: i64,
-    entry: Entry,
-    (target, relative): (PathBuf, Vec<u8>),
-    found: Found,
+    (entry_id, entry): (i64, Entry),
+    (target_path, relative): (&Path, Vec<u8>),
+    (target, stat): (Option<&TargetDir>, Option<nix::sys::stat::FileStat>),
+    overwrite: Overwrite,
     leaders: &mut HashMap<i64, Vec<u8>>,
     plan: &mut RestorePlan,
 ) -> Result<PlannedEntry> {
-    let in_the_way = match entry.kind {
-        EntryKind::Dir => found == Found::Other,
-        _ => found != Found::Missing,
-    };
-    let mut action = if in_the_way { Action::Overwrite } else { Action::Create };
+    let target_shown = display_path(target_path, &relative);
+    let existed = stat.is_some();
+    let (mut action, mut why) = choose(target, &relative, stat.as_ref(), &entry, overwrite, &mut plan.bytes_compared);
     let mut link_to = None;
     let mut chunks = Vec::new();
     match entry.kind {
         EntryKind::File => {
             plan.files += 1;
             match entry.hardlink_group.and_then(|group| leaders.get(&group)) {
-                Some(leader) => {
+                Some(leader) if action != Action::Keep => {
                     action = Action::HardLink;
+                    why = "";
                     link_to = Some(leader.clone());
                 }
+                Some(_) => {}
                 None => {
-                    if let Some(group) = entry.hardlink_group {
+                    if let (Some(group), true) = (entry.hardlink_group, matches!(action, Action::Create | Action::Overwrite)) {
                         leaders.insert(group, relative.clone());
                     }
-                    chunks = manifest.chunks(entry_id)?;
+                    if matches!(action, Action::Create | Action::Overwrite) {
+                        chunks = manifest.chunks(entry_id)?;
+                        plan.bytes_to_write += entry.size;
+                    } else {
+                        plan.bytes_present += entry.size;
+                    }
                     plan.file_bytes += entry.size;
                 }
             }
@@ -248,13 +485,13 @@ fn plan_entry(
         EntryKind::Dir => plan.dirs += 1,
         EntryKind::CharDevice | EntryKind::BlockDevice if !crate::system::is_root() => {
             action = Action::Skip;
-            plan.warnings.push(format!("skipping device {}: creating devices needs root", target.display()));
+            plan.warnings.push(format!("skipping device {}: creating devices needs root", target_shown.display()));
         }
         EntryKind::Socket => {
             action = Action::Skip;
             plan.warnings.push(format!(
                 "skipping socket {}: sockets are recreated by the programs that own them",
-                target.display()
+                target_shown.display()
             ));
         }
         _ => plan.others += 1,
@@ -262,10 +499,12 @@ fn plan_entry(
     match action {
         Action::Create if entry.kind != EntryKind::Dir => plan.creates += 1,
         Action::Overwrite => plan.overwrites += 1,
+        Action::Update => plan.updates += 1,
+        Action::Keep if entry.kind != EntryKind::Dir => plan.keeps += 1,
         _ => {}
     }
     let xattrs = manifest.xattrs(entry_id)?;
-    Ok(PlannedEntry { entry_id, entry, target, relative, action, link_to, chunks, xattrs })
+    Ok(PlannedEntry { entry_id, entry, target: target_shown, relative, action, why, existed, link_to, chunks, xattrs })
 }
 
 /// With `--include`, drops directories that hold nothing included.
@@ -358,12 +597,38 @@ pub fn execute(repository: &Repository, plan: &RestorePlan, options: &RestoreOpt
             report.failed.push(local_failure(planned, error));
         }
     }
+    for planned in plan.entries.iter().filter(|p| p.action == Action::Update && p.entry.kind != EntryKind::Dir) {
+        crate::interrupt::check()?;
+        match metadata::update_in_place(&run, planned, owners.as_mut(), &mut report.warnings) {
+            Ok(()) => report.updated += 1,
+            Err(error) => {
+                failed.insert(planned.relative.clone());
+                report.failed.push(local_failure(planned, error));
+            }
+        }
+    }
+    report.kept = plan.entries.iter().filter(|p| p.action == Action::Keep && p.entry.kind != EntryKind::Dir).count() as u64;
+    for planned in plan.entries.iter().filter(|p| p.action == Action::Delete) {
+        crate::interrupt::check()?;
+        match run.target.remove_tree(&planned.relative) {
+            Ok(()) => report.deleted += 1,
+            Err(error) => {
+                failed.insert(planned.relative.clone());
+                report.failed.push(local_failure(planned, error));
+            }
+        }
+    }
     for planned in plan.entries.iter().rev().filter(|p| p.entry.kind == EntryKind::Dir) {
-        // The target folder itself keeps its own metadata if it was there before.
-        let kept = planned.relative.is_empty() && target_existed;
-        if !failed.contains(&planned.relative) && !kept {
+        // The target folder itself keeps its own metadata if it was there before; an
+        // entry kept by `--overwrite never` keeps its own.
+        let kept = (planned.relative.is_empty() && target_existed && !options.target_metadata)
+            || (planned.action == Action::Keep && options.overwrite == Overwrite::Never);
+        if !failed.contains(&planned.relative) && !kept && planned.action != Action::Delete {
             let inode = inodes.get(&planned.relative).copied();
             metadata::apply_dir(&run, planned, inode, owners.as_mut(), &mut report.warnings);
+            if planned.action == Action::Update {
+                report.updated += 1;
+            }
         }
     }
     // Success is reported only once what was written is on disk: one syncfs of the
@@ -378,7 +643,8 @@ pub fn execute(repository: &Repository, plan: &RestorePlan, options: &RestoreOpt
 }
 
 fn is_special(planned: &PlannedEntry) -> bool {
-    !matches!(planned.entry.kind, EntryKind::File | EntryKind::Dir) && planned.action != Action::Skip
+    !matches!(planned.entry.kind, EntryKind::File | EntryKind::Dir)
+        && matches!(planned.action, Action::Create | Action::Overwrite)
 }
 
 fn local_failure(planned: &PlannedEntry, error: std::io::Error) -> Failure {
@@ -402,7 +668,11 @@ fn make_dirs(
     if let Ok(removed) = run.target.remove_stale_temporaries(b"", &run.prefix) {
         report.stale_removed += removed;
     }
-    for planned in plan.entries.iter().filter(|p| p.entry.kind == EntryKind::Dir) {
+    let made = |p: &&PlannedEntry| {
+        p.entry.kind == EntryKind::Dir && !matches!(p.action, Action::Delete | Action::Skip)
+            && (p.action != Action::Keep || !p.existed || run.target.find(&p.relative).ok() == Some(beneath::Found::Dir))
+    };
+    for planned in plan.entries.iter().filter(made) {
         match run.target.make_dir(&planned.relative) {
             Ok(made) => {
                 report.dirs += 1;

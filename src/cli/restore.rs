@@ -1,0 +1,314 @@
+//! `restore` into a folder (its plan, its safety snapshot, its rollback) and `restores`.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use anyhow::Result;
+use coffer::restorer::safety::{self, Rollback, SafeRestore};
+use coffer::restorer::{self, Action, FailureCause, Overwrite, RestoreOptions, RestorePlan, RestoreReport};
+use coffer::{Repository, SnapshotId};
+use serde_json::{json, Value};
+
+use super::args::RestoreArgs;
+use super::output::{self, note};
+use super::{exit, fail, Cli};
+
+pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
+    let repository = super::open(cli)?;
+    if let Some(spec) = &args.rollback {
+        return rollback(cli, &repository, spec, args.force);
+    }
+    let spec_text = args.snapshot.clone().unwrap_or_else(|| OsString::from("latest"));
+    let (spec, subpath) = super::commands::split_spec(&spec_text);
+    let (id, snapshot) = repository.find_snapshot(&spec)?;
+    let manifest = repository.load_manifest(&id, &snapshot)?;
+    let Some(target) = args.target.clone() else {
+        return super::postgres::restore(cli, args, &repository, &manifest, &snapshot);
+    };
+    let options = RestoreOptions {
+        subpath: subpath.clone(),
+        target: target.clone(),
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+        verify: args.verify,
+        no_sync: args.no_sync,
+        overwrite: args.overwrite.parse::<Overwrite>()?,
+        delete: args.delete,
+        force: args.force,
+        target_metadata: false,
+    };
+    let plan = restorer::plan(&repository, &manifest, &options)?;
+    if args.dry_run {
+        print_plan(cli, &plan, !args.no_safety);
+        return Ok(exit::SUCCESS);
+    }
+    let path = subpath.as_deref().map_or("/".to_string(), |p| String::from_utf8_lossy(p).into_owned());
+    if args.no_safety && plan.entries.iter().any(|p| p.existed && matches!(p.action, Action::Overwrite | Action::Update | Action::Delete)) {
+        note(cli.quiet, "no safety snapshot (--no-safety): what this restore replaces or deletes cannot be rolled back");
+    }
+    let quiet = cli.quiet || cli.json;
+    let mut announce = |started: &safety::Started| match started.safety {
+        Some(safety) => note(
+            quiet,
+            &format!(
+                "restore {}: safety snapshot {} holds the {} entries this restore replaces or deletes; undo with `coffer restore --rollback {}`",
+                started.id.short(),
+                safety.short(),
+                started.touched,
+                started.id.short()
+            ),
+        ),
+        None => note(quiet, &format!("restore {}: nothing in {} is replaced or deleted", started.id.short(), target.display())),
+    };
+    let outcome = safety::restore(&repository, (&id, &path), &plan, &options, !args.no_safety, &mut announce)?;
+    report_outcome(cli, args, &id, &target, outcome)
+}
+
+fn report_outcome(cli: &Cli, args: &RestoreArgs, id: &SnapshotId, target: &Path, outcome: SafeRestore) -> Result<i32> {
+    let SafeRestore { started, report, error, rollback } = outcome;
+    let report = report.unwrap_or_default();
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    for failure in &report.failed {
+        eprintln!("error: {} not restored: {}", failure.path.display(), failure.reason);
+    }
+    if args.no_sync {
+        note(cli.quiet, "not synced to disk (--no-sync): a power cut in the next seconds may lose restored files");
+    }
+    if report.stale_removed > 0 {
+        note(cli.quiet, &format!("removed {} temporary file(s) left by an earlier restore", report.stale_removed));
+    }
+    if let Some(rollback) = &rollback {
+        print_rollback(cli, rollback, started.safety);
+    }
+    if cli.json {
+        let failed: Vec<_> = report
+            .failed
+            .iter()
+            .map(|failure| json!({"path": failure.path.display().to_string(), "reason": failure.reason}))
+            .collect();
+        output::json(&json!({
+            "restore_id": started.id.to_hex(), "snapshot": id.to_hex(), "target": target.display().to_string(),
+            "safety_snapshot": started.safety.map(|id| id.to_hex()),
+            "files": report.files, "dirs": report.dirs, "kept": report.kept, "updated": report.updated, "deleted": report.deleted,
+            "bytes_written": report.bytes_written, "bytes_fetched": report.bytes_fetched, "requests": report.requests,
+            "failed": failed, "warnings": report.warnings,
+            "error": error.as_ref().map(|e| e.to_string()),
+            "rolled_back": rollback.as_ref().map(|r| r.failures.is_empty()),
+        }));
+    } else if error.is_none() && report.failed.is_empty() {
+        note(cli.quiet, &summary(&report, id, target));
+    }
+    let rolled_back = match &rollback {
+        Some(done) if done.failures.is_empty() => "; everything it had changed was put back from the safety snapshot",
+        Some(_) => "; putting back what it had changed failed for some entries (listed above)",
+        None => "",
+    };
+    if let Some(error) = error {
+        let code = match (&error, &rollback) {
+            (_, Some(done)) if !done.failures.is_empty() => exit::LOCAL_IO,
+            (error, _) => exit::code_of(error),
+        };
+        return fail(code, format!("{error}{rolled_back}"));
+    }
+    let code = match report.worst_cause() {
+        None => return Ok(exit::SUCCESS),
+        Some(_) if rollback.as_ref().is_some_and(|done| !done.failures.is_empty()) => exit::LOCAL_IO,
+        Some(FailureCause::Damage) => exit::DAMAGED,
+        Some(FailureCause::Unreachable) => exit::UNREACHABLE,
+        Some(FailureCause::Storage) => exit::FAILURE,
+        Some(FailureCause::Denied) => exit::ACCESS_DENIED,
+        Some(FailureCause::LocalIo) => exit::LOCAL_IO,
+    };
+    fail(
+        code,
+        format!(
+            "{} entries could not be restored from snapshot {}; the first: {}{rolled_back}",
+            report.failed.len(),
+            id.short(),
+            report.failed[0].reason
+        ),
+    )
+}
+
+fn summary(report: &RestoreReport, id: &SnapshotId, target: &Path) -> String {
+    let mut text = format!(
+        "restored {} files and {} dirs ({}) from snapshot {} to {}; fetched {} in {} requests",
+        report.files,
+        report.dirs,
+        output::size(report.bytes_written),
+        id.short(),
+        target.display(),
+        output::size(report.bytes_fetched),
+        report.requests
+    );
+    if report.kept + report.updated + report.deleted > 0 {
+        text.push_str(&format!(
+            "; {} left as they were, {} with metadata set, {} deleted",
+            report.kept, report.updated, report.deleted
+        ));
+    }
+    text
+}
+
+fn print_rollback(cli: &Cli, rollback: &Rollback, safety: Option<SnapshotId>) {
+    for failure in &rollback.failures {
+        eprintln!("error: rollback: {failure}");
+    }
+    let safety = safety.map_or(String::new(), |id| format!(" from safety snapshot {}", id.short()));
+    note(
+        cli.quiet || cli.json,
+        &format!(
+            "rolled back: {} entries the restore made were removed, {} were put back{safety}",
+            rollback.removed, rollback.put_back
+        ),
+    );
+}
+
+/// `restore --rollback ID`.
+fn rollback(cli: &Cli, repository: &Repository, spec: &str, force: bool) -> Result<i32> {
+    let (id, mut record) = repository.find_restore(spec)?;
+    if record.outcome == coffer::RestoreOutcome::Completed && !force {
+        return fail(
+            exit::REFUSED,
+            format!(
+                "restore {} completed on {}; rolling it back puts back the target as it was before it, undoing any change made since. Add --force if that is meant",
+                id.short(),
+                record.time
+            ),
+        );
+    }
+    if record.outcome == coffer::RestoreOutcome::RolledBack && !force {
+        return fail(exit::REFUSED, format!("restore {} was rolled back already; add --force to do it again", id.short()));
+    }
+    let done = safety::roll_back(repository, &record)?;
+    record.outcome =
+        if done.failures.is_empty() { coffer::RestoreOutcome::RolledBack } else { coffer::RestoreOutcome::RollbackFailed };
+    record.finished = Some(jiff::Timestamp::now().to_string());
+    repository.save_restore(&id, &record)?;
+    let safety = record.safety_id()?;
+    if cli.json {
+        output::json(&json!({"restore_id": id.to_hex(), "target": record.target, "safety_snapshot": record.safety,
+            "removed": done.removed, "put_back": done.put_back, "failures": done.failures, "outcome": record.outcome.name()}));
+    }
+    print_rollback(cli, &done, safety);
+    if !done.failures.is_empty() {
+        return fail(
+            exit::LOCAL_IO,
+            format!(
+                "{} entries of {} could not be rolled back; the safety snapshot {} still holds them",
+                done.failures.len(),
+                record.target,
+                safety.map(|id| id.short()).unwrap_or_default()
+            ),
+        );
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// `restores`: every restore into a folder, oldest first.
+pub fn restores(cli: &Cli) -> Result<i32> {
+    let repository = super::open(cli)?;
+    let (records, damaged) = repository.list_restores()?;
+    for error in &damaged {
+        eprintln!("warning: {error}");
+    }
+    if cli.json {
+        let list: Vec<Value> = records
+            .iter()
+            .map(|(id, record)| {
+                json!({"restore_id": id.to_hex(), "time": record.time, "host": record.host, "user": record.user,
+                "snapshot": record.snapshot, "path": record.path, "target": record.target, "safety_snapshot": record.safety,
+                "created": record.created.len(), "replaced": record.replaced.len(), "deleted": record.deleted.len(),
+                "outcome": record.outcome.name(), "finished": record.finished, "error": record.error})
+            })
+            .collect();
+        output::json(&json!({"restores": list}));
+        return Ok(exit::SUCCESS);
+    }
+    output::line(&format!(
+        "{:<8}  {:<19}  {:<12}  {:<8}  {:<8}  {:<15}  {:>7} {:>8} {:>7}  target",
+        "id", "time", "host", "snapshot", "safety", "outcome", "created", "replaced", "deleted"
+    ));
+    for (id, record) in &records {
+        let time: String = record.time.replace('T', " ").chars().take(19).collect();
+        output::line(&format!(
+            "{:<8}  {:<19}  {:<12}  {:<8}  {:<8}  {:<15}  {:>7} {:>8} {:>7}  {}{}",
+            id.short(),
+            time,
+            record.host,
+            &record.snapshot[..8.min(record.snapshot.len())],
+            record.safety.as_deref().map_or("-", |s| &s[..8.min(s.len())]),
+            record.outcome.name(),
+            record.created.len(),
+            record.replaced.len(),
+            record.deleted.len(),
+            record.target,
+            if record.path == "/" { String::new() } else { format!(" (from {})", record.path) },
+        ));
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn print_plan(cli: &Cli, plan: &RestorePlan, safety: bool) {
+    let listed = |action: Action| cli.verbose > 0 || !matches!(action, Action::Keep);
+    if cli.json {
+        let entries: Vec<_> = plan
+            .entries
+            .iter()
+            .map(|p| {
+                let mut value = json!({"path": p.target.display().to_string(), "kind": p.entry.kind.name(),
+                    "action": p.action.name(), "size": p.entry.size});
+                if !p.why.is_empty() {
+                    value["why"] = json!(p.why);
+                }
+                if std::str::from_utf8(p.target.as_os_str().as_bytes()).is_err() {
+                    value["path_hex"] = json!(hex::encode(p.target.as_os_str().as_bytes()));
+                }
+                value
+            })
+            .collect();
+        output::json(&json!({"dry_run": true, "files": plan.files, "dirs": plan.dirs, "bytes": plan.file_bytes,
+            "creates": plan.creates, "overwrites": plan.overwrites, "updates": plan.updates, "keeps": plan.keeps, "deletes": plan.deletes,
+            "bytes_to_write": plan.bytes_to_write, "bytes_present": plan.bytes_present, "bytes_compared": plan.bytes_compared,
+            "blobs": plan.blobs, "fetch_bytes": plan.fetch_bytes, "packs": plan.packs,
+            "safety_snapshot": safety && plan.touches_target(), "entries": entries, "warnings": plan.warnings}));
+        return;
+    }
+    if !cli.quiet {
+        for planned in plan.entries.iter().filter(|p| listed(p.action)) {
+            let why = if planned.why.is_empty() { String::new() } else { format!(" ({})", planned.why) };
+            let shown = output::path_text(planned.target.as_os_str().as_bytes());
+            output::line(&format!("{:<9} {shown}{why}", planned.action.name()));
+        }
+    }
+    output::line(&format!(
+        "would restore {} files ({}) and {} dirs: {} created, {} overwritten, {} with metadata set, {} left as they are ({} already present), {} deleted; write {}, fetch {} in {} blobs from {} packs",
+        plan.files,
+        output::size(plan.file_bytes),
+        plan.dirs,
+        plan.creates,
+        plan.overwrites,
+        plan.updates,
+        plan.keeps,
+        output::size(plan.bytes_present),
+        plan.deletes,
+        output::size(plan.bytes_to_write),
+        output::size(plan.fetch_bytes),
+        plan.blobs,
+        plan.packs
+    ));
+    if plan.touches_target() {
+        let what = if safety {
+            "a safety snapshot of what it replaces or deletes would be taken first"
+        } else {
+            "no safety snapshot would be taken (--no-safety)"
+        };
+        output::line(&format!("the restore changes entries the target holds: {what}"));
+    }
+    for warning in &plan.warnings {
+        eprintln!("warning: {warning}");
+    }
+}

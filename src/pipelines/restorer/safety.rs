@@ -1,0 +1,303 @@
+//! Restores that can be undone. Before a restore replaces, changes or deletes anything
+//! the target holds, exactly those entries (and the folders around them, for their
+//! times) are backed up into a snapshot tagged `safety`, and a restore record naming
+//! it and every entry the restore will create is stored durably. If the restore then
+//! fails or is interrupted, the created entries are removed and the others put back
+//! from the safety snapshot; after a SIGKILL or a power cut, `restore --rollback` does
+//! the same from the record.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::beneath::{self, TargetDir, TargetLock};
+use super::{Action, Overwrite, PlannedEntry, RestoreOptions, RestorePlan, RestoreReport};
+use crate::error::{Error, Result};
+use crate::id::{RestoreId, SnapshotId};
+use crate::pipelines::archiver::{self, BackupOptions, ChangeRules};
+use crate::repository::manifest::EntryKind;
+use crate::repository::{RestoreOutcome, RestoreRecord, Repository, RESTORE_RECORD_VERSION};
+
+/// The tag of safety snapshots.
+pub const SAFETY_TAG: &str = "safety";
+
+/// What is known once a restore's record is stored, before the target is changed.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub id: RestoreId,
+    pub safety: Option<SnapshotId>,
+    /// Entries of the target the restore will replace, change or delete.
+    pub touched: usize,
+}
+
+/// How a restore run through [`restore`] ended.
+#[derive(Debug)]
+pub struct SafeRestore {
+    pub started: Started,
+    /// The restore's own report, if it ran to its end.
+    pub report: Option<RestoreReport>,
+    /// What stopped it, if anything.
+    pub error: Option<Error>,
+    /// If it failed and had a safety snapshot: what putting things back did.
+    pub rollback: Option<Rollback>,
+}
+
+/// What a rollback did.
+#[derive(Debug, Default)]
+pub struct Rollback {
+    /// Entries the restore had made, removed.
+    pub removed: usize,
+    /// Entries put back from the safety snapshot.
+    pub put_back: u64,
+    /// What could not be undone, one sentence each.
+    pub failures: Vec<String>,
+}
+
+/// Where a relative path of the target is, absolutely.
+fn absolute_in(target: &Path, relative: &[u8]) -> PathBuf {
+    if relative.is_empty() {
+        target.to_path_buf()
+    } else {
+        target.join(OsStr::from_bytes(relative))
+    }
+}
+
+fn parent_of(relative: &[u8]) -> Option<&[u8]> {
+    beneath::split_last(relative).map(|(folder, _)| folder)
+}
+
+/// True for entries whose present state the restore changes.
+fn touches(planned: &PlannedEntry) -> bool {
+    planned.existed
+        && match planned.action {
+            Action::Overwrite | Action::Update | Action::Delete | Action::HardLink => true,
+            // A folder kept as it is still gets its times set again.
+            Action::Keep => planned.entry.kind == EntryKind::Dir,
+            Action::Create | Action::Skip => false,
+        }
+}
+
+fn creates(planned: &PlannedEntry) -> bool {
+    !planned.existed && matches!(planned.action, Action::Create | Action::HardLink | Action::Overwrite)
+}
+
+/// The entries a safety snapshot holds: every touched entry (a folder that is
+/// replaced or deleted with everything in it; one whose metadata is set, alone), and
+/// every existing folder in which something is created, replaced or deleted.
+fn safety_selection(target: &Path, plan: &RestorePlan) -> Vec<(PathBuf, bool)> {
+    let existing_dirs: HashSet<&[u8]> = plan
+        .entries
+        .iter()
+        .filter(|p| p.existed && p.entry.kind == EntryKind::Dir && p.action != Action::Delete)
+        .map(|p| p.relative.as_slice())
+        .collect();
+    let mut selection: BTreeMap<PathBuf, bool> = BTreeMap::new();
+    let changed = |p: &&PlannedEntry| touches(p) && !(p.entry.kind == EntryKind::Dir && p.action == Action::Keep);
+    for planned in plan.entries.iter().filter(changed) {
+        let shallow = planned.entry.kind == EntryKind::Dir && planned.action == Action::Update;
+        *selection.entry(absolute_in(target, &planned.relative)).or_default() |= !shallow;
+    }
+    for planned in plan.entries.iter().filter(|p| (changed(p) || creates(p)) && !p.relative.is_empty()) {
+        if let Some(parent) = parent_of(&planned.relative).filter(|p| p.is_empty() || existing_dirs.contains(p)) {
+            selection.entry(absolute_in(target, parent)).or_default();
+        }
+    }
+    selection.into_iter().collect()
+}
+
+fn hex_list<'p>(entries: impl Iterator<Item = &'p PlannedEntry>) -> Vec<String> {
+    entries.map(|p| hex::encode(&p.relative)).collect()
+}
+
+/// The target's absolute path, its symlinks resolved (it is the user's choice).
+fn absolute_target(target: &Path) -> Result<PathBuf> {
+    let absolute = std::path::absolute(target).map_err(|e| Error::io("cannot resolve", target, e))?;
+    Ok(absolute.canonicalize().unwrap_or(absolute))
+}
+
+/// Runs a planned restore of `snapshot` with a restore record, and with a safety
+/// snapshot first if it replaces, changes or deletes anything (unless `safety` is
+/// false). `started` is called once the record is stored, before anything changes.
+/// A failure or an interrupt is rolled back when there is a safety snapshot.
+pub fn restore(
+    repository: &Repository,
+    (snapshot, path): (&SnapshotId, &str),
+    plan: &RestorePlan,
+    options: &RestoreOptions,
+    safety: bool,
+    started: &mut dyn FnMut(&Started),
+) -> Result<SafeRestore> {
+    let target = absolute_target(&options.target)?;
+    let touched: Vec<&PlannedEntry> = plan.entries.iter().filter(|p| touches(p) && p.action != Action::Keep).collect();
+    let id = RestoreId::random();
+    let safety_id = if touched.is_empty() || !safety {
+        None
+    } else {
+        Some(take_safety_snapshot(repository, &id, &target, plan)?)
+    };
+    let mut record = RestoreRecord {
+        version: RESTORE_RECORD_VERSION,
+        time: jiff::Timestamp::now().to_string(),
+        host: crate::system::host_name(),
+        user: crate::system::user_name(),
+        snapshot: snapshot.to_hex(),
+        path: path.to_string(),
+        target: target.display().to_string(),
+        safety: safety_id.map(|id| id.to_hex()),
+        created: if safety_id.is_some() { hex_list(plan.entries.iter().filter(|p| creates(p))) } else { Vec::new() },
+        replaced: hex_list(touched.iter().copied().filter(|p| p.action != Action::Delete)),
+        deleted: hex_list(touched.iter().copied().filter(|p| p.action == Action::Delete)),
+        outcome: RestoreOutcome::Running,
+        finished: None,
+        error: None,
+    };
+    repository.save_restore(&id, &record)?;
+    let begun = Started { id, safety: safety_id, touched: touched.len() };
+    started(&begun);
+    let (report, failure, error) = match super::execute(repository, plan, options) {
+        Ok(report) if report.failed.is_empty() => (Some(report), None, None),
+        Ok(report) => {
+            let first = report.failed[0].reason.clone();
+            (Some(report), Some(first), None)
+        }
+        Err(error) => (None, Some(error.to_string()), Some(error)),
+    };
+    let mut outcome = SafeRestore { started: begun, report, error, rollback: None };
+    if let Some(error_text) = failure {
+        record.error = Some(error_text);
+        record.outcome = RestoreOutcome::Failed;
+        if safety_id.is_some() {
+            // The interrupt that stopped the restore must not stop putting things back;
+            // a second one does (the record then says the rollback failed).
+            crate::interrupt::reset();
+            let rollback = roll_back(repository, &record);
+            record.outcome = match &rollback {
+                Ok(done) if done.failures.is_empty() => RestoreOutcome::RolledBack,
+                _ => RestoreOutcome::RollbackFailed,
+            };
+            outcome.rollback = Some(rollback.unwrap_or_else(|error| Rollback {
+                failures: vec![error.to_string()],
+                ..Default::default()
+            }));
+        }
+    } else {
+        record.outcome = RestoreOutcome::Completed;
+    }
+    record.finished = Some(jiff::Timestamp::now().to_string());
+    // The restore's own outcome matters more than a record that cannot be updated.
+    if let Err(error) = repository.save_restore(&id, &record) {
+        crate::backend::note(format!("the record of restore {} could not be updated: {error}", id.short()));
+    }
+    Ok(outcome)
+}
+
+/// Backs up the entries the plan touches into a snapshot tagged `safety`. A safety
+/// snapshot that misses an entry (one that could not be read) is refused: the restore
+/// would then replace something it cannot put back.
+fn take_safety_snapshot(repository: &Repository, id: &RestoreId, target: &Path, plan: &RestorePlan) -> Result<SnapshotId> {
+    let options = BackupOptions {
+        paths: vec![target.to_path_buf()],
+        tags: vec![SAFETY_TAG.to_string(), format!("restore-{}", id.short())],
+        selection: safety_selection(target, plan),
+        change_rules: ChangeRules { force: true, ..Default::default() },
+        ..Default::default()
+    };
+    let report = archiver::backup(repository, options)?;
+    if let Some(first) = report.warnings.first() {
+        return Err(Error::Refused(format!(
+            "the safety snapshot of what this restore would replace is incomplete ({first}); nothing was changed. Fix that, or restore with --no-safety"
+        )));
+    }
+    Ok(report.id)
+}
+
+/// Undoes a restore from its record: removes what it created (never a folder that
+/// holds something else), then puts back every replaced, changed or deleted entry
+/// from the safety snapshot, with the folders' metadata. Nothing of the safety
+/// snapshot is deleted, whatever happens.
+pub fn roll_back(repository: &Repository, record: &RestoreRecord) -> Result<Rollback> {
+    let Some(safety) = record.safety_id()? else {
+        return Err(Error::Refused("this restore replaced nothing, so it has no safety snapshot to roll back to".into()));
+    };
+    let target_path = PathBuf::from(&record.target);
+    let mut rollback = Rollback::default();
+    {
+        let target = TargetDir::open_existing(&target_path)
+            .map_err(|e| Error::io("cannot open restore target", &target_path, e))?
+            .ok_or_else(|| Error::NotFound { what: format!("restore target {}", target_path.display()) })?;
+        let _lock = match target.lock().map_err(|e| Error::io("cannot lock restore target", &target_path, e))? {
+            TargetLock::Busy => {
+                return Err(Error::Refused(format!(
+                    "a restore is still writing into {}; wait for it to finish",
+                    target_path.display()
+                )))
+            }
+            held => held,
+        };
+        remove_created(&target, record, &mut rollback);
+    }
+    let (_, snapshot) = repository.find_snapshot(&safety.to_hex()).map_err(|error| match error {
+        Error::NotFound { .. } => Error::NotFound {
+            what: format!("safety snapshot {} (was it forgotten?)", safety.short()),
+        },
+        other => other,
+    })?;
+    let manifest = repository.load_manifest(&safety, &snapshot)?;
+    let options = RestoreOptions {
+        subpath: Some(record.target.as_bytes().to_vec()),
+        target: target_path.clone(),
+        overwrite: Overwrite::Always,
+        target_metadata: true,
+        ..Default::default()
+    };
+    let plan = super::plan(repository, &manifest, &options)?;
+    let report = super::execute(repository, &plan, &options)?;
+    let entries = plan.entries.iter().filter(|p| !p.relative.is_empty()).count() as u64;
+    rollback.put_back = entries.saturating_sub(report.failed.len() as u64);
+    for failure in &report.failed {
+        rollback.failures.push(format!(
+            "{} was not put back ({}); it is in safety snapshot {}",
+            failure.path.display(),
+            failure.reason,
+            safety.short()
+        ));
+    }
+    Ok(rollback)
+}
+
+/// Removes the entries the restore created, deepest first, and temporary files of
+/// the restore in the folders around them.
+fn remove_created(target: &TargetDir, record: &RestoreRecord, rollback: &mut Rollback) {
+    let mut created = RestoreRecord::paths(&record.created);
+    created.sort();
+    let mut folders: HashSet<Vec<u8>> = HashSet::new();
+    for relative in RestoreRecord::paths(&record.replaced).iter().chain(&created).chain(&RestoreRecord::paths(&record.deleted)) {
+        folders.insert(parent_of(relative).unwrap_or_default().to_vec());
+    }
+    for folder in &folders {
+        let _ = target.remove_stale_temporaries(folder, "\0");
+    }
+    for relative in created.iter().rev() {
+        let shown = target.display(relative);
+        match target.lookup(relative) {
+            Ok(None) => {}
+            Ok(Some(stat)) if beneath::is_dir(&stat) => {
+                let _ = target.remove_stale_temporaries(relative, "\0");
+                match target.remove_empty_dir(relative) {
+                    Ok(()) => rollback.removed += 1,
+                    Err(error) if error.raw_os_error() == Some(libc::ENOTEMPTY) => rollback.failures.push(format!(
+                        "{} was made by the restore but now holds entries it did not make; left in place",
+                        shown.display()
+                    )),
+                    Err(error) => rollback.failures.push(format!("cannot remove {}: {error}", shown.display())),
+                }
+            }
+            Ok(Some(_)) => match target.remove_tree(relative) {
+                Ok(()) => rollback.removed += 1,
+                Err(error) => rollback.failures.push(format!("cannot remove {}: {error}", shown.display())),
+            },
+            Err(error) => rollback.failures.push(format!("cannot look at {}: {error}", shown.display())),
+        }
+    }
+}
