@@ -36,7 +36,9 @@ pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
         overwrite: args.overwrite.parse::<Overwrite>()?,
         delete: args.delete,
         force: args.force,
-        target_metadata: false,
+        // Restoring a folder onto itself sets its own metadata too; an existing folder
+        // chosen as a target elsewhere keeps its own.
+        target_metadata: is_same_folder(&target, subpath.as_deref()),
     };
     let plan = restorer::plan(&repository, &manifest, &options)?;
     if args.dry_run {
@@ -44,11 +46,20 @@ pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
         return Ok(exit::SUCCESS);
     }
     let path = subpath.as_deref().map_or("/".to_string(), |p| String::from_utf8_lossy(p).into_owned());
-    if args.no_safety && plan.entries.iter().any(|p| p.existed && matches!(p.action, Action::Overwrite | Action::Update | Action::Delete)) {
-        note(cli.quiet, "no safety snapshot (--no-safety): what this restore replaces or deletes cannot be rolled back");
+    if args.no_safety
+        && plan
+            .entries
+            .iter()
+            .any(|p| p.existed && matches!(p.action, Action::Overwrite | Action::Update | Action::Delete))
+    {
+        note(
+            cli.quiet,
+            "no safety snapshot (--no-safety): what this restore replaces or deletes cannot be rolled back",
+        );
     }
     let quiet = cli.quiet || cli.json;
-    let mut announce = |started: &safety::Started| match started.safety {
+    let mut announce = |started: &safety::Started| {
+        match started.safety {
         Some(safety) => note(
             quiet,
             &format!(
@@ -60,9 +71,16 @@ pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
             ),
         ),
         None => note(quiet, &format!("restore {}: nothing in {} is replaced or deleted", started.id.short(), target.display())),
+    }
     };
     let outcome = safety::restore(&repository, (&id, &path), &plan, &options, !args.no_safety, &mut announce)?;
     report_outcome(cli, args, &id, &target, outcome)
+}
+
+fn is_same_folder(target: &Path, subpath: Option<&[u8]>) -> bool {
+    let Some(subpath) = subpath else { return false };
+    let resolved = std::path::absolute(target).ok().and_then(|path| path.canonicalize().ok());
+    resolved.is_some_and(|path| path.as_os_str().as_bytes() == subpath.strip_suffix(b"/").unwrap_or(subpath))
 }
 
 fn report_outcome(cli: &Cli, args: &RestoreArgs, id: &SnapshotId, target: &Path, outcome: SafeRestore) -> Result<i32> {
@@ -181,11 +199,17 @@ fn rollback(cli: &Cli, repository: &Repository, spec: &str, force: bool) -> Resu
         );
     }
     if record.outcome == coffer::RestoreOutcome::RolledBack && !force {
-        return fail(exit::REFUSED, format!("restore {} was rolled back already; add --force to do it again", id.short()));
+        return fail(
+            exit::REFUSED,
+            format!("restore {} was rolled back already; add --force to do it again", id.short()),
+        );
     }
     let done = safety::roll_back(repository, &record)?;
-    record.outcome =
-        if done.failures.is_empty() { coffer::RestoreOutcome::RolledBack } else { coffer::RestoreOutcome::RollbackFailed };
+    record.outcome = if done.failures.is_empty() {
+        coffer::RestoreOutcome::RolledBack
+    } else {
+        coffer::RestoreOutcome::RollbackFailed
+    };
     record.finished = Some(jiff::Timestamp::now().to_string());
     repository.save_restore(&id, &record)?;
     let safety = record.safety_id()?;

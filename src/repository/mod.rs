@@ -23,8 +23,8 @@ mod snapshots;
 
 pub use index_sync::ScratchLoad;
 pub use objects::pack_key;
-pub use restores::{Outcome as RestoreOutcome, RestoreRecord, RESTORE_RECORD_VERSION};
 pub use open::{read_config, Config, InitOptions, DEFAULT_PACK_SIZE, REPOSITORY_VERSION};
+pub use restores::{Outcome as RestoreOutcome, RestoreRecord, RESTORE_RECORD_VERSION};
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};

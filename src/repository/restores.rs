@@ -81,10 +81,14 @@ impl RestoreRecord {
     }
 }
 
+/// Readable restore records (oldest first) and the errors of unreadable ones.
+pub type RestoreList = (Vec<(RestoreId, RestoreRecord)>, Vec<Error>);
+
 impl Repository {
     /// Stores (or replaces) a restore record, durably.
     pub fn save_restore(&self, id: &RestoreId, record: &RestoreRecord) -> Result<()> {
-        let plain = serde_json::to_vec(record).map_err(|e| Error::InvalidInput(format!("cannot encode record: {e}")))?;
+        let plain =
+            serde_json::to_vec(record).map_err(|e| Error::InvalidInput(format!("cannot encode record: {e}")))?;
         let (_, sealed) = Kind::Restore.seal(&self.master, &plain);
         self.backend.put(&Kind::Restore.key(id), Bytes::from(sealed))?;
         self.backend.sync()
@@ -94,8 +98,8 @@ impl Repository {
     pub fn load_restore(&self, id: &RestoreId) -> Result<RestoreRecord> {
         let name = Kind::Restore.key(id);
         let plain = Kind::Restore.read(&*self.backend, &self.master, id)?;
-        let record: RestoreRecord =
-            serde_json::from_slice(&plain).map_err(|e| Error::integrity(&name, format!("it is not a restore record: {e}")))?;
+        let record: RestoreRecord = serde_json::from_slice(&plain)
+            .map_err(|e| Error::integrity(&name, format!("it is not a restore record: {e}")))?;
         if record.version != RESTORE_RECORD_VERSION {
             return Err(Error::UnsupportedVersion {
                 what: format!("restore record {name}"),
@@ -107,7 +111,7 @@ impl Repository {
     }
 
     /// Every restore record, oldest first; unreadable ones are returned as errors.
-    pub fn list_restores(&self) -> Result<(Vec<(RestoreId, RestoreRecord)>, Vec<Error>)> {
+    pub fn list_restores(&self) -> Result<RestoreList> {
         let mut records = Vec::new();
         let mut damaged = Vec::new();
         for id in Kind::Restore.list::<RestoreId>(&*self.backend)? {

@@ -154,7 +154,9 @@ impl TargetDir {
         }
         let (folder, name) = match self.parent(relative) {
             Ok(found) => found,
-            Err(error) if matches!(error.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)) => {
+            Err(error)
+                if matches!(error.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)) =>
+            {
                 return Ok(None)
             }
             Err(error) => return Err(error),
@@ -300,7 +302,7 @@ pub(super) fn is_temporary_name(name: &[u8]) -> bool {
 fn remove_at(folder: &OwnedFd, name: &OsStr) -> io::Result<()> {
     use nix::unistd::UnlinkatFlags;
     match stat_at(folder, name)? {
-        None => return Ok(()),
+        None => Ok(()),
         Some(stat) if is_dir(&stat) => {
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
             let inner = nix::fcntl::openat(folder, name, flags, Mode::empty())?;

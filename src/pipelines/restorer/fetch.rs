@@ -373,7 +373,9 @@ fn finish_file(
     }
     metadata::apply_to_handle(&OwnedFd::from(opened), file.planned, owners, warnings);
     let name = beneath::split_last(&file.temporary).map(|(_, name)| name).unwrap_or_default();
-    metadata::rename_into_place(run, &file.planned.relative, std::ffi::OsStr::from_bytes(name)).map_err(local)
+    let replace_folder = file.planned.action == Action::Overwrite;
+    metadata::rename_into_place(run, &file.planned.relative, std::ffi::OsStr::from_bytes(name), replace_folder)
+        .map_err(local)
 }
 
 fn verify_file(file: &mut File, expected: Option<[u8; 32]>) -> Option<String> {
@@ -446,7 +448,7 @@ fn link_one(run: &Run<'_>, leader: &[u8], inode: u64, relative: &[u8]) -> std::i
         nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
     );
     linked?;
-    metadata::rename_into_place(run, relative, &temporary)
+    metadata::rename_into_place(run, relative, &temporary, false)
 }
 
 #[cfg(test)]

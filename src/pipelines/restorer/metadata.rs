@@ -44,7 +44,8 @@ pub(super) fn create_special(
         EntryKind::Symlink => apply_to_symlink(&folder, &name, planned, owners, warnings),
         _ => apply_to_node(&folder, &name, planned, owners, warnings),
     };
-    let placed = applied.and_then(|()| rename_into_place(run, &planned.relative, &name));
+    let replace_folder = planned.action == super::Action::Overwrite;
+    let placed = applied.and_then(|()| rename_into_place(run, &planned.relative, &name, replace_folder));
     if placed.is_err() {
         let _ = nix::unistd::unlinkat(&folder, name.as_os_str(), UnlinkatFlags::NoRemoveDir);
     }
@@ -52,13 +53,18 @@ pub(super) fn create_special(
 }
 
 /// Renames the temporary entry `name` (in the folder of `relative`) to `relative`. An
-/// empty folder in the way is removed; a folder with content is not, and fails.
-pub(super) fn rename_into_place(run: &Run<'_>, relative: &[u8], name: &OsStr) -> io::Result<()> {
+/// empty folder in the way is removed; a folder with content only if the plan replaces
+/// it (`replace_folder`: the safety snapshot holds it), else the rename fails.
+pub(super) fn rename_into_place(run: &Run<'_>, relative: &[u8], name: &OsStr, replace_folder: bool) -> io::Result<()> {
     let (folder, final_name) = run.target.parent(relative)?;
     let renamed = match nix::fcntl::renameat(&folder, name, &folder, final_name) {
         Err(Errno::EISDIR) | Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) => {
             match nix::unistd::unlinkat(&folder, final_name, UnlinkatFlags::RemoveDir) {
                 Ok(()) => nix::fcntl::renameat(&folder, name, &folder, final_name),
+                Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) if replace_folder => {
+                    run.target.remove_tree(relative)?;
+                    nix::fcntl::renameat(&folder, name, &folder, final_name)
+                }
                 Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) => {
                     Err(io::Error::other("a folder that is not empty is in the way"))?
                 }

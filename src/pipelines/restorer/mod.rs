@@ -168,7 +168,9 @@ pub struct RestorePlan {
 impl RestorePlan {
     /// True if the plan replaces, changes or deletes something the target holds.
     pub fn touches_target(&self) -> bool {
-        self.entries.iter().any(|p| p.existed && matches!(p.action, Action::Overwrite | Action::Update | Action::Delete | Action::HardLink))
+        self.entries.iter().any(|p| {
+            p.existed && matches!(p.action, Action::Overwrite | Action::Update | Action::Delete | Action::HardLink)
+        })
     }
 }
 
@@ -273,9 +275,11 @@ pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptio
             continue;
         }
         let found = match &existing {
-            Some(target) => Some(target.lookup(&relative).map_err(|e| {
-                Error::io("cannot look at", display_path(&options.target, &relative), e)
-            })?),
+            Some(target) => Some(
+                target
+                    .lookup(&relative)
+                    .map_err(|e| Error::io("cannot look at", display_path(&options.target, &relative), e))?,
+            ),
             None => None,
         };
         let planned = plan_entry(
@@ -326,7 +330,10 @@ fn check_delete(options: &RestoreOptions, base: &[u8], base_is_file: bool) -> Re
         return Ok(());
     }
     if target == Path::new("/") {
-        return Err(Error::Refused("--delete into / would remove everything the snapshot does not hold; add --force if that is really meant".into()));
+        return Err(Error::Refused(
+            "--delete into / would remove everything the snapshot does not hold; add --force if that is really meant"
+                .into(),
+        ));
     }
     if target.as_os_str().as_bytes() != base {
         return Err(Error::Refused(format!(
@@ -347,7 +354,10 @@ fn plan_deletions(
     exclude: Option<&RestorePatterns>,
     plan: &mut RestorePlan,
 ) -> Result<()> {
-    let kept: HashSet<Vec<u8>> = plan.entries.iter().map(|p| p.relative.clone()).collect();
+    // Planned entries, and whether each is a folder: a folder of the target where the
+    // snapshot has a file goes with everything in it when the file replaces it.
+    let kept: HashMap<Vec<u8>, bool> =
+        plan.entries.iter().map(|p| (p.relative.clone(), p.entry.kind == EntryKind::Dir)).collect();
     let mut walk = walkdir::WalkDir::new(target.path())
         .follow_links(false)
         .follow_root_links(false)
@@ -360,12 +370,16 @@ fn plan_deletions(
             Error::io("cannot list", path, e.into_io_error().unwrap_or_else(|| std::io::Error::other("a loop")))
         })?;
         let relative = item.path().strip_prefix(target.path()).unwrap_or(item.path()).as_os_str().as_bytes().to_vec();
-        if kept.contains(&relative) {
+        let is_dir = item.file_type().is_dir();
+        if let Some(planned_dir) = kept.get(&relative) {
+            if is_dir && !planned_dir {
+                walk.skip_current_dir();
+            }
             continue;
         }
-        let is_dir = item.file_type().is_dir();
         let name = item.file_name().as_bytes();
-        let snapshot_path = if base == b"/" { [b"/", &relative[..]].concat() } else { [base, b"/", &relative].concat() };
+        let snapshot_path =
+            if base == b"/" { [b"/", &relative[..]].concat() } else { [base, b"/", &relative].concat() };
         if beneath::is_temporary_name(name) || exclude.is_some_and(|set| set.matches(&snapshot_path, &relative)) {
             if is_dir {
                 walk.skip_current_dir();
@@ -469,7 +483,9 @@ fn plan_entry(
                 }
                 Some(_) => {}
                 None => {
-                    if let (Some(group), true) = (entry.hardlink_group, matches!(action, Action::Create | Action::Overwrite)) {
+                    if let (Some(group), true) =
+                        (entry.hardlink_group, matches!(action, Action::Create | Action::Overwrite))
+                    {
                         leaders.insert(group, relative.clone());
                     }
                     if matches!(action, Action::Create | Action::Overwrite) {
@@ -607,7 +623,8 @@ pub fn execute(repository: &Repository, plan: &RestorePlan, options: &RestoreOpt
             }
         }
     }
-    report.kept = plan.entries.iter().filter(|p| p.action == Action::Keep && p.entry.kind != EntryKind::Dir).count() as u64;
+    report.kept =
+        plan.entries.iter().filter(|p| p.action == Action::Keep && p.entry.kind != EntryKind::Dir).count() as u64;
     for planned in plan.entries.iter().filter(|p| p.action == Action::Delete) {
         crate::interrupt::check()?;
         match run.target.remove_tree(&planned.relative) {
@@ -669,8 +686,11 @@ fn make_dirs(
         report.stale_removed += removed;
     }
     let made = |p: &&PlannedEntry| {
-        p.entry.kind == EntryKind::Dir && !matches!(p.action, Action::Delete | Action::Skip)
-            && (p.action != Action::Keep || !p.existed || run.target.find(&p.relative).ok() == Some(beneath::Found::Dir))
+        p.entry.kind == EntryKind::Dir
+            && !matches!(p.action, Action::Delete | Action::Skip)
+            && (p.action != Action::Keep
+                || !p.existed
+                || run.target.find(&p.relative).ok() == Some(beneath::Found::Dir))
     };
     for planned in plan.entries.iter().filter(made) {
         match run.target.make_dir(&planned.relative) {

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::id::{RestoreId, SnapshotId};
 use crate::pipelines::archiver::{self, BackupOptions, ChangeRules};
 use crate::repository::manifest::EntryKind;
-use crate::repository::{RestoreOutcome, RestoreRecord, Repository, RESTORE_RECORD_VERSION};
+use crate::repository::{Repository, RestoreOutcome, RestoreRecord, RESTORE_RECORD_VERSION};
 
 /// The tag of safety snapshots.
 pub const SAFETY_TAG: &str = "safety";
@@ -131,11 +131,8 @@ pub fn restore(
     let target = absolute_target(&options.target)?;
     let touched: Vec<&PlannedEntry> = plan.entries.iter().filter(|p| touches(p) && p.action != Action::Keep).collect();
     let id = RestoreId::random();
-    let safety_id = if touched.is_empty() || !safety {
-        None
-    } else {
-        Some(take_safety_snapshot(repository, &id, &target, plan)?)
-    };
+    let safety_id =
+        if touched.is_empty() || !safety { None } else { Some(take_safety_snapshot(repository, &id, &target, plan)?) };
     let mut record = RestoreRecord {
         version: RESTORE_RECORD_VERSION,
         time: jiff::Timestamp::now().to_string(),
@@ -176,10 +173,9 @@ pub fn restore(
                 Ok(done) if done.failures.is_empty() => RestoreOutcome::RolledBack,
                 _ => RestoreOutcome::RollbackFailed,
             };
-            outcome.rollback = Some(rollback.unwrap_or_else(|error| Rollback {
-                failures: vec![error.to_string()],
-                ..Default::default()
-            }));
+            outcome.rollback = Some(
+                rollback.unwrap_or_else(|error| Rollback { failures: vec![error.to_string()], ..Default::default() }),
+            );
         }
     } else {
         record.outcome = RestoreOutcome::Completed;
@@ -195,7 +191,12 @@ pub fn restore(
 /// Backs up the entries the plan touches into a snapshot tagged `safety`. A safety
 /// snapshot that misses an entry (one that could not be read) is refused: the restore
 /// would then replace something it cannot put back.
-fn take_safety_snapshot(repository: &Repository, id: &RestoreId, target: &Path, plan: &RestorePlan) -> Result<SnapshotId> {
+fn take_safety_snapshot(
+    repository: &Repository,
+    id: &RestoreId,
+    target: &Path,
+    plan: &RestorePlan,
+) -> Result<SnapshotId> {
     let options = BackupOptions {
         paths: vec![target.to_path_buf()],
         tags: vec![SAFETY_TAG.to_string(), format!("restore-{}", id.short())],
@@ -218,7 +219,9 @@ fn take_safety_snapshot(repository: &Repository, id: &RestoreId, target: &Path, 
 /// snapshot is deleted, whatever happens.
 pub fn roll_back(repository: &Repository, record: &RestoreRecord) -> Result<Rollback> {
     let Some(safety) = record.safety_id()? else {
-        return Err(Error::Refused("this restore replaced nothing, so it has no safety snapshot to roll back to".into()));
+        return Err(Error::Refused(
+            "this restore replaced nothing, so it has no safety snapshot to roll back to".into(),
+        ));
     };
     let target_path = PathBuf::from(&record.target);
     let mut rollback = Rollback::default();
@@ -238,22 +241,25 @@ pub fn roll_back(repository: &Repository, record: &RestoreRecord) -> Result<Roll
         remove_created(&target, record, &mut rollback);
     }
     let (_, snapshot) = repository.find_snapshot(&safety.to_hex()).map_err(|error| match error {
-        Error::NotFound { .. } => Error::NotFound {
-            what: format!("safety snapshot {} (was it forgotten?)", safety.short()),
-        },
+        Error::NotFound { .. } => {
+            Error::NotFound { what: format!("safety snapshot {} (was it forgotten?)", safety.short()) }
+        }
         other => other,
     })?;
     let manifest = repository.load_manifest(&safety, &snapshot)?;
     let options = RestoreOptions {
         subpath: Some(record.target.as_bytes().to_vec()),
         target: target_path.clone(),
-        overwrite: Overwrite::Always,
+        // What the restore did not change, or changed only in metadata, is left or fixed
+        // in place: its content need not (and, if the repository is damaged where the
+        // restore failed, may not) be read from the repository.
+        overwrite: Overwrite::IfChanged,
         target_metadata: true,
         ..Default::default()
     };
     let plan = super::plan(repository, &manifest, &options)?;
     let report = super::execute(repository, &plan, &options)?;
-    let entries = plan.entries.iter().filter(|p| !p.relative.is_empty()).count() as u64;
+    let entries = plan.entries.iter().filter(|p| !p.relative.is_empty() && p.action != Action::Keep).count() as u64;
     rollback.put_back = entries.saturating_sub(report.failed.len() as u64);
     for failure in &report.failed {
         rollback.failures.push(format!(
@@ -272,7 +278,9 @@ fn remove_created(target: &TargetDir, record: &RestoreRecord, rollback: &mut Rol
     let mut created = RestoreRecord::paths(&record.created);
     created.sort();
     let mut folders: HashSet<Vec<u8>> = HashSet::new();
-    for relative in RestoreRecord::paths(&record.replaced).iter().chain(&created).chain(&RestoreRecord::paths(&record.deleted)) {
+    for relative in
+        RestoreRecord::paths(&record.replaced).iter().chain(&created).chain(&RestoreRecord::paths(&record.deleted))
+    {
         folders.insert(parent_of(relative).unwrap_or_default().to_vec());
     }
     for folder in &folders {

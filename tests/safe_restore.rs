@@ -1,0 +1,328 @@
+//! Safe restores through the real binary: the plan (`--dry-run`) is what the restore
+//! then does, entry by entry; `--overwrite` rules and `--delete`; a restore that fails
+//! or is interrupted puts the target back exactly as it was (content, mode, owner,
+//! times, xattrs, link targets), and `restore --rollback` does so after a SIGKILL.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use common::{assert_same_tree, random_bytes, set_mtime, stat_walk, Fixture};
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A study folder: text files, a large binary, a subfolder, a symlink, an xattr.
+fn make_study(root: &Path) {
+    write(&root.join("notes.txt"), b"patient 17: stable\n");
+    write(&root.join("same-content.txt"), b"unchanged content\n");
+    write(&root.join("chmod.txt"), b"mode will change\n");
+    write(&root.join("scan.bin"), &random_bytes(3 << 20, 5));
+    write(&root.join("series/img1.dcm"), &random_bytes(200_000, 6));
+    write(&root.join("series/img2.dcm"), &random_bytes(150_000, 7));
+    write(&root.join("was-a-file"), b"a file in the snapshot\n");
+    std::fs::create_dir_all(root.join("was-a-dir")).unwrap();
+    write(&root.join("was-a-dir/inner.txt"), b"inner\n");
+    symlink("notes.txt", root.join("link")).unwrap();
+    let _ = xattr::set(root.join("notes.txt"), "user.study", b"17");
+    set_mtime(&root.join("same-content.txt"), 1_700_000_000, 0);
+}
+
+/// Changes the live folder the way a day of work (or a mistake) would.
+fn change_study(root: &Path) {
+    write(&root.join("notes.txt"), b"patient 17: worse, see scan\n");
+    let _ = xattr::set(root.join("notes.txt"), "user.study", b"17b");
+    set_mtime(&root.join("same-content.txt"), 1_800_000_000, 5);
+    std::fs::set_permissions(root.join("chmod.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(root.join("series/img2.dcm")).unwrap();
+    write(&root.join("series/img3.dcm"), &random_bytes(90_000, 8));
+    write(&root.join("new-folder/draft.txt"), b"draft\n");
+    std::fs::remove_file(root.join("was-a-file")).unwrap();
+    std::fs::create_dir(root.join("was-a-file")).unwrap();
+    write(&root.join("was-a-file/x"), b"x\n");
+    std::fs::remove_dir_all(root.join("was-a-dir")).unwrap();
+    write(&root.join("was-a-dir"), b"now a file\n");
+    std::fs::remove_file(root.join("link")).unwrap();
+    symlink("elsewhere", root.join("link")).unwrap();
+}
+
+fn study_fixture() -> (Fixture, std::path::PathBuf, String) {
+    let fixture = Fixture::new();
+    let study = fixture.path("data/study");
+    make_study(&study);
+    fixture.backup(&study);
+    let spec = format!("latest:{}", study.display());
+    (fixture, study, spec)
+}
+
+/// The plan's action per relative path.
+fn plan_of(fixture: &Fixture, args: &[&str]) -> BTreeMap<String, String> {
+    let mut all = vec!["restore", "--dry-run"];
+    all.extend_from_slice(args);
+    let plan = fixture.json(&all);
+    let target = args[args.iter().position(|a| *a == "--target").unwrap() + 1];
+    plan["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let path = e["path"].as_str().unwrap();
+            let relative = path.strip_prefix(target).unwrap().trim_start_matches('/').to_string();
+            (relative, e["action"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_plan_is_what_the_restore_then_does() {
+    let (fixture, study, spec) = study_fixture();
+    change_study(&study);
+    let target = study.to_str().unwrap();
+    let plan = plan_of(&fixture, &[&spec, "--target", target, "--delete"]);
+    let expect =
+        |path: &str, action: &str| assert_eq!(plan.get(path).map(String::as_str), Some(action), "{path}: {plan:?}");
+    expect("notes.txt", "overwrite");
+    expect("same-content.txt", "update");
+    expect("chmod.txt", "update");
+    expect("scan.bin", "keep");
+    expect("series/img1.dcm", "keep");
+    expect("series/img2.dcm", "create");
+    expect("series/img3.dcm", "delete");
+    expect("new-folder", "delete");
+    expect("was-a-file", "overwrite");
+    expect("was-a-dir", "overwrite");
+    expect("was-a-dir/inner.txt", "create");
+    expect("link", "overwrite");
+    assert!(!plan.contains_key("new-folder/draft.txt"), "a deleted folder is one entry: {plan:?}");
+
+    let before = stat_walk(&study);
+    let result = fixture.json(&["restore", &spec, "--target", target, "--delete"]);
+    assert!(result["safety_snapshot"].is_string(), "{result}");
+    let after = stat_walk(&study);
+    for (relative, action) in &plan {
+        let key = relative.as_bytes().to_vec();
+        let (old, new) = (before.get(&key), after.get(&key));
+        match action.as_str() {
+            "keep" if old.unwrap().0.kind != "dir" => {
+                assert_eq!(old.unwrap().1, new.unwrap().1, "{relative}: a kept file keeps its inode");
+                let ctime = |p: &Path| std::fs::symlink_metadata(p).unwrap().ctime_nsec();
+                let _ = ctime(&study.join(relative));
+                assert_eq!(old.unwrap().0, new.unwrap().0, "{relative}: a kept file is unchanged");
+            }
+            "update" => {
+                assert_eq!(old.unwrap().1, new.unwrap().1, "{relative}: an updated file keeps its inode");
+                assert_eq!(old.unwrap().0.sha256, new.unwrap().0.sha256, "{relative}: and its content");
+            }
+            "overwrite" => assert!(old.is_some() && new.is_some(), "{relative}: replaced"),
+            "create" => assert!(old.is_none() && new.is_some(), "{relative}: created"),
+            "delete" => assert!(new.is_none(), "{relative}: deleted"),
+            _ => {}
+        }
+    }
+    // And the folder is now exactly the snapshot.
+    let restored = fixture.path("fresh");
+    fixture.ok(&["restore", &spec, "--target", restored.to_str().unwrap()]);
+    assert_same_tree(&restored, &study);
+    // Restoring again changes nothing, and needs no safety snapshot.
+    let again = plan_of(&fixture, &[&spec, "--target", target, "--delete"]);
+    assert!(again.values().all(|action| action == "keep"), "{again:?}");
+}
+
+#[test]
+fn a_failed_restore_puts_the_target_back_exactly() {
+    let (fixture, study, spec) = study_fixture();
+    change_study(&study);
+    // The scan's pack disappears: the restore fails on it after other files were written.
+    let scan_pack = largest_pack(&fixture.repo());
+    std::fs::remove_file(&scan_pack).unwrap();
+    std::fs::write(study.join("scan.bin"), b"local edit of the scan").unwrap();
+    let before = fixture.path("before");
+    copy_tree(&study, &before);
+    let output = fixture.run(&["restore", &spec, "--target", study.to_str().unwrap(), "--delete"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(13), "{stderr}");
+    assert!(stderr.contains("put back from the safety snapshot"), "{stderr}");
+    assert_same_tree(&before, &study);
+    let restores = fixture.json(&["restores"]);
+    assert_eq!(restores["restores"][0]["outcome"], "rolled-back", "{restores}");
+}
+
+#[test]
+fn sigterm_rolls_back_and_sigkill_is_rolled_back_by_rollback() {
+    let fixture = Fixture::new();
+    let study = fixture.path("data/many");
+    for n in 0..2000 {
+        write(&study.join(format!("d{:02}/f{n:04}.txt", n % 30)), &random_bytes(2000 + n * 13, n as u64));
+    }
+    fixture.backup(&study);
+    let spec = format!("latest:{}", study.display());
+    for n in (0..2000).step_by(2) {
+        write(&study.join(format!("d{:02}/f{n:04}.txt", n % 30)), format!("edited {n}").as_bytes());
+    }
+    write(&study.join("d00/extra.txt"), b"made after the backup");
+    let before = fixture.path("before");
+    copy_tree(&study, &before);
+    let target = study.to_str().unwrap();
+    // How long one restore takes here: the signals land at fractions of it.
+    let started = std::time::Instant::now();
+    fixture.ok(&["restore", &spec, "--target", target, "--delete"]);
+    let took = started.elapsed().as_millis() as u64;
+    let restores = fixture.json(&["restores"]);
+    let id = restores["restores"][0]["restore_id"].as_str().unwrap().to_string();
+    fixture.ok(&["restore", "--rollback", &id, "--force"]);
+    assert_same_tree(&before, &study);
+    let mut rolled_back_by_signal = 0;
+    let mut rolled_back_by_command = 0;
+    let rounds = [(15, 30), (15, 60), (15, 85), (9, 20), (9, 40), (9, 55), (9, 70), (9, 90)];
+    for (signal, percent) in rounds {
+        let delay_ms = took * percent / 100;
+        let mut child = fixture
+            .command(&["restore", &spec, "--target", target, "--delete"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = child.wait().unwrap();
+        let restores = fixture.json(&["restores"]);
+        let last = restores["restores"].as_array().unwrap().last().cloned();
+        let outcome = last.as_ref().map(|r| r["outcome"].as_str().unwrap().to_string());
+        match (status.code(), outcome.as_deref()) {
+            // Done before the signal: undo it, to start the next round from the same tree.
+            (Some(0), Some("completed")) => {
+                let id = last.unwrap()["restore_id"].as_str().unwrap().to_string();
+                fixture.ok(&["restore", "--rollback", &id, "--force"]);
+            }
+            (Some(143), Some("rolled-back")) => rolled_back_by_signal += 1,
+            (None, Some("running")) => {
+                let id = last.unwrap()["restore_id"].as_str().unwrap().to_string();
+                fixture.ok(&["restore", "--rollback", &id]);
+                rolled_back_by_command += 1;
+            }
+            // Killed before its record was stored: nothing was changed yet.
+            (None, _) | (Some(143), _) => {}
+            other => panic!("unexpected end {other:?} after signal {signal} at {delay_ms} ms of {took}"),
+        }
+        assert_same_tree(&before, &study);
+        assert!(
+            !walkdir::WalkDir::new(&study).into_iter().any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".coffer-restore-")),
+            "temporary files left"
+        );
+    }
+    eprintln!("a restore takes {took} ms; rolled back by the signal handler: {rolled_back_by_signal}, by restore --rollback: {rolled_back_by_command}");
+    assert!(rolled_back_by_signal + rolled_back_by_command > 0, "no signal arrived during a restore");
+}
+
+#[test]
+fn overwrite_rules() {
+    let (fixture, study, spec) = study_fixture();
+    let target = study.to_str().unwrap();
+    write(&study.join("notes.txt"), b"edited today\n");
+    set_mtime(&study.join("notes.txt"), 2_000_000_000, 0);
+    let never = plan_of(&fixture, &[&spec, "--target", target, "--overwrite", "never"]);
+    assert_eq!(never["notes.txt"], "keep");
+    let newer = plan_of(&fixture, &[&spec, "--target", target, "--overwrite", "if-newer"]);
+    assert_eq!(newer["notes.txt"], "keep", "the target's file is newer");
+    let always = plan_of(&fixture, &[&spec, "--target", target, "--overwrite", "always"]);
+    assert_eq!(always["notes.txt"], "overwrite");
+    assert_eq!(always["series/img1.dcm"], "overwrite");
+    let changed = plan_of(&fixture, &[&spec, "--target", target]);
+    assert_eq!(changed["notes.txt"], "overwrite");
+    assert_eq!(changed["series/img1.dcm"], "keep");
+    fixture.ok(&["restore", &spec, "--target", target, "--overwrite", "never"]);
+    assert_eq!(std::fs::read(study.join("notes.txt")).unwrap(), b"edited today\n");
+    let bad = fixture.run(&["restore", &spec, "--target", target, "--overwrite", "sometimes"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--overwrite \"sometimes\""));
+}
+
+#[test]
+fn delete_is_refused_where_a_mistake_would_wipe_something_else() {
+    let (fixture, study, spec) = study_fixture();
+    let elsewhere = fixture.path("elsewhere");
+    write(&elsewhere.join("precious.txt"), b"not part of any snapshot");
+    let other = fixture.run(&["restore", &spec, "--target", elsewhere.to_str().unwrap(), "--delete"]);
+    assert_eq!(other.status.code(), Some(20), "{}", String::from_utf8_lossy(&other.stderr));
+    assert!(elsewhere.join("precious.txt").exists());
+    let root = fixture.run(&["restore", "latest", "--target", "/", "--delete", "--dry-run"]);
+    assert_eq!(root.status.code(), Some(20), "{}", String::from_utf8_lossy(&root.stderr));
+    let include =
+        fixture.run(&["restore", &spec, "--target", study.to_str().unwrap(), "--delete", "--include", "*.txt"]);
+    assert_eq!(include.status.code(), Some(2));
+    // With --force, into another folder: only that folder's extra entries go.
+    fixture.ok(&["restore", &spec, "--target", elsewhere.to_str().unwrap(), "--delete", "--force"]);
+    assert!(!elsewhere.join("precious.txt").exists());
+    let names = |root: &Path| stat_walk(root).into_keys().collect::<Vec<_>>();
+    assert_eq!(names(&study), names(&elsewhere));
+    // ... and can be undone.
+    let restores = fixture.json(&["restores"]);
+    let id = restores["restores"].as_array().unwrap().last().unwrap()["restore_id"].as_str().unwrap().to_string();
+    fixture.ok(&["restore", "--rollback", &id, "--force"]);
+    assert_eq!(std::fs::read(elsewhere.join("precious.txt")).unwrap(), b"not part of any snapshot");
+}
+
+#[test]
+fn safety_snapshots_are_not_latest_and_are_kept_by_forget_for_30_days() {
+    let (fixture, study, spec) = study_fixture();
+    write(&study.join("notes.txt"), b"edited\n");
+    fixture.ok(&["restore", &spec, "--target", study.to_str().unwrap()]);
+    let listed = fixture.json(&["snapshots"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    let safety = listed.iter().find(|s| s["tags"].as_array().unwrap().iter().any(|t| t == "safety")).unwrap();
+    // `latest` still names the backup, not the safety snapshot taken after it.
+    let ls = fixture.ok(&["ls", "latest"]);
+    assert!(ls.contains("scan.bin"), "latest is the safety snapshot, which holds only what was replaced: {ls}");
+    let forget = fixture.json(&["forget", "--keep-last", "1"]);
+    assert_eq!(forget["removed"], 0, "{forget}");
+    let kept = forget["snapshots"].as_array().unwrap().iter().find(|d| d["snapshot"] == safety["id"]).unwrap().clone();
+    assert_eq!(kept["keep"], true, "{kept}");
+    // A safety snapshot older than --keep-safety goes; the group of backups is untouched.
+    std::thread::sleep(Duration::from_millis(1100));
+    let forget = fixture.json(&["forget", "--keep-last", "1", "--keep-safety", "1h", "--dry-run"]);
+    assert_eq!(forget["snapshots"].as_array().unwrap().iter().filter(|d| d["keep"] == false).count(), 0);
+}
+
+#[test]
+fn no_safety_says_what_it_turned_off() {
+    let (fixture, study, spec) = study_fixture();
+    write(&study.join("notes.txt"), b"edited\n");
+    let output = fixture.run(&["restore", &spec, "--target", study.to_str().unwrap(), "--no-safety"]);
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no safety snapshot (--no-safety)"), "{stderr}");
+    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 1);
+    let restores = fixture.json(&["restores"]);
+    assert!(restores["restores"][0]["safety_snapshot"].is_null());
+    let rollback =
+        fixture.run(&["restore", "--rollback", restores["restores"][0]["restore_id"].as_str().unwrap(), "--force"]);
+    assert_eq!(rollback.status.code(), Some(20), "{}", String::from_utf8_lossy(&rollback.stderr));
+}
+
+/// The largest finished pack of a local repository.
+fn largest_pack(repo: &Path) -> std::path::PathBuf {
+    walkdir::WalkDir::new(repo.join("data"))
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path()
+        .to_path_buf()
+}
+
+/// Copies a tree with its metadata (cp -a).
+fn copy_tree(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(status.success());
+}
