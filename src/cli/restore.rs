@@ -58,20 +58,18 @@ pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
         );
     }
     let quiet = cli.quiet || cli.json;
+    // A restore that touches nothing the target held has nothing to undo: no line.
     let mut announce = |started: &safety::Started| {
-        match started.safety {
-        Some(safety) => note(
-            quiet,
-            &format!(
-                "restore {}: safety snapshot {} holds the {} entries this restore replaces or deletes; undo with `coffer restore --rollback {}`",
-                started.id.short(),
-                safety.short(),
-                started.touched,
-                started.id.short()
-            ),
-        ),
-        None => note(quiet, &format!("restore {}: nothing in {} is replaced or deleted", started.id.short(), target.display())),
-    }
+        if let Some(safety) = started.safety {
+            let (id, touched) = (started.id.short(), started.touched);
+            note(
+                quiet,
+                &format!(
+                    "restore {id}: safety snapshot {} holds the {touched} entries this restore replaces or deletes; undo with `coffer restore --rollback {id}`",
+                    safety.short()
+                ),
+            );
+        }
     };
     let outcome = safety::restore(&repository, (&id, &path), &plan, &options, !args.no_safety, &mut announce)?;
     report_outcome(cli, args, &id, &target, outcome)
