@@ -45,7 +45,7 @@ pub use repository::lock::{remove_locks, LockGuard, LockRecord, LockTiming, HOLD
 pub use repository::manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestWriter, MANIFEST_SCHEMA};
 pub use repository::pack::{BlobType, PackEntry};
 pub use repository::packer::{Packer, PackerStats};
-pub use repository::snapshot::{ManifestRef, PostgresSource, Snapshot, Source, Summary};
+pub use repository::snapshot::{parse_instant, ManifestRef, PostgresSource, Snapshot, SnapshotFilter, Source, Summary};
 pub use repository::{
     pack_key, read_config, Config, Exclusive, InitOptions, Locked, Repository, RestoreOutcome, RestoreRecord, Shared,
     DEFAULT_PACK_SIZE, REPOSITORY_VERSION, RESTORE_RECORD_VERSION,

@@ -54,7 +54,7 @@ pub enum Command {
     /// Back up files and directories (or standard input) into a new snapshot.
     Backup(BackupArgs),
     /// List snapshots.
-    Snapshots,
+    Snapshots(SnapshotsArgs),
     /// List past restores into folders: their safety snapshot and outcome.
     Restores,
     /// List the entries of a snapshot, or of one folder of it (SNAP:PATH).
@@ -158,10 +158,36 @@ pub struct BackupArgs {
     pub checkpoint_packs: Option<usize>,
 }
 
+/// Which snapshots `latest` names (and `snapshots` lists).
+#[derive(Debug, Args, Clone, Default)]
+pub struct FilterArgs {
+    /// With latest: the newest snapshot taken at or before TIME ("2026-11-20 02:00" in
+    /// local time, a date alone for the end of that day, or RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Consider only snapshots of this host (repeatable).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Consider only snapshots with this tag (repeatable: any of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Consider only snapshots of this backup path (repeatable: all of them).
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct LsArgs {
     /// SNAP or SNAP:PATH; SNAP is an id, a unique id prefix or "latest".
     pub snapshot: OsString,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Show mode, owner, size and time.
     #[arg(short, long)]
     pub long: bool,
@@ -169,9 +195,11 @@ pub struct LsArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// SNAP or SNAP:PATH.
-    #[arg(required_unless_present = "rollback")]
+    /// SNAP or SNAP:PATH (with --at, "latest" may be left out).
+    #[arg(required_unless_present_any = ["rollback", "at"])]
     pub snapshot: Option<OsString>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Directory to restore into (created if missing).
     #[arg(short, long, required_unless_present_any = ["pg_target", "rollback"])]
     pub target: Option<PathBuf>,
@@ -236,6 +264,8 @@ pub struct RestoreArgs {
 pub struct DumpArgs {
     /// Snapshot id, unique prefix or "latest".
     pub snapshot: String,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Absolute path of the file in the snapshot.
     #[arg(required_unless_present = "pg")]
     pub path: Option<OsString>,
@@ -271,6 +301,9 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args, Default)]
 pub struct ForgetArgs {
+    /// Remove these snapshots (ids or unique prefixes) instead of applying a policy.
+    #[arg(value_name = "SNAP")]
+    pub snapshots: Vec<String>,
     /// Keep the N latest snapshots.
     #[arg(long, value_name = "N")]
     pub keep_last: Option<u32>,

@@ -7,7 +7,7 @@ use anyhow::Result;
 use coffer::{BackupOptions, InitOptions, KdfParams, Repository};
 use serde_json::json;
 
-use super::args::{BackupArgs, Command, DumpArgs, InitArgs, LsArgs, UnlockArgs};
+use super::args::{BackupArgs, Command, DumpArgs, FilterArgs, InitArgs, LsArgs, SnapshotsArgs, UnlockArgs};
 use super::output::{self, note};
 use super::{exit, fail, Cli};
 
@@ -15,7 +15,7 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
     match &cli.command {
         Command::Init(args) => init(cli, args),
         Command::Backup(args) => backup(cli, args),
-        Command::Snapshots => snapshots(cli),
+        Command::Snapshots(args) => snapshots(cli, args),
         Command::Ls(args) => ls(cli, args),
         Command::Restore(args) => super::restore::restore(cli, args),
         Command::Restores => super::restore::restores(cli),
@@ -156,9 +156,26 @@ fn exclude_patterns(args: &BackupArgs) -> Result<Vec<String>> {
     Ok(patterns)
 }
 
-fn snapshots(cli: &Cli) -> Result<i32> {
+/// The library's snapshot filter from the flags.
+pub(super) fn filter_of(args: &FilterArgs) -> Result<coffer::SnapshotFilter> {
+    Ok(coffer::SnapshotFilter {
+        hosts: args.hosts.clone(),
+        tags: args.tags.clone(),
+        paths: args.paths.clone(),
+        at: args.at.as_deref().map(coffer::parse_instant).transpose()?,
+    })
+}
+
+fn snapshots(cli: &Cli, args: &SnapshotsArgs) -> Result<i32> {
+    let filter = filter_of(&args.filter)?;
     let repository = super::open(cli)?;
-    let (snapshots, damaged) = repository.list_snapshots()?;
+    let (mut snapshots, damaged) = repository.list_snapshots()?;
+    if !filter.is_empty() {
+        snapshots.retain(|(_, snapshot)| {
+            filter.matches(snapshot) && filter.at.is_none_or(|at| snapshot.timestamp().is_some_and(|time| time <= at))
+        });
+        note(cli.quiet || cli.json, &format!("only snapshots with {}", filter.describe()));
+    }
     for error in &damaged {
         eprintln!("error: {error}");
     }
@@ -209,7 +226,7 @@ pub(super) fn split_spec(spec: &OsStr) -> (String, Option<Vec<u8>>) {
 fn ls(cli: &Cli, args: &LsArgs) -> Result<i32> {
     let repository = super::open(cli)?;
     let (spec, path) = split_spec(&args.snapshot);
-    let (id, snapshot) = repository.find_snapshot(&spec)?;
+    let (id, snapshot) = repository.find_snapshot_filtered(&spec, &filter_of(&args.filter)?)?;
     let manifest = repository.load_manifest(&id, &snapshot)?;
     let base = path.unwrap_or_else(|| b"/".to_vec());
     let entries = manifest.entries_under(&base)?;
@@ -231,7 +248,7 @@ fn ls(cli: &Cli, args: &LsArgs) -> Result<i32> {
 
 fn dump(cli: &Cli, args: &DumpArgs) -> Result<i32> {
     let repository = super::open(cli)?;
-    let (id, snapshot) = repository.find_snapshot(&args.snapshot)?;
+    let (id, snapshot) = repository.find_snapshot_filtered(&args.snapshot, &filter_of(&args.filter)?)?;
     let manifest = repository.load_manifest(&id, &snapshot)?;
     let path = match (&args.pg, &args.path) {
         (Some(database), _) => coffer::restorer::select_source(&snapshot, Some(database))?.path.as_bytes().to_vec(),

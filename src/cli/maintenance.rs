@@ -205,8 +205,15 @@ fn print_check(cli: &Cli, report: &CheckReport) {
 pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
     let policy = retention_policy(args)?;
     let group_by: GroupBy = args.group_by.parse()?;
-    if policy.is_empty() {
-        return fail(exit::USAGE, "no retention policy given: add at least one --keep-* option");
+    let named = !args.snapshots.is_empty();
+    if named && !(policy.is_empty() && policy.safety.is_none()) {
+        return fail(exit::USAGE, "give either snapshots to remove or a retention policy, not both");
+    }
+    if policy.is_empty() && !named {
+        return fail(
+            exit::USAGE,
+            "no retention policy given: add at least one --keep-* option, or name the snapshots to remove",
+        );
     }
     let repository = super::open(cli)?;
     let repository = repository.lock_exclusive()?;
@@ -214,8 +221,12 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
     for error in &damaged {
         eprintln!("warning: {error} (not considered)");
     }
-    let decisions = coffer::apply_policy(&snapshots, &policy, group_by, &jiff::tz::TimeZone::system())?;
-    if !args.allow_empty_groups {
+    let decisions = if named {
+        named_decisions(&repository, &args.snapshots)?
+    } else {
+        coffer::apply_policy(&snapshots, &policy, group_by, &jiff::tz::TimeZone::system())?
+    };
+    if !args.allow_empty_groups && !named {
         refuse_emptied_groups(cli, &decisions, args.dry_run)?;
     }
     let removed = if args.dry_run { 0 } else { coffer::remove_snapshots(&repository, &decisions)? };
@@ -237,6 +248,24 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
         output::json(&value);
     }
     Ok(exit::SUCCESS)
+}
+
+/// The decisions of `forget SNAP...`: each named snapshot removed.
+fn named_decisions(repository: &Repository, specs: &[String]) -> Result<Vec<Decision>> {
+    let mut decisions: Vec<Decision> = Vec::new();
+    for spec in specs {
+        let (id, snapshot) = repository.find_snapshot(spec)?;
+        if decisions.iter().all(|decision| decision.id != id) {
+            decisions.push(Decision {
+                id,
+                group: "named on the command line".into(),
+                time: snapshot.time.clone(),
+                keep: false,
+                reasons: Vec::new(),
+            });
+        }
+    }
+    Ok(decisions)
 }
 
 /// Fails, removing nothing, if the decisions keep no snapshot of some group: that is

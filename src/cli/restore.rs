@@ -21,7 +21,7 @@ pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
     }
     let spec_text = args.snapshot.clone().unwrap_or_else(|| OsString::from("latest"));
     let (spec, subpath) = super::commands::split_spec(&spec_text);
-    let (id, snapshot) = repository.find_snapshot(&spec)?;
+    let (id, snapshot) = repository.find_snapshot_filtered(&spec, &super::commands::filter_of(&args.filter)?)?;
     let manifest = repository.load_manifest(&id, &snapshot)?;
     let Some(target) = args.target.clone() else {
         return super::postgres::restore(cli, args, &repository, &manifest, &snapshot);

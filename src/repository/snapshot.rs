@@ -187,6 +187,30 @@ impl Snapshot {
     }
 }
 
+/// Why `latest` names nothing: no snapshots, none through the filters, or none as
+/// early as `--at` (then the oldest that would match is named).
+fn no_latest(snapshots: &[(SnapshotId, Snapshot)], filter: &SnapshotFilter) -> Error {
+    if snapshots.is_empty() {
+        return Error::NotFound { what: "snapshot \"latest\" (the repository has no snapshots)".into() };
+    }
+    let Some(at) = filter.at else {
+        return Error::NotFound { what: format!("snapshot \"latest\" with {}", filter.describe()) };
+    };
+    let unfiltered = SnapshotFilter { at: None, ..filter.clone() };
+    let oldest = snapshots.iter().filter(|(_, s)| unfiltered.candidate(s)).filter_map(|(_, s)| s.timestamp()).min();
+    let shown = at.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S %Z").to_string();
+    Error::NotFound {
+        what: match oldest {
+            Some(oldest) => format!(
+                "a snapshot at or before {shown} (the oldest{} is from {})",
+                if unfiltered.is_empty() { String::new() } else { format!(" with {}", unfiltered.describe()) },
+                oldest.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S %Z")
+            ),
+            None => format!("a snapshot with {}", filter.describe()),
+        },
+    }
+}
+
 /// A SHA-256 or BLAKE3 digest as hex: exactly 64 ASCII hexadecimal digits.
 fn is_hex_digest(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
@@ -200,6 +224,83 @@ pub enum Resolved {
     Damaged(usize),
 }
 
+/// Which snapshots `latest` names (and `snapshots` lists): filters by host, tag and
+/// path, and, with `at`, the newest not later than that instant. Safety snapshots are
+/// left out unless the tags ask for them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotFilter {
+    /// The snapshot's host is one of these.
+    pub hosts: Vec<String>,
+    /// The snapshot carries one of these tags.
+    pub tags: Vec<String>,
+    /// The snapshot's paths include every one of these.
+    pub paths: Vec<String>,
+    /// `latest` means the newest snapshot taken at or before this instant.
+    pub at: Option<jiff::Timestamp>,
+}
+
+impl SnapshotFilter {
+    /// True if the host, tag and path filters let `snapshot` through (`at` aside).
+    pub fn matches(&self, snapshot: &Snapshot) -> bool {
+        (self.hosts.is_empty() || self.hosts.contains(&snapshot.host))
+            && (self.tags.is_empty() || self.tags.iter().any(|tag| snapshot.tags.contains(tag)))
+            && self.paths.iter().all(|path| snapshot.paths.iter().any(|theirs| theirs == path.trim_end_matches('/')))
+    }
+
+    /// True if `latest` may name `snapshot`.
+    fn candidate(&self, snapshot: &Snapshot) -> bool {
+        let safety_asked = self.tags.iter().any(|tag| tag == "safety");
+        self.matches(snapshot)
+            && (safety_asked || !snapshot.is_safety())
+            && self.at.is_none_or(|at| snapshot.timestamp().is_some_and(|time| time <= at))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == SnapshotFilter::default()
+    }
+
+    /// "host db1, tag nightly, at or before 2026-11-20T01:00:00Z", for messages.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.hosts.is_empty() {
+            parts.push(format!("host {}", self.hosts.join(" or ")));
+        }
+        if !self.tags.is_empty() {
+            parts.push(format!("tag {}", self.tags.join(" or ")));
+        }
+        if !self.paths.is_empty() {
+            parts.push(format!("path {}", self.paths.join(" and ")));
+        }
+        if let Some(at) = self.at {
+            parts.push(format!("at or before {at}"));
+        }
+        parts.join(", ")
+    }
+}
+
+/// Parses the instant of `--at`: RFC 3339 (`2026-11-20T02:00:00+01:00`), or a local
+/// date and time (`2026-11-20 02:00`, seconds optional), or a local date alone, which
+/// means the end of that day.
+pub fn parse_instant(text: &str) -> Result<jiff::Timestamp> {
+    let text = text.trim();
+    if let Ok(timestamp) = text.parse::<jiff::Timestamp>() {
+        return Ok(timestamp);
+    }
+    let zone = jiff::tz::TimeZone::system();
+    let local = match text.parse::<jiff::civil::DateTime>() {
+        Ok(datetime) if text.len() > 10 => Some(datetime),
+        _ => text.parse::<jiff::civil::Date>().ok().map(|date| date.at(23, 59, 59, 999_999_999)),
+    };
+    local
+        .and_then(|datetime| datetime.to_zoned(zone).ok())
+        .map(|zoned| zoned.timestamp())
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "--at {text:?} is not a time: use \"2026-11-20 02:00\" (local time), 2026-11-20 (the end of that day) or RFC 3339"
+            ))
+        })
+}
+
 impl Snapshot {
     /// True for a restore's safety snapshot (tagged `safety`).
     pub fn is_safety(&self) -> bool {
@@ -211,10 +312,16 @@ impl Snapshot {
 /// A damaged record is never passed over for a readable one: while any is damaged,
 /// `latest` cannot be known (the damaged one may be the newest), and a prefix matches
 /// damaged records too.
-pub fn resolve(spec: &str, snapshots: &[(SnapshotId, Snapshot)], damaged: &[SnapshotId]) -> Result<Resolved> {
+/// `latest` means the newest snapshot that `filter` lets through.
+pub fn resolve_filtered(
+    spec: &str,
+    snapshots: &[(SnapshotId, Snapshot)],
+    damaged: &[SnapshotId],
+    filter: &SnapshotFilter,
+) -> Result<Resolved> {
     if spec == "latest" {
         // Safety snapshots hold what a restore replaced: never what "latest" means.
-        let newest = (0..snapshots.len()).filter(|&n| !snapshots[n].1.is_safety()).max_by(|&a, &b| {
+        let newest = (0..snapshots.len()).filter(|&n| filter.candidate(&snapshots[n].1)).max_by(|&a, &b| {
             let (a, b) = (&snapshots[a].1, &snapshots[b].1);
             a.timestamp().cmp(&b.timestamp()).then(a.time.cmp(&b.time))
         });
@@ -225,9 +332,7 @@ pub fn resolve(spec: &str, snapshots: &[(SnapshotId, Snapshot)], damaged: &[Snap
                 newest_readable: newest.map(|n| format!("{} ({})", snapshots[n].0.short(), snapshots[n].1.time)),
             });
         }
-        return newest
-            .map(Resolved::Readable)
-            .ok_or_else(|| Error::NotFound { what: "snapshot \"latest\" (the repository has no snapshots)".into() });
+        return newest.map(Resolved::Readable).ok_or_else(|| no_latest(snapshots, filter));
     }
     let spec_lower = spec.to_ascii_lowercase();
     if spec_lower.is_empty() || !spec_lower.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -247,6 +352,46 @@ pub fn resolve(spec: &str, snapshots: &[(SnapshotId, Snapshot)], damaged: &[Snap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resolve(spec: &str, snapshots: &[(SnapshotId, Snapshot)], damaged: &[SnapshotId]) -> Result<Resolved> {
+        resolve_filtered(spec, snapshots, damaged, &SnapshotFilter::default())
+    }
+
+    #[test]
+    fn at_and_filters_choose_latest() {
+        let mut safety = sample("2026-11-21T05:00:00Z");
+        safety.tags = vec!["safety".into()];
+        let mut other_host = sample("2026-11-20T12:00:00Z");
+        other_host.host = "other".into();
+        let list = vec![
+            (SnapshotId([1; 32]), sample("2026-11-19T02:00:00Z")),
+            (SnapshotId([2; 32]), sample("2026-11-20T02:00:00Z")),
+            (SnapshotId([3; 32]), other_host),
+            (SnapshotId([4; 32]), safety),
+        ];
+        let at = |text: &str| SnapshotFilter { at: Some(text.parse().unwrap()), ..Default::default() };
+        let pick = |filter: &SnapshotFilter| resolve_filtered("latest", &list, &[], filter);
+        assert_eq!(pick(&SnapshotFilter::default()).unwrap(), Resolved::Readable(2), "safety snapshots are not latest");
+        assert_eq!(pick(&at("2026-11-20T02:00:00Z")).unwrap(), Resolved::Readable(1), "at the instant itself");
+        assert_eq!(pick(&at("2026-11-20T01:59:59Z")).unwrap(), Resolved::Readable(0));
+        let host = SnapshotFilter { hosts: vec!["h".into()], ..Default::default() };
+        assert_eq!(pick(&host).unwrap(), Resolved::Readable(1));
+        let tagged = SnapshotFilter { tags: vec!["safety".into()], ..Default::default() };
+        assert_eq!(pick(&tagged).unwrap(), Resolved::Readable(3), "asked for by tag");
+        let early = pick(&at("2026-11-01T00:00:00Z")).unwrap_err().to_string();
+        assert!(early.contains("at or before") && early.contains("the oldest is from 2026-11-"), "{early}");
+        assert!(matches!(resolve_filtered("0101", &list, &[], &at("2026-11-20T00:00:00Z")), Ok(Resolved::Readable(0))));
+    }
+
+    #[test]
+    fn at_parses_local_times_dates_and_rfc3339() {
+        assert_eq!(parse_instant("2026-11-20T02:00:00Z").unwrap().to_string(), "2026-11-20T02:00:00Z");
+        assert!(parse_instant("2026-11-20 02:00").is_ok());
+        assert!(parse_instant("2026-11-20T02:00:30").is_ok());
+        let day = parse_instant("2026-11-20").unwrap();
+        assert!(day > parse_instant("2026-11-20 23:59").unwrap(), "a date alone is the end of that day");
+        assert!(matches!(parse_instant("yesterday"), Err(Error::InvalidInput(_))));
+    }
 
     fn sample(time: &str) -> Snapshot {
         Snapshot {

@@ -9,7 +9,7 @@ use super::*;
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::repository::objects::Kind;
-use crate::repository::snapshot::{Resolved, Snapshot};
+use crate::repository::snapshot::{Resolved, Snapshot, SnapshotFilter};
 
 /// Readable snapshots (oldest first) and the errors of damaged snapshot records.
 pub type SnapshotList = (Vec<(SnapshotId, Snapshot)>, Vec<Error>);
@@ -106,9 +106,19 @@ impl Repository {
     /// record is never silently passed over (see [`crate::repository::snapshot::resolve`]); naming
     /// a damaged record by id gives its damage.
     pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
+        self.find_snapshot_filtered(spec, &SnapshotFilter::default())
+    }
+
+    /// The same, `latest` meaning the newest snapshot `filter` lets through.
+    pub fn find_snapshot_filtered(&self, spec: &str, filter: &SnapshotFilter) -> Result<(SnapshotId, Snapshot)> {
         let (mut snapshots, mut damaged) = self.load_snapshots(true)?;
         let ids: Vec<SnapshotId> = damaged.iter().map(|(id, _)| *id).collect();
-        match crate::repository::snapshot::resolve(spec, &snapshots, &ids)? {
+        if spec != "latest" && filter.at.is_some() {
+            return Err(Error::InvalidInput(format!(
+                "--at picks among snapshots, so it goes with \"latest\", not with the snapshot {spec}"
+            )));
+        }
+        match crate::repository::snapshot::resolve_filtered(spec, &snapshots, &ids, filter)? {
             Resolved::Readable(index) => Ok(snapshots.swap_remove(index)),
             Resolved::Damaged(index) => Err(damaged.swap_remove(index).1),
         }
