@@ -20,7 +20,7 @@ mod system;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 
-pub use maintenance::prune;
+pub use maintenance::{inspect, prune};
 pub use pipelines::{pg, restorer};
 /// Every kind of object in a repository: names, sealing, reading (for tools and tests).
 pub use repository::objects;

@@ -57,6 +57,12 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
     /// List past restores into folders: their safety snapshot and outcome.
     Restores,
+    /// Show what was added, removed and modified between two snapshots.
+    Diff(DiffArgs),
+    /// Find files and folders by name or path across snapshots.
+    Find(FindArgs),
+    /// Sizes of a snapshot, or of the whole repository: logical, after deduplication, stored.
+    Stats(StatsArgs),
     /// List the entries of a snapshot, or of one folder of it (SNAP:PATH).
     Ls(LsArgs),
     /// Restore a snapshot, or one folder or file of it (SNAP:PATH), into a directory.
@@ -174,6 +180,37 @@ pub struct FilterArgs {
     /// Consider only snapshots of this backup path (repeatable: all of them).
     #[arg(long = "path", value_name = "PATH")]
     pub paths: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The older snapshot (id, unique prefix or "latest").
+    pub old: String,
+    /// The newer snapshot.
+    pub new: String,
+    /// Only entries at or below this path of the snapshots.
+    pub path: Option<OsString>,
+    /// Also list entries whose only change is metadata (mode, owner, mtime, xattrs).
+    #[arg(long)]
+    pub metadata: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    /// Globs: without a '/' a name at any depth ('*.dcm'), with one a whole path
+    /// ('/data/study_0*/notes.txt'); '*' stays within one name, '**' crosses folders.
+    #[arg(required = true)]
+    pub patterns: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// A snapshot (id, unique prefix or "latest"); without one, the whole repository.
+    pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[derive(Debug, Args)]

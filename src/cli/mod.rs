@@ -4,6 +4,7 @@ pub mod args;
 mod commands;
 mod dry_run;
 pub mod exit;
+mod inspect;
 mod maintenance;
 mod output;
 pub mod password;

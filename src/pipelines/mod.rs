@@ -2,7 +2,7 @@
 //! restore, PostgreSQL dumps and restores, and the progress counters they share.
 
 pub mod archiver;
-mod patterns;
+pub(crate) mod patterns;
 pub mod pg;
 pub mod progress;
 pub mod restorer;

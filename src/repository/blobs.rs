@@ -37,6 +37,11 @@ impl Repository {
         self.index().lookup(id, blob_type)
     }
 
+    /// The number of packs the index names and their total size.
+    pub fn pack_totals(&self) -> Result<(u64, u64)> {
+        self.index().pack_totals()
+    }
+
     /// Reads, decrypts and verifies one blob.
     pub fn read_blob(&self, id: &BlobId, blob_type: BlobType) -> Result<Vec<u8>> {
         let location = self

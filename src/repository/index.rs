@@ -335,6 +335,15 @@ impl IndexCache {
             .map_err(|e| self.error(e))
     }
 
+    /// Number of indexed packs and their total size.
+    pub fn pack_totals(&self) -> Result<(u64, u64)> {
+        self.connection
+            .query_row("SELECT count(*), coalesce(sum(size), 0) FROM packs", [], |row| {
+                Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| self.error(e))
+    }
+
     /// Number of indexed blobs.
     pub fn blob_count(&self) -> Result<u64> {
         self.connection

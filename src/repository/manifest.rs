@@ -77,6 +77,9 @@ pub struct Entry {
     pub hardlink_group: Option<i64>,
 }
 
+/// What `Manifest::scan` gives per entry: path, kind, size, mtime and SHA-256.
+pub type ScannedEntry = (Vec<u8>, EntryKind, u64, i64, Option<[u8; 32]>);
+
 /// One chunk of a file's content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkRef {
@@ -335,6 +338,40 @@ impl Manifest {
             entries.push((id, entry?));
         }
         Ok(entries)
+    }
+
+    /// Every entry's path, kind, size, mtime and SHA-256, in path order: what `find` matches.
+    pub fn scan(&self) -> Result<Vec<ScannedEntry>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT path, kind, size, mtime_ns, sha256 FROM entries ORDER BY path")
+            .map_err(|e| self.error(e))?;
+        let rows = statement
+            .query_map([], |row| {
+                let kind: String = row.get(1)?;
+                let sha256: Option<Vec<u8>> = row.get(4)?;
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    EntryKind::from_name(&kind).unwrap_or(EntryKind::File),
+                    row.get::<_, i64>(2)? as u64,
+                    row.get::<_, i64>(3)?,
+                    sha256.and_then(|bytes| bytes.try_into().ok()),
+                ))
+            })
+            .map_err(|e| self.error(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.error(e))
+    }
+
+    /// The number of files and folders, and the files' total size.
+    pub fn totals(&self) -> Result<(u64, u64, u64)> {
+        self.connection
+            .query_row(
+                "SELECT count(*) FILTER (WHERE kind = 'file'), count(*) FILTER (WHERE kind = 'dir'),
+                        coalesce(sum(size) FILTER (WHERE kind = 'file'), 0) FROM entries",
+                [],
+                |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64, row.get::<_, i64>(2)? as u64)),
+            )
+            .map_err(|e| self.error(e))
     }
 
     /// The ordered chunks of an entry.
