@@ -167,7 +167,7 @@ pub fn find(
         let manifest = repository.load_manifest(id, snapshot)?;
         for (path, kind, size, mtime_ns, sha256) in manifest.scan()? {
             let relative = path.strip_prefix(b"/").unwrap_or(&path);
-            if matcher.matches(&path, relative) {
+            if matcher.matches_itself(&path, relative) {
                 found.push(Found { snapshot: *id, time: snapshot.time.clone(), path, kind, size, mtime_ns, sha256 });
             }
         }

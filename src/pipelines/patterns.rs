@@ -97,6 +97,13 @@ impl RestorePatterns {
         found
     }
 
+    /// True if the entry itself matches (not only a folder above it): what `find` wants.
+    pub fn matches_itself(&self, absolute: &[u8], relative: &[u8]) -> bool {
+        let absolute = Path::new(OsStr::from_bytes(absolute));
+        let relative = Path::new(OsStr::from_bytes(relative));
+        self.absolute.is_match(absolute) || (!relative.as_os_str().is_empty() && self.relative.is_match(relative))
+    }
+
     /// The patterns that matched nothing so far.
     pub fn unmatched(&self) -> Vec<&str> {
         let unmatched = self.matched.iter().zip(&self.texts).filter(|(matched, _)| !matched.load(Ordering::Relaxed));
