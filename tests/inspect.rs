@@ -59,8 +59,11 @@ fn mutate(root: &Path, rng: &mut Rng, round: u64) {
     symlink(format!("d{:02}", round % 23), root.join("link")).unwrap();
 }
 
-/// Relative path -> (kind, content or link target, mode) of a restored tree.
-fn brute(root: &Path) -> BTreeMap<String, (String, Option<[u8; 32]>, Option<Vec<u8>>, u32)> {
+/// Kind, content, link target and mode of one entry of a restored tree.
+type Seen = (String, Option<[u8; 32]>, Option<Vec<u8>>, u32);
+
+/// Relative path -> what was seen there, in a restored tree.
+fn brute(root: &Path) -> BTreeMap<String, Seen> {
     stat_walk(root)
         .into_iter()
         .filter(|(path, _)| !path.is_empty())

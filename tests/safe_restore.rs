@@ -326,3 +326,74 @@ fn copy_tree(from: &Path, to: &Path) {
     let status = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
     assert!(status.success());
 }
+
+/// A tmpfs of `kib` KiB mounted at `path`, unmounted when dropped; `None` where this
+/// process may not mount (not root, or no mount namespace rights).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &Path, kib: u64) -> Option<Self> {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| SmallDisk(path.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_restore_and_the_target_is_put_back() {
+    let fixture = Fixture::new();
+    let source = fixture.path("source");
+    write(&source.join("small.txt"), b"small, fits\n");
+    write(&source.join("big1.bin"), &random_bytes(1 << 20, 1));
+    write(&source.join("big2.bin"), &random_bytes(1 << 20, 2));
+    fixture.backup(&source);
+    let Some(disk) = SmallDisk::mount(&fixture.path("disk"), 1024) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let live = disk.0.join("live");
+    write(&live.join("small.txt"), b"the live version\n");
+    write(&live.join("big1.bin"), &random_bytes(300_000, 9));
+    write(&live.join("notes.txt"), b"only in the live folder\n");
+    let before = fixture.path("before");
+    copy_tree(&live, &before);
+    let spec = format!("latest:{}", source.display());
+    let output = fixture.run(&["restore", &spec, "--target", live.to_str().unwrap(), "--delete", "--force"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(15), "a full disk is a local error: {stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(stderr.contains("put back from the safety snapshot"), "{stderr}");
+    assert_same_tree(&before, &live);
+    drop(disk);
+}
+
+#[test]
+fn chunks_already_in_a_replaced_file_are_not_fetched() {
+    let fixture = Fixture::new();
+    let folder = fixture.path("db");
+    let original = random_bytes(8 << 20, 21);
+    write(&folder.join("table.dat"), &original);
+    fixture.backup(&folder);
+    // A few bytes in the middle change, as a database file's page would.
+    let mut changed = original.clone();
+    changed[4 << 20..(4 << 20) + 100].copy_from_slice(&[7u8; 100]);
+    write(&folder.join("table.dat"), &changed);
+    let spec = format!("latest:{}", folder.display());
+    let result = fixture.json(&["restore", &spec, "--target", folder.to_str().unwrap(), "--no-safety"]);
+    assert_eq!(std::fs::read(folder.join("table.dat")).unwrap(), original);
+    let reused = result["bytes_reused"].as_u64().unwrap();
+    let fetched = result["bytes_fetched"].as_u64().unwrap();
+    assert!(reused > 6 << 20, "most of the file comes from the target: {result}");
+    assert!(fetched < 2 << 20, "only the changed chunks are fetched: {result}");
+}

@@ -1,5 +1,6 @@
 //! `diff`, `find` and `stats`.
 
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 
 use anyhow::Result;
@@ -95,37 +96,46 @@ pub fn find(cli: &Cli, args: &FindArgs) -> Result<i32> {
     if !filter.is_empty() {
         note(cli.quiet || cli.json, &format!("only snapshots with {}", filter.describe()));
     }
-    let found = inspect::find(&repository, &snapshots, &args.patterns, &mut |_| {})?;
+    // Matches are printed as they are found: a pattern may match millions of entries.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if cli.json {
-        let list: Vec<Value> = found
-            .iter()
-            .map(|f| {
-                let (path, hex) = path_json(&f.path);
-                let mut value = json!({"snapshot": f.snapshot.to_hex(), "time": f.time, "path": path,
-                    "kind": f.kind.name(), "size": f.size, "mtime": output::time_ns(f.mtime_ns),
-                    "sha256": f.sha256.map(hex::encode)});
-                if let Some(hex) = hex {
-                    value["path_hex"] = json!(hex);
-                }
-                value
-            })
-            .collect();
-        output::json(&json!({"snapshots_searched": snapshots.len(), "matches": list}));
-        return Ok(exit::SUCCESS);
+        let _ = write!(out, "{{\"snapshots_searched\":{},\"matches\":[", snapshots.len());
     }
-    for f in &found {
-        let sha = f.sha256.map(|s| hex::encode(&s[..8])).unwrap_or_else(|| "-".repeat(16));
-        output::line(&format!(
-            "{}  {:<19}  {:>10}  {}  {sha}  {}",
-            f.snapshot.short(),
-            f.time.replace('T', " ").chars().take(19).collect::<String>(),
-            if f.kind == coffer::EntryKind::File { output::size(f.size) } else { f.kind.name().to_string() },
-            output::time_ns(f.mtime_ns),
-            output::path_text(&f.path)
-        ));
+    let mut first = true;
+    let mut failed: Option<std::io::Error> = None;
+    let count = inspect::find(&repository, &snapshots, &args.patterns, &mut |f| {
+        let line = if cli.json {
+            let (path, hex) = path_json(&f.path);
+            let mut value = json!({"snapshot": f.snapshot.to_hex(), "time": f.time, "path": path,
+                "kind": f.kind.name(), "size": f.size, "mtime": output::time_ns(f.mtime_ns),
+                "sha256": f.sha256.map(hex::encode)});
+            if let Some(hex) = hex {
+                value["path_hex"] = json!(hex);
+            }
+            format!("{}{value}", if first { "" } else { "," })
+        } else {
+            let sha = f.sha256.map(|s| hex::encode(&s[..8])).unwrap_or_else(|| "-".repeat(16));
+            format!(
+                "{}  {:<19}  {:>10}  {}  {sha}  {}\n",
+                f.snapshot.short(),
+                f.time.replace('T', " ").chars().take(19).collect::<String>(),
+                if f.kind == coffer::EntryKind::File { output::size(f.size) } else { f.kind.name().to_string() },
+                output::time_ns(f.mtime_ns),
+                output::path_text(&f.path)
+            )
+        };
+        first = false;
+        if failed.is_none() {
+            failed = out.write_all(line.as_bytes()).err();
+        }
+    })?;
+    let finished = if cli.json { writeln!(out, "]}}") } else { Ok(()) };
+    // A closed pipe (`coffer find ... | head`) ends the listing quietly, as `line` does.
+    if failed.or(finished.err()).or(out.flush().err()).is_some() {
+        std::process::exit(exit::SUCCESS);
     }
-    note(cli.quiet, &format!("{} match(es) in {} snapshot(s) searched", found.len(), snapshots.len()));
-    Ok(if found.is_empty() { exit::NOT_FOUND } else { exit::SUCCESS })
+    note(cli.quiet || cli.json, &format!("{count} match(es) in {} snapshot(s) searched", snapshots.len()));
+    Ok(if count == 0 { exit::NOT_FOUND } else { exit::SUCCESS })
 }
 
 pub fn stats(cli: &Cli, args: &StatsArgs) -> Result<i32> {

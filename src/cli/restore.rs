@@ -109,7 +109,7 @@ fn report_outcome(cli: &Cli, args: &RestoreArgs, id: &SnapshotId, target: &Path,
             "restore_id": started.id.to_hex(), "snapshot": id.to_hex(), "target": target.display().to_string(),
             "safety_snapshot": started.safety.map(|id| id.to_hex()),
             "files": report.files, "dirs": report.dirs, "kept": report.kept, "updated": report.updated, "deleted": report.deleted,
-            "bytes_written": report.bytes_written, "bytes_fetched": report.bytes_fetched, "requests": report.requests,
+            "bytes_written": report.bytes_written, "bytes_fetched": report.bytes_fetched, "bytes_reused": report.bytes_reused, "requests": report.requests,
             "failed": failed, "warnings": report.warnings,
             "error": error.as_ref().map(|e| e.to_string()),
             "rolled_back": rollback.as_ref().map(|r| r.failures.is_empty()),
@@ -160,6 +160,9 @@ fn summary(report: &RestoreReport, id: &SnapshotId, target: &Path) -> String {
         output::size(report.bytes_fetched),
         report.requests
     );
+    if report.bytes_reused > 0 {
+        text.push_str(&format!("; {} taken from the files it replaced", output::size(report.bytes_reused)));
+    }
     if report.kept + report.updated + report.deleted > 0 {
         text.push_str(&format!(
             "; {} left as they were, {} with metadata set, {} deleted",

@@ -149,30 +149,30 @@ pub struct Found {
     pub sha256: Option<[u8; 32]>,
 }
 
-/// The entries of the given snapshots whose path matches any of `patterns` (a
-/// pattern without `/` matches a name at any depth; `*` stays within one name).
-/// `each` is called per snapshot searched, for progress.
+/// Calls `each` with every entry of the given snapshots whose path matches any of
+/// `patterns` (a pattern without `/` matches a name at any depth; `*` stays within one
+/// name), snapshot by snapshot, in path order; returns how many matched.
 pub fn find(
     repository: &Repository,
     snapshots: &[(SnapshotId, Snapshot)],
     patterns: &[String],
-    each: &mut dyn FnMut(&SnapshotId),
-) -> Result<Vec<Found>> {
+    each: &mut dyn FnMut(Found),
+) -> Result<u64> {
     let matcher = RestorePatterns::new(patterns)?
         .ok_or_else(|| Error::InvalidInput("find needs a pattern, such as '*.dcm' or '/data/study_001/*'".into()))?;
-    let mut found = Vec::new();
+    let mut count = 0;
     for (id, snapshot) in snapshots {
         crate::interrupt::check()?;
-        each(id);
         let manifest = repository.load_manifest(id, snapshot)?;
-        for (path, kind, size, mtime_ns, sha256) in manifest.scan()? {
+        manifest.scan(&mut |(path, kind, size, mtime_ns, sha256)| {
             let relative = path.strip_prefix(b"/").unwrap_or(&path);
             if matcher.matches_itself(&path, relative) {
-                found.push(Found { snapshot: *id, time: snapshot.time.clone(), path, kind, size, mtime_ns, sha256 });
+                count += 1;
+                each(Found { snapshot: *id, time: snapshot.time.clone(), path, kind, size, mtime_ns, sha256 });
             }
-        }
+        })?;
     }
-    Ok(found)
+    Ok(count)
 }
 
 /// Sizes of a snapshot or of a repository.

@@ -340,14 +340,16 @@ impl Manifest {
         Ok(entries)
     }
 
-    /// Every entry's path, kind, size, mtime and SHA-256, in path order: what `find` matches.
-    pub fn scan(&self) -> Result<Vec<ScannedEntry>> {
+    /// Calls `each` with every entry's path, kind, size, mtime and SHA-256, in path
+    /// order (what `find` matches), without holding them all.
+    pub fn scan(&self, each: &mut dyn FnMut(ScannedEntry)) -> Result<()> {
         let mut statement = self
             .connection
             .prepare("SELECT path, kind, size, mtime_ns, sha256 FROM entries ORDER BY path")
             .map_err(|e| self.error(e))?;
-        let rows = statement
-            .query_map([], |row| {
+        let mut rows = statement.query([]).map_err(|e| self.error(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.error(e))? {
+            let read = || -> rusqlite::Result<ScannedEntry> {
                 let kind: String = row.get(1)?;
                 let sha256: Option<Vec<u8>> = row.get(4)?;
                 Ok((
@@ -357,9 +359,10 @@ impl Manifest {
                     row.get::<_, i64>(3)?,
                     sha256.and_then(|bytes| bytes.try_into().ok()),
                 ))
-            })
-            .map_err(|e| self.error(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.error(e))
+            };
+            each(read().map_err(|e| self.error(e))?);
+        }
+        Ok(())
     }
 
     /// The number of files and folders, and the files' total size.

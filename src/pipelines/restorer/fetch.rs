@@ -88,6 +88,7 @@ pub(super) fn restore_contents(
             destinations.entry(chunk.blob).or_default().push((index, chunk.offset));
         }
     }
+    report.bytes_reused += reuse_local_chunks(run, repository, &pending, &mut destinations, &failures);
     let requests = plan_requests(repository, &destinations, &pending, &failures)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(repository.backend().parallel_reads().max(1))
@@ -160,6 +161,46 @@ fn remove_temporary(run: &Run<'_>, file: &Pending<'_>) -> bool {
 
 fn fail(failures: &Failures, index: usize, reason: String, cause: FailureCause) {
     failures.lock().unwrap_or_else(|p| p.into_inner()).entry(index).or_insert((reason, cause));
+}
+
+/// Reads the files the restore replaces, cuts them into chunks as a backup would, and
+/// writes every chunk the restore needs (its keyed id proves it is the same bytes)
+/// from there instead of fetching it: a large file of which a little changed costs
+/// only the changed chunks. Returns the bytes taken from the target.
+fn reuse_local_chunks(
+    run: &Run<'_>,
+    repository: &Repository,
+    pending: &[Pending<'_>],
+    destinations: &mut HashMap<BlobId, Destinations>,
+    failures: &Failures,
+) -> u64 {
+    let chunker = repository.file_chunker();
+    let mut reused = 0;
+    let replaced = pending
+        .iter()
+        .filter(|file| file.planned.existed && file.planned.action == Action::Overwrite && !file.temporary.is_empty());
+    for file in replaced {
+        if destinations.is_empty() || crate::interrupt::requested().is_some() {
+            break;
+        }
+        let Ok(handle) = run.target.open(&file.planned.relative, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty())
+        else {
+            continue;
+        };
+        let handle = File::from(handle);
+        if !handle.metadata().is_ok_and(|metadata| metadata.is_file()) {
+            continue;
+        }
+        for chunk in chunker.chunks(handle) {
+            let Ok(chunk) = chunk else { break };
+            let id = repository.master().blob_id(&chunk);
+            if let Some(targets) = destinations.remove(&id) {
+                write_blob(run, &chunk, Some(&targets), pending, failures);
+                reused += chunk.len() as u64;
+            }
+        }
+    }
+    reused
 }
 
 /// Looks up every blob and groups them into coalesced range requests per pack.

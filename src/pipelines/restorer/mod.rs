@@ -217,6 +217,8 @@ pub struct RestoreReport {
     pub dirs: u64,
     pub bytes_written: u64,
     pub bytes_fetched: u64,
+    /// Bytes of chunks taken from the files being replaced instead of fetched.
+    pub bytes_reused: u64,
     pub requests: u64,
     /// Entries not restored, with the reason (naming the damaged object).
     pub failed: Vec<Failure>,
