@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OpenFlags};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, SnapshotId};
 use crate::pipelines::patterns::RestorePatterns;
-use crate::repository::manifest::{EntryKind, Manifest};
+use crate::repository::manifest::{Entry, EntryKind, Manifest};
 use crate::repository::pack::BlobType;
 use crate::repository::snapshot::Snapshot;
 use crate::repository::Repository;
@@ -160,10 +160,23 @@ pub fn find(
 ) -> Result<u64> {
     let matcher = RestorePatterns::new(patterns)?
         .ok_or_else(|| Error::InvalidInput("find needs a pattern, such as '*.dcm' or '/data/study_001/*'".into()))?;
+    // Whole paths without wildcards are looked up, not matched against every entry.
+    let exact = patterns.iter().all(|p| p.starts_with('/') && !p.contains(['*', '?', '[', ']', '{', '}', '\\']));
     let mut count = 0;
     for (id, snapshot) in snapshots {
         crate::interrupt::check()?;
         let manifest = repository.load_manifest(id, snapshot)?;
+        if exact {
+            for pattern in patterns {
+                let path = if pattern.len() > 1 { pattern.trim_end_matches('/') } else { pattern };
+                if let Some((_, entry)) = manifest.entry(path.as_bytes())? {
+                    count += 1;
+                    let Entry { path, kind, size, mtime_ns, sha256, .. } = entry;
+                    each(Found { snapshot: *id, time: snapshot.time.clone(), path, kind, size, mtime_ns, sha256 });
+                }
+            }
+            continue;
+        }
         manifest.scan(&mut |(path, kind, size, mtime_ns, sha256)| {
             let relative = path.strip_prefix(b"/").unwrap_or(&path);
             if matcher.matches_itself(&path, relative) {
