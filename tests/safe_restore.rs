@@ -382,18 +382,162 @@ fn a_full_disk_fails_the_restore_and_the_target_is_put_back() {
 fn chunks_already_in_a_replaced_file_are_not_fetched() {
     let fixture = Fixture::new();
     let folder = fixture.path("db");
-    let original = random_bytes(8 << 20, 21);
+    // Chunks are at most 8 MiB: a change touches at most a few of them, whatever the
+    // repository's chunker secret puts the boundaries.
+    let original = random_bytes(64 << 20, 21);
     write(&folder.join("table.dat"), &original);
     fixture.backup(&folder);
     // A few bytes in the middle change, as a database file's page would.
     let mut changed = original.clone();
-    changed[4 << 20..(4 << 20) + 100].copy_from_slice(&[7u8; 100]);
+    changed[30 << 20..(30 << 20) + 100].copy_from_slice(&[7u8; 100]);
     write(&folder.join("table.dat"), &changed);
     let spec = format!("latest:{}", folder.display());
     let result = fixture.json(&["restore", &spec, "--target", folder.to_str().unwrap(), "--no-safety"]);
     assert_eq!(std::fs::read(folder.join("table.dat")).unwrap(), original);
     let reused = result["bytes_reused"].as_u64().unwrap();
     let fetched = result["bytes_fetched"].as_u64().unwrap();
-    assert!(reused > 6 << 20, "most of the file comes from the target: {result}");
-    assert!(fetched < 2 << 20, "only the changed chunks are fetched: {result}");
+    assert!(reused > 40 << 20, "most of the file comes from the target: {result}");
+    assert!(fetched < 24 << 20, "only the changed chunks are fetched: {result}");
+    assert_eq!(result["bytes_written"], 64u64 << 20);
+}
+
+/// The id of the newest restore.
+fn last_restore(fixture: &Fixture) -> String {
+    let restores = fixture.json(&["restores"]);
+    restores["restores"].as_array().unwrap().last().unwrap()["restore_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn rollback_of_a_target_whose_name_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let (fixture, _study, spec) = study_fixture();
+    let target = fixture.path("t").join(std::ffi::OsStr::from_bytes(b"t_\xff"));
+    let lookalike = fixture.path("t").join("t_\u{fffd}");
+    write(&target.join("notes.txt"), b"live notes\n");
+    write(&lookalike.join("scan.bin"), b"a bystander");
+    let before = fixture.path("before");
+    copy_tree(&target, &before);
+    let target_text = target.as_os_str().to_str().map(String::from);
+    assert!(target_text.is_none());
+    let mut command = fixture.command(&["restore", &spec, "--target"]);
+    command.arg(&target);
+    assert!(command.output().unwrap().status.success());
+    fixture.ok(&["restore", "--rollback", &last_restore(&fixture), "--force"]);
+    assert_same_tree(&before, &target);
+    assert_eq!(std::fs::read(lookalike.join("scan.bin")).unwrap(), b"a bystander");
+}
+
+#[test]
+fn rollback_refuses_a_target_replaced_by_a_symlink() {
+    let (fixture, _study, spec) = study_fixture();
+    let target = fixture.path("t7");
+    write(&target.join("notes.txt"), b"live\n");
+    fixture.ok(&["restore", &spec, "--target", target.to_str().unwrap()]);
+    let victim = fixture.path("victim");
+    write(&victim.join("notes.txt"), b"not to be touched\n");
+    write(&victim.join("scan.bin"), b"not to be touched either\n");
+    std::fs::rename(&target, fixture.path("t7.real")).unwrap();
+    symlink(&victim, &target).unwrap();
+    let output = fixture.run(&["restore", "--rollback", &last_restore(&fixture), "--force"]);
+    assert_eq!(output.status.code(), Some(20), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::read(victim.join("notes.txt")).unwrap(), b"not to be touched\n");
+    assert_eq!(std::fs::read(victim.join("scan.bin")).unwrap(), b"not to be touched either\n");
+}
+
+#[test]
+fn rollback_leaves_what_was_made_since_and_needs_the_safety_snapshot_first() {
+    let (fixture, study, spec) = study_fixture();
+    write(&study.join("notes.txt"), b"live\n");
+    std::fs::remove_file(study.join("scan.bin")).unwrap();
+    fixture.ok(&["restore", &spec, "--target", study.to_str().unwrap()]);
+    let id = last_restore(&fixture);
+    // The user works on a file the restore created.
+    write(&study.join("scan.bin"), b"edited after the restore");
+    // Without its safety snapshot, a rollback changes nothing.
+    let restores = fixture.json(&["restores"]);
+    let safety = restores["restores"][0]["safety_snapshot"].as_str().unwrap().to_string();
+    fixture.ok(&["forget", &safety]);
+    let output = fixture.run(&["restore", "--rollback", &id, "--force"]);
+    assert_eq!(output.status.code(), Some(14), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::read(study.join("scan.bin")).unwrap(), b"edited after the restore");
+}
+
+#[test]
+fn rollback_keeps_a_file_made_since_under_a_created_name() {
+    let (fixture, study, spec) = study_fixture();
+    write(&study.join("notes.txt"), b"live\n");
+    std::fs::remove_file(study.join("scan.bin")).unwrap();
+    fixture.ok(&["restore", &spec, "--target", study.to_str().unwrap()]);
+    write(&study.join("scan.bin"), b"made by the user after the restore");
+    let output = fixture.run(&["restore", "--rollback", &last_restore(&fixture), "--force"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(15), "{stderr}");
+    assert!(stderr.contains("is not what the restore wrote there"), "{stderr}");
+    assert_eq!(std::fs::read(study.join("scan.bin")).unwrap(), b"made by the user after the restore");
+    assert_eq!(std::fs::read(study.join("notes.txt")).unwrap(), b"live\n", "the rest is rolled back");
+}
+
+#[test]
+fn same_size_and_mtime_with_other_content() {
+    let fixture = Fixture::new();
+    let source = fixture.path("s");
+    write(&source.join("conf"), b"version-B\n");
+    set_mtime(&source.join("conf"), 1_767_225_600, 0);
+    fixture.backup(&source);
+    let target = fixture.path("t");
+    write(&target.join("conf"), b"version-A\n");
+    set_mtime(&target.join("conf"), 1_767_225_600, 0);
+    let spec = format!("latest:{}", source.display());
+    let quick = plan_of(&fixture, &[&spec, "--target", target.to_str().unwrap()]);
+    assert_eq!(quick["conf"], "keep", "size and mtime agree: the quick check keeps it, as rsync does");
+    let hashed = plan_of(&fixture, &[&spec, "--target", target.to_str().unwrap(), "--checksum"]);
+    assert_eq!(hashed["conf"], "overwrite");
+    fixture.ok(&["restore", &spec, "--target", target.to_str().unwrap(), "--overwrite", "always"]);
+    assert_eq!(std::fs::read(target.join("conf")).unwrap(), b"version-B\n");
+    fixture.ok(&["restore", "--rollback", &last_restore(&fixture), "--force"]);
+    assert_eq!(std::fs::read(target.join("conf")).unwrap(), b"version-A\n", "the rollback compares by hash");
+}
+
+#[test]
+fn metadata_of_a_hard_linked_file_is_never_set_in_place() {
+    let fixture = Fixture::new();
+    let source = fixture.path("s");
+    write(&source.join("m"), b"shared\n");
+    fixture.backup(&source);
+    let target = fixture.path("t");
+    let outside = fixture.path("outside");
+    write(&outside.join("m"), b"shared\n");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::hard_link(outside.join("m"), target.join("m")).unwrap();
+    std::fs::set_permissions(outside.join("m"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    set_mtime(&outside.join("m"), 1_000_000_000, 0);
+    let spec = format!("latest:{}", source.display());
+    fixture.ok(&["restore", &spec, "--target", target.to_str().unwrap()]);
+    let outside_meta = std::fs::metadata(outside.join("m")).unwrap();
+    assert_eq!(outside_meta.mode() & 0o777, 0o640, "a file outside the target keeps its mode");
+    assert_eq!(outside_meta.mtime(), 1_000_000_000);
+}
+
+#[test]
+fn never_does_not_plan_what_it_cannot_make() {
+    let (fixture, _study, spec) = study_fixture();
+    let target = fixture.path("t20");
+    write(&target.join("series"), b"a file where the snapshot has a folder");
+    let plan = plan_of(&fixture, &[&spec, "--target", target.to_str().unwrap(), "--overwrite", "never"]);
+    assert_eq!(plan["series"], "keep");
+    assert!(!plan.keys().any(|path| path.starts_with("series/")), "{plan:?}");
+    fixture.ok(&["restore", &spec, "--target", target.to_str().unwrap(), "--overwrite", "never"]);
+    assert_eq!(std::fs::read(target.join("series")).unwrap(), b"a file where the snapshot has a folder");
+}
+
+#[test]
+fn delete_through_a_symlink_naming_the_target() {
+    let (fixture, study, spec) = study_fixture();
+    let real = fixture.path("real");
+    copy_tree(&study, &real);
+    write(&real.join("extra.txt"), b"not in the snapshot");
+    let link = fixture.path("link");
+    symlink(&real, &link).unwrap();
+    fixture.ok(&["restore", &spec, "--target", link.to_str().unwrap(), "--delete", "--force"]);
+    assert!(!real.join("extra.txt").exists());
 }

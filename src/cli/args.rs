@@ -252,6 +252,10 @@ pub struct RestoreArgs {
     /// hold; refused for / and for a target other than the restored folder, unless --force.
     #[arg(long)]
     pub delete: bool,
+    /// Hash existing files of the same size and mtime too before leaving them alone
+    /// (by default those are taken as identical, as rsync does).
+    #[arg(long)]
+    pub checksum: bool,
     /// Do not take a safety snapshot of what the restore replaces or deletes (it then
     /// cannot be rolled back).
     #[arg(long)]

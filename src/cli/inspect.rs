@@ -28,6 +28,14 @@ pub fn diff(cli: &Cli, args: &DiffArgs) -> Result<i32> {
         Some(path) => [b"/", path.as_bytes()].concat(),
         None => b"/".to_vec(),
     };
+    let base = if under.len() > 1 { under.strip_suffix(b"/").unwrap_or(&under) } else { &under[..] };
+    if old_manifest.entry(base)?.is_none() && new_manifest.entry(base)?.is_none() {
+        let shown = String::from_utf8_lossy(base);
+        return Err(coffer::Error::NotFound {
+            what: format!("path {shown} in snapshot {} or {}", old_id.short(), new_id.short()),
+        }
+        .into());
+    }
     let entries = inspect::diff(&old_manifest, &new_manifest, &under, args.metadata)?;
     let count = |change: Change| entries.iter().filter(|e| e.change == change).count();
     let size_change: i64 =

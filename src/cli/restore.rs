@@ -39,13 +39,15 @@ pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
         // Restoring a folder onto itself sets its own metadata too; an existing folder
         // chosen as a target elsewhere keeps its own.
         target_metadata: is_same_folder(&target, subpath.as_deref()),
+        checksum: args.checksum,
+        strict_target: false,
     };
     let plan = restorer::plan(&repository, &manifest, &options)?;
     if args.dry_run {
         print_plan(cli, &plan, !args.no_safety);
         return Ok(exit::SUCCESS);
     }
-    let path = subpath.as_deref().map_or("/".to_string(), |p| String::from_utf8_lossy(p).into_owned());
+    let path = subpath.clone().unwrap_or_else(|| b"/".to_vec());
     if args.no_safety
         && plan
             .entries
@@ -71,8 +73,13 @@ pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
             );
         }
     };
-    let outcome = safety::restore(&repository, (&id, &path), &plan, &options, !args.no_safety, &mut announce)?;
+    let outcome = safety::restore(&repository, (&id, &path[..]), &plan, &options, !args.no_safety, &mut announce)?;
     report_outcome(cli, args, &id, &target, outcome)
+}
+
+/// "1 entry", "2 entries".
+fn count_of(count: usize, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
 }
 
 fn is_same_folder(target: &Path, subpath: Option<&[u8]>) -> bool {
@@ -141,8 +148,8 @@ fn report_outcome(cli: &Cli, args: &RestoreArgs, id: &SnapshotId, target: &Path,
     fail(
         code,
         format!(
-            "{} entries could not be restored from snapshot {}; the first: {}{rolled_back}",
-            report.failed.len(),
+            "{} could not be restored from snapshot {}; the first: {}{rolled_back}",
+            count_of(report.failed.len(), "entry", "entries"),
             id.short(),
             report.failed[0].reason
         ),
@@ -180,8 +187,9 @@ fn print_rollback(cli: &Cli, rollback: &Rollback, safety: Option<SnapshotId>) {
     note(
         cli.quiet || cli.json,
         &format!(
-            "rolled back: {} entries the restore made were removed, {} were put back{safety}",
-            rollback.removed, rollback.put_back
+            "rolled back: {} the restore made removed, {} put back{safety}",
+            count_of(rollback.removed, "entry", "entries"),
+            count_of(rollback.put_back as usize, "entry", "entries")
         ),
     );
 }
@@ -205,7 +213,7 @@ fn rollback(cli: &Cli, repository: &Repository, spec: &str, force: bool) -> Resu
             format!("restore {} was rolled back already; add --force to do it again", id.short()),
         );
     }
-    let done = safety::roll_back(repository, &record)?;
+    let done = safety::roll_back(repository, &record, force)?;
     record.outcome = if done.failures.is_empty() {
         coffer::RestoreOutcome::RolledBack
     } else {
@@ -223,8 +231,8 @@ fn rollback(cli: &Cli, repository: &Repository, spec: &str, force: bool) -> Resu
         return fail(
             exit::LOCAL_IO,
             format!(
-                "{} entries of {} could not be rolled back; the safety snapshot {} still holds them",
-                done.failures.len(),
+                "{} of {} could not be rolled back (listed above); nothing else was changed, and the safety snapshot {} is kept",
+                count_of(done.failures.len(), "entry", "entries"),
                 record.target,
                 safety.map(|id| id.short()).unwrap_or_default()
             ),

@@ -53,8 +53,15 @@ pub struct RestoreRecord {
     /// The snapshot restored, and the folder of it (`/` for all of it).
     pub snapshot: String,
     pub path: String,
-    /// The target folder, absolute.
+    /// The target folder, absolute, for display (not UTF-8 bytes shown as U+FFFD).
     pub target: String,
+    /// The snapshot folder and the target, as hex of their bytes: what a rollback uses.
+    pub path_hex: String,
+    pub target_hex: String,
+    /// The target folder's device and inode when the restore started (0 if it did not
+    /// exist): a rollback refuses a folder that has been replaced since.
+    pub target_device: u64,
+    pub target_inode: u64,
     /// The snapshot (tagged `safety`) holding every entry of the target the restore
     /// replaced, changed or deleted, as it was before; none if it touched nothing.
     pub safety: Option<String>,
@@ -73,6 +80,18 @@ impl RestoreRecord {
     /// The safety snapshot's id, if there is one.
     pub fn safety_id(&self) -> Result<Option<SnapshotId>> {
         self.safety.as_deref().map(str::parse).transpose()
+    }
+
+    /// The target folder's path, as bytes.
+    pub fn target_path(&self) -> std::path::PathBuf {
+        use std::os::unix::ffi::OsStringExt;
+        let bytes = hex::decode(&self.target_hex).unwrap_or_else(|_| self.target.clone().into_bytes());
+        std::path::PathBuf::from(std::ffi::OsString::from_vec(bytes))
+    }
+
+    /// The snapshot folder restored, as bytes.
+    pub fn path_bytes(&self) -> Vec<u8> {
+        hex::decode(&self.path_hex).unwrap_or_else(|_| self.path.clone().into_bytes())
     }
 
     /// The relative paths of a list, as bytes.

@@ -71,6 +71,34 @@ impl TargetDir {
         }
     }
 
+    /// Opens an existing target folder without following any symlink on its path: for a
+    /// path that was resolved earlier (a rollback's), so a symlink put in place of
+    /// any of its folders since is refused (ELOOP), not followed.
+    pub fn open_strict(path: &Path) -> io::Result<Self> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+        let how = OpenHow::new().flags(flags).resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+        let root = match nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how) {
+            Err(Errno::ENOSYS) | Err(Errno::EPERM) => {
+                let walk = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                let mut current = nix::fcntl::open("/", walk, Mode::empty())?;
+                let names: Vec<_> = path
+                    .components()
+                    .filter_map(|c| match c {
+                        std::path::Component::Normal(name) => Some(name),
+                        _ => None,
+                    })
+                    .collect();
+                for (index, name) in names.iter().enumerate() {
+                    let last = index + 1 == names.len();
+                    current = nix::fcntl::openat(&current, *name, if last { flags } else { walk }, Mode::empty())?;
+                }
+                current
+            }
+            other => other?,
+        };
+        Ok(Self { root, path: path.to_path_buf(), openat2: AtomicBool::new(true) })
+    }
+
     fn open_dir(path: &Path) -> io::Result<Self> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let root = nix::fcntl::open(path, flags, Mode::empty())?;
@@ -168,6 +196,13 @@ impl TargetDir {
     pub fn read_link(&self, relative: &[u8]) -> io::Result<Vec<u8>> {
         let (folder, name) = self.parent(relative)?;
         Ok(nix::fcntl::readlinkat(&folder, name)?.into_vec())
+    }
+
+    /// Adds owner read, write and search permission to the folder at `relative`.
+    pub fn make_writable(&self, relative: &[u8]) -> io::Result<()> {
+        let folder = self.open(relative, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())?;
+        let mode = nix::sys::stat::fstat(&folder)?.st_mode & 0o7777;
+        Ok(nix::sys::stat::fchmod(&folder, Mode::from_bits_truncate(mode | 0o700))?)
     }
 
     /// Removes the empty folder at `relative`.

@@ -11,6 +11,9 @@ use sha2::{Digest, Sha256};
 use super::beneath::TargetDir;
 use crate::repository::manifest::{Entry, EntryKind};
 
+/// Extended attributes: names and values.
+pub(super) type Xattrs = [(Vec<u8>, Vec<u8>)];
+
 /// How an existing entry differs from the snapshot's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Difference {
@@ -59,14 +62,15 @@ pub(super) fn mtime_ns(stat: &FileStat) -> i64 {
     stat.st_mtime.saturating_mul(1_000_000_000).saturating_add(stat.st_mtime_nsec)
 }
 
-/// Compares the entry at `relative` (whose status is `stat`) with `entry`. A regular
-/// file of the same size but another mtime is read and hashed; `hashed` counts the
-/// bytes read.
+/// Compares the entry at `relative` (whose status is `stat`) with `entry` and its
+/// extended attributes. A regular file of the same size but another mtime is read and
+/// hashed (with `checksum`, also one of the same mtime); `hashed` counts the bytes read.
 pub(super) fn compare(
     target: &TargetDir,
     relative: &[u8],
     stat: &FileStat,
-    entry: &Entry,
+    (entry, xattrs): (&Entry, &Xattrs),
+    checksum: bool,
     hashed: &mut u64,
 ) -> Difference {
     if kind_of(stat) != entry.kind {
@@ -75,7 +79,7 @@ pub(super) fn compare(
     let content_same = match entry.kind {
         EntryKind::File => {
             stat.st_size as u64 == entry.size
-                && (mtime_ns(stat) == entry.mtime_ns || same_content(target, relative, entry, hashed))
+                && ((mtime_ns(stat) == entry.mtime_ns && !checksum) || same_content(target, relative, entry, hashed))
         }
         EntryKind::Symlink => target.read_link(relative).ok().as_deref() == entry.link_target.as_deref(),
         EntryKind::CharDevice | EntryKind::BlockDevice => stat.st_rdev == entry.rdev,
@@ -93,17 +97,46 @@ pub(super) fn compare(
     let owner_same = !crate::system::is_root() || (stat.st_uid == entry.uid && stat.st_gid == entry.gid);
     // A folder's mtime changes whenever its content does; the restore sets it again.
     let time_same = entry.kind == EntryKind::Dir || mtime_ns(stat) == entry.mtime_ns;
-    if mode_same && owner_same && time_same {
+    if mode_same && owner_same && time_same && same_xattrs(target, relative, entry.kind, xattrs) {
         Difference::None
     } else {
         Difference::Metadata
     }
 }
 
+/// The extended attributes a restore sets and removes (`user.` and `trusted.`; the
+/// `security.` and `system.` ones belong to the system).
+pub(super) fn managed_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.") || name.starts_with(b"trusted.")
+}
+
+/// True if the entry's managed extended attributes are exactly `xattrs`'.
+fn same_xattrs(target: &TargetDir, relative: &[u8], kind: EntryKind, xattrs: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    use xattr::FileExt;
+    if !matches!(kind, EntryKind::File | EntryKind::Dir) {
+        return true;
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK;
+    let Ok(file) = target.open(relative, flags, Mode::empty()).map(std::fs::File::from) else { return false };
+    let Ok(names) = file.list_xattr() else { return xattrs.is_empty() };
+    let mut present: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for name in names.filter(|name| managed_xattr(name.as_bytes())) {
+        match file.get_xattr(&name) {
+            Ok(Some(value)) => present.push((name.as_bytes().to_vec(), value)),
+            _ => return false,
+        }
+    }
+    let mut wanted: Vec<(Vec<u8>, Vec<u8>)> = xattrs.iter().filter(|(name, _)| managed_xattr(name)).cloned().collect();
+    present.sort();
+    wanted.sort();
+    present == wanted
+}
+
 /// True if the file at `relative` hashes to the entry's SHA-256.
 fn same_content(target: &TargetDir, relative: &[u8], entry: &Entry, hashed: &mut u64) -> bool {
     let Some(expected) = entry.sha256 else { return false };
-    let Ok(fd) = target.open(relative, OFlag::O_RDONLY, Mode::empty()) else { return false };
+    let Ok(fd) = target.open(relative, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()) else { return false };
     let mut file = std::fs::File::from(fd);
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];

@@ -88,7 +88,9 @@ pub(super) fn restore_contents(
             destinations.entry(chunk.blob).or_default().push((index, chunk.offset));
         }
     }
-    report.bytes_reused += reuse_local_chunks(run, repository, &pending, &mut destinations, &failures);
+    let (reused, reused_written) = reuse_local_chunks(run, repository, &pending, &mut destinations, &failures);
+    report.bytes_reused += reused;
+    report.bytes_written += reused_written;
     let requests = plan_requests(repository, &destinations, &pending, &failures)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(repository.backend().parallel_reads().max(1))
@@ -166,16 +168,16 @@ fn fail(failures: &Failures, index: usize, reason: String, cause: FailureCause) 
 /// Reads the files the restore replaces, cuts them into chunks as a backup would, and
 /// writes every chunk the restore needs (its keyed id proves it is the same bytes)
 /// from there instead of fetching it: a large file of which a little changed costs
-/// only the changed chunks. Returns the bytes taken from the target.
+/// only the changed chunks. Returns the bytes taken from the target, and written.
 fn reuse_local_chunks(
     run: &Run<'_>,
     repository: &Repository,
     pending: &[Pending<'_>],
     destinations: &mut HashMap<BlobId, Destinations>,
     failures: &Failures,
-) -> u64 {
+) -> (u64, u64) {
     let chunker = repository.file_chunker();
-    let mut reused = 0;
+    let (mut reused, mut written) = (0, 0);
     let replaced = pending
         .iter()
         .filter(|file| file.planned.existed && file.planned.action == Action::Overwrite && !file.temporary.is_empty());
@@ -195,12 +197,12 @@ fn reuse_local_chunks(
             let Ok(chunk) = chunk else { break };
             let id = repository.master().blob_id(&chunk);
             if let Some(targets) = destinations.remove(&id) {
-                write_blob(run, &chunk, Some(&targets), pending, failures);
+                written += write_blob(run, &chunk, Some(&targets), pending, failures);
                 reused += chunk.len() as u64;
             }
         }
     }
-    reused
+    (reused, written)
 }
 
 /// Looks up every blob and groups them into coalesced range requests per pack.

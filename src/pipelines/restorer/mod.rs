@@ -52,6 +52,11 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Set the target folder's own metadata even if it existed (a rollback does).
     pub target_metadata: bool,
+    /// Hash files of the same size and mtime too before keeping them (`--checksum`).
+    pub checksum: bool,
+    /// Open the target without following any symlink in its path (a rollback does: the
+    /// path was resolved when the restore ran).
+    pub strict_target: bool,
 }
 
 /// When an existing entry of the target is replaced (`--overwrite`).
@@ -264,10 +269,18 @@ pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptio
     }
     let include = RestorePatterns::new(&options.include)?;
     let exclude = RestorePatterns::new(&options.exclude)?;
-    let existing = TargetDir::open_existing(&options.target)
-        .map_err(|e| Error::io("cannot open restore target", &options.target, e))?;
+    let existing = if options.strict_target {
+        Some(
+            TargetDir::open_strict(&options.target)
+                .map_err(|e| Error::io("cannot open restore target", &options.target, e))?,
+        )
+    } else {
+        TargetDir::open_existing(&options.target)
+            .map_err(|e| Error::io("cannot open restore target", &options.target, e))?
+    };
     let mut plan = RestorePlan::default();
     let mut leaders: HashMap<i64, Vec<u8>> = HashMap::new();
+    let mut blocked: Vec<Vec<u8>> = Vec::new();
     for (entry_id, entry) in rows {
         let relative = relative_of(&entry.path, &base, base_is_file);
         let wanted =
@@ -284,15 +297,28 @@ pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptio
             ),
             None => None,
         };
+        // Below a folder kept as something else (`--overwrite never`), nothing can be made.
+        if blocked.iter().any(|b| relative.starts_with(b) && relative.get(b.len()) == Some(&b'/')) {
+            let why = "a file the rule keeps stands where its folder should be (--overwrite never)";
+            plan.warnings.push(format!("not restoring {}: {why}", display_path(&options.target, &relative).display()));
+            continue;
+        }
+        let stat = found.flatten();
         let planned = plan_entry(
             manifest,
             (entry_id, entry),
-            (&options.target, relative),
-            (existing.as_ref(), found.flatten()),
-            options.overwrite,
+            relative,
+            (existing.as_ref(), stat),
+            options,
             &mut leaders,
             &mut plan,
         )?;
+        if planned.entry.kind == EntryKind::Dir
+            && planned.action == Action::Keep
+            && stat.is_some_and(|stat| !beneath::is_dir(&stat))
+        {
+            blocked.push(planned.relative.clone());
+        }
         plan.entries.push(planned);
     }
     if include.is_some() {
@@ -362,7 +388,8 @@ fn plan_deletions(
         plan.entries.iter().map(|p| (p.relative.clone(), p.entry.kind == EntryKind::Dir)).collect();
     let mut walk = walkdir::WalkDir::new(target.path())
         .follow_links(false)
-        .follow_root_links(false)
+        // The target path is the user's choice: a symlink naming it is followed.
+        .follow_root_links(true)
         .min_depth(1)
         .sort_by_file_name()
         .into_iter();
@@ -428,11 +455,15 @@ fn choose(
     target: Option<&TargetDir>,
     relative: &[u8],
     stat: Option<&nix::sys::stat::FileStat>,
-    entry: &Entry,
-    overwrite: Overwrite,
+    (entry, xattrs): (&Entry, &compare::Xattrs),
+    options: &RestoreOptions,
     hashed: &mut u64,
 ) -> (Action, &'static str) {
+    let overwrite = options.overwrite;
     let (Some(target), Some(stat)) = (target, stat) else { return (Action::Create, "") };
+    if relative.is_empty() && !options.target_metadata {
+        return (Action::Keep, "the target folder keeps its own metadata");
+    }
     let same_kind = compare::kind_of(stat) == entry.kind;
     match overwrite {
         Overwrite::Never => return (Action::Keep, "exists (--overwrite never)"),
@@ -449,8 +480,13 @@ fn choose(
     if entry.hardlink_group.is_some() {
         return (Action::Overwrite, "hard-linked");
     }
-    match compare::compare(target, relative, stat, entry, hashed) {
+    match compare::compare(target, relative, stat, (entry, xattrs), options.checksum, hashed) {
         compare::Difference::None => (Action::Keep, "identical"),
+        // Setting metadata in place on a file with other names would change those too,
+        // wherever they are: such a file is replaced by a new one instead.
+        compare::Difference::Metadata if entry.kind == EntryKind::File && stat.st_nlink > 1 => {
+            (Action::Overwrite, "metadata differs (a file with other hard links is replaced)")
+        }
         compare::Difference::Metadata if matches!(entry.kind, EntryKind::File | EntryKind::Dir) => {
             (Action::Update, "metadata differs")
         }
@@ -463,15 +499,17 @@ fn choose(
 fn plan_entry(
     manifest: &Manifest,
     (entry_id, entry): (i64, Entry),
-    (target_path, relative): (&Path, Vec<u8>),
+    relative: Vec<u8>,
     (target, stat): (Option<&TargetDir>, Option<nix::sys::stat::FileStat>),
-    overwrite: Overwrite,
+    options: &RestoreOptions,
     leaders: &mut HashMap<i64, Vec<u8>>,
     plan: &mut RestorePlan,
 ) -> Result<PlannedEntry> {
-    let target_shown = display_path(target_path, &relative);
+    let target_shown = display_path(&options.target, &relative);
     let existed = stat.is_some();
-    let (mut action, mut why) = choose(target, &relative, stat.as_ref(), &entry, overwrite, &mut plan.bytes_compared);
+    let xattrs = manifest.xattrs(entry_id)?;
+    let (mut action, mut why) =
+        choose(target, &relative, stat.as_ref(), (&entry, &xattrs), options, &mut plan.bytes_compared);
     let mut link_to = None;
     let mut chunks = Vec::new();
     match entry.kind {
@@ -521,7 +559,6 @@ fn plan_entry(
         Action::Keep if entry.kind != EntryKind::Dir => plan.keeps += 1,
         _ => {}
     }
-    let xattrs = manifest.xattrs(entry_id)?;
     Ok(PlannedEntry { entry_id, entry, target: target_shown, relative, action, why, existed, link_to, chunks, xattrs })
 }
 
@@ -587,8 +624,12 @@ impl<'t> Run<'t> {
 pub fn execute(repository: &Repository, plan: &RestorePlan, options: &RestoreOptions) -> Result<RestoreReport> {
     let _lock = repository.lock_shared()?;
     let target_existed = options.target.is_dir();
-    let target = TargetDir::create(&options.target)
-        .map_err(|e| Error::io("cannot create restore target", &options.target, e))?;
+    let target = if options.strict_target {
+        TargetDir::open_strict(&options.target)
+            .map_err(|e| Error::io("cannot open restore target", &options.target, e))?
+    } else {
+        TargetDir::create(&options.target).map_err(|e| Error::io("cannot create restore target", &options.target, e))?
+    };
     let _target_lock = match target.lock().map_err(|e| Error::io("cannot lock restore target", &options.target, e))? {
         TargetLock::Busy => {
             return Err(Error::Refused(format!(

@@ -16,7 +16,7 @@ use super::{Action, Overwrite, PlannedEntry, RestoreOptions, RestorePlan, Restor
 use crate::error::{Error, Result};
 use crate::id::{RestoreId, SnapshotId};
 use crate::pipelines::archiver::{self, BackupOptions, ChangeRules};
-use crate::repository::manifest::EntryKind;
+use crate::repository::manifest::{EntryKind, Manifest};
 use crate::repository::{Repository, RestoreOutcome, RestoreRecord, RESTORE_RECORD_VERSION};
 
 /// The tag of safety snapshots.
@@ -93,9 +93,10 @@ fn safety_selection(target: &Path, plan: &RestorePlan) -> Vec<(PathBuf, bool)> {
         .map(|p| p.relative.as_slice())
         .collect();
     let mut selection: BTreeMap<PathBuf, bool> = BTreeMap::new();
-    let changed = |p: &&PlannedEntry| touches(p) && !(p.entry.kind == EntryKind::Dir && p.action == Action::Keep);
+    // Folders kept as they are still get their metadata set again: they are held too.
+    let changed = |p: &&PlannedEntry| touches(p);
     for planned in plan.entries.iter().filter(changed) {
-        let shallow = planned.entry.kind == EntryKind::Dir && planned.action == Action::Update;
+        let shallow = planned.entry.kind == EntryKind::Dir && matches!(planned.action, Action::Update | Action::Keep);
         *selection.entry(absolute_in(target, &planned.relative)).or_default() |= !shallow;
     }
     for planned in plan.entries.iter().filter(|p| (changed(p) || creates(p)) && !p.relative.is_empty()) {
@@ -122,7 +123,7 @@ fn absolute_target(target: &Path) -> Result<PathBuf> {
 /// A failure or an interrupt is rolled back when there is a safety snapshot.
 pub fn restore(
     repository: &Repository,
-    (snapshot, path): (&SnapshotId, &str),
+    (snapshot, path): (&SnapshotId, &[u8]),
     plan: &RestorePlan,
     options: &RestoreOptions,
     safety: bool,
@@ -131,16 +132,39 @@ pub fn restore(
     let target = absolute_target(&options.target)?;
     let touched: Vec<&PlannedEntry> = plan.entries.iter().filter(|p| touches(p) && p.action != Action::Keep).collect();
     let id = RestoreId::random();
-    let safety_id =
-        if touched.is_empty() || !safety { None } else { Some(take_safety_snapshot(repository, &id, &target, plan)?) };
+    // A target that takes no files fails here, before a safety snapshot is taken.
+    let existing =
+        TargetDir::open_existing(&target).map_err(|e| Error::io("cannot open restore target", &target, e))?;
+    let (target_device, target_inode) = match &existing {
+        Some(folder) => {
+            folder.probe().map_err(|e| Error::io("cannot write to restore target", &target, e))?;
+            folder.lookup(b"").ok().flatten().map_or((0, 0), |stat| (stat.st_dev, stat.st_ino))
+        }
+        None => (0, 0),
+    };
+    let safety_id = if touched.is_empty() || !safety {
+        None
+    } else {
+        Some(take_safety_snapshot(repository, &id, &target, plan).map_err(|error| match error {
+            Error::Interrupted { signal, .. } => Error::Interrupted {
+                signal,
+                outcome: "the restore had not started: nothing in the target was changed".into(),
+            },
+            other => other,
+        })?)
+    };
     let mut record = RestoreRecord {
         version: RESTORE_RECORD_VERSION,
         time: jiff::Timestamp::now().to_string(),
         host: crate::system::host_name(),
         user: crate::system::user_name(),
         snapshot: snapshot.to_hex(),
-        path: path.to_string(),
+        path: String::from_utf8_lossy(path).into_owned(),
         target: target.display().to_string(),
+        path_hex: hex::encode(path),
+        target_hex: hex::encode(target.as_os_str().as_bytes()),
+        target_device,
+        target_inode,
         safety: safety_id.map(|id| id.to_hex()),
         created: if safety_id.is_some() { hex_list(plan.entries.iter().filter(|p| creates(p))) } else { Vec::new() },
         replaced: hex_list(touched.iter().copied().filter(|p| p.action != Action::Delete)),
@@ -168,7 +192,7 @@ pub fn restore(
             // The interrupt that stopped the restore must not stop putting things back;
             // a second one does (the record then says the rollback failed).
             crate::interrupt::reset();
-            let rollback = roll_back(repository, &record);
+            let rollback = roll_back(repository, &record, false);
             record.outcome = match &rollback {
                 Ok(done) if done.failures.is_empty() => RestoreOutcome::RolledBack,
                 _ => RestoreOutcome::RollbackFailed,
@@ -213,22 +237,70 @@ fn take_safety_snapshot(
     Ok(report.id)
 }
 
-/// Undoes a restore from its record: removes what it created (never a folder that
-/// holds something else), then puts back every replaced, changed or deleted entry
-/// from the safety snapshot, with the folders' metadata. Nothing of the safety
-/// snapshot is deleted, whatever happens.
-pub fn roll_back(repository: &Repository, record: &RestoreRecord) -> Result<Rollback> {
+/// Undoes a restore from its record: checks that the target is the folder the restore
+/// wrote (on this host, not replaced since), reads the safety snapshot's plan, removes
+/// what the restore created (only entries that are still what it wrote), then puts
+/// back every replaced, changed or deleted entry from the safety snapshot, comparing
+/// content by hash, with the folders' metadata. Nothing of the safety snapshot is
+/// deleted, whatever happens. `force` allows a rollback on another host.
+pub fn roll_back(repository: &Repository, record: &RestoreRecord, force: bool) -> Result<Rollback> {
     let Some(safety) = record.safety_id()? else {
         return Err(Error::Refused(
-            "this restore replaced nothing, so it has no safety snapshot to roll back to".into(),
+            "this restore has no safety snapshot (it ran with --no-safety, or replaced nothing), so it cannot be rolled back".into(),
         ));
     };
-    let target_path = PathBuf::from(&record.target);
+    let host = crate::system::host_name();
+    if record.host != host && !force {
+        return Err(Error::Refused(format!(
+            "the restore ran on host {}, this is {host}: roll it back there (or add --force if this is the same folder)",
+            record.host
+        )));
+    }
+    let target_path = record.target_path();
+    let target = TargetDir::open_strict(&target_path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::ENOTDIR) => Error::Refused(format!(
+            "{} (or a folder above it) is now a symlink or a file; the restore wrote into a folder there. Nothing was changed",
+            target_path.display()
+        )),
+        _ => Error::io("cannot open restore target", &target_path, e),
+    })?;
+    let stat = target.lookup(b"").ok().flatten();
+    if record.target_inode != 0
+        && stat.is_none_or(|s| (s.st_dev, s.st_ino) != (record.target_device, record.target_inode))
+    {
+        return Err(Error::Refused(format!(
+            "{} is not the folder the restore wrote into (it was replaced since); nothing was changed",
+            target_path.display()
+        )));
+    }
+    // Everything that can fail before the target changes comes first.
+    let (_, snapshot) = repository.find_snapshot(&safety.to_hex()).map_err(|error| match error {
+        Error::NotFound { .. } => Error::NotFound {
+            what: format!("safety snapshot {} (was it forgotten?); nothing was changed", safety.short()),
+        },
+        other => other,
+    })?;
+    let manifest = repository.load_manifest(&safety, &snapshot)?;
+    let options = RestoreOptions {
+        subpath: Some(target_path.as_os_str().as_bytes().to_vec()),
+        target: target_path.clone(),
+        // What the restore did not change, or changed only in metadata, is left or fixed
+        // in place: its content need not (and, if the repository is damaged where the
+        // restore failed, may not) be read from the repository. Content is compared
+        // by hash: a restored file may have the size and mtime of the one it replaced.
+        overwrite: Overwrite::IfChanged,
+        checksum: true,
+        target_metadata: true,
+        strict_target: true,
+        ..Default::default()
+    };
+    // What the restore wrote, to tell its entries from ones made since.
+    let restored = match record.snapshot.parse::<SnapshotId>().and_then(|id| repository.find_snapshot(&id.to_hex())) {
+        Ok((id, snapshot)) => repository.load_manifest(&id, &snapshot).ok(),
+        Err(_) => None,
+    };
     let mut rollback = Rollback::default();
     {
-        let target = TargetDir::open_existing(&target_path)
-            .map_err(|e| Error::io("cannot open restore target", &target_path, e))?
-            .ok_or_else(|| Error::NotFound { what: format!("restore target {}", target_path.display()) })?;
         let _lock = match target.lock().map_err(|e| Error::io("cannot lock restore target", &target_path, e))? {
             TargetLock::Busy => {
                 return Err(Error::Refused(format!(
@@ -238,29 +310,12 @@ pub fn roll_back(repository: &Repository, record: &RestoreRecord) -> Result<Roll
             }
             held => held,
         };
-        remove_created(&target, record, &mut rollback);
+        remove_created(&target, record, restored.as_ref(), &mut rollback);
     }
-    let (_, snapshot) = repository.find_snapshot(&safety.to_hex()).map_err(|error| match error {
-        Error::NotFound { .. } => {
-            Error::NotFound { what: format!("safety snapshot {} (was it forgotten?)", safety.short()) }
-        }
-        other => other,
-    })?;
-    let manifest = repository.load_manifest(&safety, &snapshot)?;
-    let options = RestoreOptions {
-        subpath: Some(record.target.as_bytes().to_vec()),
-        target: target_path.clone(),
-        // What the restore did not change, or changed only in metadata, is left or fixed
-        // in place: its content need not (and, if the repository is damaged where the
-        // restore failed, may not) be read from the repository.
-        overwrite: Overwrite::IfChanged,
-        target_metadata: true,
-        ..Default::default()
-    };
     let plan = super::plan(repository, &manifest, &options)?;
+    let to_do = plan.entries.iter().filter(|p| !matches!(p.action, Action::Keep | Action::Skip)).count() as u64;
     let report = super::execute(repository, &plan, &options)?;
-    let entries = plan.entries.iter().filter(|p| !p.relative.is_empty() && p.action != Action::Keep).count() as u64;
-    rollback.put_back = entries.saturating_sub(report.failed.len() as u64);
+    rollback.put_back = to_do.saturating_sub(report.failed.len() as u64);
     for failure in &report.failed {
         rollback.failures.push(format!(
             "{} was not put back ({}); it is in safety snapshot {}",
@@ -273,8 +328,11 @@ pub fn roll_back(repository: &Repository, record: &RestoreRecord) -> Result<Roll
 }
 
 /// Removes the entries the restore created, deepest first, and temporary files of
-/// the restore in the folders around them.
-fn remove_created(target: &TargetDir, record: &RestoreRecord, rollback: &mut Rollback) {
+/// the restore in the folders around them. An entry is removed only if it is still
+/// what the restore wrote (the snapshot's kind, and for a file its size and mtime, for
+/// a symlink its target): something made there since is left, and said so. Folders
+/// the restore made are made writable first (a snapshot's read-only folder).
+fn remove_created(target: &TargetDir, record: &RestoreRecord, restored: Option<&Manifest>, rollback: &mut Rollback) {
     let mut created = RestoreRecord::paths(&record.created);
     created.sort();
     let mut folders: HashSet<Vec<u8>> = HashSet::new();
@@ -283,9 +341,26 @@ fn remove_created(target: &TargetDir, record: &RestoreRecord, rollback: &mut Rol
     {
         folders.insert(parent_of(relative).unwrap_or_default().to_vec());
     }
+    for relative in created.iter().filter(|r| target.lookup(r).ok().flatten().is_some_and(|s| beneath::is_dir(&s))) {
+        let _ = target.make_writable(relative);
+    }
     for folder in &folders {
         let _ = target.remove_stale_temporaries(folder, "\0");
     }
+    let base = record.path_bytes();
+    let written = |relative: &[u8], stat: &nix::sys::stat::FileStat| -> bool {
+        let Some(manifest) = restored else { return false };
+        let path = if base == b"/" { [b"/", relative].concat() } else { [&base[..], b"/", relative].concat() };
+        let Ok(Some((_, entry))) = manifest.entry(&path) else { return false };
+        if super::compare::kind_of(stat) != entry.kind {
+            return false;
+        }
+        match entry.kind {
+            EntryKind::File => stat.st_size as u64 == entry.size && super::compare::mtime_ns(stat) == entry.mtime_ns,
+            EntryKind::Symlink => target.read_link(relative).ok().as_deref() == entry.link_target.as_deref(),
+            _ => true,
+        }
+    };
     for relative in created.iter().rev() {
         let shown = target.display(relative);
         match target.lookup(relative) {
@@ -301,6 +376,10 @@ fn remove_created(target: &TargetDir, record: &RestoreRecord, rollback: &mut Rol
                     Err(error) => rollback.failures.push(format!("cannot remove {}: {error}", shown.display())),
                 }
             }
+            Ok(Some(stat)) if !written(relative, &stat) => rollback.failures.push(format!(
+                "{} is not what the restore wrote there (it was changed or made since); left in place",
+                shown.display()
+            )),
             Ok(Some(_)) => match target.remove_tree(relative) {
                 Ok(()) => rollback.removed += 1,
                 Err(error) => rollback.failures.push(format!("cannot remove {}: {error}", shown.display())),
