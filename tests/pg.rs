@@ -359,3 +359,64 @@ fn check_pg_without_a_dump_says_so_and_fails() {
     assert_eq!(checked["pg_dumps"][0]["database"], "pg_checked");
     assert_eq!(checked["pg_dumps"][0]["ok"], true, "{checked}");
 }
+
+/// Every table of the public schema with an ordered checksum of its rows, and the schema.
+fn table_sums(database: &str) -> (Vec<(String, String)>, String) {
+    let tables = psql(
+        database,
+        "SELECT string_agg(relname, ' ' ORDER BY relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relkind = 'r'",
+    );
+    let sums = tables
+        .split_whitespace()
+        .map(|table| {
+            let sum =
+                psql(database, &format!("SELECT md5(string_agg(t::text, E'\\n' ORDER BY t::text)) FROM {table} t"));
+            (table.to_string(), sum)
+        })
+        .collect();
+    (sums, schema(database))
+}
+
+#[test]
+fn a_parallel_restore_that_fails_half_way_is_rolled_back_from_the_safety_dump() {
+    if !server() {
+        return;
+    }
+    let fixture = Fixture::new();
+    fill_clinic("pg_safety");
+    fixture.json(&["backup", "--pg", &conninfo("pg_safety")]);
+    // The live database has moved on: two tables are gone, one has another definition
+    // (pg_restore fails on it after creating the others), one is new.
+    psql(
+        "pg_safety",
+        "DROP VIEW recent_visits; DROP TABLE visits; DROP TABLE django_migrations;
+         CREATE TABLE visits (id int, incompatible text); INSERT INTO visits VALUES (1, 'kept');
+         CREATE TABLE local_only (x int); INSERT INTO local_only VALUES (42);
+         UPDATE patients SET notes = 'edited since' WHERE id < 100;",
+    );
+    psql("pg_safety", "ALTER TABLE patients RENAME TO patients_renamed");
+    let before = table_sums("pg_safety");
+    let output = fixture.run(&["restore", "latest", "--pg-target", &conninfo("pg_safety"), "--jobs", "2"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(19), "{stderr}");
+    assert!(stderr.contains("put back as it was from the safety dump"), "{stderr}");
+    assert_eq!(table_sums("pg_safety"), before, "the database is as it was before the restore");
+    let restores = fixture.json(&["restores"]);
+    assert_eq!(restores["restores"][0]["outcome"], "rolled-back", "{restores}");
+
+    // A restore that completes can be undone too.
+    psql("pg_safety", "DROP TABLE patients_renamed CASCADE; DROP TABLE visits; UPDATE local_only SET x = 43");
+    let before = table_sums("pg_safety");
+    fixture.ok(&["restore", "latest", "--pg-target", &conninfo("pg_safety"), "--pg-clean", "--force"]);
+    assert_ne!(table_sums("pg_safety"), before);
+    let restores = fixture.json(&["restores"]);
+    let id = restores["restores"].as_array().unwrap().last().unwrap()["restore_id"].as_str().unwrap().to_string();
+    let without_target = fixture.run(&["restore", "--rollback", &id, "--force"]);
+    assert_eq!(without_target.status.code(), Some(2), "{}", String::from_utf8_lossy(&without_target.stderr));
+    let wrong = fixture.run(&["restore", "--rollback", &id, "--force", "--pg-target", &conninfo("postgres")]);
+    assert_eq!(wrong.status.code(), Some(20), "{}", String::from_utf8_lossy(&wrong.stderr));
+    fixture.ok(&["restore", "--rollback", &id, "--force", "--pg-target", &conninfo("pg_safety")]);
+    assert_eq!(table_sums("pg_safety"), before, "rolled back after it completed");
+    psql("postgres", "DROP DATABASE pg_safety WITH (FORCE)");
+}

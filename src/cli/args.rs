@@ -242,7 +242,7 @@ pub struct RestoreArgs {
     pub target: Option<PathBuf>,
     /// Undo the restore with this id (or id prefix): remove what it created and put
     /// back what it replaced or deleted, from its safety snapshot.
-    #[arg(long, value_name = "RESTORE_ID", conflicts_with_all = ["snapshot", "target", "pg_target", "dry_run"])]
+    #[arg(long, value_name = "RESTORE_ID", conflicts_with_all = ["snapshot", "target", "dry_run"])]
     pub rollback: Option<String>,
     /// What to do with entries the target already holds: always, if-changed (replace
     /// what differs, leave identical entries alone), if-newer, never.

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use coffer::pg::{ConnInfo, PgRestoreOptions, PgTools};
-use coffer::{Manifest, Repository, Snapshot, Source};
+use coffer::{Manifest, Repository, Snapshot, SnapshotId, Source};
 use serde_json::json;
 
 use super::args::RestoreArgs;
@@ -15,7 +15,7 @@ pub fn restore(
     args: &RestoreArgs,
     repository: &Repository,
     manifest: &Manifest,
-    snapshot: &Snapshot,
+    (id, snapshot): (&SnapshotId, &Snapshot),
 ) -> Result<i32> {
     let source = coffer::restorer::select_source(snapshot, args.pg_database.as_deref())?;
     let options = PgRestoreOptions {
@@ -27,8 +27,11 @@ pub fn restore(
         list: args.dry_run,
         to_file: None,
     };
-    let report =
-        coffer::restorer::restore_postgres(repository, manifest, source, &options, &PgTools::default(), args.force)?;
+    let tools = PgTools::default();
+    if !args.dry_run {
+        return restore_safely(cli, args, repository, (id, manifest, source), &options, &tools);
+    }
+    let report = coffer::restorer::restore_postgres(repository, manifest, source, &options, &tools, args.force)?;
     if args.dry_run {
         if cli.json {
             output::json(&json!({"dry_run": true, "database": report.database, "table_of_contents": report.output}));
@@ -40,6 +43,92 @@ pub fn restore(
     if cli.json {
         output::json(
             &json!({"database": report.database, "bytes": report.bytes, "tables": options.tables, "single_transaction": options.single_transaction()}),
+        );
+    } else {
+        let target =
+            if args.pg_create { "a new database of that name".to_string() } else { options.conninfo.to_string() };
+        note(
+            cli.quiet,
+            &format!(
+                "restored the dump of database {} ({}) into {target} with pg_restore",
+                report.database,
+                output::size(report.bytes)
+            ),
+        );
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// A database restore with a safety dump of the target first, rolled back if
+/// pg_restore fails outside one transaction.
+fn restore_safely(
+    cli: &Cli,
+    args: &RestoreArgs,
+    repository: &Repository,
+    (id, manifest, source): (&SnapshotId, &Manifest, &coffer::PostgresSource),
+    options: &PgRestoreOptions,
+    tools: &PgTools,
+) -> Result<i32> {
+    let quiet = cli.quiet || cli.json;
+    if args.no_safety {
+        note(quiet, "no safety dump (--no-safety): the target database cannot be rolled back");
+    }
+    let mut announce = |started: &coffer::restorer::safety::Started| {
+        if let Some(safety) = started.safety {
+            let id = started.id.short();
+            note(
+                quiet,
+                &format!(
+                    "restore {id}: safety snapshot {} holds a dump of {} as it is now ({} relations); undo with `coffer restore --rollback {id} --pg-target ...`",
+                    safety.short(),
+                    options.conninfo,
+                    started.touched
+                ),
+            );
+        }
+    };
+    let outcome = coffer::restorer::pg_safety::restore_database(
+        repository,
+        id,
+        (manifest, source),
+        options,
+        tools,
+        args.force,
+        !args.no_safety,
+        &mut announce,
+    )?;
+    if let Some(rollback) = &outcome.rollback {
+        for failure in &rollback.failures {
+            eprintln!("error: rollback: {failure}");
+        }
+        if rollback.failures.is_empty() {
+            note(
+                quiet,
+                &format!(
+                    "rolled back: {} relation(s) the restore created were dropped and the database was restored from safety snapshot {}",
+                    rollback.removed,
+                    outcome.started.safety.map(|id| id.short()).unwrap_or_default()
+                ),
+            );
+        }
+    }
+    if let Some(error) = outcome.error {
+        let suffix = match &outcome.rollback {
+            Some(done) if done.failures.is_empty() => "; the database was put back as it was from the safety dump",
+            Some(_) => "; putting the database back failed (see above)",
+            None => "",
+        };
+        let code = match &outcome.rollback {
+            Some(done) if !done.failures.is_empty() => exit::POSTGRES,
+            _ => exit::code_of(&error),
+        };
+        return super::fail(code, format!("{error}{suffix}"));
+    }
+    let report = outcome.report.unwrap_or_default();
+    if cli.json {
+        output::json(
+            &json!({"restore_id": outcome.started.id.to_hex(), "safety_snapshot": outcome.started.safety.map(|id| id.to_hex()),
+            "database": report.database, "bytes": report.bytes, "tables": options.tables, "single_transaction": options.single_transaction()}),
         );
     } else {
         let target =

@@ -17,14 +17,14 @@ use super::{exit, fail, Cli};
 pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
     let repository = super::open(cli)?;
     if let Some(spec) = &args.rollback {
-        return rollback(cli, &repository, spec, args.force);
+        return rollback(cli, &repository, spec, args);
     }
     let spec_text = args.snapshot.clone().unwrap_or_else(|| OsString::from("latest"));
     let (spec, subpath) = super::commands::split_spec(&spec_text);
     let (id, snapshot) = repository.find_snapshot_filtered(&spec, &super::commands::filter_of(&args.filter)?)?;
     let manifest = repository.load_manifest(&id, &snapshot)?;
     let Some(target) = args.target.clone() else {
-        return super::postgres::restore(cli, args, &repository, &manifest, &snapshot);
+        return super::postgres::restore(cli, args, &repository, &manifest, (&id, &snapshot));
     };
     let options = RestoreOptions {
         subpath: subpath.clone(),
@@ -195,7 +195,8 @@ fn print_rollback(cli: &Cli, rollback: &Rollback, safety: Option<SnapshotId>) {
 }
 
 /// `restore --rollback ID`.
-fn rollback(cli: &Cli, repository: &Repository, spec: &str, force: bool) -> Result<i32> {
+fn rollback(cli: &Cli, repository: &Repository, spec: &str, args: &RestoreArgs) -> Result<i32> {
+    let force = args.force;
     let (id, mut record) = repository.find_restore(spec)?;
     if record.outcome == coffer::RestoreOutcome::Completed && !force {
         return fail(
@@ -213,7 +214,27 @@ fn rollback(cli: &Cli, repository: &Repository, spec: &str, force: bool) -> Resu
             format!("restore {} was rolled back already; add --force to do it again", id.short()),
         );
     }
-    let done = safety::roll_back(repository, &record, force)?;
+    let done = match (&record.database, &args.pg_target) {
+        (Some(_), Some(conninfo)) => coffer::restorer::pg_safety::roll_back_database(
+            repository,
+            &record,
+            &coffer::pg::ConnInfo::parse(conninfo)?,
+            &coffer::pg::PgTools::default(),
+        )?,
+        (Some(database), None) => {
+            return fail(
+                exit::USAGE,
+                format!(
+                    "restore {} wrote into database {database:?}: give its connection string with --pg-target",
+                    id.short()
+                ),
+            )
+        }
+        (None, Some(_)) => {
+            return fail(exit::USAGE, format!("restore {} was into a folder, not a database", id.short()))
+        }
+        (None, None) => safety::roll_back(repository, &record, force)?,
+    };
     record.outcome = if done.failures.is_empty() {
         coffer::RestoreOutcome::RolledBack
     } else {

@@ -62,6 +62,10 @@ pub struct RestoreRecord {
     /// exist): a rollback refuses a folder that has been replaced since.
     pub target_device: u64,
     pub target_inode: u64,
+    /// For a database restore: the database written into (`target` is then the
+    /// connection string, password masked, and `replaced` the relations it held).
+    #[serde(default)]
+    pub database: Option<String>,
     /// The snapshot (tagged `safety`) holding every entry of the target the restore
     /// replaced, changed or deleted, as it was before; none if it touched nothing.
     pub safety: Option<String>,

@@ -11,6 +11,7 @@ mod beneath;
 mod compare;
 mod fetch;
 mod metadata;
+pub mod pg_safety;
 mod postgres;
 pub mod safety;
 

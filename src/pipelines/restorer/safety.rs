@@ -165,6 +165,7 @@ pub fn restore(
         target_hex: hex::encode(target.as_os_str().as_bytes()),
         target_device,
         target_inode,
+        database: None,
         safety: safety_id.map(|id| id.to_hex()),
         created: if safety_id.is_some() { hex_list(plan.entries.iter().filter(|p| creates(p))) } else { Vec::new() },
         replaced: hex_list(touched.iter().copied().filter(|p| p.action != Action::Delete)),
