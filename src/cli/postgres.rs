@@ -31,30 +31,12 @@ pub fn restore(
     if !args.dry_run {
         return restore_safely(cli, args, repository, (id, manifest, source), &options, &tools);
     }
+    // A dry run: pg_restore lists what it would restore.
     let report = coffer::restorer::restore_postgres(repository, manifest, source, &options, &tools, args.force)?;
-    if args.dry_run {
-        if cli.json {
-            output::json(&json!({"dry_run": true, "database": report.database, "table_of_contents": report.output}));
-        } else {
-            output::line(report.output.trim_end());
-        }
-        return Ok(exit::SUCCESS);
-    }
     if cli.json {
-        output::json(
-            &json!({"database": report.database, "bytes": report.bytes, "tables": options.tables, "single_transaction": options.single_transaction()}),
-        );
+        output::json(&json!({"dry_run": true, "database": report.database, "table_of_contents": report.output}));
     } else {
-        let target =
-            if args.pg_create { "a new database of that name".to_string() } else { options.conninfo.to_string() };
-        note(
-            cli.quiet,
-            &format!(
-                "restored the dump of database {} ({}) into {target} with pg_restore",
-                report.database,
-                output::size(report.bytes)
-            ),
-        );
+        output::line(report.output.trim_end());
     }
     Ok(exit::SUCCESS)
 }

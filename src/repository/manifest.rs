@@ -41,6 +41,26 @@ impl EntryKind {
         }
     }
 
+    /// The kind of a file-system entry of this type.
+    pub fn of(file_type: std::fs::FileType) -> Self {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_file() {
+            EntryKind::File
+        } else if file_type.is_dir() {
+            EntryKind::Dir
+        } else if file_type.is_symlink() {
+            EntryKind::Symlink
+        } else if file_type.is_fifo() {
+            EntryKind::Fifo
+        } else if file_type.is_char_device() {
+            EntryKind::CharDevice
+        } else if file_type.is_block_device() {
+            EntryKind::BlockDevice
+        } else {
+            EntryKind::Socket
+        }
+    }
+
     /// The kind of a stored name.
     pub fn from_name(name: &str) -> Option<Self> {
         [Self::File, Self::Dir, Self::Symlink, Self::Fifo, Self::CharDevice, Self::BlockDevice, Self::Socket]

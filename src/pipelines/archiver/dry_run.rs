@@ -112,7 +112,7 @@ fn plan_path(
             return Ok(());
         }
     };
-    match walk::entry_kind(metadata.file_type()) {
+    match EntryKind::of(metadata.file_type()) {
         EntryKind::File => {}
         EntryKind::Dir => {
             report.dirs += 1;

@@ -349,13 +349,7 @@ impl Walker<'_, '_> {
         self.add_ancestors(roots)?;
         let patterns = excludes.glob_set()?;
         for root in roots {
-            for item in walk::tree(root, excludes, &patterns) {
-                crate::interrupt::check()?;
-                match item {
-                    Ok(item) => self.add_path(item.path(), sender)?,
-                    Err(error) => self.warn(walk::walk_warning(&error)),
-                }
-            }
+            self.walk_tree(root, excludes, &patterns, sender)?;
         }
         Ok(())
     }
@@ -381,12 +375,24 @@ impl Walker<'_, '_> {
                 self.add_path(path, sender)?;
                 continue;
             }
-            for item in walk::tree(path, excludes, &patterns) {
-                crate::interrupt::check()?;
-                match item {
-                    Ok(item) => self.add_path(item.path(), sender)?,
-                    Err(error) => self.warn(walk::walk_warning(&error)),
-                }
+            self.walk_tree(path, excludes, &patterns, sender)?;
+        }
+        Ok(())
+    }
+
+    /// Adds every entry of one tree, in walk order.
+    fn walk_tree(
+        &mut self,
+        root: &Path,
+        excludes: &Excludes,
+        patterns: &Option<globset::GlobSet>,
+        sender: &BlobSender<'_>,
+    ) -> Result<()> {
+        for item in walk::tree(root, excludes, patterns) {
+            crate::interrupt::check()?;
+            match item {
+                Ok(item) => self.add_path(item.path(), sender)?,
+                Err(error) => self.warn(walk::walk_warning(&error)),
             }
         }
         Ok(())
@@ -400,7 +406,7 @@ impl Walker<'_, '_> {
                 return Ok(());
             }
         };
-        let kind = walk::entry_kind(metadata.file_type());
+        let kind = EntryKind::of(metadata.file_type());
         let mut entry = self.entry(path, &metadata, kind);
         let xattrs = self.xattrs(path);
         let mut chunks = Vec::new();

@@ -1,9 +1,9 @@
 //! The walk of the backed-up trees, shared by the backup, its dry run and the scan that
 //! counts files for progress, so the three see the same entries.
 
-use std::fs::{FileType, Metadata};
+use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use globset::GlobSet;
@@ -110,24 +110,6 @@ pub(super) fn outermost(paths: &[PathBuf]) -> Vec<&PathBuf> {
         }
     }
     kept
-}
-
-pub(super) fn entry_kind(file_type: FileType) -> EntryKind {
-    if file_type.is_file() {
-        EntryKind::File
-    } else if file_type.is_dir() {
-        EntryKind::Dir
-    } else if file_type.is_symlink() {
-        EntryKind::Symlink
-    } else if file_type.is_fifo() {
-        EntryKind::Fifo
-    } else if file_type.is_char_device() {
-        EntryKind::CharDevice
-    } else if file_type.is_block_device() {
-        EntryKind::BlockDevice
-    } else {
-        EntryKind::Socket
-    }
 }
 
 /// The manifest entry for a path just stat'ed, without content.

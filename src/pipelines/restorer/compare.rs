@@ -37,26 +37,6 @@ pub(super) fn kind_of(stat: &FileStat) -> EntryKind {
     }
 }
 
-/// The kind of entry a walk's file type describes.
-pub(super) fn kind_of_type(file_type: std::fs::FileType) -> EntryKind {
-    use std::os::unix::fs::FileTypeExt;
-    if file_type.is_dir() {
-        EntryKind::Dir
-    } else if file_type.is_symlink() {
-        EntryKind::Symlink
-    } else if file_type.is_fifo() {
-        EntryKind::Fifo
-    } else if file_type.is_char_device() {
-        EntryKind::CharDevice
-    } else if file_type.is_block_device() {
-        EntryKind::BlockDevice
-    } else if file_type.is_socket() {
-        EntryKind::Socket
-    } else {
-        EntryKind::File
-    }
-}
-
 /// The modification time of a status, in nanoseconds.
 pub(super) fn mtime_ns(stat: &FileStat) -> i64 {
     stat.st_mtime.saturating_mul(1_000_000_000).saturating_add(stat.st_mtime_nsec)

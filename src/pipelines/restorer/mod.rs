@@ -422,7 +422,7 @@ fn plan_deletions(
         let metadata = item.metadata().ok();
         let entry = Entry {
             path: snapshot_path,
-            kind: compare::kind_of_type(item.file_type()),
+            kind: EntryKind::of(item.file_type()),
             size: metadata.as_ref().map_or(0, |m| if m.is_file() { m.len() } else { 0 }),
             ..Entry::default()
         };

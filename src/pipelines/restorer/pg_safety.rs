@@ -9,10 +9,10 @@
 use std::collections::HashSet;
 
 use super::postgres::{restore_postgres, select_source, PgRestoreReport};
-use super::safety::{Rollback, Started, SAFETY_TAG};
+use super::safety::{safety_backup, save_outcome, settle, Rollback, Started};
 use crate::error::{Error, Result};
 use crate::id::{RestoreId, SnapshotId};
-use crate::pipelines::archiver::{self, BackupOptions, ChangeRules};
+use crate::pipelines::archiver::BackupOptions;
 use crate::pipelines::pg::{self, ConnInfo, PgBackupOptions, PgRestoreOptions, PgTools};
 use crate::repository::manifest::Manifest;
 use crate::repository::snapshot::PostgresSource;
@@ -118,14 +118,7 @@ pub fn restore_database(
             if safety_id.is_some() && !options.single_transaction() {
                 crate::interrupt::reset();
                 let rollback = roll_back_database(repository, &record, &options.conninfo, tools);
-                record.outcome = match &rollback {
-                    Ok(done) if done.failures.is_empty() => RestoreOutcome::RolledBack,
-                    _ => RestoreOutcome::RollbackFailed,
-                };
-                outcome.rollback = Some(
-                    rollback
-                        .unwrap_or_else(|error| Rollback { failures: vec![error.to_string()], ..Default::default() }),
-                );
+                outcome.rollback = Some(settle(&mut record, rollback));
             }
             // Once put back, "the target may hold part of the dump" is no longer true.
             let rolled_back = outcome.rollback.as_ref().is_some_and(|done| done.failures.is_empty());
@@ -141,10 +134,7 @@ pub fn restore_database(
             });
         }
     }
-    record.finished = Some(jiff::Timestamp::now().to_string());
-    if let Err(error) = repository.save_restore(&id, &record) {
-        crate::backend::note(format!("the record of restore {} could not be updated: {error}", id.short()));
-    }
+    save_outcome(repository, &id, &mut record);
     Ok(outcome)
 }
 
@@ -156,18 +146,11 @@ fn take_safety_dump(
     tools: &PgTools,
 ) -> Result<SnapshotId> {
     let backup = BackupOptions {
-        tags: vec![SAFETY_TAG.to_string(), format!("restore-{}", id.short())],
         postgres: vec![PgBackupOptions { conninfo: options.conninfo.clone(), schema_query: None, globals: false }],
         pg_tools: tools.clone(),
-        change_rules: ChangeRules { force: true, ..Default::default() },
         ..Default::default()
     };
-    let report = archiver::backup(repository, backup).map_err(|error| match error {
-        Error::Interrupted { signal, .. } => {
-            Error::Interrupted { signal, outcome: "the restore had not started: the database was not changed".into() }
-        }
-        other => other,
-    })?;
+    let report = safety_backup(repository, id, backup, "the database")?;
     Ok(report.id)
 }
 

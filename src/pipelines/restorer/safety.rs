@@ -142,17 +142,8 @@ pub fn restore(
         }
         None => (0, 0),
     };
-    let safety_id = if touched.is_empty() || !safety {
-        None
-    } else {
-        Some(take_safety_snapshot(repository, &id, &target, plan).map_err(|error| match error {
-            Error::Interrupted { signal, .. } => Error::Interrupted {
-                signal,
-                outcome: "the restore had not started: nothing in the target was changed".into(),
-            },
-            other => other,
-        })?)
-    };
+    let safety_id =
+        if touched.is_empty() || !safety { None } else { Some(take_safety_snapshot(repository, &id, &target, plan)?) };
     let mut record = RestoreRecord {
         version: RESTORE_RECORD_VERSION,
         time: jiff::Timestamp::now().to_string(),
@@ -194,23 +185,53 @@ pub fn restore(
             // a second one does (the record then says the rollback failed).
             crate::interrupt::reset();
             let rollback = roll_back(repository, &record, false);
-            record.outcome = match &rollback {
-                Ok(done) if done.failures.is_empty() => RestoreOutcome::RolledBack,
-                _ => RestoreOutcome::RollbackFailed,
-            };
-            outcome.rollback = Some(
-                rollback.unwrap_or_else(|error| Rollback { failures: vec![error.to_string()], ..Default::default() }),
-            );
+            outcome.rollback = Some(settle(&mut record, rollback));
         }
     } else {
         record.outcome = RestoreOutcome::Completed;
     }
+    save_outcome(repository, &id, &mut record);
+    Ok(outcome)
+}
+
+/// The record's outcome after a rollback, and the rollback (an error as its failure).
+pub(super) fn settle(record: &mut RestoreRecord, rollback: Result<Rollback>) -> Rollback {
+    record.outcome = match &rollback {
+        Ok(done) if done.failures.is_empty() => RestoreOutcome::RolledBack,
+        _ => RestoreOutcome::RollbackFailed,
+    };
+    rollback.unwrap_or_else(|error| Rollback { failures: vec![error.to_string()], ..Default::default() })
+}
+
+/// Stores a finished restore's record. The restore's own outcome matters more than a
+/// record that cannot be updated: that is a note, not an error.
+pub(super) fn save_outcome(repository: &Repository, id: &RestoreId, record: &mut RestoreRecord) {
     record.finished = Some(jiff::Timestamp::now().to_string());
-    // The restore's own outcome matters more than a record that cannot be updated.
-    if let Err(error) = repository.save_restore(&id, &record) {
+    if let Err(error) = repository.save_restore(id, record) {
         crate::backend::note(format!("the record of restore {} could not be updated: {error}", id.short()));
     }
-    Ok(outcome)
+}
+
+/// Takes the safety snapshot of restore `id`: `backup` tagged `safety` and
+/// `restore-<id>`, every entry read anew. Interrupted, it says that the restore never
+/// started and `untouched` (the target) was not changed.
+pub(super) fn safety_backup(
+    repository: &Repository,
+    id: &RestoreId,
+    backup: BackupOptions,
+    untouched: &str,
+) -> Result<crate::pipelines::archiver::BackupReport> {
+    let backup = BackupOptions {
+        tags: vec![SAFETY_TAG.to_string(), format!("restore-{}", id.short())],
+        change_rules: ChangeRules { force: true, ..Default::default() },
+        ..backup
+    };
+    archiver::backup(repository, backup).map_err(|error| match error {
+        Error::Interrupted { signal, .. } => {
+            Error::Interrupted { signal, outcome: format!("the restore had not started: {untouched} was not changed") }
+        }
+        other => other,
+    })
 }
 
 /// Backs up the entries the plan touches into a snapshot tagged `safety`. A safety
@@ -224,12 +245,10 @@ fn take_safety_snapshot(
 ) -> Result<SnapshotId> {
     let options = BackupOptions {
         paths: vec![target.to_path_buf()],
-        tags: vec![SAFETY_TAG.to_string(), format!("restore-{}", id.short())],
         selection: safety_selection(target, plan),
-        change_rules: ChangeRules { force: true, ..Default::default() },
         ..Default::default()
     };
-    let report = archiver::backup(repository, options)?;
+    let report = safety_backup(repository, id, options, "nothing in the target")?;
     if let Some(first) = report.warnings.first() {
         return Err(Error::Refused(format!(
             "the safety snapshot of what this restore would replace is incomplete ({first}); nothing was changed. Fix that, or restore with --no-safety"
