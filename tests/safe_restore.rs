@@ -541,3 +541,44 @@ fn delete_through_a_symlink_naming_the_target() {
     fixture.ok(&["restore", &spec, "--target", link.to_str().unwrap(), "--delete", "--force"]);
     assert!(!real.join("extra.txt").exists());
 }
+
+#[test]
+fn rollback_never_sweeps_away_what_was_made_since_in_a_folder_that_replaced_a_file() {
+    let fixture = Fixture::new();
+    let source = fixture.path("src");
+    write(&source.join("d/x"), b"x\n");
+    write(&source.join("f"), b"from the snapshot\n");
+    fixture.backup(&source);
+    let target = fixture.path("t");
+    write(&target.join("d"), b"was a file\n");
+    write(&target.join("f"), b"mine\n");
+    // The trailing slash must not matter to what the rollback recognises.
+    fixture.ok(&["restore", &format!("latest:{}/", source.display()), "--target", target.to_str().unwrap()]);
+    assert!(target.join("d/x").is_file());
+    write(&target.join("d/userfile"), b"made after the restore\n");
+    write(&target.join("f"), b"edited after the restore\n");
+    let output = fixture.run(&["restore", "--rollback", &last_restore(&fixture), "--force"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(15), "{stderr}");
+    assert_eq!(std::fs::read(target.join("d/userfile")).unwrap(), b"made after the restore\n");
+    assert_eq!(std::fs::read(target.join("f")).unwrap(), b"edited after the restore\n", "{stderr}");
+    assert!(stderr.contains("was changed since the restore"), "{stderr}");
+    // The restore's own file in that folder is removed; the folder stays for the user's.
+    assert!(!target.join("d/x").exists(), "{stderr}");
+}
+
+#[test]
+fn diff_works_with_a_cache_path_holding_percent_signs() {
+    let fixture = Fixture::new();
+    let source = fixture.path("src");
+    write(&source.join("a"), b"1");
+    let first = fixture.backup(&source)["snapshot"].as_str().unwrap().to_string();
+    write(&source.join("b"), b"2");
+    fixture.backup(&source);
+    let cache = fixture.path("ca%63he 50%?#x");
+    let output =
+        fixture.command(&["--json", "diff", &first, "latest"]).env("COFFER_CACHE_DIR", &cache).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let diff = common::last_json(&output.stdout);
+    assert_eq!(diff["added"], 1, "{diff}");
+}

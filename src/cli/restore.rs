@@ -41,13 +41,18 @@ pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
         target_metadata: is_same_folder(&target, subpath.as_deref()),
         checksum: args.checksum,
         strict_target: false,
+        // Without a safety snapshot a folder full of files is not swept away for a file.
+        replace_folders: !args.no_safety,
     };
     let plan = restorer::plan(&repository, &manifest, &options)?;
     if args.dry_run {
         print_plan(cli, &plan, !args.no_safety);
         return Ok(exit::SUCCESS);
     }
-    let path = subpath.clone().unwrap_or_else(|| b"/".to_vec());
+    let path = match subpath.as_deref() {
+        Some(path) if path.len() > 1 => path.strip_suffix(b"/").unwrap_or(path).to_vec(),
+        _ => b"/".to_vec(),
+    };
     if args.no_safety
         && plan
             .entries

@@ -53,8 +53,10 @@ fn attach(old: &Manifest, new: &Manifest) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = Connection::open_in_memory_with_flags(flags).map_err(cache_error)?;
     for (manifest, name) in [(old, "old"), (new, "new")] {
-        let uri =
-            format!("file:{}?mode=ro", manifest.path().display().to_string().replace('?', "%3f").replace('#', "%23"));
+        let uri = format!(
+            "file:{}?mode=ro",
+            manifest.path().display().to_string().replace('%', "%25").replace('?', "%3f").replace('#', "%23")
+        );
         connection.execute(&format!("ATTACH DATABASE ?1 AS {name}"), params![uri]).map_err(cache_error)?;
     }
     Ok(connection)

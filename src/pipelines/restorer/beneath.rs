@@ -205,6 +205,12 @@ impl TargetDir {
         Ok(nix::sys::stat::fchmod(&folder, Mode::from_bits_truncate(mode | 0o700))?)
     }
 
+    /// Sets the mode of the folder at `relative`.
+    pub fn set_mode(&self, relative: &[u8], mode: u32) -> io::Result<()> {
+        let folder = self.open(relative, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())?;
+        Ok(nix::sys::stat::fchmod(&folder, Mode::from_bits_truncate(mode))?)
+    }
+
     /// Removes the empty folder at `relative`.
     pub fn remove_empty_dir(&self, relative: &[u8]) -> io::Result<()> {
         let (folder, name) = self.parent(relative)?;

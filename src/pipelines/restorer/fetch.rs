@@ -185,16 +185,25 @@ fn reuse_local_chunks(
         if destinations.is_empty() || crate::interrupt::requested().is_some() {
             break;
         }
-        let Ok(handle) = run.target.open(&file.planned.relative, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty())
-        else {
+        // Only a regular file no larger than twice what it is replaced with is read: a
+        // huge or sparse one would cost more to read than the chunks it may save.
+        let Ok(Some(stat)) = run.target.lookup(&file.planned.relative) else { continue };
+        let regular = nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode) & nix::sys::stat::SFlag::S_IFMT
+            == nix::sys::stat::SFlag::S_IFREG;
+        if !regular || stat.st_size as u64 > file.planned.entry.size.saturating_mul(2) {
             continue;
-        };
+        }
+        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+        let Ok(handle) = run.target.open(&file.planned.relative, flags, Mode::empty()) else { continue };
         let handle = File::from(handle);
-        if !handle.metadata().is_ok_and(|metadata| metadata.is_file()) {
+        if !handle.metadata().is_ok_and(|metadata| metadata.is_file() && metadata.ino() == stat.st_ino) {
             continue;
         }
         for chunk in chunker.chunks(handle) {
             let Ok(chunk) = chunk else { break };
+            if crate::interrupt::requested().is_some() {
+                break;
+            }
             let id = repository.master().blob_id(&chunk);
             if let Some(targets) = destinations.remove(&id) {
                 written += write_blob(run, &chunk, Some(&targets), pending, failures);
@@ -416,9 +425,8 @@ fn finish_file(
     }
     metadata::apply_to_handle(&OwnedFd::from(opened), file.planned, owners, warnings);
     let name = beneath::split_last(&file.temporary).map(|(_, name)| name).unwrap_or_default();
-    let replace_folder = file.planned.action == Action::Overwrite;
-    metadata::rename_into_place(run, &file.planned.relative, std::ffi::OsStr::from_bytes(name), replace_folder)
-        .map_err(local)
+    let place = metadata::Place::of(run, file.planned);
+    metadata::rename_into_place(run, &file.planned.relative, std::ffi::OsStr::from_bytes(name), place).map_err(local)
 }
 
 fn verify_file(file: &mut File, expected: Option<[u8; 32]>) -> Option<String> {
@@ -455,7 +463,7 @@ fn link_files(
             Err((format!("its hard link {} could not be restored", shown.display()), FailureCause::LocalIo))
         } else {
             let inode = inodes.get(leader.as_slice()).copied().unwrap_or(0);
-            link_one(run, leader, inode, &planned.relative).map_err(|error| {
+            link_one(run, leader, inode, planned).map_err(|error| {
                 let reason = format!(
                     "cannot link {} to {}: {error}",
                     planned.target.display(),
@@ -474,7 +482,8 @@ fn link_files(
     }
 }
 
-fn link_one(run: &Run<'_>, leader: &[u8], inode: u64, relative: &[u8]) -> std::io::Result<()> {
+fn link_one(run: &Run<'_>, leader: &[u8], inode: u64, planned: &PlannedEntry) -> std::io::Result<()> {
+    let relative = &planned.relative[..];
     let handle = run.target.open(leader, OFlag::O_PATH, Mode::empty())?;
     if nix::sys::stat::fstat(&handle)?.st_ino != inode {
         return Err(std::io::Error::other("the file it links to was replaced during the restore"));
@@ -491,7 +500,8 @@ fn link_one(run: &Run<'_>, leader: &[u8], inode: u64, relative: &[u8]) -> std::i
         nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
     );
     linked?;
-    metadata::rename_into_place(run, relative, &temporary, false)
+    let place = if planned.existed { metadata::Place::Replace } else { metadata::Place::New };
+    metadata::rename_into_place(run, relative, &temporary, place)
 }
 
 #[cfg(test)]

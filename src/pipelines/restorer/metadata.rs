@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
+use nix::fcntl::{AtFlags, OFlag, RenameFlags};
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
@@ -44,34 +44,71 @@ pub(super) fn create_special(
         EntryKind::Symlink => apply_to_symlink(&folder, &name, planned, owners, warnings),
         _ => apply_to_node(&folder, &name, planned, owners, warnings),
     };
-    let replace_folder = planned.action == super::Action::Overwrite;
-    let placed = applied.and_then(|()| rename_into_place(run, &planned.relative, &name, replace_folder));
+    let place = Place::of(run, planned);
+    let placed = applied.and_then(|()| rename_into_place(run, &planned.relative, &name, place));
     if placed.is_err() {
         let _ = nix::unistd::unlinkat(&folder, name.as_os_str(), UnlinkatFlags::NoRemoveDir);
     }
     placed
 }
 
-/// Renames the temporary entry `name` (in the folder of `relative`) to `relative`. An
-/// empty folder in the way is removed; a folder with content only if the plan replaces
-/// it (`replace_folder`: the safety snapshot holds it), else the rename fails.
-pub(super) fn rename_into_place(run: &Run<'_>, relative: &[u8], name: &OsStr, replace_folder: bool) -> io::Result<()> {
-    let (folder, final_name) = run.target.parent(relative)?;
-    let renamed = match nix::fcntl::renameat(&folder, name, &folder, final_name) {
-        Err(Errno::EISDIR) | Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) => {
-            match nix::unistd::unlinkat(&folder, final_name, UnlinkatFlags::RemoveDir) {
-                Ok(()) => nix::fcntl::renameat(&folder, name, &folder, final_name),
-                Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) if replace_folder => {
-                    run.target.remove_tree(relative)?;
-                    nix::fcntl::renameat(&folder, name, &folder, final_name)
-                }
-                Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) => {
-                    Err(io::Error::other("a folder that is not empty is in the way"))?
-                }
-                Err(error) => Err(error),
-            }
+/// What a temporary entry may replace when it is renamed to its final name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    /// Nothing: the name was free when the plan was made, and whatever was made there
+    /// since stays (the entry fails instead).
+    New,
+    /// A file, a symlink or an empty folder.
+    Replace,
+    /// Also a folder with content: the plan replaces it, and a safety snapshot holds it.
+    ReplaceFolder,
+}
+
+impl Place {
+    pub(super) fn of(run: &Run<'_>, planned: &PlannedEntry) -> Self {
+        match planned.action {
+            _ if !planned.existed => Place::New,
+            super::Action::Overwrite if run.replace_folders => Place::ReplaceFolder,
+            _ => Place::Replace,
         }
-        other => other,
+    }
+}
+
+/// Renames the temporary entry `name` (in the folder of `relative`) to `relative`, as
+/// far as `place` allows: an empty folder in the way is removed; a folder with content
+/// only with `Place::ReplaceFolder`; nothing at all with `Place::New`.
+pub(super) fn rename_into_place(run: &Run<'_>, relative: &[u8], name: &OsStr, place: Place) -> io::Result<()> {
+    let (folder, final_name) = run.target.parent(relative)?;
+    let renamed = match place {
+        Place::New => match nix::fcntl::renameat2(&folder, name, &folder, final_name, RenameFlags::RENAME_NOREPLACE) {
+            Err(Errno::EEXIST) => {
+                Err(io::Error::other("something was made under this name during the restore; it was left as it is"))?
+            }
+            // A file system without RENAME_NOREPLACE: look, then rename.
+            Err(Errno::EINVAL) => match super::beneath::stat_at(&folder, final_name)? {
+                Some(_) => Err(io::Error::other(
+                    "something was made under this name during the restore; it was left as it is",
+                ))?,
+                None => nix::fcntl::renameat(&folder, name, &folder, final_name),
+            },
+            other => other,
+        },
+        Place::Replace | Place::ReplaceFolder => match nix::fcntl::renameat(&folder, name, &folder, final_name) {
+            Err(Errno::EISDIR) | Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) => {
+                match nix::unistd::unlinkat(&folder, final_name, UnlinkatFlags::RemoveDir) {
+                    Ok(()) => nix::fcntl::renameat(&folder, name, &folder, final_name),
+                    Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) if place == Place::ReplaceFolder => {
+                        run.target.remove_tree(relative)?;
+                        nix::fcntl::renameat(&folder, name, &folder, final_name)
+                    }
+                    Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) => {
+                        Err(io::Error::other("a folder that is not empty is in the way"))?
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            other => other,
+        },
     };
     // Renaming one name of a file over another name of the same file does nothing
     // and succeeds: the temporary name must still go.

@@ -55,6 +55,10 @@ pub struct RestoreOptions {
     pub target_metadata: bool,
     /// Hash files of the same size and mtime too before keeping them (`--checksum`).
     pub checksum: bool,
+    /// Replace a folder holding entries by the file the snapshot has there (a restore
+    /// with a safety snapshot does; a rollback does not, so that it never removes what
+    /// was made in such a folder since).
+    pub replace_folders: bool,
     /// Open the target without following any symlink in its path (a rollback does: the
     /// path was resolved when the restore ran).
     pub strict_target: bool,
@@ -593,15 +597,18 @@ fn count_fetches(repository: &Repository, plan: &mut RestorePlan) -> Result<()> 
 /// One restore in progress: the open target and how its temporary names are made.
 pub(super) struct Run<'t> {
     target: &'t TargetDir,
+    /// A folder with content may be replaced by a file where the plan says so.
+    replace_folders: bool,
     /// `.coffer-restore-<random>-`: this run's temporary names start with it.
     prefix: String,
     counter: AtomicU64,
 }
 
 impl<'t> Run<'t> {
-    fn new(target: &'t TargetDir) -> Self {
+    fn new(target: &'t TargetDir, replace_folders: bool) -> Self {
         let token = hex::encode(rand::random::<[u8; 6]>());
-        Self { target, prefix: format!("{}{token}-", beneath::TEMPORARY_PREFIX), counter: AtomicU64::new(0) }
+        let prefix = format!("{}{token}-", beneath::TEMPORARY_PREFIX);
+        Self { target, replace_folders, prefix, counter: AtomicU64::new(0) }
     }
 
     /// A fresh name for a temporary entry: unique within the run, random across runs,
@@ -641,7 +648,7 @@ pub fn execute(repository: &Repository, plan: &RestorePlan, options: &RestoreOpt
         held => held,
     };
     target.probe().map_err(|e| Error::io("cannot write to restore target", &options.target, e))?;
-    let run = Run::new(&target);
+    let run = Run::new(&target, options.replace_folders);
     let started = repository.backend().stats();
     let mut report = RestoreReport { warnings: plan.warnings.clone(), ..Default::default() };
     let (mut failed, inodes) = make_dirs(&run, plan, &mut report);

@@ -332,7 +332,26 @@ pub fn roll_back(repository: &Repository, record: &RestoreRecord, force: bool) -
         };
         remove_created(&target, record, restored.as_ref(), &mut rollback);
     }
-    let plan = super::plan(repository, &manifest, &options)?;
+    let mut plan = super::plan(repository, &manifest, &options)?;
+    // A replaced entry that is neither what the restore wrote nor what the safety
+    // snapshot holds was changed since: it is left, and named.
+    let replaced: HashSet<Vec<u8>> = RestoreRecord::paths(&record.replaced).into_iter().collect();
+    let base = record.path_bytes();
+    for planned in plan.entries.iter_mut().filter(|p| p.entry.kind != EntryKind::Dir && replaced.contains(&p.relative))
+    {
+        if !matches!(planned.action, Action::Overwrite | Action::Update) {
+            continue;
+        }
+        let Ok(Some(stat)) = target.lookup(&planned.relative) else { continue };
+        if !as_written(&target, restored.as_ref(), &base, &planned.relative, &stat) {
+            rollback.failures.push(format!(
+                "{} was changed since the restore (it is neither what the restore wrote nor what it replaced); left in place, the safety snapshot {} holds what was there before",
+                planned.target.display(),
+                safety.short()
+            ));
+            planned.action = Action::Skip;
+        }
+    }
     let to_do = plan.entries.iter().filter(|p| !matches!(p.action, Action::Keep | Action::Skip)).count() as u64;
     let report = super::execute(repository, &plan, &options)?;
     rollback.put_back = to_do.saturating_sub(report.failed.len() as u64);
@@ -345,6 +364,29 @@ pub fn roll_back(repository: &Repository, record: &RestoreRecord, force: bool) -
         ));
     }
     Ok(rollback)
+}
+
+/// True if the entry at `relative` is still what the restore wrote there: the kind of
+/// the restored snapshot's entry, and for a file its size and mtime (a restore sets
+/// them), for a symlink its target. Unknown (no manifest) counts as changed.
+fn as_written(
+    target: &TargetDir,
+    restored: Option<&Manifest>,
+    base: &[u8],
+    relative: &[u8],
+    stat: &nix::sys::stat::FileStat,
+) -> bool {
+    let Some(manifest) = restored else { return false };
+    let path = if base == b"/" { [b"/", relative].concat() } else { [base, b"/", relative].concat() };
+    let Ok(Some((_, entry))) = manifest.entry(&path) else { return false };
+    if super::compare::kind_of(stat) != entry.kind {
+        return false;
+    }
+    match entry.kind {
+        EntryKind::File => stat.st_size as u64 == entry.size && super::compare::mtime_ns(stat) == entry.mtime_ns,
+        EntryKind::Symlink => target.read_link(relative).ok().as_deref() == entry.link_target.as_deref(),
+        _ => true,
+    }
 }
 
 /// Removes the entries the restore created, deepest first, and temporary files of
@@ -361,33 +403,26 @@ fn remove_created(target: &TargetDir, record: &RestoreRecord, restored: Option<&
     {
         folders.insert(parent_of(relative).unwrap_or_default().to_vec());
     }
-    for relative in created.iter().filter(|r| target.lookup(r).ok().flatten().is_some_and(|s| beneath::is_dir(&s))) {
-        let _ = target.make_writable(relative);
-    }
     for folder in &folders {
         let _ = target.remove_stale_temporaries(folder, "\0");
     }
     let base = record.path_bytes();
-    let written = |relative: &[u8], stat: &nix::sys::stat::FileStat| -> bool {
-        let Some(manifest) = restored else { return false };
-        let path = if base == b"/" { [b"/", relative].concat() } else { [&base[..], b"/", relative].concat() };
-        let Ok(Some((_, entry))) = manifest.entry(&path) else { return false };
-        if super::compare::kind_of(stat) != entry.kind {
-            return false;
-        }
-        match entry.kind {
-            EntryKind::File => stat.st_size as u64 == entry.size && super::compare::mtime_ns(stat) == entry.mtime_ns,
-            EntryKind::Symlink => target.read_link(relative).ok().as_deref() == entry.link_target.as_deref(),
-            _ => true,
-        }
-    };
+    let written =
+        |relative: &[u8], stat: &nix::sys::stat::FileStat| as_written(target, restored, &base, relative, stat);
     for relative in created.iter().rev() {
         let shown = target.display(relative);
         match target.lookup(relative) {
             Ok(None) => {}
             Ok(Some(stat)) if beneath::is_dir(&stat) => {
+                // A snapshot's read-only folder: made writable to clear it, its mode
+                // given back if it stays.
+                let _ = target.make_writable(relative);
                 let _ = target.remove_stale_temporaries(relative, "\0");
-                match target.remove_empty_dir(relative) {
+                let removed = target.remove_empty_dir(relative);
+                if removed.is_err() {
+                    let _ = target.set_mode(relative, stat.st_mode & 0o7777);
+                }
+                match removed {
                     Ok(()) => rollback.removed += 1,
                     Err(error) if error.raw_os_error() == Some(libc::ENOTEMPTY) => rollback.failures.push(format!(
                         "{} was made by the restore but now holds entries it did not make; left in place",
