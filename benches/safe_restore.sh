@@ -7,6 +7,8 @@
 #  2. find and diff on FILES files across SNAPSHOTS snapshots (default 100,000 and 30;
 #     1% of the files change between snapshots): wall time and peak memory of
 #     `find '*.dat'` over all snapshots and of `diff` of the first and last.
+#  3. diff of the first and last snapshot, and find in the first, middle and last,
+#     compared with a brute-force walk of those snapshots restored.
 #
 #   COFFER_BIN=target/release/coffer bash benches/safe_restore.sh
 set -euo pipefail
@@ -72,3 +74,40 @@ echo "diff $first latest: $(measure "$COFFER" diff "$first" latest)"
 echo "diff --metadata $first latest: $(measure "$COFFER" diff --metadata "$first" latest)"
 echo "changed entries: $("$COFFER" --json diff "$first" latest | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["added"], "added,", d["removed"], "removed,", d["modified"], "modified")')"
 echo "stats of the repository: $(measure "$COFFER" stats)"
+
+log "3. diff and find against a brute-force comparison of restored trees (first, middle, last snapshot)"
+ids=($("$COFFER" --json snapshots | python3 -c 'import json,sys; [print(s["id"]) for s in json.load(sys.stdin)]'))
+middle="${ids[$(( ${#ids[@]} / 2 ))]}"
+for id in "${ids[0]}" "$middle" "${ids[-1]}"; do
+    "$COFFER" -q restore "$id:$WORK/tree" --target "$WORK/r-${id:0:8}" --no-sync
+done
+"$COFFER" --json diff "${ids[0]}" "${ids[-1]}" > "$WORK/diff.json"
+"$COFFER" --json find '*.dat' > "$WORK/find.json"
+python3 - "$WORK" "${ids[0]}" "$middle" "${ids[-1]}" <<'PY'
+import hashlib, json, os, sys
+work, first, middle, last = sys.argv[1:5]
+def tree(root):
+    seen = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            content = hashlib.sha256(open(path, "rb").read()).hexdigest() if os.path.isfile(path) else None
+            seen[rel] = (content, st.st_mode)
+    return seen
+a, b = tree(f"{work}/r-{first[:8]}"), tree(f"{work}/r-{last[:8]}")
+expected = {(p, "added") for p in b.keys() - a.keys()} | {(p, "removed") for p in a.keys() - b.keys()}
+expected |= {(p, "modified") for p in a.keys() & b.keys() if a[p][0] != b[p][0]}
+prefix = f"{work}/tree/"
+diff = json.load(open(f"{work}/diff.json"))
+actual = {(e["path"][len(prefix):], e["change"]) for e in diff["entries"] if e["path"].startswith(prefix)}
+assert actual == expected, f"diff disagrees: {len(actual ^ expected)} differences, e.g. {sorted(actual ^ expected)[:5]}"
+print(f"diff agrees with the restored trees: {len(expected)} changed entries")
+found = json.load(open(f"{work}/find.json"))["matches"]
+for snap in (first, middle, last):
+    mine = {m["path"][len(prefix):] for m in found if m["snapshot"] == snap}
+    brute = {p for p in tree(f"{work}/r-{snap[:8]}") if p.endswith(".dat")}
+    assert mine == brute, f"find disagrees on {snap[:8]}: {len(mine ^ brute)} differences"
+    print(f"find agrees on snapshot {snap[:8]}: {len(brute)} matches")
+PY
