@@ -45,10 +45,10 @@ impl Recorder {
 }
 
 impl DurableFs for Recorder {
-    fn write_new(&self, path: &Path, data: &[u8]) -> std::io::Result<()> {
-        RealFs.write_new(path, data)?;
+    fn write_new(&self, path: &Path, data: &[u8]) -> std::io::Result<std::fs::File> {
+        let file = RealFs.write_new(path, data)?;
         self.push(Op::WriteNew(path.into(), Arc::new(data.to_vec())));
-        Ok(())
+        Ok(file)
     }
     fn sync_file(&self, path: &Path) -> std::io::Result<()> {
         RealFs.sync_file(path)?;

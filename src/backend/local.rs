@@ -25,7 +25,10 @@ use crate::error::{Error, Result};
 /// The calls whose order makes a local repository durable. Paths are absolute.
 pub trait DurableFs: Send + Sync {
     /// Creates `path` (mode 0600, it must not exist), writes `data` and fsyncs it.
-    fn write_new(&self, path: &Path, data: &[u8]) -> std::io::Result<()>;
+    /// Writes and fsyncs a new file; returns it still open, holding its lock: the
+    /// caller closes it only once the file has its final name, so a cleanup of `tmp/`
+    /// by another process never takes it for a dead writer's.
+    fn write_new(&self, path: &Path, data: &[u8]) -> std::io::Result<std::fs::File>;
     /// Fsyncs a file written by someone else (a pack file).
     fn sync_file(&self, path: &Path) -> std::io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()>;
@@ -43,14 +46,15 @@ pub trait DurableFs: Send + Sync {
 pub struct RealFs;
 
 impl DurableFs for RealFs {
-    fn write_new(&self, path: &Path, data: &[u8]) -> std::io::Result<()> {
+    fn write_new(&self, path: &Path, data: &[u8]) -> std::io::Result<std::fs::File> {
         let mut file = std::fs::File::options().write(true).create_new(true).mode(0o600).open(path)?;
-        // Held while it is written: a later run removes only temporary files no live
-        // writer locks (see the packer's cleanup of `tmp/`).
+        // Held until the file has its final name: a later run removes only temporary
+        // files no live writer locks (see the packer's cleanup of `tmp/`).
         // SAFETY: flock on a descriptor owned by `file`.
         unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) };
         file.write_all(data)?;
-        file.sync_all()
+        file.sync_all()?;
+        Ok(file)
     }
 
     fn sync_file(&self, path: &Path) -> std::io::Result<()> {
@@ -140,14 +144,15 @@ impl LocalBackend {
         Ok(folder.join(format!("object-{}.tmp", hex::encode(rand::random::<[u8; 12]>()))))
     }
 
-    /// Writes `data` durably under a temporary name; returns the name.
-    fn write_temporary(&self, data: &[u8]) -> Result<PathBuf> {
+    /// Writes `data` durably under a temporary name; returns the name, and the file,
+    /// whose lock is to be held until it has its final name.
+    fn write_temporary(&self, data: &[u8]) -> Result<(PathBuf, std::fs::File)> {
         let temporary = self.temporary()?;
-        self.fs.write_new(&temporary, data).map_err(|e| {
+        let file = self.fs.write_new(&temporary, data).map_err(|e| {
             let _ = std::fs::remove_file(&temporary);
             self.io_error("cannot write", &temporary, e)
         })?;
-        Ok(temporary)
+        Ok((temporary, file))
     }
 
     fn make_parent(&self, path: &Path) -> Result<()> {
@@ -242,7 +247,7 @@ impl Backend for LocalBackend {
 
     fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let path = self.path_of(key)?;
-        let temporary = self.write_temporary(&data)?;
+        let (temporary, _locked) = self.write_temporary(&data)?;
         self.make_parent(&path)?;
         self.fs.rename(&temporary, &path).map_err(|e| {
             let _ = std::fs::remove_file(&temporary);
@@ -290,7 +295,7 @@ impl Backend for LocalBackend {
 
     fn put_new(&self, key: &str, data: Bytes) -> Result<bool> {
         let path = self.path_of(key)?;
-        let temporary = self.write_temporary(&data)?;
+        let (temporary, _locked) = self.write_temporary(&data)?;
         self.make_parent(&path)?;
         // A hard link fails if the name exists: create-only, and atomic on NFS too.
         let linked = self.fs.link(&temporary, &path);

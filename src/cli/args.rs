@@ -63,6 +63,8 @@ pub enum Command {
     Find(FindArgs),
     /// Sizes of a snapshot, or of the whole repository: logical, after deduplication, stored.
     Stats(StatsArgs),
+    /// List the audit trail (who did what, when, with which result), or verify its chain.
+    Audit(AuditArgs),
     /// List the entries of a snapshot, or of one folder of it (SNAP:PATH).
     Ls(LsArgs),
     /// Restore a snapshot, or one folder or file of it (SNAP:PATH), into a directory.
@@ -180,6 +182,44 @@ pub struct FilterArgs {
     /// Consider only snapshots of this backup path (repeatable: all of them).
     #[arg(long = "path", value_name = "PATH")]
     pub paths: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub action: Option<AuditAction>,
+    /// Only records at or after this time ("2026-11-20 02:00", a date, or RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only records at or before this time.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only records of this user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only records of this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only records of this command (backup, restore, forget...).
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Only records naming this snapshot (id or prefix).
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Comma-separated values, one record per line, for an auditor's spreadsheet.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Check the whole chain and print its head hash.
+    Verify {
+        /// Fail unless the chain passes through this head hash (written down earlier):
+        /// proves nothing was cut off its end since.
+        #[arg(long, value_name = "HASH")]
+        expect_head: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -22,6 +22,7 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Diff(args) => super::inspect::diff(cli, args),
         Command::Find(args) => super::inspect::find(cli, args),
         Command::Stats(args) => super::inspect::stats(cli, args),
+        Command::Audit(args) => super::audit::run(cli, args),
         Command::Dump(args) => dump(cli, args),
         Command::Unlock(args) => unlock(cli, args),
         Command::Check(args) => super::maintenance::check(cli, args),
@@ -48,6 +49,7 @@ fn init(cli: &Cli, args: &InitArgs) -> Result<i32> {
         ..InitOptions::default()
     };
     let repository = Repository::init(backend, password.as_bytes(), &options, super::cache_root(cli).as_deref())?;
+    super::audit::opened(repository.backend().clone(), repository.master().clone());
     let id = repository.config().id;
     if cli.json {
         output::json(&json!({"repository": id.to_hex(), "location": repository.backend().location()}));
@@ -105,6 +107,13 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
     let reporter = super::progress::Reporter::start(cli, args.no_progress);
     options.progress = reporter.as_ref().map(|reporter| reporter.progress());
     let report = coffer::backup(&repository, options)?;
+    super::audit::snapshot(&report.id);
+    super::audit::bytes(report.snapshot.summary.bytes_added);
+    for source in &report.snapshot.sources {
+        if let coffer::Source::Postgres(dump) = source {
+            super::audit::sha256(&dump.path, &dump.sha256);
+        }
+    }
     if let Some(reporter) = reporter {
         reporter.finish();
     }
@@ -259,6 +268,7 @@ fn dump(cli: &Cli, args: &DumpArgs) -> Result<i32> {
         (None, None) => return fail(exit::USAGE, "dump needs a PATH or --pg DATABASE"),
     };
     let path = if path.starts_with(b"/") { path } else { [b"/", &path[..]].concat() };
+    super::audit::snapshot(&id);
     let mut stdout = std::io::stdout().lock();
     coffer::dump_file(&repository, &manifest, &path, &mut stdout, "standard output")?;
     Ok(exit::SUCCESS)

@@ -24,7 +24,9 @@ fn open_damaged(cli: &Cli) -> Result<Repository> {
     let backend = super::backend(cli, false)?;
     coffer::read_config(&*backend)?;
     let password = super::password::read(cli, false)?;
-    Ok(Repository::open_damaged(backend, password.as_bytes(), super::cache_root(cli).as_deref())?.0)
+    let repository = Repository::open_damaged(backend, password.as_bytes(), super::cache_root(cli).as_deref())?.0;
+    super::audit::opened(repository.backend().clone(), repository.master().clone());
+    Ok(repository)
 }
 
 pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
@@ -230,6 +232,9 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
         refuse_emptied_groups(cli, &decisions, args.dry_run)?;
     }
     let removed = if args.dry_run { 0 } else { coffer::remove_snapshots(&repository, &decisions)? };
+    if !args.dry_run {
+        decisions.iter().filter(|decision| !decision.keep).for_each(|decision| super::audit::snapshot(&decision.id));
+    }
     let forgotten_json = print_decisions(cli, &decisions, args.dry_run, removed);
     if !args.prune {
         if let Some(value) = forgotten_json {

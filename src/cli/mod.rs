@@ -1,6 +1,7 @@
 //! The command-line interface: the only part of coffer that prints.
 
 pub mod args;
+mod audit;
 mod commands;
 mod dry_run;
 pub mod exit;
@@ -43,7 +44,11 @@ pub fn fail<T>(code: i32, message: impl Into<String>) -> Result<T> {
 
 /// Runs the parsed command; returns the exit code.
 pub fn run(cli: Cli) -> Result<i32> {
-    commands::dispatch(&cli)
+    let outcome = commands::dispatch(&cli);
+    match (audit::record(&cli, &outcome), outcome) {
+        (Some(code), Ok(_)) => Ok(code),
+        (_, outcome) => outcome,
+    }
 }
 
 /// Where the repository is.
@@ -110,5 +115,7 @@ fn open(cli: &Cli) -> Result<Repository> {
     let backend = backend(cli, false)?;
     coffer::read_config(&*backend)?;
     let password = password::read(cli, false)?;
-    Ok(Repository::open(backend, password.as_bytes(), cache_root(cli).as_deref())?)
+    let repository = Repository::open(backend, password.as_bytes(), cache_root(cli).as_deref())?;
+    audit::opened(repository.backend().clone(), repository.master().clone());
+    Ok(repository)
 }

@@ -79,6 +79,9 @@ fn restore_safely(
         !args.no_safety,
         &mut announce,
     )?;
+    super::audit::snapshot(id);
+    super::audit::restore(&outcome.started.id);
+    super::audit::sha256(&source.path, &source.sha256);
     if let Some(rollback) = &outcome.rollback {
         for failure in &rollback.failures {
             eprintln!("error: rollback: {failure}");

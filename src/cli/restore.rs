@@ -96,6 +96,9 @@ fn is_same_folder(target: &Path, subpath: Option<&[u8]>) -> bool {
 fn report_outcome(cli: &Cli, args: &RestoreArgs, id: &SnapshotId, target: &Path, outcome: SafeRestore) -> Result<i32> {
     let SafeRestore { started, report, error, rollback } = outcome;
     let report = report.unwrap_or_default();
+    super::audit::snapshot(id);
+    super::audit::restore(&started.id);
+    super::audit::bytes(report.bytes_written);
     for warning in &report.warnings {
         eprintln!("warning: {warning}");
     }
@@ -203,6 +206,7 @@ fn print_rollback(cli: &Cli, rollback: &Rollback, safety: Option<SnapshotId>) {
 fn rollback(cli: &Cli, repository: &Repository, spec: &str, args: &RestoreArgs) -> Result<i32> {
     let force = args.force;
     let (id, mut record) = repository.find_restore(spec)?;
+    super::audit::restore(&id);
     if record.outcome == coffer::RestoreOutcome::Completed && !force {
         return fail(
             exit::REFUSED,

@@ -3,6 +3,7 @@
 //! Commit protocol: packs, then the index objects naming them, then the snapshot
 //! record. A crash at any point leaves only objects nothing refers to.
 
+pub mod audit;
 pub mod chunker;
 pub mod crypto;
 pub mod index;

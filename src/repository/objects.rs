@@ -29,6 +29,8 @@ pub enum Kind {
     /// `restores/<random id>`: one record per restore into a folder, rewritten with
     /// its outcome.
     Restore,
+    /// `audit/<20-digit sequence number>`: the audit trail, written create-only.
+    Audit,
 }
 
 impl Kind {
@@ -42,6 +44,7 @@ impl Kind {
             Kind::Snapshot => "snapshots/",
             Kind::Lock => "locks/",
             Kind::Restore => "restores/",
+            Kind::Audit => "audit/",
         }
     }
 
@@ -54,6 +57,7 @@ impl Kind {
             Kind::Snapshot => "snapshot",
             Kind::Lock => "lock",
             Kind::Restore => "restore",
+            Kind::Audit => "audit",
         }
     }
 

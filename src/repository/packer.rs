@@ -264,10 +264,11 @@ fn host_prefix() -> String {
 }
 
 /// Best effort: a pack file (or an object being written, `object-*.tmp`) left behind
-/// holds nothing any index names. A file is
-/// left behind if no process holds its lock (a live writer always does); files of
-/// versions that did not lock them must also be of a gone process of this host or
-/// unchanged for 15 minutes.
+/// holds nothing any index names. A file is left behind if no process holds its lock
+/// (a live writer always does, but an object file only from a moment after it is
+/// created, so it must also be 10 seconds old: eight concurrent backups into a new
+/// repository lost objects to this); pack files of versions that did not lock them
+/// must also be of a gone process of this host or unchanged for 15 minutes.
 fn remove_stale_pack_files(staging: &Path) {
     let Ok(entries) = std::fs::read_dir(staging) else {
         return;
@@ -279,9 +280,11 @@ fn remove_stale_pack_files(staging: &Path) {
             continue;
         }
         let Some(_unlocked) = crate::system::lock_if_free(&entry.path()) else { continue };
-        // Objects being written are always locked by their writer.
         if name.starts_with("object-") {
-            let _ = std::fs::remove_file(entry.path());
+            let age = entry.metadata().and_then(|metadata| metadata.modified()).ok().and_then(|t| t.elapsed().ok());
+            if age.is_some_and(|age| age >= Duration::from_secs(10)) {
+                let _ = std::fs::remove_file(entry.path());
+            }
             continue;
         }
         let pid = name.strip_prefix(&ours).and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse().ok());

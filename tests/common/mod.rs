@@ -244,5 +244,8 @@ pub fn finished_objects(folder: &Path) -> usize {
 /// Pack files left in a local repository's `tmp/` (packs being written).
 pub fn staged_pack_files(repo: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(repo.join("tmp")) else { return Vec::new() };
-    entries.filter_map(|entry| entry.ok()).map(|entry| entry.file_name().to_string_lossy().into_owned()).collect()
+    let names = entries.filter_map(|entry| entry.ok()).map(|entry| entry.file_name().to_string_lossy().into_owned());
+    // An object file of a killed writer is removed only once 10 seconds old (its
+    // writer locks it a moment after creating it).
+    names.filter(|name| !name.starts_with("object-")).collect()
 }
