@@ -153,6 +153,8 @@ pub fn list(backend: &dyn Backend, master: &MasterKey) -> Result<Vec<StoredRecor
 #[derive(Debug, Clone)]
 pub struct Verification {
     pub records: u64,
+    /// How many records, from the first, hold together (all of them if unbroken).
+    pub verified: u64,
     /// The hash of the last record's stored bytes (GENESIS for an empty trail).
     pub head: String,
     /// The first break in the chain, in one sentence, if any.
@@ -169,6 +171,7 @@ pub fn verify(backend: &dyn Backend, master: &MasterKey, expect_head: Option<&st
     let mut previous = GENESIS.to_string();
     let mut seen_expected = expect_head.is_none_or(|head| head.eq_ignore_ascii_case(GENESIS));
     let mut broken = None;
+    let mut verified = 0;
     for (index, seq) in seqs.iter().enumerate() {
         let expected_seq = index as u64 + 1;
         if seq.0 != expected_seq {
@@ -201,6 +204,7 @@ pub fn verify(backend: &dyn Backend, master: &MasterKey, expect_head: Option<&st
             break;
         }
         previous = stored.hash;
+        verified = seq.0;
         if expect_head.is_some_and(|head| head.eq_ignore_ascii_case(&previous)) {
             seen_expected = true;
         }
@@ -211,5 +215,5 @@ pub fn verify(backend: &dyn Backend, master: &MasterKey, expect_head: Option<&st
             expect_head.unwrap_or_default()
         ));
     }
-    Ok(Verification { records: seqs.len() as u64, head: previous, broken })
+    Ok(Verification { records: seqs.len() as u64, verified, head: previous, broken })
 }
