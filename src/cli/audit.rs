@@ -145,11 +145,15 @@ pub fn run(cli: &Cli, args: &AuditArgs) -> Result<i32> {
     if let Some(AuditAction::Verify { expect_head }) = &args.action {
         let found = audit::verify(&**backend, repository.master(), expect_head.as_deref())?;
         if cli.json {
-            output::json(
-                &json!({"records": found.records, "head": found.head, "ok": found.broken.is_none(), "broken": found.broken}),
-            );
-        } else {
+            output::json(&json!({"records": found.records, "verified": found.verified, "head": found.head,
+                "ok": found.broken.is_none(), "broken": found.broken}));
+        } else if found.broken.is_none() {
             output::line(&format!("{} audit record(s); head {}", found.records, found.head));
+        } else {
+            output::line(&format!(
+                "{} audit record(s); records 1 to {} hold together (hash of record {}: {})",
+                found.records, found.verified, found.verified, found.head
+            ));
         }
         return match found.broken {
             None => {
