@@ -110,8 +110,6 @@ fn the_plan_is_what_the_restore_then_does() {
         match action.as_str() {
             "keep" if old.unwrap().0.kind != "dir" => {
                 assert_eq!(old.unwrap().1, new.unwrap().1, "{relative}: a kept file keeps its inode");
-                let ctime = |p: &Path| std::fs::symlink_metadata(p).unwrap().ctime_nsec();
-                let _ = ctime(&study.join(relative));
                 assert_eq!(old.unwrap().0, new.unwrap().0, "{relative}: a kept file is unchanged");
             }
             "update" => {
@@ -287,8 +285,8 @@ fn safety_snapshots_are_not_latest_and_are_kept_by_forget_for_30_days() {
     assert_eq!(forget["removed"], 0, "{forget}");
     let kept = forget["snapshots"].as_array().unwrap().iter().find(|d| d["snapshot"] == safety["id"]).unwrap().clone();
     assert_eq!(kept["keep"], true, "{kept}");
-    // A safety snapshot older than --keep-safety goes; the group of backups is untouched.
-    std::thread::sleep(Duration::from_millis(1100));
+    // Any --keep-safety keeps a safety snapshot just taken, and the backups' own group
+    // is not emptied by it (the expiry itself is a unit test of apply_policy).
     let forget = fixture.json(&["forget", "--keep-last", "1", "--keep-safety", "1h", "--dry-run"]);
     assert_eq!(forget["snapshots"].as_array().unwrap().iter().filter(|d| d["keep"] == false).count(), 0);
 }

@@ -366,6 +366,26 @@ mod tests {
     }
 
     #[test]
+    fn safety_snapshots_are_kept_for_their_own_span_and_count_in_no_group() {
+        let now = Timestamp::now();
+        let ago = |days: i64| now.checked_sub(Span::new().hours(days * 24)).unwrap().to_string();
+        let (old, young, backup) = (ago(40), ago(10), ago(50));
+        let snapshots = vec![
+            (SnapshotId([0; 32]), snapshot(&old, "h", &["safety"])),
+            (SnapshotId([1; 32]), snapshot(&young, "h", &["safety"])),
+            (SnapshotId([2; 32]), snapshot(&backup, "h", &[])),
+        ];
+        let policy = RetentionPolicy { last: Some(1), ..Default::default() };
+        let decisions = apply_policy(&snapshots, &policy, by_host(), &TimeZone::UTC).unwrap();
+        // 30 days by default: the 40-day-old one goes, the 10-day-old one stays, and
+        // keep-last 1 still keeps the backup (safety snapshots are not "last").
+        assert_eq!(kept(&decisions), vec![1, 2]);
+        assert!(emptied_groups(&decisions).is_empty(), "the safety group emptying is no refusal");
+        let week = RetentionPolicy { last: Some(1), safety: Some(parse_duration("7d").unwrap()), ..Default::default() };
+        assert_eq!(kept(&apply_policy(&snapshots, &week, by_host(), &TimeZone::UTC).unwrap()), vec![2]);
+    }
+
+    #[test]
     fn daily_keeps_the_latest_of_each_of_the_last_days() {
         let mut times = Vec::new();
         for day in 1..=10 {

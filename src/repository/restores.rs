@@ -81,6 +81,38 @@ pub struct RestoreRecord {
 }
 
 impl RestoreRecord {
+    /// The record of a restore starting now, on this host, by this user: of `path` of
+    /// `snapshot` into `target` (shown, and as its bytes), with the safety snapshot
+    /// taken for it. The caller fills in what it touches.
+    pub fn start(
+        snapshot: &SnapshotId,
+        path: &[u8],
+        (target, target_bytes): (String, &[u8]),
+        safety: Option<SnapshotId>,
+    ) -> Self {
+        RestoreRecord {
+            version: RESTORE_RECORD_VERSION,
+            time: jiff::Timestamp::now().to_string(),
+            host: crate::system::host_name(),
+            user: crate::system::user_name(),
+            snapshot: snapshot.to_hex(),
+            path: String::from_utf8_lossy(path).into_owned(),
+            target,
+            path_hex: hex::encode(path),
+            target_hex: hex::encode(target_bytes),
+            target_device: 0,
+            target_inode: 0,
+            database: None,
+            safety: safety.map(|id| id.to_hex()),
+            created: Vec::new(),
+            replaced: Vec::new(),
+            deleted: Vec::new(),
+            outcome: Outcome::Running,
+            finished: None,
+            error: None,
+        }
+    }
+
     /// The safety snapshot's id, if there is one.
     pub fn safety_id(&self) -> Result<Option<SnapshotId>> {
         self.safety.as_deref().map(str::parse).transpose()

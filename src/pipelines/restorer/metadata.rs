@@ -191,40 +191,21 @@ pub(super) fn apply_to_handle(
 
 /// Removes the `user.` and `trusted.` extended attributes the snapshot's entry lacks.
 fn remove_other_xattrs(handle: &OwnedFd, planned: &PlannedEntry, warnings: &mut Vec<String>) {
-    let fd = handle.as_fd();
-    let Ok(names) = list_xattrs(fd) else { return };
+    use xattr::FileExt;
+    let Ok(file) = handle.try_clone().map(std::fs::File::from) else { return };
+    let Ok(names) = file.list_xattr() else { return };
     for name in names {
-        let managed = super::compare::managed_xattr(&name);
-        if managed && !planned.xattrs.iter().any(|(kept, _)| *kept == name) {
-            let Ok(c_name) = CString::new(name.clone()) else { continue };
-            // SAFETY: a live descriptor and a NUL-terminated name.
-            if unsafe { libc::fremovexattr(std::os::fd::AsRawFd::as_raw_fd(&fd), c_name.as_ptr()) } != 0 {
-                let error = io::Error::last_os_error();
+        let name = name.as_bytes();
+        if super::compare::managed_xattr(name) && !planned.xattrs.iter().any(|(kept, _)| kept == name) {
+            if let Err(error) = file.remove_xattr(OsStr::from_bytes(name)) {
                 warnings.push(format!(
                     "cannot remove extended attribute {} of {}: {error}",
-                    String::from_utf8_lossy(&name),
+                    String::from_utf8_lossy(name),
                     planned.target.display()
                 ));
             }
         }
     }
-}
-
-/// The extended attribute names of an open file or folder.
-fn list_xattrs(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    // SAFETY: a size query with a null buffer, then a fill of a buffer of that size.
-    let size = unsafe { libc::flistxattr(raw, std::ptr::null_mut(), 0) };
-    if size < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buffer = vec![0u8; size as usize];
-    let filled = unsafe { libc::flistxattr(raw, buffer.as_mut_ptr().cast(), buffer.len()) };
-    if filled < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buffer.truncate(filled as usize);
-    Ok(buffer.split(|&b| b == 0).filter(|name| !name.is_empty()).map(<[u8]>::to_vec).collect())
 }
 
 /// A symlink's metadata, through its folder's handle and without following it.

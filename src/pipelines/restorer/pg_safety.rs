@@ -16,7 +16,7 @@ use crate::pipelines::archiver::BackupOptions;
 use crate::pipelines::pg::{self, ConnInfo, PgBackupOptions, PgRestoreOptions, PgTools};
 use crate::repository::manifest::Manifest;
 use crate::repository::snapshot::PostgresSource;
-use crate::repository::{Repository, RestoreOutcome, RestoreRecord, RESTORE_RECORD_VERSION};
+use crate::repository::{Repository, RestoreOutcome, RestoreRecord};
 
 /// How a database restore run through [`restore_database`] ended.
 #[derive(Debug)]
@@ -79,27 +79,10 @@ pub fn restore_database(
     let id = RestoreId::random();
     let before = if safety && !options.create { relations(tools, &options.conninfo)? } else { Vec::new() };
     let safety_id = if before.is_empty() { None } else { Some(take_safety_dump(repository, &id, options, tools)?) };
-    let target = options.conninfo.to_string();
     let mut record = RestoreRecord {
-        version: RESTORE_RECORD_VERSION,
-        time: jiff::Timestamp::now().to_string(),
-        host: crate::system::host_name(),
-        user: crate::system::user_name(),
-        snapshot: snapshot.to_hex(),
-        path: source.path.clone(),
-        target: target.clone(),
-        path_hex: hex::encode(source.path.as_bytes()),
-        target_hex: String::new(),
-        target_device: 0,
-        target_inode: 0,
         database: Some(options.conninfo.get("dbname").unwrap_or(&source.database).to_string()),
-        safety: safety_id.map(|id| id.to_hex()),
-        created: Vec::new(),
         replaced: before.iter().map(hex::encode).collect(),
-        deleted: Vec::new(),
-        outcome: RestoreOutcome::Running,
-        finished: None,
-        error: None,
+        ..RestoreRecord::start(snapshot, source.path.as_bytes(), (options.conninfo.to_string(), b""), safety_id)
     };
     repository.save_restore(&id, &record)?;
     let begun = Started { id, safety: safety_id, touched: before.len() };

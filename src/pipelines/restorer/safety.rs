@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::id::{RestoreId, SnapshotId};
 use crate::pipelines::archiver::{self, BackupOptions, ChangeRules};
 use crate::repository::manifest::{EntryKind, Manifest};
-use crate::repository::{Repository, RestoreOutcome, RestoreRecord, RESTORE_RECORD_VERSION};
+use crate::repository::{Repository, RestoreOutcome, RestoreRecord};
 
 /// The tag of safety snapshots.
 pub const SAFETY_TAG: &str = "safety";
@@ -144,26 +144,14 @@ pub fn restore(
     };
     let safety_id =
         if touched.is_empty() || !safety { None } else { Some(take_safety_snapshot(repository, &id, &target, plan)?) };
+    let target_bytes = target.as_os_str().as_bytes();
     let mut record = RestoreRecord {
-        version: RESTORE_RECORD_VERSION,
-        time: jiff::Timestamp::now().to_string(),
-        host: crate::system::host_name(),
-        user: crate::system::user_name(),
-        snapshot: snapshot.to_hex(),
-        path: String::from_utf8_lossy(path).into_owned(),
-        target: target.display().to_string(),
-        path_hex: hex::encode(path),
-        target_hex: hex::encode(target.as_os_str().as_bytes()),
         target_device,
         target_inode,
-        database: None,
-        safety: safety_id.map(|id| id.to_hex()),
         created: if safety_id.is_some() { hex_list(plan.entries.iter().filter(|p| creates(p))) } else { Vec::new() },
         replaced: hex_list(touched.iter().copied().filter(|p| p.action != Action::Delete)),
         deleted: hex_list(touched.iter().copied().filter(|p| p.action == Action::Delete)),
-        outcome: RestoreOutcome::Running,
-        finished: None,
-        error: None,
+        ..RestoreRecord::start(snapshot, path, (target.display().to_string(), target_bytes), safety_id)
     };
     repository.save_restore(&id, &record)?;
     let begun = Started { id, safety: safety_id, touched: touched.len() };
