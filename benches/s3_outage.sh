@@ -6,6 +6,8 @@
 #
 #   COFFER_BIN=target/release/coffer bash benches/s3_outage.sh
 set -euo pipefail
+# Throwaway repositories get cheap keys (below the floor for real ones).
+export COFFER_TESTONLY_WEAK_KDF=1
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 . "$ROOT/benches/common.sh"
 find_coffer

@@ -29,6 +29,8 @@ eval "$S3S_ENV"
 MOTO_ENV="$(scripts/s3_server.sh start-moto "$STATE/moto")"
 eval "$MOTO_ENV"
 export COFFER_REQUIRE_S3=1
+# The suite makes thousands of throwaway keys; real ones must cost more (cli/keys.rs).
+export COFFER_TESTONLY_WEAK_KDF=1
 echo "== starting a private PostgreSQL cluster on loopback"
 PG_ENV="$(scripts/pg_server.sh start "$STATE/pg")"
 eval "$PG_ENV"

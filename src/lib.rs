@@ -40,7 +40,8 @@ pub use pipelines::archiver::{
 };
 pub use pipelines::progress::{Progress, ProgressSnapshot};
 pub use repository::chunker::{Chunker, ChunkerParams};
-pub use repository::crypto::{KdfParams, MasterKey};
+pub use repository::crypto::{KdfParams, KeyFile, MasterKey};
+
 pub use repository::index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, MAX_OBJECT_BLOBS};
 pub use repository::lock::{remove_locks, LockGuard, LockRecord, LockTiming, HOLD_LIMIT, REFRESH_EVERY, STALE_AFTER};
 pub use repository::manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestWriter, MANIFEST_SCHEMA};
@@ -49,7 +50,7 @@ pub use repository::packer::{Packer, PackerStats};
 pub use repository::snapshot::{parse_instant, ManifestRef, PostgresSource, Snapshot, SnapshotFilter, Source, Summary};
 pub use repository::{
     pack_key, read_config, Config, Exclusive, InitOptions, Locked, Repository, RestoreOutcome, RestoreRecord, Shared,
-    DEFAULT_PACK_SIZE, REPOSITORY_VERSION, RESTORE_RECORD_VERSION,
+    StoredKey, DEFAULT_PACK_SIZE, REPOSITORY_VERSION, RESTORE_RECORD_VERSION,
 };
 
 /// Reads one file of a snapshot into `out`, verifying every blob and the file's SHA-256;

@@ -212,6 +212,7 @@ fn on_a_terminal(fixture: &Fixture, args: &str, typed: &str) -> std::process::Ou
     let mut child = std::process::Command::new("script")
         .args(["-qec", &command, "/dev/null"])
         .env("COFFER_CACHE_DIR", fixture.path("cache"))
+        .env("COFFER_TESTONLY_WEAK_KDF", "1")
         .env_remove("COFFER_PASSWORD")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

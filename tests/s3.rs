@@ -97,6 +97,7 @@ fn coffer(repo: &str, cache: &Path, args: &[&str]) -> Command {
         .args(args)
         .env("COFFER_PASSWORD", "pw")
         .env("COFFER_CACHE_DIR", cache)
+        .env("COFFER_TESTONLY_WEAK_KDF", "1")
         .env("COFFER_S3_RETRY_TIMEOUT", "2")
         .stdin(Stdio::null());
     command

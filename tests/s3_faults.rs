@@ -125,6 +125,7 @@ impl S3Repo {
             .env("AWS_ENDPOINT_URL", self.proxy.endpoint())
             .env("COFFER_PASSWORD", "correct horse")
             .env("COFFER_CACHE_DIR", self.fixture.path("cache"))
+            .env("COFFER_TESTONLY_WEAK_KDF", "1")
             .env_remove("COFFER_S3_RETRY_TIMEOUT")
             .stdin(Stdio::null());
         command

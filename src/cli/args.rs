@@ -82,6 +82,55 @@ pub enum Command {
     /// Rebuild damaged repository structures.
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Manage the passwords (key files) that open the repository.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// The Argon2id cost of a new key file. New keys need at least 19456 KiB and 2 passes.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct KdfArgs {
+    /// Argon2id memory in KiB for the new key (at least 19456).
+    #[arg(long, default_value_t = 32768, value_name = "KIB")]
+    pub kdf_memory_kib: u32,
+    /// Argon2id passes for the new key (at least 2).
+    #[arg(long, default_value_t = 6, value_name = "N")]
+    pub kdf_iterations: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List the key files: id, who made each, when, on which host, its Argon2id cost.
+    List,
+    /// Add a key file for another password (read with --new-password-file or a prompt).
+    Add {
+        #[command(flatten)]
+        new_password: NewPasswordArgs,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// Remove a key file by id (or unique prefix). The last key is never removed.
+    Remove {
+        /// The key's id or a unique prefix of it.
+        id: String,
+        /// Remove the key that the given password opened.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Change the password of the key in use (a new key file replaces it).
+    Passwd {
+        #[command(flatten)]
+        new_password: NewPasswordArgs,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NewPasswordArgs {
+    /// Read the new password from this file (first line); otherwise it is asked twice.
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -92,12 +141,17 @@ pub struct InitArgs {
     /// zstd level for stored blobs (0 stores them uncompressed).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub compression: i32,
-    /// Argon2id memory in KiB for the new key.
-    #[arg(long, default_value_t = 32768, hide = true)]
-    pub kdf_memory_kib: u32,
-    /// Argon2id passes for the new key.
-    #[arg(long, default_value_t = 6, hide = true)]
-    pub kdf_iterations: u32,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+    /// S3 only: lock every object coffer writes for DAYS with S3 Object Lock (the
+    /// bucket must have been created with Object Lock enabled).
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub object_lock: Option<u32>,
+    /// Object Lock mode: governance (users with a special permission may lift it) or
+    /// compliance (no one can, not even the account's root user).
+    #[arg(long, value_name = "MODE", default_value = "governance", requires = "object_lock",
+          value_parser = ["governance", "compliance"])]
+    pub object_lock_mode: String,
 }
 
 #[derive(Debug, Args)]

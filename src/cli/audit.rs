@@ -11,21 +11,27 @@ use coffer::backend::Backend;
 use coffer::MasterKey;
 use serde_json::json;
 
-use super::args::{AuditAction, AuditArgs, Command};
+use super::args::{AuditAction, AuditArgs, Command, KeyCommand};
 use super::output::{self, note};
 use super::{exit, fail, Cli};
 
 /// Where the record of this run goes, once the repository is open.
 static TRAIL: Mutex<Option<(Arc<dyn Backend>, MasterKey)>> = Mutex::new(None);
 /// What the command did, for its record.
-static FACTS: Mutex<Facts> =
-    Mutex::new(Facts { snapshots: Vec::new(), restores: Vec::new(), bytes: None, sha256: Vec::new() });
+static FACTS: Mutex<Facts> = Mutex::new(Facts::new());
 
 struct Facts {
     snapshots: Vec<String>,
     restores: Vec<String>,
     bytes: Option<u64>,
     sha256: Vec<String>,
+    keys: Vec<String>,
+}
+
+impl Facts {
+    const fn new() -> Self {
+        Self { snapshots: Vec::new(), restores: Vec::new(), bytes: None, sha256: Vec::new(), keys: Vec::new() }
+    }
 }
 
 /// Called when the repository is open: the record can be written.
@@ -41,6 +47,11 @@ pub fn snapshot(id: &coffer::SnapshotId) {
 /// A restore the command ran or rolled back.
 pub fn restore(id: &coffer::RestoreId) {
     FACTS.lock().unwrap_or_else(|p| p.into_inner()).restores.push(id.to_hex());
+}
+
+/// A key file the command added or removed.
+pub fn key(id: &coffer::KeyId) {
+    FACTS.lock().unwrap_or_else(|p| p.into_inner()).keys.push(id.to_hex());
 }
 
 /// Bytes the command stored, wrote or removed.
@@ -66,6 +77,9 @@ fn audited(command: &Command) -> Option<&'static str> {
         Command::Forget(args) if !args.dry_run => "forget",
         Command::Prune(args) if !args.dry_run => "prune",
         Command::Repair(_) => "repair",
+        Command::Key(KeyCommand::Add { .. }) => "key add",
+        Command::Key(KeyCommand::Remove { .. }) => "key remove",
+        Command::Key(KeyCommand::Passwd { .. }) => "key passwd",
         _ => return None,
     })
 }
@@ -110,10 +124,7 @@ fn redacted_args() -> Vec<String> {
 pub fn record(cli: &Cli, outcome: &Result<i32>) -> Option<i32> {
     let name = audited(&cli.command)?;
     let (backend, master) = TRAIL.lock().unwrap_or_else(|p| p.into_inner()).take()?;
-    let facts = std::mem::replace(
-        &mut *FACTS.lock().unwrap_or_else(|p| p.into_inner()),
-        Facts { snapshots: Vec::new(), restores: Vec::new(), bytes: None, sha256: Vec::new() },
-    );
+    let facts = std::mem::replace(&mut *FACTS.lock().unwrap_or_else(|p| p.into_inner()), Facts::new());
     let (exit_code, error) = match outcome {
         Ok(code) => (*code, None),
         Err(error) => (crate::exit_code(error), Some(crate::message(error))),
@@ -127,6 +138,7 @@ pub fn record(cli: &Cli, outcome: &Result<i32>) -> Option<i32> {
         restores: facts.restores,
         bytes: facts.bytes,
         sha256: facts.sha256,
+        keys: facts.keys,
         ..Default::default()
     };
     match audit::append(&*backend, &master, record) {
@@ -187,7 +199,7 @@ pub fn run(cli: &Cli, args: &AuditArgs) -> Result<i32> {
         return Ok(exit::SUCCESS);
     }
     if args.csv {
-        output::line("seq,time,user,host,command,exit_code,error,snapshots,restores,bytes,sha256,args,hash,prev");
+        output::line("seq,time,user,host,command,exit_code,error,snapshots,restores,bytes,sha256,keys,args,hash,prev");
         for stored in &records {
             let r = &stored.record;
             let fields = [
@@ -202,6 +214,7 @@ pub fn run(cli: &Cli, args: &AuditArgs) -> Result<i32> {
                 r.restores.join(" "),
                 r.bytes.map(|b| b.to_string()).unwrap_or_default(),
                 r.sha256.join(" "),
+                r.keys.join(" "),
                 r.args.join(" "),
                 stored.hash.clone(),
                 r.prev.clone(),
@@ -211,7 +224,7 @@ pub fn run(cli: &Cli, args: &AuditArgs) -> Result<i32> {
         return Ok(exit::SUCCESS);
     }
     output::line(&format!(
-        "{:>5}  {:<19}  {:<10}  {:<12}  {:<8}  {:>4}  {}",
+        "{:>5}  {:<19}  {:<10}  {:<12}  {:<10}  {:>4}  {}",
         "seq", "time (UTC)", "user", "host", "command", "exit", "snapshots / error"
     ));
     for stored in &records {
@@ -221,7 +234,7 @@ pub fn run(cli: &Cli, args: &AuditArgs) -> Result<i32> {
             None => r.snapshots.iter().map(|s| s.chars().take(8).collect::<String>()).collect::<Vec<_>>().join(" "),
         };
         output::line(&format!(
-            "{:>5}  {:<19}  {:<10}  {:<12}  {:<8}  {:>4}  {detail}",
+            "{:>5}  {:<19}  {:<10}  {:<12}  {:<10}  {:>4}  {detail}",
             r.seq,
             r.time.replace('T', " ").chars().take(19).collect::<String>(),
             r.user,

@@ -4,7 +4,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use anyhow::Result;
-use coffer::{BackupOptions, InitOptions, KdfParams, Repository};
+use coffer::{BackupOptions, InitOptions, Repository};
 use serde_json::json;
 
 use super::args::{BackupArgs, Command, DumpArgs, FilterArgs, InitArgs, LsArgs, SnapshotsArgs, UnlockArgs};
@@ -29,6 +29,7 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Forget(args) => super::maintenance::forget(cli, args),
         Command::Prune(args) => super::maintenance::prune(cli, args),
         Command::Repair(what) => super::maintenance::repair(cli, what),
+        Command::Key(what) => super::keys::key(cli, what),
     }
 }
 
@@ -36,11 +37,7 @@ fn init(cli: &Cli, args: &InitArgs) -> Result<i32> {
     let backend = super::backend(cli, true)?;
     let password = super::password::read(cli, true)?;
     let options = InitOptions {
-        kdf: KdfParams {
-            memory_kib: args.kdf_memory_kib,
-            iterations: args.kdf_iterations,
-            parallelism: KdfParams::default().parallelism,
-        },
+        kdf: super::keys::kdf(&args.kdf)?,
         pack_size: match args.pack_size {
             Some(mebibytes) => mebibytes.clamp(1, 2048) * 1024 * 1024,
             None => super::default_pack_size(cli)?,

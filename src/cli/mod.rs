@@ -6,6 +6,7 @@ mod commands;
 mod dry_run;
 pub mod exit;
 mod inspect;
+mod keys;
 mod maintenance;
 mod output;
 pub mod password;

@@ -95,7 +95,7 @@ pub fn read(cli: &Cli, confirm: bool) -> Result<String> {
         return non_empty(password.to_string(), "COFFER_PASSWORD");
     }
     if std::io::stdin().is_terminal() {
-        return prompt(confirm);
+        return prompt("repository password", confirm);
     }
     fail(
         exit::WRONG_PASSWORD,
@@ -140,9 +140,23 @@ fn how_it_ended(status: ExitStatus) -> String {
     }
 }
 
-fn prompt(confirm: bool) -> Result<String> {
+/// Reads the new password of `key add` and `key passwd`: from a file, or asked twice.
+pub fn read_new(file: Option<&std::path::Path>) -> Result<String> {
+    if let Some(path) = file {
+        return match std::fs::read_to_string(path) {
+            Ok(text) => non_empty(first_line(&text), &format!("new password file {}", path.display())),
+            Err(error) => fail(exit::USAGE, format!("cannot read new password file {}: {error}", path.display())),
+        };
+    }
+    if std::io::stdin().is_terminal() {
+        return prompt("new password", true);
+    }
+    fail(exit::USAGE, "no new password given: use --new-password-file, or run at a terminal to be asked")
+}
+
+fn prompt(what: &str, confirm: bool) -> Result<String> {
     let password =
-        rpassword::prompt_password("repository password: ").context("cannot read the password from the terminal")?;
+        rpassword::prompt_password(format!("{what}: ")).context("cannot read the password from the terminal")?;
     if confirm {
         let again = rpassword::prompt_password("repeat the password: ")
             .context("cannot read the password from the terminal")?;

@@ -70,6 +70,9 @@ pub struct AuditRecord {
     /// SHA-256 of what was backed up or restored where the command knows it (a dump),
     /// as `name=hex`; files are covered by the snapshot's manifest.
     pub sha256: Vec<String>,
+    /// Key files the command added or removed (`key add`, `key remove`, `key passwd`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
 }
 
 /// A record as read back, with the hash of its stored bytes.

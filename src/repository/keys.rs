@@ -10,10 +10,87 @@ use crate::id::{KeyId, RepositoryId};
 use crate::repository::crypto::{unwrap_master_key, wrap_master_key, KdfParams, KeyFile, MasterKey, KEY_FILE_VERSION};
 use crate::repository::objects::Kind;
 
+/// One stored key file as `key list` shows it: its metadata, or why it cannot be read.
+#[derive(Debug)]
+pub struct StoredKey {
+    pub id: KeyId,
+    pub file: Result<KeyFile>,
+    /// True for the key file that opened this repository handle.
+    pub in_use: bool,
+}
+
 impl Repository {
     /// Adds a key file for another password; returns its id.
     pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<KeyId> {
-        add_key(&*self.backend, &self.master, &self.config.id, password, kdf)
+        let id = add_key(&*self.backend, &self.master, &self.config.id, password, kdf)?;
+        self.backend.sync()?;
+        Ok(id)
+    }
+
+    /// Every key file, sorted by creation time; damaged or newer ones with their error.
+    pub fn keys(&self) -> Result<Vec<StoredKey>> {
+        let mut keys = Vec::new();
+        for (id, info) in Kind::Key.list_with_info::<KeyId>(&*self.backend)? {
+            let file = self.backend.get(&info.key).and_then(|bytes| read_key_file(&info.key, &bytes));
+            keys.push(StoredKey { id, file, in_use: id == self.key_id });
+        }
+        keys.sort_by(|a, b| {
+            let created = |key: &StoredKey| key.file.as_ref().map(|file| file.created.clone()).unwrap_or_default();
+            created(a).cmp(&created(b)).then(a.id.to_hex().cmp(&b.id.to_hex()))
+        });
+        Ok(keys)
+    }
+
+    /// The one key file whose id starts with `prefix` (hex).
+    pub fn find_key_id(&self, prefix: &str) -> Result<KeyId> {
+        let prefix = prefix.to_ascii_lowercase();
+        let matching: Vec<KeyId> = Kind::Key
+            .list::<KeyId>(&*self.backend)?
+            .into_iter()
+            .filter(|id| !prefix.is_empty() && id.to_hex().starts_with(&prefix))
+            .collect();
+        match matching.as_slice() {
+            [id] => Ok(*id),
+            [] => Err(Error::NotFound { what: format!("key {prefix:?}") }),
+            _ => {
+                Err(Error::InvalidInput(format!("key id {prefix:?} matches {} keys; give more of it", matching.len())))
+            }
+        }
+    }
+
+    /// Removes a key file. Refused when it would leave no intact key file (the last
+    /// key), and for the key that opened this handle unless `force`: its holder may
+    /// not know another password. The caller holds the exclusive lock, so two removals
+    /// cannot each take one of the last two keys.
+    pub fn remove_key(&self, id: &KeyId, force: bool) -> Result<()> {
+        let keys = self.keys()?;
+        if !keys.iter().any(|key| key.id == *id) {
+            return Err(Error::NotFound { what: format!("key {}", id.to_hex()) });
+        }
+        let others_intact = keys.iter().filter(|key| key.id != *id && key.file.is_ok()).count();
+        if others_intact == 0 {
+            return Err(Error::Refused(format!(
+                "key {} is the repository's last intact key; without it no password opens the repository",
+                id.short()
+            )));
+        }
+        if *id == self.key_id && !force {
+            return Err(Error::Refused(format!(
+                "key {} is the one this password opened; add --force if another key's password is known",
+                id.short()
+            )));
+        }
+        Kind::Key.delete(&*self.backend, id)?;
+        self.backend.sync()
+    }
+
+    /// Changes the password of the key in use: writes a key file for the new password,
+    /// then removes the old one. A crash in between leaves both, never neither.
+    pub fn change_password(&self, password: &[u8], kdf: KdfParams) -> Result<KeyId> {
+        let new = self.add_key(password, kdf)?;
+        Kind::Key.delete(&*self.backend, &self.key_id)?;
+        self.backend.sync()?;
+        Ok(new)
     }
 }
 

@@ -23,6 +23,7 @@ mod restores;
 mod snapshots;
 
 pub use index_sync::ScratchLoad;
+pub use keys::StoredKey;
 pub use objects::pack_key;
 pub use open::{read_config, Config, InitOptions, DEFAULT_PACK_SIZE, REPOSITORY_VERSION};
 pub use restores::{Outcome as RestoreOutcome, RestoreRecord, RESTORE_RECORD_VERSION};

@@ -71,6 +71,7 @@ impl Fixture {
             .args(args)
             .env("COFFER_PASSWORD", "correct horse")
             .env("COFFER_CACHE_DIR", self.path("cache"))
+            .env("COFFER_TESTONLY_WEAK_KDF", "1")
             .env_remove("COFFER_REPOSITORY")
             .env_remove("COFFER_PASSWORD_FILE")
             .env_remove("COFFER_PASSWORD_COMMAND")
