@@ -30,7 +30,7 @@ pub use error::{Error, Result};
 pub use id::{BlobId, IndexId, KeyId, LockId, PackId, RepositoryId, RestoreId, SnapshotId};
 pub use maintenance::check::{check, AffectedSnapshot, CheckOptions, CheckReport, Damage, ReadSubset};
 pub use maintenance::forget::{
-    apply_policy, emptied_groups, parse_duration, remove_snapshots, Decision, GroupBy, RetentionPolicy,
+    apply_policy, emptied_groups, parse_duration, remove_snapshots, Decision, GroupBy, Removal, RetentionPolicy,
 };
 pub use maintenance::prune::{PruneOptions, PrunePlan, PruneReport, Repack};
 pub use maintenance::repair::{repair_index, repair_snapshots, RepairIndexReport, SnapshotRepair, DAMAGED_TAG};
@@ -41,6 +41,7 @@ pub use pipelines::archiver::{
 pub use pipelines::progress::{Progress, ProgressSnapshot};
 pub use repository::chunker::{Chunker, ChunkerParams};
 pub use repository::crypto::{KdfParams, KeyFile, MasterKey};
+pub use repository::object_lock::{LockClock, ObjectLockSetting};
 
 pub use repository::index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, MAX_OBJECT_BLOBS};
 pub use repository::lock::{remove_locks, LockGuard, LockRecord, LockTiming, HOLD_LIMIT, REFRESH_EVERY, STALE_AFTER};

@@ -195,6 +195,14 @@ impl Backend for FaultyBackend {
         self.inner.abort_stale_uploads(age)
     }
 
+    fn object_lock(&self) -> Result<super::ObjectLock> {
+        self.inner.object_lock()
+    }
+
+    fn set_object_lock(&self, mode: super::ObjectLockMode, days: u32) -> Result<()> {
+        self.inner.set_object_lock(mode, days)
+    }
+
     fn stats(&self) -> BackendStats {
         self.inner.stats()
     }

@@ -4,13 +4,13 @@
 //! `data/3f/3f0a...`. Every backend stores the same keys with the same bytes.
 
 mod aws_profile;
+mod bucket;
 mod faulty;
 mod local;
 mod memory;
 mod object;
 mod retry;
 mod s3;
-mod uploads;
 
 use std::ops::Range;
 
@@ -34,6 +34,45 @@ pub struct ObjectInfo {
     pub size: u64,
     /// When it was written, as the storage reports it (`None` where it does not).
     pub modified: Option<std::time::SystemTime>,
+}
+
+/// The mode of S3 Object Lock retention: governance (a user with a special permission
+/// may lift it) or compliance (no one can, not even the account's root user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectLockMode {
+    Governance,
+    Compliance,
+}
+
+impl ObjectLockMode {
+    /// `governance` or `compliance`, in any case.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "governance" => Some(Self::Governance),
+            "compliance" => Some(Self::Compliance),
+            _ => None,
+        }
+    }
+
+    /// The name S3 uses.
+    pub fn as_s3(self) -> &'static str {
+        match self {
+            Self::Governance => "GOVERNANCE",
+            Self::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+/// What storage says of Object Lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectLock {
+    /// The storage has no Object Lock (a local disk, a server without it).
+    Unsupported,
+    /// The bucket was created without Object Lock.
+    Disabled,
+    /// Object Lock is on, with this default retention (mode, days) if it has one.
+    Enabled(Option<(ObjectLockMode, u32)>),
 }
 
 /// Byte and request counters of a backend, for reporting what a run cost.
@@ -93,6 +132,15 @@ pub trait Backend: Send + Sync {
     fn abort_stale_uploads(&self, age: std::time::Duration) -> Result<usize> {
         let _ = age;
         Ok(0)
+    }
+    /// Whether the storage locks objects (S3 Object Lock), and its default retention.
+    fn object_lock(&self) -> Result<ObjectLock> {
+        Ok(ObjectLock::Unsupported)
+    }
+    /// Makes every object written from now on locked for `days` in `mode`.
+    fn set_object_lock(&self, mode: ObjectLockMode, days: u32) -> Result<()> {
+        let _ = (mode, days);
+        Err(crate::error::Error::InvalidInput(format!("{} does not support Object Lock", self.location())))
     }
 }
 

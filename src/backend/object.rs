@@ -129,8 +129,8 @@ pub struct ObjectStoreBackend {
     store: Arc<dyn ObjectStore>,
     /// The store for multipart uploads whose parts are retried one by one (S3).
     multipart: Option<Arc<dyn MultipartStore>>,
-    /// Lists and aborts unfinished multipart uploads (S3).
-    uploads: Option<Arc<super::uploads::StaleUploads>>,
+    /// Bucket-level requests: unfinished multipart uploads, Object Lock (S3).
+    bucket: Option<Arc<super::bucket::BucketApi>>,
     /// How remote requests are retried; `None` on a local disk, whose failures are final.
     policy: Option<RetryPolicy>,
     hint: Arc<RetryAfter>,
@@ -156,7 +156,7 @@ impl ObjectStoreBackend {
         Ok(Self {
             store,
             multipart: None,
-            uploads: None,
+            bucket: None,
             policy: None,
             hint: Arc::new(RetryAfter::default()),
             runtime,
@@ -206,9 +206,9 @@ impl ObjectStoreBackend {
         self
     }
 
-    /// Lets prune find and abort unfinished uploads.
-    pub(super) fn with_stale_uploads(mut self, uploads: super::uploads::StaleUploads) -> Self {
-        self.uploads = Some(Arc::new(uploads));
+    /// Lets prune find and abort unfinished uploads, and init set Object Lock.
+    pub(super) fn with_bucket_api(mut self, bucket: super::bucket::BucketApi) -> Self {
+        self.bucket = Some(Arc::new(bucket));
         self
     }
 
@@ -473,6 +473,12 @@ impl Backend for ObjectStoreBackend {
     }
 
     fn delete(&self, key: &str) -> Result<()> {
+        if let Some(bucket) = &self.bucket {
+            return self.retried(|| {
+                self.count(0, 0);
+                self.runtime.block_on(bucket.delete_object(key))
+            });
+        }
         let path = StorePath::from(key);
         self.retried(|| {
             self.count(0, 0);
@@ -484,9 +490,23 @@ impl Backend for ObjectStoreBackend {
     }
 
     fn abort_stale_uploads(&self, age: std::time::Duration) -> Result<usize> {
-        match &self.uploads {
-            Some(uploads) => self.retried(|| self.runtime.block_on(uploads.abort_older_than(age))),
+        match &self.bucket {
+            Some(bucket) => self.retried(|| self.runtime.block_on(bucket.abort_older_than(age))),
             None => Ok(0),
+        }
+    }
+
+    fn object_lock(&self) -> Result<super::ObjectLock> {
+        match &self.bucket {
+            Some(bucket) => self.retried(|| self.runtime.block_on(bucket.object_lock())),
+            None => Ok(super::ObjectLock::Unsupported),
+        }
+    }
+
+    fn set_object_lock(&self, mode: super::ObjectLockMode, days: u32) -> Result<()> {
+        match &self.bucket {
+            Some(bucket) => self.retried(|| self.runtime.block_on(bucket.set_default_retention(mode, days))),
+            None => Err(crate::error::Error::InvalidInput(format!("{} does not support Object Lock", self.location))),
         }
     }
 

@@ -42,7 +42,7 @@ pub struct S3Options {
     pub retry_timeout: Duration,
 }
 
-/// Hands every response through, noting a `Retry-After` of a 429 or 503 answer for
+/// Adds Content-MD5 to every write, and hands every response through, noting a `Retry-After` of a 429 or 503 answer for
 /// the retry loop (object_store does not report headers with its errors).
 #[derive(Debug)]
 struct RetryAfterService {
@@ -52,7 +52,21 @@ struct RetryAfterService {
 
 #[async_trait::async_trait]
 impl HttpService for RetryAfterService {
-    async fn call(&self, request: HttpRequest) -> std::result::Result<HttpResponse, HttpError> {
+    async fn call(&self, mut request: HttpRequest) -> std::result::Result<HttpResponse, HttpError> {
+        // Every write carries Content-MD5: S3 checks it on arrival, and a bucket with
+        // Object Lock takes no write without it (not signed, which SigV4 allows).
+        if request.method() == http::Method::PUT
+            && request.body().content_length() > 0
+            && !request.headers().contains_key("content-md5")
+        {
+            let body = match request.body().as_bytes() {
+                Some(bytes) => Some(bytes.clone()),
+                None => http_body_util::BodyExt::collect(request.body().clone()).await.ok().map(|c| c.to_bytes()),
+            };
+            if let Some(value) = body.and_then(|b| http::HeaderValue::from_str(&super::bucket::content_md5(&b)).ok()) {
+                request.headers_mut().insert("content-md5", value);
+            }
+        }
         let response = self.inner.execute(request).await?;
         if matches!(response.status().as_u16(), 429 | 503) {
             let header = response.headers().get("retry-after").and_then(|value| value.to_str().ok());
@@ -192,7 +206,7 @@ pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
     } else {
         Arc::new(PrefixStore::new(store.clone(), options.prefix.as_str()))
     };
-    let uploads = super::uploads::StaleUploads {
+    let bucket = super::bucket::BucketApi {
         client: RetryAfterConnector { hint: hint.clone() }
             .connect(&client_options)
             .map_err(|e| Error::InvalidInput(format!("cannot configure S3 for {}: {e}", options.url())))?,
@@ -213,7 +227,7 @@ pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
     Ok(ObjectStoreBackend::new(store, options.url())?
         .with_retries(policy, hint)
         .with_multipart(multipart)
-        .with_stale_uploads(uploads))
+        .with_bucket_api(bucket))
 }
 
 #[cfg(test)]

@@ -43,15 +43,31 @@ fn init(cli: &Cli, args: &InitArgs) -> Result<i32> {
             None => super::default_pack_size(cli)?,
         },
         compression_level: args.compression,
+        object_lock: args.object_lock.map(|days| coffer::ObjectLockSetting {
+            mode: coffer::backend::ObjectLockMode::parse(&args.object_lock_mode)
+                .unwrap_or(coffer::backend::ObjectLockMode::Governance),
+            days,
+        }),
         ..InitOptions::default()
     };
     let repository = Repository::init(backend, password.as_bytes(), &options, super::cache_root(cli).as_deref())?;
     super::audit::opened(repository.backend().clone(), repository.master().clone());
     let id = repository.config().id;
     if cli.json {
-        output::json(&json!({"repository": id.to_hex(), "location": repository.backend().location()}));
+        output::json(&json!({"repository": id.to_hex(), "location": repository.backend().location(),
+            "object_lock": repository.config().object_lock}));
     } else {
         note(cli.quiet, &format!("created coffer repository {} at {}", id.short(), repository.backend().location()));
+        if let Some(lock) = repository.config().object_lock {
+            note(
+                cli.quiet,
+                &format!(
+                    "every object is locked for {} day(s) from its write, in {} mode (S3 Object Lock)",
+                    lock.days,
+                    lock.mode.as_s3().to_lowercase()
+                ),
+            );
+        }
         note(cli.quiet, "Keep the password safe: without it the data cannot be read.");
     }
     Ok(exit::SUCCESS)

@@ -53,6 +53,7 @@ pub fn key(cli: &Cli, command: &KeyCommand) -> Result<i32> {
         KeyCommand::Remove { id, force } => {
             let repository = repository.lock_exclusive()?;
             let id = repository.find_key_id(id)?;
+            repository.ensure_may_delete(coffer::objects::Kind::Key, "key remove")?;
             repository.remove_key(&id, *force)?;
             super::audit::key(&id);
             report(cli, "removed", &id, &format!("removed key {}", id.short()));
@@ -62,6 +63,7 @@ pub fn key(cli: &Cli, command: &KeyCommand) -> Result<i32> {
             let params = kdf(cost)?;
             let password = super::password::read_new(new_password.new_password_file.as_deref())?;
             let repository = repository.lock_exclusive()?;
+            repository.ensure_may_delete(coffer::objects::Kind::Key, "key passwd")?;
             let old = repository.key_id();
             let id = repository.change_password(password.as_bytes(), params)?;
             super::audit::key(&id);

@@ -231,11 +231,29 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
     if !args.allow_empty_groups && !named {
         refuse_emptied_groups(cli, &decisions, args.dry_run)?;
     }
-    let removed = if args.dry_run { 0 } else { coffer::remove_snapshots(&repository, &decisions)? };
-    if !args.dry_run {
-        decisions.iter().filter(|decision| !decision.keep).for_each(|decision| super::audit::snapshot(&decision.id));
+    let removal =
+        if args.dry_run { coffer::Removal::default() } else { coffer::remove_snapshots(&repository, &decisions)? };
+    removal.removed.iter().for_each(super::audit::snapshot);
+    let mut forgotten_json = print_decisions(cli, &decisions, args.dry_run, removal.removed.len());
+    if !removal.locked.is_empty() {
+        let latest = removal.locked.iter().map(|(_, until)| *until).max();
+        if let Some(value) = &mut forgotten_json {
+            value["locked"] = json!(removal
+                .locked
+                .iter()
+                .map(|(id, until)| json!({"snapshot": id.to_hex(), "locked_until": until.to_string()}))
+                .collect::<Vec<_>>());
+        } else {
+            note(
+                cli.quiet,
+                &format!(
+                    "kept {} snapshot(s) under S3 Object Lock until {} at the latest; a forget after that removes them",
+                    removal.locked.len(),
+                    latest.map(|t| t.to_string()).unwrap_or_default()
+                ),
+            );
+        }
     }
-    let forgotten_json = print_decisions(cli, &decisions, args.dry_run, removed);
     if !args.prune {
         if let Some(value) = forgotten_json {
             output::json(&value);
@@ -379,7 +397,10 @@ fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) -> Opt
             "packs_kept": plan.keep.len(), "packs_deleted": deleted, "packs_unindexed": plan.unindexed.len(),
             "packs_unindexed_kept": plan.recent_unindexed,
             "packs_repacked": plan.repack.len(), "bytes_deleted": plan.bytes_deleted(), "bytes_repacked": plan.bytes_repacked(),
-            "bytes_freed": plan.bytes_freed(), "index_objects_replaced": if plan.rewrite_index { plan.old_indexes.len() } else { 0 }});
+            "bytes_freed": plan.bytes_freed(), "index_objects_replaced": if plan.rewrite_index { plan.old_indexes.len() } else { 0 },
+            "packs_locked": plan.locked.len(), "bytes_locked": plan.bytes_locked(),
+            "index_objects_locked": plan.locked_indexes.len(),
+            "locked_until": plan.locked_until.map(|t| t.to_string())});
         if let Some(report) = report {
             value["packs_written"] = json!(report.packs_written);
             value["bytes_written"] = json!(report.bytes_written);
@@ -407,6 +428,14 @@ fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) -> Opt
         output::line(&format!(
             "kept {} pack(s) in no index younger than --unindexed-age (a backup may be writing them)",
             plan.recent_unindexed
+        ));
+    }
+    if let Some(until) = plan.locked_until {
+        output::line(&format!(
+            "kept {} pack(s) ({}) and {} index object(s) under S3 Object Lock until {until} at the latest; a prune after that removes them",
+            plan.locked.len(),
+            output::size(plan.bytes_locked()),
+            plan.locked_indexes.len()
         ));
     }
     if let Some(report) = report {

@@ -198,7 +198,7 @@ fn check_packs(index: &mut ScratchIndex, stored: &HashMap<PackId, u64>, report: 
     for pack in unindexed {
         report
             .warnings
-            .push(format!("{} is in no index object (left by an interrupted run; prune removes it)", pack_key(pack)));
+            .push(format!("{} is in no index object (left by an interrupted run, or unused and kept under Object Lock; prune removes it)", pack_key(pack)));
     }
     Ok(())
 }

@@ -312,18 +312,46 @@ pub fn emptied_groups(decisions: &[Decision]) -> Vec<(String, usize)> {
         .collect()
 }
 
+/// What [`remove_snapshots`] did.
+#[derive(Debug, Default)]
+pub struct Removal {
+    pub removed: Vec<SnapshotId>,
+    /// Snapshots under S3 Object Lock, with when their lock ends: they stay.
+    pub locked: Vec<(SnapshotId, jiff::Timestamp)>,
+}
+
 /// Deletes the snapshot records of the decisions that do not keep them, and their
-/// cached manifests; returns how many were removed. The caller holds an exclusive lock.
-pub fn remove_snapshots(repository: &Locked<'_, Exclusive>, decisions: &[Decision]) -> Result<usize> {
-    let mut removed = 0;
+/// cached manifests, except records still under Object Lock. The caller holds an
+/// exclusive lock. Refuses before removing anything when the storage credentials may
+/// not delete.
+pub fn remove_snapshots(repository: &Locked<'_, Exclusive>, decisions: &[Decision]) -> Result<Removal> {
+    let mut removal = Removal::default();
     repository.ensure_held()?;
-    for decision in decisions.iter().filter(|decision| !decision.keep) {
+    let doomed: Vec<&Decision> = decisions.iter().filter(|decision| !decision.keep).collect();
+    if doomed.is_empty() {
+        return Ok(removal);
+    }
+    repository.ensure_may_delete(Kind::Snapshot, "forget")?;
+    let clock = repository.lock_clock();
+    let written: std::collections::HashMap<SnapshotId, Option<std::time::SystemTime>> = match clock.retention() {
+        Some(_) => Kind::Snapshot
+            .list_with_info::<SnapshotId>(&**repository.backend())?
+            .into_iter()
+            .map(|(id, info)| (id, info.modified))
+            .collect(),
+        None => Default::default(),
+    };
+    for decision in doomed {
+        if let Some(until) = written.get(&decision.id).and_then(|modified| clock.locked_until(*modified)) {
+            removal.locked.push((decision.id, until));
+            continue;
+        }
         Kind::Snapshot.delete(&**repository.backend(), &decision.id)?;
         let _ = std::fs::remove_file(repository.manifest_cache_path(&decision.id));
-        removed += 1;
+        removal.removed.push(decision.id);
     }
     repository.backend().sync()?;
-    Ok(removed)
+    Ok(removal)
 }
 
 #[cfg(test)]

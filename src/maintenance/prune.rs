@@ -64,6 +64,13 @@ pub struct PrunePlan {
     /// Every stored index object; replaced by new ones when `rewrite_index`.
     pub old_indexes: Vec<IndexId>,
     pub rewrite_index: bool,
+    /// Packs that would be deleted or repacked but are under S3 Object Lock: left as
+    /// they are, for a prune after their lock ends.
+    pub locked: Vec<(PackId, u64)>,
+    /// Old index objects under Object Lock: superseded by the new ones, not deleted.
+    pub locked_indexes: HashSet<IndexId>,
+    /// When the last of the locked packs and index objects is free.
+    pub locked_until: Option<jiff::Timestamp>,
     index: ScratchIndex,
 }
 
@@ -82,6 +89,12 @@ impl PrunePlan {
     pub fn bytes_freed(&self) -> u64 {
         let kept: u64 = self.repack.iter().map(|repack| repack.used_bytes).sum();
         self.bytes_deleted() + self.bytes_repacked().saturating_sub(kept)
+    }
+
+    /// True if executing the plan would change nothing.
+    /// Bytes of packs left under Object Lock.
+    pub fn bytes_locked(&self) -> u64 {
+        self.locked.iter().map(|(_, size)| size).sum()
     }
 
     /// True if executing the plan would change nothing.
@@ -130,25 +143,82 @@ pub fn plan(
         delete: Vec::new(),
         unindexed: Vec::new(),
         recent_unindexed: 0,
-        old_indexes: repository.index_object_ids()?,
+        old_indexes: Vec::new(),
         rewrite_index: false,
+        locked: Vec::new(),
+        locked_indexes: HashSet::new(),
+        locked_until: None,
         index,
     };
     let listed = classify_packs(&stored, options, &mut plan)?;
+    let clock = repository.lock_clock();
+    let mut index_locks = Vec::new();
+    for (id, info) in Kind::Index.list_with_info::<IndexId>(&**repository.backend())? {
+        plan.old_indexes.push(id);
+        index_locks.extend(clock.locked_until(info.modified).map(|until| (id, until)));
+    }
+    leave_locked_packs(&clock, &listed_packs, &mut plan);
     let old_enough = |modified: &Option<std::time::SystemTime>| {
         modified.is_none_or(|time| time.elapsed().is_ok_and(|age| age >= options.unindexed_age))
     };
     let mut unindexed = Vec::new();
     for (id, (size, modified)) in listed_packs.iter().filter(|(id, _)| !listed.contains(*id)) {
-        match old_enough(modified) {
-            true => unindexed.push((*id, *size)),
-            false => plan.recent_unindexed += 1,
+        match (old_enough(modified), clock.locked_until(*modified)) {
+            (false, _) => plan.recent_unindexed += 1,
+            (true, Some(until)) => {
+                plan.locked.push((*id, *size));
+                plan.locked_until = plan.locked_until.max(Some(until));
+            }
+            (true, None) => unindexed.push((*id, *size)),
         }
     }
     unindexed.sort();
     plan.unindexed = unindexed;
-    plan.rewrite_index = !plan.delete.is_empty() || !plan.repack.is_empty() || plan.old_indexes.len() > 1;
+    // Many index objects are merged into few; locked ones cannot go, so merging only
+    // them would just add one more locked object per prune.
+    let unlocked_indexes = plan.old_indexes.len() - index_locks.len();
+    plan.rewrite_index = !plan.delete.is_empty() || !plan.repack.is_empty() || unlocked_indexes > 1;
+    // Locked index objects matter only when new ones replace them.
+    if plan.rewrite_index {
+        for (id, until) in index_locks {
+            plan.locked_indexes.insert(id);
+            plan.locked_until = plan.locked_until.max(Some(until));
+        }
+    }
     Ok(plan)
+}
+
+/// Packs under Object Lock are neither deleted nor repacked (a copy would only add to
+/// what cannot be removed yet): one still in use is kept as it is, an unused one is
+/// left out of the new index and deleted by a prune after its lock ends.
+fn leave_locked_packs(
+    clock: &crate::LockClock,
+    listed: &HashMap<PackId, (u64, Option<std::time::SystemTime>)>,
+    plan: &mut PrunePlan,
+) {
+    let locked = |id: &PackId| listed.get(id).and_then(|(_, modified)| clock.locked_until(*modified));
+    let mut until = plan.locked_until;
+    let mut locked_packs = Vec::new();
+    plan.delete.retain(|(id, size)| match locked(id) {
+        Some(end) => {
+            until = until.max(Some(end));
+            locked_packs.push((*id, *size));
+            false
+        }
+        None => true,
+    });
+    let mut kept = Vec::new();
+    plan.repack.retain(|repack| match locked(&repack.pack) {
+        Some(end) => {
+            until = until.max(Some(end));
+            kept.push((repack.pack, repack.size));
+            false
+        }
+        None => true,
+    });
+    plan.locked_until = until;
+    plan.locked.extend(locked_packs.iter().chain(&kept));
+    plan.keep.extend(kept);
 }
 
 fn refusal(error: Error) -> Error {
@@ -240,6 +310,10 @@ fn choose_repacks(mut candidates: Vec<Repack>, options: &PruneOptions, plan: &mu
 pub fn execute(repository: &Locked<'_, Exclusive>, plan: &PrunePlan) -> Result<PruneReport> {
     let mut report = PruneReport::default();
     repository.ensure_held()?;
+    if !plan.is_empty() {
+        repository.ensure_may_delete(Kind::Index, "prune")?;
+        repository.ensure_may_delete(Kind::Pack, "prune")?;
+    }
     let new_packs = repack(repository, plan)?;
     report.packs_written = new_packs.len() as u64;
     report.bytes_written = new_packs.iter().map(|pack| pack.size).sum();
@@ -250,7 +324,8 @@ pub fn execute(repository: &Locked<'_, Exclusive>, plan: &PrunePlan) -> Result<P
         // The kept packs are read back from the scratch index one at a time.
         let kept = plan.keep.iter().map(|(id, size)| plan.index.pack(id, *size));
         repository.write_index_objects(kept.chain(new_packs.into_iter().map(Ok)), plan.old_indexes.clone())?;
-        for id in &plan.old_indexes {
+        // Locked ones stay, superseded by the new objects: readers skip them.
+        for id in plan.old_indexes.iter().filter(|id| !plan.locked_indexes.contains(*id)) {
             Kind::Index.delete(&**repository.backend(), id)?;
             report.index_objects_deleted += 1;
         }

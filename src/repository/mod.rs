@@ -17,6 +17,7 @@ mod blobs;
 mod index_sync;
 mod keys;
 mod manifests;
+pub mod object_lock;
 pub mod objects;
 mod open;
 mod restores;

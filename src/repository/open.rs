@@ -8,12 +8,14 @@ use bytes::Bytes;
 use super::keys::{add_key, find_key};
 use super::*;
 use crate::backend::Backend;
+use crate::backend::ObjectLock;
 use crate::error::{Error, Result};
 use crate::id::{KeyId, RepositoryId};
 use crate::repository::chunker::ChunkerParams;
 use crate::repository::crypto::{KdfParams, MasterKey};
 use crate::repository::index::{IndexCache, MAX_OBJECT_BLOBS};
 use crate::repository::lock::LockTiming;
+use crate::repository::object_lock::ObjectLockSetting;
 use crate::repository::objects::Kind;
 
 /// The repository format version this program writes and reads.
@@ -38,6 +40,9 @@ pub struct Config {
     pub pack_size: u64,
     /// zstd level for blobs; 0 stores them uncompressed.
     pub compression_level: i32,
+    /// S3 Object Lock retention every object is written with (`init --object-lock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLockSetting>,
 }
 
 impl Serialize for RepositoryId {
@@ -88,6 +93,9 @@ pub struct InitOptions {
     pub chunker: ChunkerParams,
     pub pack_size: u64,
     pub compression_level: i32,
+    /// Lock every object for this long with S3 Object Lock; `init` refuses storage
+    /// without it.
+    pub object_lock: Option<ObjectLockSetting>,
 }
 
 impl Default for InitOptions {
@@ -97,6 +105,7 @@ impl Default for InitOptions {
             chunker: ChunkerParams::FILES,
             pack_size: DEFAULT_PACK_SIZE,
             compression_level: 3,
+            object_lock: None,
         }
     }
 }
@@ -130,6 +139,7 @@ impl Repository {
                 options.pack_size, options.compression_level
             )));
         }
+        let object_lock = set_up_object_lock(&*backend, options.object_lock)?;
         let config = Config {
             version: REPOSITORY_VERSION,
             id: RepositoryId::random(),
@@ -138,6 +148,7 @@ impl Repository {
             dump_chunker: ChunkerParams::DUMPS,
             pack_size: options.pack_size,
             compression_level: options.compression_level,
+            object_lock,
         };
         let master = MasterKey::generate();
         let key_id = add_key(&*backend, &master, &config.id, password, options.kdf)?;
@@ -210,6 +221,33 @@ impl Repository {
         let repository = Self::assemble(backend, config, master, key_id, cache_root)?;
         let damaged = repository.sync_index_reporting()?;
         Ok((repository, damaged))
+    }
+}
+
+/// Sets the bucket's default retention when Object Lock is asked for, before any
+/// object is written, so every object of the repository is locked. Without the ask, a
+/// default retention the bucket already has is recorded, so that forget and prune
+/// leave locked objects alone; storage that cannot say is taken to have none.
+fn set_up_object_lock(backend: &dyn Backend, asked: Option<ObjectLockSetting>) -> Result<Option<ObjectLockSetting>> {
+    let Some(asked) = asked else {
+        return Ok(match backend.object_lock() {
+            Ok(ObjectLock::Enabled(Some((mode, days)))) => Some(ObjectLockSetting { mode, days }),
+            _ => None,
+        });
+    };
+    let location = backend.location();
+    match backend.object_lock()? {
+        ObjectLock::Unsupported => Err(Error::Refused(format!(
+            "{location} does not support S3 Object Lock (it needs an S3 bucket created with Object Lock enabled)"
+        ))),
+        ObjectLock::Disabled => Err(Error::Refused(format!(
+            "the bucket of {location} was created without Object Lock, which can only be enabled when a bucket is \
+             created (aws s3api create-bucket --object-lock-enabled-for-bucket)"
+        ))),
+        ObjectLock::Enabled(_) => {
+            backend.set_object_lock(asked.mode, asked.days)?;
+            Ok(Some(asked))
+        }
     }
 }
 

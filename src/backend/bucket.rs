@@ -1,16 +1,21 @@
-//! Unfinished multipart uploads on S3: listed (ListMultipartUploads, which object_store
-//! does not offer, signed with its SigV4 authorizer) and aborted when they are older
-//! than a day, so parts of uploads that a crash or an outage left behind stop costing
-//! storage. Prune does this under its exclusive lock.
+//! Bucket-level S3 requests object_store does not offer, signed with its SigV4
+//! authorizer: listing and aborting unfinished multipart uploads (older than a day, so
+//! parts a crash or an outage left behind stop costing storage; prune does this under
+//! its exclusive lock), and reading and setting the bucket's Object Lock default
+//! retention (`init --object-lock`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
+use bytes::Bytes;
+use md5::Digest;
 use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
 use object_store::client::{HttpClient, HttpRequest, HttpRequestBody};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as StorePath;
 
+use super::{ObjectLock, ObjectLockMode};
 use crate::error::{Error, Result};
 
 /// One unfinished upload: its key below the repository prefix, id and start time.
@@ -21,8 +26,8 @@ pub(super) struct Upload {
     pub initiated: String,
 }
 
-/// What is needed to list and abort the repository's unfinished uploads.
-pub(super) struct StaleUploads {
+/// What is needed for requests on the repository's bucket.
+pub(super) struct BucketApi {
     pub client: HttpClient,
     pub credentials: AwsCredentialProvider,
     pub region: String,
@@ -35,13 +40,19 @@ pub(super) struct StaleUploads {
     pub location: String,
 }
 
-impl std::fmt::Debug for StaleUploads {
+impl std::fmt::Debug for BucketApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StaleUploads({})", self.location)
+        write!(f, "BucketApi({})", self.location)
     }
 }
 
-impl StaleUploads {
+/// The base64 MD5 of a request body, for `Content-MD5`: S3 checks it on arrival, and
+/// requires it (or a checksum) for every write to a bucket with Object Lock.
+pub(super) fn content_md5(body: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body))
+}
+
+impl BucketApi {
     /// Aborts the uploads started more than `age` ago; returns how many.
     pub async fn abort_older_than(&self, age: Duration) -> Result<usize> {
         let cutoff = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(age.as_secs() as i64);
@@ -67,7 +78,10 @@ impl StaleUploads {
             if let Some((key, id)) = &markers {
                 query = format!("key-marker={}&{query}&upload-id-marker={}", encode(key), encode(id));
             }
-            let body = self.get(&format!("{}?{query}", self.bucket_url)).await?;
+            let (status, body) = self.request("GET", &format!("{}?{query}", self.bucket_url), None).await?;
+            if status != 200 {
+                return Err(self.answered("listing unfinished uploads", status, &body));
+            }
             let (page, next) = parse_listing(&body);
             uploads.extend(page);
             match next {
@@ -77,24 +91,89 @@ impl StaleUploads {
         }
     }
 
-    async fn get(&self, url: &str) -> Result<String> {
+    /// The bucket's Object Lock state (GetObjectLockConfiguration).
+    pub async fn object_lock(&self) -> Result<ObjectLock> {
+        let (status, body) = self.request("GET", &format!("{}?object-lock=", self.bucket_url), None).await?;
+        match status {
+            200 if elements(&body, "ObjectLockEnabled").first().is_some_and(|v| v.trim() == "Enabled") => {
+                let mode = elements(&body, "Mode").first().and_then(|mode| ObjectLockMode::parse(mode.trim()));
+                let days = elements(&body, "Days").first().and_then(|days| days.trim().parse::<u32>().ok());
+                let years = elements(&body, "Years").first().and_then(|years| years.trim().parse::<u32>().ok());
+                let days = days.or(years.map(|years| years.saturating_mul(365)));
+                Ok(match (mode, days) {
+                    (Some(mode), Some(days)) => ObjectLock::Enabled(Some((mode, days))),
+                    _ => ObjectLock::Enabled(None),
+                })
+            }
+            200 => Ok(ObjectLock::Disabled),
+            404 if body.contains("ObjectLockConfigurationNotFound") => Ok(ObjectLock::Disabled),
+            400 | 404 | 405 | 501 => Ok(ObjectLock::Unsupported),
+            _ => Err(self.answered("reading the bucket's Object Lock configuration", status, &body)),
+        }
+    }
+
+    /// Sets the bucket's default retention: every object written from now on is locked
+    /// for `days` in `mode` (PutObjectLockConfiguration).
+    pub async fn set_default_retention(&self, mode: ObjectLockMode, days: u32) -> Result<()> {
+        let xml = format!(
+            "<ObjectLockConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>{}</Mode>\
+             <Days>{days}</Days></DefaultRetention></Rule></ObjectLockConfiguration>",
+            mode.as_s3()
+        );
+        let url = format!("{}?object-lock=", self.bucket_url);
+        let (status, body) = self.request("PUT", &url, Some(Bytes::from(xml))).await?;
+        if status != 200 {
+            return Err(self.answered("setting the bucket's Object Lock retention", status, &body));
+        }
+        Ok(())
+    }
+
+    /// Deletes one object with DeleteObject. (object_store sends every delete as a
+    /// DeleteObjects batch, which needs Content-MD5 on some servers and is authorised
+    /// against the bucket rather than the key on others; a policy that allows deleting
+    /// only `locks/` must meet the same request everywhere.) A missing object is fine.
+    pub async fn delete_object(&self, key: &str) -> Result<()> {
+        let path: String = key.split('/').map(encode).collect::<Vec<_>>().join("/");
+        let url =
+            format!("{}/{}{path}", self.bucket_url, self.prefix.split('/').map(encode).collect::<Vec<_>>().join("/"));
+        let (status, body) = self.request("DELETE", &url, None).await?;
+        match status {
+            200 | 204 | 404 => Ok(()),
+            _ => Err(self.answered(&format!("deleting {key}"), status, &body)),
+        }
+    }
+
+    /// Sends one signed request; returns the status and the body as text. A failure to
+    /// get an answer is transient (retried by the caller's policy).
+    async fn request(&self, method: &str, url: &str, body: Option<Bytes>) -> Result<(u16, String)> {
         let credential = self.credentials.get_credential().await.map_err(|e| self.failure(e.to_string()))?;
-        let mut request: HttpRequest = http::Request::builder()
-            .method("GET")
-            .uri(url)
-            .body(HttpRequestBody::empty())
+        let mut builder = http::Request::builder().method(method).uri(url);
+        if let Some(body) = &body {
+            builder = builder.header("content-md5", content_md5(body));
+        }
+        let mut request: HttpRequest = builder
+            .body(body.map_or_else(HttpRequestBody::empty, HttpRequestBody::from))
             .map_err(|e| self.failure(e.to_string()))?;
         AwsAuthorizer::new(&credential, "s3", &self.region)
             .try_authorize(&mut request, None)
             .map_err(|e| self.failure(e.to_string()))?;
-        let response = self.client.execute(request).await.map_err(|e| self.failure(e.to_string()))?;
+        let unreachable = |e: String| Error::Unreachable { location: self.location.clone(), message: e };
+        let response = self.client.execute(request).await.map_err(|e| unreachable(e.to_string()))?;
         let status = response.status().as_u16();
-        let body = response.into_body().bytes().await.map_err(|e| self.failure(e.to_string()))?;
-        let text = String::from_utf8_lossy(&body).into_owned();
-        if status != 200 {
-            return Err(self.failure(format!("listing unfinished uploads was answered {status}: {text}")));
+        let body = response.into_body().bytes().await.map_err(|e| unreachable(e.to_string()))?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// The error for an unexpected answer: denied, a server in trouble (retried), or other.
+    fn answered(&self, what: &str, status: u16, body: &str) -> Error {
+        let code = elements(body, "Code").first().map(|code| code.to_string()).unwrap_or_default();
+        let message = format!("{what} was answered {status} {code}");
+        match status {
+            403 => Error::AccessDenied { location: self.location.clone(), message },
+            429 | 500.. => Error::Unreachable { location: self.location.clone(), message },
+            _ => self.failure(message),
         }
-        Ok(text)
     }
 
     fn failure(&self, message: String) -> Error {
