@@ -10,6 +10,11 @@ if ! command -v cargo >/dev/null; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# tests/cli_help.rs renders the manual pages with man.
+if ! command -v man >/dev/null && command -v apt-get >/dev/null; then
+    echo "== installing man-db (once)"
+    apt-get update -qq >&2 && apt-get install -y -qq man-db >&2
+fi
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"

@@ -40,15 +40,19 @@ pub use pipelines::archiver::{
 };
 pub use pipelines::progress::{Progress, ProgressSnapshot};
 pub use repository::chunker::{Chunker, ChunkerParams};
-pub use repository::crypto::{KdfParams, KeyFile, MasterKey};
+pub use repository::crypto::{KdfParams, KeyFile, MasterKey, KEY_FILE_VERSION};
 pub use repository::object_lock::{LockClock, ObjectLockSetting};
 
-pub use repository::index::{BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, MAX_OBJECT_BLOBS};
+pub use repository::index::{
+    BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, INDEX_VERSION, MAX_OBJECT_BLOBS,
+};
 pub use repository::lock::{remove_locks, LockGuard, LockRecord, LockTiming, HOLD_LIMIT, REFRESH_EVERY, STALE_AFTER};
 pub use repository::manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestWriter, MANIFEST_SCHEMA};
 pub use repository::pack::{BlobType, PackEntry};
 pub use repository::packer::{Packer, PackerStats};
-pub use repository::snapshot::{parse_instant, ManifestRef, PostgresSource, Snapshot, SnapshotFilter, Source, Summary};
+pub use repository::snapshot::{
+    parse_instant, ManifestRef, PostgresSource, Snapshot, SnapshotFilter, Source, Summary, SNAPSHOT_VERSION,
+};
 pub use repository::{
     pack_key, read_config, Config, Exclusive, InitOptions, Locked, Repository, RestoreOutcome, RestoreRecord, Shared,
     StoredKey, DEFAULT_PACK_SIZE, REPOSITORY_VERSION, RESTORE_RECORD_VERSION,

@@ -13,9 +13,14 @@ fn main() {
         Err(error) => {
             let code = if error.use_stderr() { cli::exit::USAGE } else { cli::exit::SUCCESS };
             let _ = error.print();
+            if code != cli::exit::SUCCESS && std::env::args_os().any(|arg| arg == "--json") {
+                let first_line = error.to_string().lines().next().unwrap_or_default().to_string();
+                json_error(first_line.trim_start_matches("error: "), code);
+            }
             std::process::exit(code);
         }
     };
+    let json = parsed.json;
     coffer::interrupt::install();
     // Private by default: repository objects, cache files and temporary files hold
     // private data (paths, owners, checksums, database content). Restored entries get
@@ -30,11 +35,22 @@ fn main() {
     let code = match outcome {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("coffer: {}", message(&error));
-            exit_code(&error)
+            let (text, code) = (message(&error), exit_code(&error));
+            eprintln!("coffer: {text}");
+            if json {
+                json_error(&text, code);
+            }
+            code
         }
     };
     std::process::exit(code);
+}
+
+/// With `--json`, a failure is also one JSON document on stdout, after anything the
+/// command printed there: `{"error": {"kind", "message", "exit_code"}}`.
+fn json_error(message: &str, code: i32) {
+    let error = serde_json::json!({"error": {"kind": cli::exit::kind(code), "message": message, "exit_code": code}});
+    println!("{error}");
 }
 
 /// glibc raises its mmap threshold each time a large buffer is freed, after which

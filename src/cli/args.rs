@@ -5,43 +5,71 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The environment variables coffer reads, for `--help`.
+const ENVIRONMENT: &str = "\
+Environment:
+  COFFER_REPOSITORY         the repository (as --repo)
+  COFFER_PASSWORD           the password itself (taken out of the environment at start)
+  COFFER_PASSWORD_FILE      a file whose first line is the password (as --password-file)
+  COFFER_PASSWORD_COMMAND   a shell command that prints the password (as --password-command)
+  COFFER_CACHE_DIR          the local cache (as --cache-dir; else $XDG_CACHE_HOME/coffer or ~/.cache/coffer)
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_DEFAULT_REGION,
+  AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL
+                            S3 credentials, region and endpoint
+  COFFER_S3_RETRY_TIMEOUT   seconds a failing S3 request is retried (default 300)
+  COFFER_S3_ALLOW_HTTP=1    allow plain http:// to a host that is not loopback
+  COFFER_S3_VIRTUAL_HOSTED=1  address buckets as bucket.host instead of host/bucket
+  COFFER_TESTONLY_WEAK_KDF=1  let new keys cost less than the floor (test suites only)
+
+Exit codes: 0 success, 1 failure, 2 usage, 3 incomplete backup, 10 no repository,
+11 locked, 12 wrong password, 13 damaged, 14 not found, 15 local I/O, 16 unsupported
+version, 17 storage unreachable, 18 access denied, 19 PostgreSQL, 20 refused,
+21 input command failed, 130/143 interrupted (see the README).";
+
 /// coffer: encrypted, deduplicated, incremental backups.
 #[derive(Debug, Parser)]
-#[command(name = "coffer", version, about, max_term_width = 100)]
+#[command(name = "coffer", version, about, max_term_width = 100, after_long_help = ENVIRONMENT)]
 pub struct Cli {
     /// Repository: a path, file:///path or s3://bucket/prefix.
-    #[arg(short = 'r', long, env = "COFFER_REPOSITORY", global = true)]
+    #[arg(
+        short = 'r',
+        long,
+        env = "COFFER_REPOSITORY",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Global options"
+    )]
     pub repo: Option<String>,
     /// Read the password from this file (first line) [env: COFFER_PASSWORD_FILE].
-    #[arg(short = 'p', long, global = true)]
+    #[arg(short = 'p', long, global = true, help_heading = "Global options")]
     pub password_file: Option<PathBuf>,
     /// Run this shell command and use the first line it prints as the password
     /// [env: COFFER_PASSWORD_COMMAND].
-    #[arg(long, value_name = "COMMAND", global = true)]
+    #[arg(long, value_name = "COMMAND", global = true, help_heading = "Global options")]
     pub password_command: Option<OsString>,
     /// `COFFER_PASSWORD`, taken out of the environment at start (see `password.rs`).
     #[arg(skip)]
     pub password_env: Option<super::password::Secret>,
     /// Local cache directory (default: $XDG_CACHE_HOME/coffer or ~/.cache/coffer).
-    #[arg(long, env = "COFFER_CACHE_DIR", global = true)]
+    #[arg(long, env = "COFFER_CACHE_DIR", hide_env_values = true, global = true, help_heading = "Global options")]
     pub cache_dir: Option<PathBuf>,
     /// Use a temporary cache that is removed at exit.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub no_cache: bool,
     /// Requests to the storage in flight at once (S3).
-    #[arg(long, default_value_t = coffer::backend::DEFAULT_CONNECTIONS, global = true)]
+    #[arg(long, default_value_t = coffer::backend::DEFAULT_CONNECTIONS, global = true, help_heading = "Global options")]
     pub connections: usize,
     /// S3 endpoint of a non-AWS server (default: AWS_ENDPOINT_URL, else AWS).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub s3_endpoint: Option<String>,
     /// Print one JSON document on stdout instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
     /// Print only errors.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, help_heading = "Global options", conflicts_with = "verbose")]
     pub quiet: bool,
     /// Print more detail.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, help_heading = "Global options", action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
@@ -52,6 +80,11 @@ pub enum Command {
     /// Create a new repository.
     Init(InitArgs),
     /// Back up files and directories (or standard input) into a new snapshot.
+    #[command(after_long_help = "Examples:
+  coffer backup /srv/studies /etc --tag nightly
+  coffer backup /srv/studies --pg 'host=db1 dbname=clinic user=backup' --exclude '*.tmp'
+  pg_dumpall | coffer backup --stdin --stdin-name all.sql
+  coffer backup --dry-run -v /srv/studies        # what would be stored, and why")]
     Backup(BackupArgs),
     /// List snapshots.
     Snapshots(SnapshotsArgs),
@@ -68,14 +101,30 @@ pub enum Command {
     /// List the entries of a snapshot, or of one folder of it (SNAP:PATH).
     Ls(LsArgs),
     /// Restore a snapshot, or one folder or file of it (SNAP:PATH), into a directory.
+    #[command(after_long_help = "Examples:
+  coffer restore latest --target /srv/restore
+  coffer restore latest:/srv/studies/study_001 --target /          # one folder, back in place
+  coffer restore --at '2026-11-20 02:00' --host pacs1 --target /srv/restore
+  coffer restore latest --target /srv/studies --delete --dry-run   # what would change
+  coffer restore --rollback 3f0a1b2c                               # undo that restore
+  coffer restore latest --pg-target 'dbname=clinic_scratch' --pg-table patients")]
     Restore(RestoreArgs),
     /// Write one file of a snapshot to standard output.
     Dump(DumpArgs),
     /// Remove stale locks (all locks with --remove-all).
     Unlock(UnlockArgs),
     /// Verify the repository: index, packs, snapshots, manifests (and data on request).
+    #[command(after_long_help = "Examples:
+  coffer check                                  # structure: index, packs, snapshots, manifests
+  coffer check --read-data-subset \"$(date +%u)/7\"  # a seventh of the data each night
+  coffer check --read-data --jobs 4             # every byte
+  coffer check --pg                             # restore each dump into pg_restore --list")]
     Check(CheckArgs),
     /// Remove snapshots according to a retention policy.
+    #[command(after_long_help = "Examples:
+  coffer forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --prune
+  coffer forget --keep-within 90d --keep-tag legal-hold --dry-run
+  coffer forget 3f0a1b2c                        # one snapshot by id")]
     Forget(ForgetArgs),
     /// Remove data no snapshot uses and repack mostly-unused packs.
     Prune(PruneArgs),
@@ -85,6 +134,21 @@ pub enum Command {
     /// Manage the passwords (key files) that open the repository.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Print coffer's version and the repository format versions it reads and writes.
+    Version,
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).
+    #[command(after_long_help = "Install:
+  coffer completions bash > /etc/bash_completion.d/coffer
+  coffer completions zsh > /usr/local/share/zsh/site-functions/_coffer
+  coffer completions fish > ~/.config/fish/completions/coffer.fish")]
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), or write coffer.1 and a page per command into DIR.
+    #[command(after_long_help = "Install:
+  sudo coffer man /usr/local/share/man/man1 && man coffer-restore")]
+    Man {
+        /// Write every page into this folder instead of printing coffer.1.
+        dir: Option<PathBuf>,
+    },
 }
 
 /// The Argon2id cost of a new key file. New keys need at least 19456 KiB and 2 passes.
@@ -212,7 +276,7 @@ pub struct BackupArgs {
     /// List the files that would be read (new or changed) and their size; store nothing.
     #[arg(long, conflicts_with_all = ["stdin", "stdin_from_command", "pg"])]
     pub dry_run: bool,
-    /// Show no progress (otherwise a bar on a terminal, or JSON lines on stderr with --json).
+    /// Show no progress (otherwise a line on a terminal, or JSON lines on stdout with --json).
     #[arg(long)]
     pub no_progress: bool,
     /// Write a checkpoint index after this many packs (default 32, or every 5 minutes).

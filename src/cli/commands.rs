@@ -30,7 +30,54 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Prune(args) => super::maintenance::prune(cli, args),
         Command::Repair(what) => super::maintenance::repair(cli, what),
         Command::Key(what) => super::keys::key(cli, what),
+        Command::Version => version(cli),
+        Command::Completions { shell } => {
+            let mut command = <super::Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut command, "coffer", &mut script);
+            output::raw(&script);
+            Ok(exit::SUCCESS)
+        }
+        Command::Man { dir: Some(dir) } => {
+            let command = <super::Cli as clap::CommandFactory>::command();
+            if let Err(error) = clap_mangen::generate_to(command, dir) {
+                return fail(exit::LOCAL_IO, format!("cannot write manual pages into {}: {error}", dir.display()));
+            }
+            note(cli.quiet, &format!("wrote the manual pages into {}", dir.display()));
+            Ok(exit::SUCCESS)
+        }
+        Command::Man { dir: None } => {
+            let command = <super::Cli as clap::CommandFactory>::command();
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command).render(&mut page)?;
+            output::raw(&page);
+            Ok(exit::SUCCESS)
+        }
     }
+}
+
+/// `coffer version`: the program and every format version it reads and writes.
+fn version(cli: &Cli) -> Result<i32> {
+    let formats = [
+        ("repository", coffer::REPOSITORY_VERSION),
+        ("key file", coffer::KEY_FILE_VERSION),
+        ("index object", coffer::INDEX_VERSION as u64),
+        ("snapshot record", coffer::SNAPSHOT_VERSION),
+        ("manifest schema", coffer::MANIFEST_SCHEMA as u64),
+        ("restore record", coffer::RESTORE_RECORD_VERSION as u64),
+        ("audit record", coffer::audit::AUDIT_VERSION as u64),
+    ];
+    if cli.json {
+        let formats: serde_json::Map<String, serde_json::Value> =
+            formats.iter().map(|(name, version)| (name.replace(' ', "_"), json!(version))).collect();
+        output::json(&json!({"version": env!("CARGO_PKG_VERSION"), "formats": formats}));
+        return Ok(exit::SUCCESS);
+    }
+    output::line(&format!("coffer {}", env!("CARGO_PKG_VERSION")));
+    for (name, version) in formats {
+        output::line(&format!("  {name:<16} format {version} (reads and writes {version})"));
+    }
+    Ok(exit::SUCCESS)
 }
 
 fn init(cli: &Cli, args: &InitArgs) -> Result<i32> {

@@ -19,6 +19,29 @@ pub const POSTGRES: i32 = 19;
 pub const REFUSED: i32 = 20;
 pub const INPUT_COMMAND: i32 = 21;
 
+/// The name of an exit code, for `{"error": {"kind": ...}}` with `--json`.
+pub fn kind(code: i32) -> &'static str {
+    match code {
+        SUCCESS => "success",
+        USAGE => "usage",
+        INCOMPLETE => "incomplete",
+        NO_REPOSITORY => "no_repository",
+        LOCKED => "locked",
+        WRONG_PASSWORD => "wrong_password",
+        DAMAGED => "damaged",
+        NOT_FOUND => "not_found",
+        LOCAL_IO => "local_io",
+        UNSUPPORTED_VERSION => "unsupported_version",
+        UNREACHABLE => "unreachable",
+        ACCESS_DENIED => "access_denied",
+        POSTGRES => "postgres",
+        REFUSED => "refused",
+        INPUT_COMMAND => "input_command",
+        129..=192 => "interrupted",
+        _ => "failure",
+    }
+}
+
 /// The exit code for a library error.
 pub fn code_of(error: &Error) -> i32 {
     match error {

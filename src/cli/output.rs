@@ -13,6 +13,15 @@ pub fn line(text: &str) {
     }
 }
 
+/// Writes bytes to stdout as they are (a completion script, a man page); a closed pipe
+/// ends the program quietly.
+pub fn raw(bytes: &[u8]) {
+    let mut stdout = std::io::stdout().lock();
+    if stdout.write_all(bytes).and_then(|()| stdout.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
 /// Writes a JSON document to stdout.
 pub fn json(value: &Value) {
     line(&value.to_string());

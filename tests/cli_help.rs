@@ -1,0 +1,171 @@
+//! The command line's own surface: `--help` of every command against a stored copy
+//! (tests/help/, regenerated with COFFER_UPDATE_HELP=1 after a deliberate change),
+//! completions that bash loads, manual pages that `man` renders without a warning,
+//! `version`, and errors as one JSON document on stdout with `--json`.
+
+mod common;
+
+use std::process::Command;
+
+use common::Fixture;
+
+fn coffer(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(args)
+        .env_remove("COFFER_REPOSITORY")
+        .env_remove("COFFER_CACHE_DIR")
+        .output()
+        .unwrap()
+}
+
+/// Every command and subcommand path, as `coffer help` lists them.
+const COMMANDS: &[&[&str]] = &[
+    &[],
+    &["init"],
+    &["backup"],
+    &["snapshots"],
+    &["restores"],
+    &["diff"],
+    &["find"],
+    &["stats"],
+    &["audit"],
+    &["audit", "verify"],
+    &["ls"],
+    &["restore"],
+    &["dump"],
+    &["unlock"],
+    &["check"],
+    &["forget"],
+    &["prune"],
+    &["repair", "index"],
+    &["repair", "snapshots"],
+    &["key", "list"],
+    &["key", "add"],
+    &["key", "remove"],
+    &["key", "passwd"],
+    &["version"],
+    &["completions"],
+    &["man"],
+];
+
+#[test]
+fn every_help_text_matches_its_stored_copy() {
+    let update = std::env::var_os("COFFER_UPDATE_HELP").is_some();
+    let mut differing = Vec::new();
+    for path in COMMANDS {
+        let mut args = path.to_vec();
+        args.push("--help");
+        let output = coffer(&args);
+        assert!(output.status.success(), "{args:?}");
+        let text = String::from_utf8(output.stdout).unwrap();
+        let name = if path.is_empty() { "coffer".to_string() } else { path.join("-") };
+        let stored = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/help/{name}.txt"));
+        if update {
+            std::fs::write(&stored, &text).unwrap();
+        } else if std::fs::read_to_string(&stored).ok().as_deref() != Some(text.as_str()) {
+            differing.push(name.clone());
+        }
+        // The command's own options come first; the global ones under their heading.
+        if !path.is_empty() && path != &["completions"] {
+            let global = text.find("Global options:").expect("a Global options section");
+            assert!(text[global..].contains("--repo"), "{name}");
+            assert!(!text[..global].contains("--repo <REPO>"), "{name}: --repo among the command's own options");
+        }
+    }
+    assert!(differing.is_empty(), "help changed for {differing:?}; rerun with COFFER_UPDATE_HELP=1 if intended");
+    let top = String::from_utf8(coffer(&["--help"]).stdout).unwrap();
+    for variable in ["COFFER_PASSWORD ", "COFFER_PASSWORD_FILE", "COFFER_PASSWORD_COMMAND", "COFFER_REPOSITORY"] {
+        assert!(top.contains(variable), "{variable} is not listed");
+    }
+    for command in ["backup", "restore", "forget", "check"] {
+        let text = String::from_utf8(coffer(&[command, "--help"]).stdout).unwrap();
+        assert!(text.contains("Examples:\n  coffer "), "{command} has no examples");
+    }
+}
+
+#[test]
+fn bash_loads_the_completions() {
+    let script = coffer(&["completions", "bash"]);
+    assert!(script.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("coffer.bash");
+    std::fs::write(&file, &script.stdout).unwrap();
+    // Loaded, registered for `coffer`, and completing a subcommand and an option.
+    let probe = format!(
+        "source {}; complete -p coffer; COMP_WORDS=(coffer res); COMP_CWORD=1; _coffer coffer res coffer; \
+         echo \"words: ${{COMPREPLY[*]}}\"; COMP_WORDS=(coffer restore --ov); COMP_CWORD=2; \
+         _coffer coffer --ov restore; echo \"options: ${{COMPREPLY[*]}}\"",
+        file.display()
+    );
+    let output = Command::new("bash").args(["--norc", "-c", &probe]).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(text.contains("-F _coffer coffer"), "{text}");
+    assert!(text.contains("words: restores restore") || text.contains("words: restore restores"), "{text}");
+    assert!(text.contains("options: --overwrite"), "{text}");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let output = coffer(&["completions", shell]);
+        assert!(output.status.success() && output.stdout.len() > 1000, "{shell}");
+    }
+    assert_eq!(coffer(&["completions", "tcsh"]).status.code(), Some(2));
+}
+
+#[test]
+fn the_manual_pages_render_without_warnings() {
+    if Command::new("man").arg("--version").output().is_err() {
+        assert!(std::env::var("COFFER_REQUIRE_S3").is_err(), "scripts/test.sh installs man-db");
+        eprintln!("skipped: no man");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert!(coffer(&["man", dir.path().to_str().unwrap()]).status.success());
+    let mut pages: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    pages.sort();
+    assert!(pages.len() >= 25, "{pages:?}");
+    for page in &pages {
+        let output = Command::new("man").args(["--warnings", "-l"]).arg(page).env("MANWIDTH", "80").output().unwrap();
+        assert!(output.status.success(), "{}", page.display());
+        assert!(output.stderr.is_empty(), "{}: {}", page.display(), String::from_utf8_lossy(&output.stderr));
+        assert!(!output.stdout.is_empty());
+    }
+    let restore = std::fs::read_to_string(dir.path().join("coffer-restore.1")).unwrap();
+    assert!(restore.contains("rollback"));
+    // Printed to stdout, the page is the main one.
+    let main = coffer(&["man"]);
+    assert!(String::from_utf8_lossy(&main.stdout).contains(".TH coffer 1"));
+}
+
+#[test]
+fn version_names_every_format() {
+    let output = coffer(&["--json", "version"]);
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(value["version"], env!("CARGO_PKG_VERSION"));
+    for format in ["repository", "key_file", "index_object", "snapshot_record", "manifest_schema", "audit_record"] {
+        assert_eq!(value["formats"][format], 1, "{format}");
+    }
+    assert!(String::from_utf8_lossy(&coffer(&["version"]).stdout).starts_with("coffer "));
+}
+
+#[test]
+fn errors_are_json_on_stdout_with_json() {
+    let fixture = Fixture::new();
+    let missing = fixture.run(&["--json", "restore", "latest:/no/such", "--target", "/tmp/x"]);
+    assert_eq!(missing.status.code(), Some(14));
+    let error = common::last_json(&missing.stdout);
+    assert_eq!(error["error"]["kind"], "not_found", "{error}");
+    assert_eq!(error["error"]["exit_code"], 14);
+    assert!(error["error"]["message"].as_str().unwrap().contains("not found"));
+    // The person reading stderr still gets the sentence.
+    assert!(String::from_utf8_lossy(&missing.stderr).starts_with("coffer: "));
+
+    let usage = fixture.run(&["--json", "snapshots", "--no-such-flag"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let error = common::last_json(&usage.stdout);
+    assert_eq!(error["error"]["kind"], "usage");
+    assert!(error["error"]["message"].as_str().unwrap().contains("--no-such-flag"));
+
+    let wrong = fixture.command(&["--json", "snapshots"]).env("COFFER_PASSWORD", "wrong").output().unwrap();
+    assert_eq!(common::last_json(&wrong.stdout)["error"]["kind"], "wrong_password");
+    // Without --json, stdout stays empty on failure.
+    assert!(fixture.run(&["restore", "latest:/no/such", "--target", "/tmp/x"]).stdout.is_empty());
+}
