@@ -169,3 +169,22 @@ fn errors_are_json_on_stdout_with_json() {
     // Without --json, stdout stays empty on failure.
     assert!(fixture.run(&["restore", "latest:/no/such", "--target", "/tmp/x"]).stdout.is_empty());
 }
+
+#[test]
+fn a_repository_in_the_way_is_warned_about() {
+    // init into a folder that holds other things.
+    let fixture = Fixture::empty();
+    std::fs::create_dir_all(fixture.repo()).unwrap();
+    std::fs::write(fixture.repo().join("notes.txt"), b"x").unwrap();
+    let init = fixture.run(&["init", "--kdf-memory-kib", "64", "--kdf-iterations", "1"]);
+    assert!(init.status.success());
+    assert!(String::from_utf8_lossy(&init.stderr).contains("already holds 1 entries"));
+    // A backup of the folder that holds the repository.
+    let backup = fixture.run(&["backup", fixture.root.path().to_str().unwrap(), "--exclude", "cache"]);
+    assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
+    let warning = String::from_utf8_lossy(&backup.stderr);
+    assert!(warning.contains("is inside") && warning.contains("exclude it"), "{warning}");
+    let repo = fixture.repo().canonicalize().unwrap();
+    let excluded = fixture.run(&["backup", fixture.root.path().to_str().unwrap(), "--exclude", repo.to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&excluded.stderr).contains("is inside"));
+}

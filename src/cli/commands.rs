@@ -80,7 +80,37 @@ fn version(cli: &Cli) -> Result<i32> {
     Ok(exit::SUCCESS)
 }
 
+/// A backup of a folder that holds the (local) repository stores the repository in
+/// itself, growing with every run: said, not refused (an exclude may cover it).
+fn warn_if_repository_inside(cli: &Cli, paths: &[std::path::PathBuf], excludes: &[String]) {
+    let Ok(super::Location::Local(repository)) = super::location(cli) else { return };
+    let Ok(repository) = repository.canonicalize() else { return };
+    let excluded = |pattern: &String| {
+        let pattern = pattern.trim_end_matches("/**").trim_end_matches('/');
+        !pattern.is_empty() && repository.starts_with(pattern)
+    };
+    if excludes.iter().any(excluded) {
+        return;
+    }
+    for path in paths {
+        if path.canonicalize().is_ok_and(|path| repository.starts_with(&path)) {
+            eprintln!(
+                "warning: the repository {} is inside {}, which this backup reads; exclude it (--exclude {})",
+                repository.display(),
+                path.display(),
+                repository.display()
+            );
+        }
+    }
+}
+
 fn init(cli: &Cli, args: &InitArgs) -> Result<i32> {
+    if let Ok(super::Location::Local(path)) = super::location(cli) {
+        let others = std::fs::read_dir(&path).map(|entries| entries.count()).unwrap_or(0);
+        if others > 0 && !path.join("config").exists() {
+            eprintln!("warning: {} already holds {others} entries; the repository is made beside them", path.display());
+        }
+    }
     let backend = super::backend(cli, true)?;
     let password = super::password::read(cli, true)?;
     let options = InitOptions {
@@ -133,6 +163,7 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
         })
         .collect::<coffer::Result<_>>()?;
     let repository = super::open(cli)?;
+    warn_if_repository_inside(cli, &args.paths, &args.excludes);
     let stdin: Option<(Box<dyn std::io::Read + Send>, String)> =
         args.stdin.then(|| (Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>, args.stdin_name.clone()));
     let mut options = BackupOptions {
