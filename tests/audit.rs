@@ -76,7 +76,7 @@ fn secrets_in_arguments_are_redacted() {
     assert!(!failed.status.success());
     let text = fixture.ok(&["audit", "--csv"]);
     assert!(!text.contains("secret-token-123") && !text.contains("hunter2-secret"), "{text}");
-    assert!(text.contains("--stdin-from-command ***") && text.contains("password=***"), "{text}");
+    assert!(text.contains(r#"""--stdin-from-command"",""***"""#) && text.contains("password=***"), "{text}");
 }
 
 /// Opens the fixture's repository through the library, for editing records with the key.
@@ -164,4 +164,24 @@ fn concurrent_backups_leave_one_unbroken_chain() {
     assert_eq!(verify["ok"], true, "{verify}");
     assert_eq!(verify["records"], 9);
     assert_eq!(commands(&fixture).iter().filter(|c| *c == "backup").count(), 8);
+}
+
+#[test]
+fn a_planted_last_number_stops_appending_with_a_sentence_and_listing_goes_on() {
+    let fixture = three_backups();
+    std::fs::write(audit_file(&fixture.repo(), u64::MAX), b"junk").unwrap();
+    let data = fixture.path("more");
+    std::fs::create_dir_all(&data).unwrap();
+    let backup = fixture.run(&["backup", data.to_str().unwrap()]);
+    // The snapshot is committed; the record cannot follow the largest number.
+    assert_eq!(backup.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&backup.stderr);
+    assert!(message.contains("largest possible"), "{message}");
+    assert!(!audit_file(&fixture.repo(), 0).exists(), "no record 0 is written");
+    // The readable records are still listed, and the unreadable one makes it exit 13.
+    let listed = fixture.run(&["--json", "audit"]);
+    assert_eq!(listed.status.code(), Some(13));
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    let document: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(document["records"].as_array().unwrap().len(), 4);
 }

@@ -66,14 +66,14 @@ fn add_change_remove_and_refuse_the_last_key() {
     assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
     assert_eq!(with_password(&fixture, &second, &["snapshots"]).status.code(), Some(12));
 
-    // The last key stays, even with --force.
+    // The last key stays, even with --force: removing the key in use needs the password
+    // of another key that opens.
     let last = with_password(&fixture, &third, &["key", "remove", "--force", &replacement]);
     assert_eq!(last.status.code(), Some(20));
-    assert!(
-        String::from_utf8_lossy(&last.stderr).contains("last intact key"),
-        "{}",
-        String::from_utf8_lossy(&last.stderr)
-    );
+    assert!(String::from_utf8_lossy(&last.stderr).contains("--other-password-file"));
+    let same =
+        with_password(&fixture, &third, &["key", "remove", "--force", &replacement, "--other-password-file", &third]);
+    assert_eq!(same.status.code(), Some(20), "{}", String::from_utf8_lossy(&same.stderr));
     let (ids, _) = key_ids(&fixture, &third);
     assert_eq!(ids, std::slice::from_ref(&replacement));
 
@@ -101,6 +101,7 @@ fn add_change_remove_and_refuse_the_last_key() {
             ("key passwd", 0, vec![replacement.as_str(), original.as_str()]),
             ("key remove", 20, vec![]),
             ("key remove", 0, vec![added.as_str()]),
+            ("key remove", 20, vec![]),
             ("key remove", 20, vec![]),
             ("key remove", 14, vec![]),
         ]
@@ -149,4 +150,33 @@ fn new_keys_below_the_cost_floor_are_refused() {
     let list = fixture.ok(&["key", "list"]);
     assert!(list.contains("19 MiB, 2 passes"), "{list}");
     assert!(list.contains("64 KiB, 1 passes"), "{list}");
+}
+
+#[test]
+fn a_key_that_only_parses_does_not_count_as_one_that_stays() {
+    let fixture = Fixture::new();
+    let first = write_password(&fixture, "first", "correct horse");
+    let second = write_password(&fixture, "second", "battery staple");
+    let (_, original) = key_ids(&fixture, &first);
+    let added = fixture.json(&["key", "add", "--new-password-file", &second, "--kdf-memory-kib", "64"]);
+    let added = added["added"].as_str().unwrap().to_string();
+    // A changed digit in the second key's wrapped master key: it still parses.
+    let path = fixture.repo().join("keys").join(&added);
+    let mut file: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let wrapped = file["wrapped"].as_str().unwrap().to_string();
+    let flipped = if wrapped.ends_with('0') { "1" } else { "0" };
+    file["wrapped"] = format!("{}{flipped}", &wrapped[..wrapped.len() - 1]).into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+    let refused =
+        with_password(&fixture, &first, &["key", "remove", "--force", &original, "--other-password-file", &second]);
+    assert_eq!(refused.status.code(), Some(20), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert_eq!(with_password(&fixture, &first, &["snapshots"]).status.code(), Some(0), "the first key still opens");
+    // With the password of a key that really opens, the key in use may go.
+    let third = write_password(&fixture, "third", "tr0ub4dor");
+    let added = fixture.json(&["key", "add", "--new-password-file", &third, "--kdf-memory-kib", "64"]);
+    assert!(added["added"].is_string());
+    let removed =
+        with_password(&fixture, &first, &["key", "remove", "--force", &original, "--other-password-file", &third]);
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert_eq!(with_password(&fixture, &third, &["snapshots"]).status.code(), Some(0));
 }

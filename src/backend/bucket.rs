@@ -97,11 +97,12 @@ impl BucketApi {
         match status {
             200 if elements(&body, "ObjectLockEnabled").first().is_some_and(|v| v.trim() == "Enabled") => {
                 let mode = elements(&body, "Mode").first().and_then(|mode| ObjectLockMode::parse(mode.trim()));
-                let days = elements(&body, "Days").first().and_then(|days| days.trim().parse::<u32>().ok());
-                let years = elements(&body, "Years").first().and_then(|years| years.trim().parse::<u32>().ok());
-                let days = days.or(years.map(|years| years.saturating_mul(365)));
-                Ok(match (mode, days) {
-                    (Some(mode), Some(days)) => ObjectLock::Enabled(Some((mode, days))),
+                let number =
+                    |name: &str| elements(&body, name).first().and_then(|n| n.trim().parse::<u32>().ok()).unwrap_or(0);
+                // A rule gives Days or Years (some servers send both, one of them 0).
+                let days = number("Days").saturating_add(number("Years").saturating_mul(365));
+                Ok(match mode {
+                    Some(mode) if days > 0 => ObjectLock::Enabled(Some((mode, days))),
                     _ => ObjectLock::Enabled(None),
                 })
             }

@@ -177,9 +177,13 @@ pub enum KeyCommand {
     Remove {
         /// The key's id or a unique prefix of it.
         id: String,
-        /// Remove the key that the given password opened.
+        /// Remove the key that the given password opened (with --other-password-file).
         #[arg(long)]
         force: bool,
+        /// A file holding the password of another key, which proves that a key which
+        /// opens the repository stays when the key in use is removed.
+        #[arg(long, value_name = "FILE")]
+        other_password_file: Option<PathBuf>,
     },
     /// Change the password of the key in use (a new key file replaces it).
     Passwd {

@@ -177,7 +177,20 @@ pub fn run(cli: &Cli, args: &AuditArgs) -> Result<i32> {
     }
     let since = args.since.as_deref().map(coffer::parse_instant).transpose()?;
     let until = args.until.as_deref().map(coffer::parse_instant).transpose()?;
-    let records: Vec<_> = audit::list(&**backend, repository.master())?
+    let (all, damaged) = audit::list(&**backend, repository.master())?;
+    for error in &damaged {
+        eprintln!("warning: {error} (not listed)");
+    }
+    let finish = || match damaged.len() {
+        0 => Ok(exit::SUCCESS),
+        n => fail(
+            exit::DAMAGED,
+            format!(
+                "{n} audit record(s) cannot be read and were not listed; audit verify tells where the chain breaks"
+            ),
+        ),
+    };
+    let records: Vec<_> = all
         .into_iter()
         .filter(|stored| {
             let record = &stored.record;
@@ -196,7 +209,7 @@ pub fn run(cli: &Cli, args: &AuditArgs) -> Result<i32> {
     if cli.json {
         let list: Vec<_> = records.iter().map(|s| json!({"record": s.record, "hash": s.hash})).collect();
         output::json(&json!({"records": list}));
-        return Ok(exit::SUCCESS);
+        return finish();
     }
     if args.csv {
         output::line("seq,time,user,host,command,exit_code,error,snapshots,restores,bytes,sha256,keys,args,hash,prev");
@@ -215,13 +228,14 @@ pub fn run(cli: &Cli, args: &AuditArgs) -> Result<i32> {
                 r.bytes.map(|b| b.to_string()).unwrap_or_default(),
                 r.sha256.join(" "),
                 r.keys.join(" "),
-                r.args.join(" "),
+                // A JSON array: arguments may hold spaces, commas and quotes.
+                serde_json::to_string(&r.args).unwrap_or_default(),
                 stored.hash.clone(),
                 r.prev.clone(),
             ];
             output::line(&fields.iter().map(|field| csv_field(field)).collect::<Vec<_>>().join(","));
         }
-        return Ok(exit::SUCCESS);
+        return finish();
     }
     output::line(&format!(
         "{:>5}  {:<19}  {:<10}  {:<12}  {:<10}  {:>4}  {}",
@@ -243,7 +257,7 @@ pub fn run(cli: &Cli, args: &AuditArgs) -> Result<i32> {
             r.exit_code
         ));
     }
-    Ok(exit::SUCCESS)
+    finish()
 }
 
 /// One CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).

@@ -50,12 +50,45 @@ pub fn key(cli: &Cli, command: &KeyCommand) -> Result<i32> {
             report(cli, "added", &id, &format!("added key {}", id.short()));
             Ok(exit::SUCCESS)
         }
-        KeyCommand::Remove { id, force } => {
+        KeyCommand::Remove { id, force, other_password_file } => {
+            if id.is_empty() {
+                return fail(exit::USAGE, "no key id given (coffer key list shows them)");
+            }
             let repository = repository.lock_exclusive()?;
             let id = repository.find_key_id(id)?;
+            if id == repository.key_id() && *force {
+                // A key file that merely parses may not open with any password anyone
+                // knows: only a password that opens another key proves one stays.
+                let Some(file) = other_password_file else {
+                    return fail(
+                        exit::REFUSED,
+                        format!(
+                            "key {} is the one this password opened; give --other-password-file with the password of a key that stays",
+                            id.short()
+                        ),
+                    );
+                };
+                let other = super::password::read_new(Some(file))?;
+                match repository.key_opened_by(other.as_bytes()) {
+                    Ok(stays) if stays != id => {}
+                    Ok(_) => {
+                        return fail(
+                            exit::REFUSED,
+                            "the other password opens the same key; give one of a key that stays",
+                        )
+                    }
+                    Err(error) => {
+                        return fail(
+                            exit::REFUSED,
+                            format!("the other password proves no key stays: {}", crate::message(&error.into())),
+                        )
+                    }
+                }
+            }
             repository.ensure_may_delete(coffer::objects::Kind::Key, "key remove")?;
             repository.remove_key(&id, *force)?;
             super::audit::key(&id);
+            note_locked_versions(cli, &repository);
             report(cli, "removed", &id, &format!("removed key {}", id.short()));
             Ok(exit::SUCCESS)
         }
@@ -68,6 +101,7 @@ pub fn key(cli: &Cli, command: &KeyCommand) -> Result<i32> {
             let id = repository.change_password(password.as_bytes(), params)?;
             super::audit::key(&id);
             super::audit::key(&old);
+            note_locked_versions(cli, &repository);
             if cli.json {
                 output::json(&json!({"added": id.to_hex(), "removed": old.to_hex()}));
             } else {
@@ -75,6 +109,21 @@ pub fn key(cli: &Cli, command: &KeyCommand) -> Result<i32> {
             }
             Ok(exit::SUCCESS)
         }
+    }
+}
+
+/// Under Object Lock a removed key file stays as a locked old version: whoever may read
+/// old versions can still open the repository with the old password until it expires.
+fn note_locked_versions(cli: &Cli, repository: &coffer::Repository) {
+    if let Some(lock) = repository.lock_clock().retention() {
+        note(
+            cli.quiet,
+            &format!(
+                "note: the bucket keeps the removed key file as a locked old version for up to {} day(s); \
+                 until then the old password still opens the repository for anyone allowed to read old versions",
+                lock.days
+            ),
+        );
     }
 }
 

@@ -496,6 +496,9 @@ fn repair_snapshots(cli: &Cli, args: &RepairSnapshotsArgs) -> Result<i32> {
 fn repair_index(cli: &Cli, args: &RepairIndexArgs) -> Result<i32> {
     let repository = open_damaged(cli)?;
     let repository = repository.lock_exclusive()?;
+    if !args.dry_run {
+        repository.ensure_may_delete(coffer::objects::Kind::Index, "repair index")?;
+    }
     let report = coffer::repair_index(&repository, args.jobs as usize, args.dry_run)?;
     for (pack, reason) in &report.unreadable {
         eprintln!("warning: {} is left out: {reason}", coffer::pack_key(pack));

@@ -144,8 +144,8 @@ fn how_it_ended(status: ExitStatus) -> String {
 pub fn read_new(file: Option<&std::path::Path>) -> Result<String> {
     if let Some(path) = file {
         return match std::fs::read_to_string(path) {
-            Ok(text) => non_empty(first_line(&text), &format!("new password file {}", path.display())),
-            Err(error) => fail(exit::USAGE, format!("cannot read new password file {}: {error}", path.display())),
+            Ok(text) => non_empty(first_line(&text), &format!("password file {}", path.display())),
+            Err(error) => fail(exit::USAGE, format!("cannot read password file {}: {error}", path.display())),
         };
     }
     if std::io::stdin().is_terminal() {

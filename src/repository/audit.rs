@@ -98,10 +98,18 @@ pub fn append(backend: &dyn Backend, master: &MasterKey, mut record: AuditRecord
     record.program_version = concat!("coffer ", env!("CARGO_PKG_VERSION")).to_string();
     for _ in 0..64 {
         let head = Kind::Audit.list::<Sequence>(backend)?.into_iter().max();
-        let (seq, prev) = match head {
-            None => (1, GENESIS.to_string()),
-            Some(head) => (head.0 + 1, hash_hex(&backend.get(&Kind::Audit.key(&head))?)),
-        };
+        let (seq, prev) =
+            match head {
+                None => (1, GENESIS.to_string()),
+                Some(head) => match head.0.checked_add(1) {
+                    Some(next) => (next, hash_hex(&backend.get(&Kind::Audit.key(&head))?)),
+                    None => return Err(Error::integrity(
+                        Kind::Audit.key(&head),
+                        "its number is the largest possible, so no record can follow it (no coffer writes that name; \
+                         audit verify shows where the chain breaks)",
+                    )),
+                },
+            };
         record.seq = seq;
         record.prev = prev;
         let plain = serde_json::to_vec(&record).map_err(|e| Error::InvalidInput(format!("cannot encode: {e}")))?;
@@ -146,10 +154,22 @@ fn read(backend: &dyn Backend, master: &MasterKey, seq: Sequence) -> Result<Stor
 }
 
 /// Every record, in order.
-pub fn list(backend: &dyn Backend, master: &MasterKey) -> Result<Vec<StoredRecord>> {
+/// Every record in order of its number, and why each one that cannot be read cannot
+/// (so an export still holds every readable record).
+pub fn list(backend: &dyn Backend, master: &MasterKey) -> Result<(Vec<StoredRecord>, Vec<Error>)> {
     let mut seqs = Kind::Audit.list::<Sequence>(backend)?;
     seqs.sort();
-    seqs.into_iter().map(|seq| read(backend, master, seq)).collect()
+    let (mut records, mut damaged) = (Vec::new(), Vec::new());
+    for seq in seqs {
+        match read(backend, master, seq) {
+            Ok(record) => records.push(record),
+            Err(error @ (Error::Integrity { .. } | Error::MissingObject { .. } | Error::UnsupportedVersion { .. })) => {
+                damaged.push(error)
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok((records, damaged))
 }
 
 /// What `verify` found.

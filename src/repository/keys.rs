@@ -58,10 +58,16 @@ impl Repository {
         }
     }
 
+    /// The key file `password` opens (any key, not only the one of this handle).
+    pub fn key_opened_by(&self, password: &[u8]) -> Result<KeyId> {
+        find_key(&*self.backend, &self.config.id, password).map(|(id, _)| id)
+    }
+
     /// Removes a key file. Refused when it would leave no intact key file (the last
     /// key), and for the key that opened this handle unless `force`: its holder may
-    /// not know another password. The caller holds the exclusive lock, so two removals
-    /// cannot each take one of the last two keys.
+    /// not know another password (the CLI also asks for proof that another key opens).
+    /// The caller holds the exclusive lock, so two removals cannot each take one of the
+    /// last two keys.
     pub fn remove_key(&self, id: &KeyId, force: bool) -> Result<()> {
         let keys = self.keys()?;
         if !keys.iter().any(|key| key.id == *id) {
@@ -76,7 +82,7 @@ impl Repository {
         }
         if *id == self.key_id && !force {
             return Err(Error::Refused(format!(
-                "key {} is the one this password opened; add --force if another key's password is known",
+                "key {} is the one this password opened; add --force and --other-password-file with the password of a key that stays",
                 id.short()
             )));
         }

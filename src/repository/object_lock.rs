@@ -15,6 +15,9 @@ use crate::repository::objects::Kind;
 /// clocks differ, and a multipart upload's time is when it started.
 const MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
 
+/// Longest retention `init --object-lock` takes, and `config` may hold: 100 years.
+pub const MAX_LOCK_DAYS: u32 = 36500;
+
 /// The Object Lock retention of a repository (`config.object_lock`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectLockSetting {
@@ -41,8 +44,11 @@ impl LockClock {
     pub fn locked_until(&self, modified: Option<SystemTime>) -> Option<jiff::Timestamp> {
         let retention = self.retention?;
         let written = modified.and_then(|time| jiff::Timestamp::try_from(time).ok()).unwrap_or(self.now);
-        let until = written.checked_add(jiff::SignedDuration::from_hours(24 * retention.days as i64)).ok()?;
-        let until = until.checked_add(MARGIN).ok()?;
+        // A retention past the end of time locks for ever, never for no time.
+        let until = written
+            .checked_add(jiff::SignedDuration::from_hours(24 * retention.days as i64))
+            .and_then(|until| until.checked_add(MARGIN))
+            .unwrap_or(jiff::Timestamp::MAX);
         (until > self.now).then_some(until)
     }
 
@@ -105,6 +111,10 @@ mod tests {
         assert_eq!(clock.locked_until(at("2026-11-02T12:00:00Z")), None);
         // No write time: a full retention from now.
         assert_eq!(clock.locked_until(None), Some("2027-01-02T13:00:00Z".parse().unwrap()));
+        // A retention too long to add is for ever, not for no time.
+        let endless =
+            LockClock { retention: Some(ObjectLockSetting { mode: ObjectLockMode::Governance, days: u32::MAX }), now };
+        assert_eq!(endless.locked_until(at("2026-11-02T12:00:00Z")), Some(jiff::Timestamp::MAX));
         // Without Object Lock nothing is locked.
         assert_eq!(LockClock { retention: None, now }.locked_until(at("2026-12-03T11:00:00Z")), None);
     }

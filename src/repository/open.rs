@@ -15,7 +15,7 @@ use crate::repository::chunker::ChunkerParams;
 use crate::repository::crypto::{KdfParams, MasterKey};
 use crate::repository::index::{IndexCache, MAX_OBJECT_BLOBS};
 use crate::repository::lock::LockTiming;
-use crate::repository::object_lock::ObjectLockSetting;
+use crate::repository::object_lock::{ObjectLockSetting, MAX_LOCK_DAYS};
 use crate::repository::objects::Kind;
 
 /// The repository format version this program writes and reads.
@@ -81,6 +81,9 @@ impl Config {
         if !(MIN_PACK_SIZE..=MAX_PACK_SIZE).contains(&config.pack_size) || !(0..=22).contains(&config.compression_level)
         {
             return Err(Error::integrity("config", "its pack size or compression level is out of range"));
+        }
+        if config.object_lock.is_some_and(|lock| !(1..=MAX_LOCK_DAYS).contains(&lock.days)) {
+            return Err(Error::integrity("config", format!("its object_lock days are outside 1 to {MAX_LOCK_DAYS}")));
         }
         Ok(config)
     }
@@ -231,7 +234,9 @@ impl Repository {
 fn set_up_object_lock(backend: &dyn Backend, asked: Option<ObjectLockSetting>) -> Result<Option<ObjectLockSetting>> {
     let Some(asked) = asked else {
         return Ok(match backend.object_lock() {
-            Ok(ObjectLock::Enabled(Some((mode, days)))) => Some(ObjectLockSetting { mode, days }),
+            Ok(ObjectLock::Enabled(Some((mode, days)))) => {
+                Some(ObjectLockSetting { mode, days: days.min(MAX_LOCK_DAYS) })
+            }
             _ => None,
         });
     };

@@ -100,6 +100,12 @@ impl ConnInfo {
     /// either, such strings are refused, so a password can never slip past the parser.
     fn refuse_what_libpq_would_read_differently(&self) -> Result<()> {
         for (name, value) in &self.params {
+            if name == "sslpassword" {
+                return Err(invalid(
+                    "sslpassword would show in the process list and the audit trail; give the client key \
+                     unencrypted in a file of mode 0600, or use a service file (PGSERVICEFILE)",
+                ));
+            }
             if !KEYWORDS.contains(&name.as_str()) {
                 return Err(invalid(format!("{name:?} is not a keyword libpq knows (keywords are lower case)")));
             }
@@ -409,6 +415,8 @@ mod tests {
             "dbname=postgresql://app:X@db/clinic",
             "host=db PASSWORD=X dbname=clinic",
             "host=db passwd=X",
+            "host=db sslpassword=X dbname=clinic",
+            "postgresql://app@db/clinic?sslpassword=X",
         ] {
             let error = ConnInfo::parse(text).unwrap_err().to_string();
             assert!(!error.contains('X'), "{text}: {error}");
