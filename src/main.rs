@@ -37,7 +37,7 @@ fn main() {
         Err(error) => {
             let (text, code) = (message(&error), exit_code(&error));
             eprintln!("coffer: {text}");
-            if json {
+            if json && !cli::output_document_written() {
                 json_error(&text, code);
             }
             code
@@ -46,8 +46,9 @@ fn main() {
     std::process::exit(code);
 }
 
-/// With `--json`, a failure is also one JSON document on stdout, after anything the
-/// command printed there: `{"error": {"kind", "message", "exit_code"}}`.
+/// With `--json`, a failure is also one JSON document on stdout (after progress lines),
+/// unless the command wrote its own document first: `{"error": {"kind", "message",
+/// "exit_code"}}`.
 fn json_error(message: &str, code: i32) {
     let error = serde_json::json!({"error": {"kind": cli::exit::kind(code), "message": message, "exit_code": code}});
     println!("{error}");

@@ -299,8 +299,11 @@ fn delete_less_credentials_back_up_but_cannot_forget_or_prune() {
     };
     refuse(&["forget", &first]);
     refuse(&["forget", "--keep-last", "1"]);
-    let key_id = repo.ok(backup, &["key", "list"])["keys"][0]["id"].as_str().unwrap().to_string();
-    refuse(&["key", "remove", "--force", &key_id]);
+    let new_password = work.path().join("new-password");
+    std::fs::write(&new_password, "another one\n").unwrap();
+    refuse(&["key", "passwd", "--new-password-file", new_password.to_str().unwrap()]);
+    let keys = repo.ok(backup, &["key", "list"]);
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "key passwd added no key: {keys}");
     assert_eq!(count("snapshots/"), snapshots, "forget removed nothing");
     // An administration host forgets; the backup host's prune still removes nothing.
     repo.ok(admin, &["forget", &first]);

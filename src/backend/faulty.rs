@@ -195,6 +195,10 @@ impl Backend for FaultyBackend {
         self.inner.abort_stale_uploads(age)
     }
 
+    fn checksum_writes(&self, on: bool) {
+        self.inner.checksum_writes(on)
+    }
+
     fn object_lock(&self) -> Result<super::ObjectLock> {
         self.inner.object_lock()
     }

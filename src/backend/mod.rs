@@ -133,6 +133,11 @@ pub trait Backend: Send + Sync {
         let _ = age;
         Ok(0)
     }
+    /// Sends a checksum with every write from now on (S3's Content-MD5, which a bucket
+    /// with Object Lock requires).
+    fn checksum_writes(&self, on: bool) {
+        let _ = on;
+    }
     /// Whether the storage locks objects (S3 Object Lock), and its default retention.
     fn object_lock(&self) -> Result<ObjectLock> {
         Ok(ObjectLock::Unsupported)

@@ -131,6 +131,8 @@ pub struct ObjectStoreBackend {
     multipart: Option<Arc<dyn MultipartStore>>,
     /// Bucket-level requests: unfinished multipart uploads, Object Lock (S3).
     bucket: Option<Arc<super::bucket::BucketApi>>,
+    /// Whether writes carry Content-MD5 (shared with the HTTP client).
+    content_md5: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// How remote requests are retried; `None` on a local disk, whose failures are final.
     policy: Option<RetryPolicy>,
     hint: Arc<RetryAfter>,
@@ -157,6 +159,7 @@ impl ObjectStoreBackend {
             store,
             multipart: None,
             bucket: None,
+            content_md5: None,
             policy: None,
             hint: Arc::new(RetryAfter::default()),
             runtime,
@@ -203,6 +206,12 @@ impl ObjectStoreBackend {
     /// Uploads large objects through `store`, retrying each part on its own.
     pub fn with_multipart(mut self, store: Arc<dyn MultipartStore>) -> Self {
         self.multipart = Some(store);
+        self
+    }
+
+    /// The switch that makes the HTTP client add Content-MD5 to writes.
+    pub(super) fn with_content_md5(mut self, switch: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.content_md5 = Some(switch);
         self
     }
 
@@ -493,6 +502,12 @@ impl Backend for ObjectStoreBackend {
         match &self.bucket {
             Some(bucket) => self.retried(|| self.runtime.block_on(bucket.abort_older_than(age))),
             None => Ok(0),
+        }
+    }
+
+    fn checksum_writes(&self, on: bool) {
+        if let Some(switch) = &self.content_md5 {
+            switch.store(on, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -1,6 +1,7 @@
 //! S3-compatible object storage through object_store's AWS client: AWS, MinIO, Ceph,
 //! Wasabi, Backblaze, s3s and others, addressed as `s3://bucket/prefix`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,20 +43,24 @@ pub struct S3Options {
     pub retry_timeout: Duration,
 }
 
-/// Adds Content-MD5 to every write, and hands every response through, noting a `Retry-After` of a 429 or 503 answer for
-/// the retry loop (object_store does not report headers with its errors).
+/// Hands every response through, noting a `Retry-After` of a 429 or 503 answer for the
+/// retry loop (object_store does not report headers with its errors); adds Content-MD5
+/// to every write once the repository asks for it (Object Lock).
 #[derive(Debug)]
 struct RetryAfterService {
     inner: HttpClient,
     hint: Arc<RetryAfter>,
+    content_md5: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
 impl HttpService for RetryAfterService {
     async fn call(&self, mut request: HttpRequest) -> std::result::Result<HttpResponse, HttpError> {
-        // Every write carries Content-MD5: S3 checks it on arrival, and a bucket with
-        // Object Lock takes no write without it (not signed, which SigV4 allows).
-        if request.method() == http::Method::PUT
+        // A bucket with Object Lock takes no write without Content-MD5 (not signed, which
+        // SigV4 allows). Elsewhere the hash would only cost time: objects are
+        // authenticated by their own seals.
+        if self.content_md5.load(Ordering::Relaxed)
+            && request.method() == http::Method::PUT
             && request.body().content_length() > 0
             && !request.headers().contains_key("content-md5")
         {
@@ -91,12 +96,14 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 #[derive(Debug)]
 struct RetryAfterConnector {
     hint: Arc<RetryAfter>,
+    content_md5: Arc<AtomicBool>,
 }
 
 impl HttpConnector for RetryAfterConnector {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
         let inner = ReqwestConnector::default().connect(options)?;
-        Ok(HttpClient::new(RetryAfterService { inner, hint: self.hint.clone() }))
+        let (hint, content_md5) = (self.hint.clone(), self.content_md5.clone());
+        Ok(HttpClient::new(RetryAfterService { inner, hint, content_md5 }))
     }
 }
 
@@ -176,6 +183,7 @@ impl S3Options {
 pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
     options.check_http()?;
     let hint = Arc::new(RetryAfter::default());
+    let content_md5 = Arc::new(AtomicBool::new(false));
     let client_options = ClientOptions::new()
         .with_allow_http(options.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")))
         .with_timeout(Duration::from_secs(120))
@@ -189,7 +197,7 @@ pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
         // Every retry is coffer's own (retry.rs): one budget for every request kind,
         // Retry-After honoured, bodies resumed, create-only writes settled.
         .with_retry(RetryConfig { backoff: BackoffConfig::default(), max_retries: 0, retry_timeout: Duration::ZERO })
-        .with_http_connector(RetryAfterConnector { hint: hint.clone() });
+        .with_http_connector(RetryAfterConnector { hint: hint.clone(), content_md5: content_md5.clone() });
     if let Some(endpoint) = &options.endpoint {
         builder = builder.with_endpoint(endpoint);
     }
@@ -207,7 +215,7 @@ pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
         Arc::new(PrefixStore::new(store.clone(), options.prefix.as_str()))
     };
     let bucket = super::bucket::BucketApi {
-        client: RetryAfterConnector { hint: hint.clone() }
+        client: RetryAfterConnector { hint: hint.clone(), content_md5: content_md5.clone() }
             .connect(&client_options)
             .map_err(|e| Error::InvalidInput(format!("cannot configure S3 for {}: {e}", options.url())))?,
         credentials: store.credentials().clone(),
@@ -227,7 +235,8 @@ pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
     Ok(ObjectStoreBackend::new(store, options.url())?
         .with_retries(policy, hint)
         .with_multipart(multipart)
-        .with_bucket_api(bucket))
+        .with_bucket_api(bucket)
+        .with_content_md5(content_md5))
 }
 
 #[cfg(test)]

@@ -23,6 +23,11 @@ use coffer::Repository;
 
 pub use args::Cli;
 
+/// True once the command wrote its JSON document (see `output::json`).
+pub fn output_document_written() -> bool {
+    output::document_written()
+}
+
 /// An error that carries its own exit code (for failures the library does not know of).
 #[derive(Debug)]
 pub struct ExitError {

@@ -22,9 +22,19 @@ pub fn raw(bytes: &[u8]) {
     }
 }
 
+/// Whether a command's JSON document was written: a failure after it (check's report
+/// of damage, exit 13) is then told by that document and the exit code alone.
+static DOCUMENT_WRITTEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Writes a JSON document to stdout.
 pub fn json(value: &Value) {
+    DOCUMENT_WRITTEN.store(true, std::sync::atomic::Ordering::Relaxed);
     line(&value.to_string());
+}
+
+/// True once [`json`] wrote the command's document.
+pub fn document_written() -> bool {
+    DOCUMENT_WRITTEN.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Writes a message for a person to stderr, unless quiet.

@@ -143,6 +143,7 @@ impl Repository {
             )));
         }
         let object_lock = set_up_object_lock(&*backend, options.object_lock)?;
+        backend.checksum_writes(object_lock.is_some());
         let config = Config {
             version: REPOSITORY_VERSION,
             id: RepositoryId::random(),
@@ -188,6 +189,7 @@ impl Repository {
                 (temporary.path().to_path_buf(), Some(temporary))
             }
         };
+        backend.checksum_writes(config.object_lock.is_some());
         crate::system::create_private_dir(&cache_dir.join("manifests"))
             .map_err(|e| Error::io("cannot create cache directory", &cache_dir, e))?;
         // Caches made by earlier versions were readable by every local user: the
