@@ -10,10 +10,11 @@ if ! command -v cargo >/dev/null; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-# tests/cli_help.rs renders the manual pages with man.
-if ! command -v man >/dev/null && command -v apt-get >/dev/null; then
-    echo "== installing man-db (once)"
-    apt-get update -qq >&2 && apt-get install -y -qq man-db >&2
+# tests/cli_help.rs renders the manual pages with man; tests/dump_tar.rs compares a
+# system folder with rsync, a tool that knows nothing of coffer.
+if { ! command -v man || ! command -v rsync; } >/dev/null && command -v apt-get >/dev/null; then
+    echo "== installing man-db and rsync (once)"
+    apt-get update -qq >&2 && apt-get install -y -qq man-db rsync >&2
 fi
 echo "== cargo fmt --check"
 cargo fmt --check

@@ -21,7 +21,7 @@ mod system;
 pub mod fuzzing;
 
 pub use maintenance::{inspect, prune};
-pub use pipelines::{pg, restorer};
+pub use pipelines::{pg, restorer, tarball};
 pub use repository::audit;
 /// Every kind of object in a repository: names, sealing, reading (for tools and tests).
 pub use repository::objects;

@@ -465,16 +465,18 @@ pub struct RestoreArgs {
 
 #[derive(Debug, Args)]
 pub struct DumpArgs {
-    /// Snapshot id, unique prefix or "latest".
-    pub snapshot: String,
+    /// Snapshot id, unique prefix or "latest" (or SNAP:PATH).
+    pub snapshot: OsString,
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Absolute path of the file in the snapshot.
-    #[arg(required_unless_present = "pg")]
+    /// Absolute path of the file in the snapshot (or of a folder, with --archive tar).
     pub path: Option<OsString>,
     /// Write the dump of this database instead (for pg_restore by hand).
     #[arg(long = "pg", value_name = "DATABASE", conflicts_with = "path")]
     pub pg: Option<String>,
+    /// Write the folder (or file) as an archive in this format: tar.
+    #[arg(long, value_name = "FORMAT", value_parser = ["tar"])]
+    pub archive: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -350,18 +350,38 @@ fn ls(cli: &Cli, args: &LsArgs) -> Result<i32> {
 }
 
 fn dump(cli: &Cli, args: &DumpArgs) -> Result<i32> {
+    let (spec, spec_path) = split_spec(&args.snapshot);
+    if spec_path.is_some() && (args.path.is_some() || args.pg.is_some()) {
+        return fail(exit::USAGE, "give the path either as SNAP:PATH or as PATH, not both");
+    }
+    if args.archive.is_some() && args.pg.is_some() {
+        return fail(exit::USAGE, "--archive writes files and folders; a database dump is written as it is");
+    }
     let repository = super::open(cli)?;
-    let (id, snapshot) = repository.find_snapshot_filtered(&args.snapshot, &filter_of(&args.filter)?)?;
+    let (id, snapshot) = repository.find_snapshot_filtered(&spec, &filter_of(&args.filter)?)?;
     let manifest = repository.load_manifest(&id, &snapshot)?;
-    let path = match (&args.pg, &args.path) {
-        (Some(database), _) => coffer::restorer::select_source(&snapshot, Some(database))?.path.as_bytes().to_vec(),
-        (None, Some(path)) => path.as_bytes().to_vec(),
-        (None, None) => return fail(exit::USAGE, "dump needs a PATH or --pg DATABASE"),
+    let path = match (&args.pg, &args.path, spec_path) {
+        (Some(database), _, _) => coffer::restorer::select_source(&snapshot, Some(database))?.path.as_bytes().to_vec(),
+        (None, Some(path), _) => path.as_bytes().to_vec(),
+        (None, None, Some(path)) => path,
+        (None, None, None) => return fail(exit::USAGE, "dump needs a PATH (SNAP:PATH) or --pg DATABASE"),
     };
     let path = if path.starts_with(b"/") { path } else { [b"/", &path[..]].concat() };
     super::audit::snapshot(&id);
+    if args.archive.is_some() {
+        let bytes = coffer::tarball::dump_tar(&repository, &manifest, &path, &mut std::io::stdout())?;
+        super::audit::bytes(bytes);
+        return Ok(exit::SUCCESS);
+    }
+    if let Some((_, entry)) = manifest.entries_under(&path)?.first().filter(|(_, e)| e.kind == coffer::EntryKind::Dir) {
+        return fail(
+            exit::USAGE,
+            format!("{} is a folder; add --archive tar to write it as a tar stream", output::path_text(&entry.path)),
+        );
+    }
     let mut stdout = std::io::stdout().lock();
-    coffer::dump_file(&repository, &manifest, &path, &mut stdout, "standard output")?;
+    let bytes = coffer::dump_file(&repository, &manifest, &path, &mut stdout, "standard output")?;
+    super::audit::bytes(bytes);
     Ok(exit::SUCCESS)
 }
 

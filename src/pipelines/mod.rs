@@ -6,3 +6,4 @@ pub(crate) mod patterns;
 pub mod pg;
 pub mod progress;
 pub mod restorer;
+pub mod tarball;

@@ -1,0 +1,107 @@
+//! `dump SNAP:FOLDER --archive tar` through the real binary, extracted by GNU tar and
+//! compared with the source: odd and long names, symlinks, hard links, a fifo, modes
+//! and mtimes (to the second, as tar keeps them); and a real system folder compared by
+//! rsync, which knows nothing of coffer.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::Fixture;
+
+fn dump_tar(fixture: &Fixture, spec: &str) -> std::process::Output {
+    fixture.command(&["dump", spec, "--archive", "tar"]).stdout(Stdio::piped()).output().unwrap()
+}
+
+fn extract(tar: &[u8], into: &std::path::Path) {
+    std::fs::create_dir_all(into).unwrap();
+    let mut child = Command::new("tar").arg("-C").arg(into).arg("-xpf").arg("-").stdin(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), tar).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_folder_dumped_as_tar_extracts_to_the_same_tree() {
+    use std::os::unix::ffi::OsStrExt;
+    let fixture = Fixture::new();
+    let studies = fixture.path("src/studies");
+    std::fs::create_dir_all(studies.join("sub")).unwrap();
+    std::fs::write(studies.join("big.dcm"), common::random_bytes(3_000_000, 7)).unwrap();
+    std::fs::write(studies.join("sub").join(std::ffi::OsStr::from_bytes(b"odd name \xe9")), b"hi").unwrap();
+    std::fs::write(studies.join("sub").join("n".repeat(200)), b"long").unwrap();
+    std::os::unix::fs::symlink("big.dcm", studies.join("link")).unwrap();
+    std::fs::hard_link(studies.join("big.dcm"), studies.join("sub/hard.dcm")).unwrap();
+    nix::unistd::mkfifo(&studies.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+    std::fs::set_permissions(studies.join("big.dcm"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    // tar keeps whole seconds.
+    for entry in walkdir::WalkDir::new(&studies).contents_first(true).into_iter().map(|e| e.unwrap()) {
+        if !entry.path_is_symlink() {
+            common::set_mtime(entry.path(), 1_600_000_000, 0);
+        }
+    }
+    // The symlink's own time too (not the file it names).
+    let second = nix::sys::time::TimeSpec::new(1_600_000_000, 0);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &studies.join("link"),
+        &second,
+        &second,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+    fixture.backup(&fixture.path("src"));
+
+    let spec = format!("latest:{}", studies.display());
+    let output = dump_tar(&fixture, &spec);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let out = fixture.path("out");
+    extract(&output.stdout, &out);
+    common::assert_same_tree(&studies, &out.join("studies"));
+
+    // A folder without --archive is one sentence with the hint; a missing path is 14.
+    let refused = fixture.run(&["dump", &spec]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--archive tar"));
+    assert_eq!(dump_tar(&fixture, "latest:/no/such").status.code(), Some(14));
+    // A damaged pack stops the stream with exit 13, never a silently wrong archive.
+    for entry in walkdir::WalkDir::new(fixture.repo().join("data")).into_iter().map(|e| e.unwrap()) {
+        if entry.file_type().is_file() && entry.metadata().unwrap().len() > 1_000_000 {
+            let mut bytes = std::fs::read(entry.path()).unwrap();
+            bytes[500_000] ^= 1;
+            std::fs::write(entry.path(), bytes).unwrap();
+        }
+    }
+    assert_eq!(dump_tar(&fixture, &spec).status.code(), Some(13));
+}
+
+#[test]
+fn a_real_system_folder_round_trips_through_tar() {
+    let source = std::path::Path::new("/usr/share/zoneinfo");
+    if !source.is_dir() {
+        eprintln!("skipped: no /usr/share/zoneinfo");
+        return;
+    }
+    let fixture = Fixture::new();
+    fixture.backup(source);
+    let output = dump_tar(&fixture, "latest:/usr/share/zoneinfo");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let out = fixture.path("out");
+    extract(&output.stdout, &out);
+    // rsync lists every difference in content, links, modes, owners or times.
+    let rsync = Command::new("rsync")
+        .args(["-aHn", "--checksum", "--delete", "-i"])
+        .arg(format!("{}/", source.display()))
+        .arg(format!("{}/", out.join("zoneinfo").display()))
+        .output();
+    match rsync {
+        Ok(rsync) => {
+            assert!(rsync.status.success());
+            assert_eq!(String::from_utf8_lossy(&rsync.stdout), "", "rsync found differences");
+        }
+        Err(_) => {
+            assert!(std::env::var("COFFER_REQUIRE_S3").is_err(), "scripts/test.sh installs rsync");
+            eprintln!("skipped the comparison: no rsync");
+        }
+    }
+}
