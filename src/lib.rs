@@ -46,7 +46,9 @@ pub use repository::object_lock::{LockClock, ObjectLockSetting};
 pub use repository::index::{
     BlobLocation, IndexCache, IndexFile, IndexedPack, ScratchIndex, INDEX_VERSION, MAX_OBJECT_BLOBS,
 };
-pub use repository::lock::{remove_locks, LockGuard, LockRecord, LockTiming, HOLD_LIMIT, REFRESH_EVERY, STALE_AFTER};
+pub use repository::lock::{
+    list_locks, remove_locks, LockGuard, LockRecord, LockTiming, HOLD_LIMIT, REFRESH_EVERY, STALE_AFTER,
+};
 pub use repository::manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestWriter, MANIFEST_SCHEMA};
 pub use repository::pack::{BlobType, PackEntry};
 pub use repository::packer::{Packer, PackerStats};

@@ -43,6 +43,7 @@ const COMMANDS: &[&[&str]] = &[
     &["key", "add"],
     &["key", "remove"],
     &["key", "passwd"],
+    &["cat"],
     &["version"],
     &["completions"],
     &["man"],
@@ -187,4 +188,33 @@ fn a_repository_in_the_way_is_warned_about() {
     let repo = fixture.repo().canonicalize().unwrap();
     let excluded = fixture.run(&["backup", fixture.root.path().to_str().unwrap(), "--exclude", repo.to_str().unwrap()]);
     assert!(!String::from_utf8_lossy(&excluded.stderr).contains("is inside"));
+}
+
+#[test]
+fn cat_prints_each_kind_of_object_as_json() {
+    let fixture = Fixture::new();
+    let data = fixture.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("chart.txt"), b"pulse 72").unwrap();
+    let snapshot = fixture.backup(&data)["snapshot"].as_str().unwrap().to_string();
+    let cat = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["cat"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&fixture.ok(&all)).unwrap()
+    };
+    assert_eq!(cat(&["config"])["version"], 1);
+    assert_eq!(cat(&["snapshot", "latest"])["id"], snapshot);
+    assert_eq!(cat(&["snapshot", &snapshot[..8]])["snapshot"]["paths"][0], data.to_str().unwrap());
+    let index = std::fs::read_dir(fixture.repo().join("index")).unwrap().next().unwrap().unwrap();
+    let index = index.file_name().to_string_lossy().into_owned();
+    let decoded = cat(&["index", &index[..8]]);
+    assert!(!decoded["packs"][0]["blobs"].as_array().unwrap().is_empty(), "{decoded}");
+    let key = std::fs::read_dir(fixture.repo().join("keys")).unwrap().next().unwrap().unwrap();
+    assert_eq!(cat(&["key", &key.file_name().to_string_lossy()[..6]])["kdf"], "argon2id");
+    assert_eq!(cat(&["audit", "2"])["record"]["command"], "backup");
+    // Bad input: one sentence each, with its exit code.
+    assert_eq!(fixture.run(&["cat", "index", "ffffffff"]).status.code(), Some(14));
+    assert_eq!(fixture.run(&["cat", "audit", "two"]).status.code(), Some(2));
+    assert_eq!(fixture.run(&["cat", "snapshot"]).status.code(), Some(2));
+    assert_eq!(fixture.run(&["cat", "pack", "x"]).status.code(), Some(2));
 }

@@ -134,6 +134,19 @@ pub enum Command {
     /// Manage the passwords (key files) that open the repository.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Print one repository object as JSON, decrypted (for support and debugging).
+    #[command(after_long_help = "Examples:
+  coffer cat config
+  coffer cat snapshot latest
+  coffer cat index 3f0a          # an id prefix
+  coffer cat audit 12")]
+    Cat {
+        /// What: config, key, snapshot, index, lock, restore or audit.
+        #[arg(value_parser = ["config", "key", "snapshot", "index", "lock", "restore", "audit"])]
+        kind: String,
+        /// Its id (or unique prefix; "latest" for a snapshot; the number of an audit record).
+        id: Option<String>,
+    },
     /// Print coffer's version and the repository format versions it reads and writes.
     Version,
     /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).

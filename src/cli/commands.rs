@@ -31,6 +31,7 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Repair(what) => super::maintenance::repair(cli, what),
         Command::Key(what) => super::keys::key(cli, what),
         Command::Version => version(cli),
+        Command::Cat { kind, id } => super::inspect::cat(cli, kind, id.as_deref()),
         Command::Completions { shell } => {
             let mut command = <super::Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::args::{DiffArgs, FindArgs, StatsArgs};
 use super::output::{self, note};
-use super::{exit, Cli};
+use super::{exit, fail, Cli};
 
 fn path_json(path: &[u8]) -> (String, Option<String>) {
     let text = String::from_utf8_lossy(path).into_owned();
@@ -197,5 +197,79 @@ pub fn stats(cli: &Cli, args: &StatsArgs) -> Result<i32> {
             output::size(packs)
         ));
     }
+    Ok(exit::SUCCESS)
+}
+
+/// `cat KIND [ID]`: one object as JSON, opened with the key. Nothing is written, and
+/// no data leaves the repository (file content is never printed), so it is not audited.
+pub fn cat(cli: &Cli, kind: &str, id: Option<&str>) -> Result<i32> {
+    let repository = super::open(cli)?;
+    let backend = repository.backend();
+    let need_id = || match id {
+        Some(id) if !id.is_empty() => Ok(id),
+        _ => fail(exit::USAGE, format!("cat {kind} needs an id (or a unique prefix of one)")),
+    };
+    let unique = |ids: Vec<String>, prefix: &str| -> Result<String> {
+        let prefix = prefix.to_ascii_lowercase();
+        let found: Vec<String> = ids.into_iter().filter(|id| id.starts_with(&prefix)).collect();
+        match found.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => fail(exit::NOT_FOUND, format!("no {kind} {prefix:?} in the repository")),
+            _ => fail(exit::USAGE, format!("{kind} id {prefix:?} matches {} objects; give more of it", found.len())),
+        }
+    };
+    let value: serde_json::Value = match kind {
+        "config" => serde_json::to_value(repository.config())?,
+        "key" => {
+            let id = repository.find_key_id(need_id()?)?;
+            let bytes = backend.get(&coffer::objects::Kind::Key.key(&id))?;
+            serde_json::from_slice(&bytes)
+                .or_else(|e| fail(exit::DAMAGED, format!("key {} is not JSON: {e}", id.short())))?
+        }
+        "snapshot" => {
+            let (id, snapshot) = repository.find_snapshot(need_id()?)?;
+            json!({"id": id.to_hex(), "snapshot": snapshot})
+        }
+        "restore" => {
+            let (id, record) = repository.find_restore(need_id()?)?;
+            json!({"id": id.to_hex(), "restore": record})
+        }
+        "index" => {
+            let ids = repository.index_object_ids()?.iter().map(|id| id.to_hex()).collect();
+            let id: coffer::IndexId = unique(ids, need_id()?)?.parse()?;
+            let file = repository.load_index(&id)?;
+            let packs: Vec<_> = file
+                .packs
+                .iter()
+                .map(|pack| {
+                    let blobs: Vec<_> = pack
+                        .blobs
+                        .iter()
+                        .map(|blob| {
+                            json!({"id": blob.id.to_hex(), "type": format!("{:?}", blob.blob_type).to_lowercase(),
+                            "offset": blob.offset, "length": blob.length, "raw_length": blob.raw_length})
+                        })
+                        .collect();
+                    json!({"id": pack.id.to_hex(), "size": pack.size, "blobs": blobs})
+                })
+                .collect();
+            let supersedes: Vec<String> = file.supersedes.iter().map(|id| id.to_hex()).collect();
+            json!({"id": id.to_hex(), "supersedes": supersedes, "packs": packs})
+        }
+        "lock" => {
+            let locks = coffer::list_locks(&**backend, repository.master())?;
+            let id = unique(locks.iter().map(|(id, _)| id.to_hex()).collect(), need_id()?)?;
+            let record = locks.into_iter().find(|(lock, _)| lock.to_hex() == id).and_then(|(_, record)| record);
+            json!({"id": id, "lock": record})
+        }
+        "audit" => {
+            let seq: u64 =
+                need_id()?.parse().or_else(|_| fail(exit::USAGE, "an audit record is named by its number"))?;
+            let stored = coffer::audit::read(&**backend, repository.master(), coffer::audit::Sequence(seq))?;
+            json!({"seq": seq, "hash": stored.hash, "record": stored.record})
+        }
+        _ => return fail(exit::USAGE, format!("cannot cat {kind:?}")),
+    };
+    output::line(&serde_json::to_string_pretty(&value)?);
     Ok(exit::SUCCESS)
 }

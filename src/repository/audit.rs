@@ -147,7 +147,8 @@ pub fn open(master: &MasterKey, seq: Sequence, bytes: &[u8]) -> Result<AuditReco
 }
 
 /// Reads and opens one record.
-fn read(backend: &dyn Backend, master: &MasterKey, seq: Sequence) -> Result<StoredRecord> {
+/// Reads and opens record `seq`, with the hash of its stored bytes.
+pub fn read(backend: &dyn Backend, master: &MasterKey, seq: Sequence) -> Result<StoredRecord> {
     let bytes = backend.get(&Kind::Audit.key(&seq))?;
     let record = open(master, seq, &bytes)?;
     Ok(StoredRecord { seq, record, hash: hash_hex(&bytes) })
