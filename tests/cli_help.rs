@@ -218,3 +218,26 @@ fn cat_prints_each_kind_of_object_as_json() {
     assert_eq!(fixture.run(&["cat", "snapshot"]).status.code(), Some(2));
     assert_eq!(fixture.run(&["cat", "pack", "x"]).status.code(), Some(2));
 }
+
+#[test]
+fn a_relative_snapshot_path_gets_the_hint_that_paths_are_absolute() {
+    let fixture = Fixture::new();
+    let data = fixture.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("chart.txt"), b"pulse 72").unwrap();
+    fixture.backup(&data);
+    let target = fixture.path("out");
+    for args in [
+        vec!["ls", "latest:data"],
+        vec!["dump", "latest:data/chart.txt"],
+        vec!["restore", "latest:data", "--target", target.to_str().unwrap()],
+    ] {
+        let output = fixture.run(&args);
+        assert_eq!(output.status.code(), Some(14), "{args:?}");
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(message.contains("paths in a snapshot are absolute"), "{args:?}: {message}");
+    }
+    // Written relative but present (the leading / left out), it is found.
+    let relative = format!("latest:{}", data.join("chart.txt").to_str().unwrap().trim_start_matches('/'));
+    assert_eq!(fixture.ok(&["dump", &relative]), "pulse 72");
+}

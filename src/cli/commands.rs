@@ -314,6 +314,31 @@ fn snapshots(cli: &Cli, args: &SnapshotsArgs) -> Result<i32> {
     Ok(code)
 }
 
+/// A `SNAP:PATH` whose path was written relative and is not in the snapshot fails with
+/// the hint that paths in a snapshot are absolute, as they were backed up.
+pub(super) fn hint_if_relative(
+    spec: &OsStr,
+    manifest: &coffer::Manifest,
+    path: &[u8],
+    id: &coffer::SnapshotId,
+) -> Result<()> {
+    let bytes = spec.as_bytes();
+    let relative = bytes.iter().position(|&b| b == b':').is_some_and(|at| !bytes[at + 1..].starts_with(b"/"));
+    if relative && manifest.entries_under(path)?.is_empty() {
+        return fail(
+            exit::NOT_FOUND,
+            format!(
+                "path {} not found in snapshot {}: paths in a snapshot are absolute, as they were backed up \
+                 (coffer ls {} shows them)",
+                output::path_text(path),
+                id.short(),
+                id.short()
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// Splits `SNAP[:PATH]`; the path is made absolute.
 pub(super) fn split_spec(spec: &OsStr) -> (String, Option<Vec<u8>>) {
     let bytes = spec.as_bytes();
@@ -333,6 +358,7 @@ fn ls(cli: &Cli, args: &LsArgs) -> Result<i32> {
     let (id, snapshot) = repository.find_snapshot_filtered(&spec, &filter_of(&args.filter)?)?;
     let manifest = repository.load_manifest(&id, &snapshot)?;
     let base = path.unwrap_or_else(|| b"/".to_vec());
+    hint_if_relative(&args.snapshot, &manifest, &base, &id)?;
     let entries = manifest.entries_under(&base)?;
     if entries.is_empty() {
         return fail(
@@ -368,6 +394,7 @@ fn dump(cli: &Cli, args: &DumpArgs) -> Result<i32> {
         (None, None, None) => return fail(exit::USAGE, "dump needs a PATH (SNAP:PATH) or --pg DATABASE"),
     };
     let path = if path.starts_with(b"/") { path } else { [b"/", &path[..]].concat() };
+    hint_if_relative(&args.snapshot, &manifest, &path, &id)?;
     super::audit::snapshot(&id);
     if args.archive.is_some() {
         let bytes = coffer::tarball::dump_tar(&repository, &manifest, &path, &mut std::io::stdout())?;
