@@ -241,3 +241,31 @@ fn a_relative_snapshot_path_gets_the_hint_that_paths_are_absolute() {
     let relative = format!("latest:{}", data.join("chart.txt").to_str().unwrap().trim_start_matches('/'));
     assert_eq!(fixture.ok(&["dump", &relative]), "pulse 72");
 }
+
+#[test]
+fn counts_add_up_and_stream_snapshots_show_what_they_hold() {
+    let fixture = Fixture::new();
+    let stdin = |text: &'static str| {
+        let mut child = fixture
+            .command(&["--json", "backup", "--stdin", "--stdin-name", "all.sql"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        common::last_json(&output.stdout)
+    };
+    let summary = stdin("select 1;");
+    let counts =
+        |s: &serde_json::Value, key: &str| s["summary"][key].as_u64().unwrap_or_else(|| s[key].as_u64().unwrap());
+    assert_eq!(counts(&summary, "files"), 1, "{summary}");
+    assert_eq!(
+        counts(&summary, "files_new") + counts(&summary, "files_changed") + counts(&summary, "files_unchanged"),
+        1
+    );
+    let table = fixture.ok(&["snapshots"]);
+    assert!(table.contains("stdin:all.sql"), "{table}");
+}

@@ -301,7 +301,7 @@ fn snapshots(cli: &Cli, args: &SnapshotsArgs) -> Result<i32> {
             snapshot.host,
             snapshot.tags.join(","),
             output::size(snapshot.summary.total_bytes),
-            snapshot.paths.join(" ")
+            shown_paths(snapshot)
         ));
         for line in super::postgres::describe_sources(snapshot) {
             output::line(&line);
@@ -312,6 +312,20 @@ fn snapshots(cli: &Cli, args: &SnapshotsArgs) -> Result<i32> {
         return fail(exit::DAMAGED, format!("{} snapshot record(s) are damaged and were not listed", damaged.len()));
     }
     Ok(code)
+}
+
+/// The Paths column: the backed-up folders, then a stream's name and each database
+/// (`stdin:NAME`, `pg:DATABASE`), so no snapshot shows an empty column.
+fn shown_paths(snapshot: &coffer::Snapshot) -> String {
+    let mut shown = snapshot.paths.clone();
+    for source in &snapshot.sources {
+        match source {
+            coffer::Source::Files { .. } => {}
+            coffer::Source::Stdin { name } => shown.push(format!("stdin:{name}")),
+            coffer::Source::Postgres(database) => shown.push(format!("pg:{}", database.database)),
+        }
+    }
+    shown.join(" ")
 }
 
 /// A `SNAP:PATH` whose path was written relative and is not in the snapshot fails with

@@ -615,6 +615,12 @@ impl Walker<'_, '_> {
             hardlink_group: None,
         };
         self.summary.files += 1;
+        // A stream is always read in full: changed if the parent had it, else new, so
+        // new + changed + unchanged = files.
+        match &self.parent {
+            Some(parent) if parent.has(&entry.path)? => self.summary.files_changed += 1,
+            _ => self.summary.files_new += 1,
+        }
         self.summary.total_bytes += size;
         self.progress.file_done();
         self.manifest.add(&entry, &[], &chunks)?;

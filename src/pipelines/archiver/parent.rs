@@ -52,6 +52,12 @@ impl<'r> Parent<'r> {
         Ok(Self { repository, manifest, racy_after_ns: started_ns.saturating_sub(RACY_WINDOW_NS), rules })
     }
 
+    /// True if the parent holds an entry at `path` (a stream stored again is then a
+    /// changed file, not a new one).
+    pub fn has(&self, path: &[u8]) -> Result<bool> {
+        Ok(self.manifest.entry(path)?.is_some())
+    }
+
     /// Compares a file just stat'ed with its parent entry.
     pub fn compare(&self, entry: &Entry) -> Result<Change> {
         let Some((id, old)) = self.manifest.entry(&entry.path)? else { return Ok(Change::New) };
