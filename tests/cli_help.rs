@@ -269,3 +269,32 @@ fn counts_add_up_and_stream_snapshots_show_what_they_hold() {
     let table = fixture.ok(&["snapshots"]);
     assert!(table.contains("stdin:all.sql"), "{table}");
 }
+
+#[test]
+fn a_restore_reports_progress_as_json_lines_before_its_document() {
+    let fixture = Fixture::new();
+    let data = fixture.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for n in 0..3 {
+        std::fs::write(data.join(format!("f{n}")), common::random_bytes(200_000, n)).unwrap();
+    }
+    fixture.backup(&data);
+    let output = fixture.run(&["--json", "restore", "latest", "--target", fixture.path("out").to_str().unwrap()]);
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<serde_json::Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let last_progress = lines.iter().rev().find(|line| line["type"] == "progress").expect("a progress line");
+    assert_eq!(last_progress["files_done"], 3, "{text}");
+    assert_eq!(last_progress["files_total"], 3);
+    assert_eq!(last_progress["bytes_done"], 600_000);
+    assert!(lines.last().unwrap()["restore_id"].is_string(), "the document comes last");
+    let quiet = fixture.run(&[
+        "--json",
+        "restore",
+        "latest",
+        "--target",
+        fixture.path("out2").to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&quiet.stdout).lines().count(), 1);
+}

@@ -474,6 +474,9 @@ pub struct RestoreArgs {
     /// reports success only once a power cut can no longer lose them).
     #[arg(long)]
     pub no_sync: bool,
+    /// Show no progress (otherwise a line on a terminal, or JSON lines on stdout with --json).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Debug, Args)]

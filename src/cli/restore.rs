@@ -46,6 +46,7 @@ pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
         strict_target: false,
         // Without a safety snapshot a folder full of files is not swept away for a file.
         replace_folders: !args.no_safety,
+        progress: None,
     };
     let plan = restorer::plan(&repository, &manifest, &options)?;
     if args.dry_run {
@@ -81,8 +82,14 @@ pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
             );
         }
     };
-    let outcome = safety::restore(&repository, (&id, &path[..]), &plan, &options, !args.no_safety, &mut announce)?;
-    report_outcome(cli, args, &id, &target, outcome)
+    // A progress line on a terminal, JSON lines with --json, as a backup shows them.
+    let reporter = super::progress::Reporter::start(cli, args.no_progress);
+    let options = RestoreOptions { progress: reporter.as_ref().map(|r| r.progress()), ..options };
+    let outcome = safety::restore(&repository, (&id, &path[..]), &plan, &options, !args.no_safety, &mut announce);
+    if let (Some(reporter), Ok(_)) = (reporter, &outcome) {
+        reporter.finish();
+    }
+    report_outcome(cli, args, &id, &target, outcome?)
 }
 
 /// "1 entry", "2 entries".

@@ -1,6 +1,7 @@
-//! Progress of a running backup: counters that the archiver and its scan update and
-//! that any observer (the CLI's progress bar, a service) reads while the backup runs.
-//! Nothing here prints; drawing is the caller's business.
+//! Progress of a running backup or restore: counters that the archiver and its scan
+//! (or the restorer, whose plan gives the totals) update and that any observer (the
+//! CLI's progress line, a service) reads while it runs. Nothing here prints; drawing
+//! is the caller's business.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

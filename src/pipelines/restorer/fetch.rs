@@ -337,7 +337,10 @@ fn write_blob(
             continue;
         }
         match reopen(run, file, OFlag::O_WRONLY).and_then(|opened| write_sparse(&opened, offset, data)) {
-            Ok(()) => written += data.len() as u64,
+            Ok(()) => {
+                written += data.len() as u64;
+                run.wrote(data.len() as u64);
+            }
             Err(error) => {
                 let reason = format!("cannot write {}: {error}", run.target.display(&file.temporary).display());
                 fail(failures, index, reason, FailureCause::LocalIo)
@@ -396,7 +399,10 @@ fn finish_files(
             None => finish_file(run, file, verify, owners.as_mut(), &mut report.warnings),
         };
         match outcome {
-            Ok(()) => report.files += 1,
+            Ok(()) => {
+                report.files += 1;
+                run.file_finished(&planned.target);
+            }
             Err((reason, cause)) => {
                 remove_temporary(run, file);
                 failed.insert(planned.relative.clone());

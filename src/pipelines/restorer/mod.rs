@@ -62,6 +62,8 @@ pub struct RestoreOptions {
     /// Open the target without following any symlink in its path (a rollback does: the
     /// path was resolved when the restore ran).
     pub strict_target: bool,
+    /// Counters to update as files are written (totals: the files the plan writes).
+    pub progress: Option<std::sync::Arc<crate::Progress>>,
 }
 
 /// When an existing entry of the target is replaced (`--overwrite`).
@@ -597,6 +599,8 @@ fn count_fetches(repository: &Repository, plan: &mut RestorePlan) -> Result<()> 
 /// One restore in progress: the open target and how its temporary names are made.
 pub(super) struct Run<'t> {
     target: &'t TargetDir,
+    /// Bytes written and files finished, for whoever shows progress.
+    progress: Option<std::sync::Arc<crate::Progress>>,
     /// A folder with content may be replaced by a file where the plan says so.
     replace_folders: bool,
     /// `.coffer-restore-<random>-`: this run's temporary names start with it.
@@ -605,10 +609,23 @@ pub(super) struct Run<'t> {
 }
 
 impl<'t> Run<'t> {
-    fn new(target: &'t TargetDir, replace_folders: bool) -> Self {
+    fn new(target: &'t TargetDir, replace_folders: bool, progress: Option<std::sync::Arc<crate::Progress>>) -> Self {
         let token = hex::encode(rand::random::<[u8; 6]>());
         let prefix = format!("{}{token}-", beneath::TEMPORARY_PREFIX);
-        Self { target, replace_folders, prefix, counter: AtomicU64::new(0) }
+        Self { target, progress, replace_folders, prefix, counter: AtomicU64::new(0) }
+    }
+
+    fn wrote(&self, bytes: u64) {
+        if let Some(progress) = &self.progress {
+            progress.add_read(bytes);
+        }
+    }
+
+    fn file_finished(&self, path: &std::path::Path) {
+        if let Some(progress) = &self.progress {
+            progress.start_file(path);
+            progress.file_done();
+        }
     }
 
     /// A fresh name for a temporary entry: unique within the run, random across runs,
@@ -648,7 +665,17 @@ pub fn execute(repository: &Repository, plan: &RestorePlan, options: &RestoreOpt
         held => held,
     };
     target.probe().map_err(|e| Error::io("cannot write to restore target", &options.target, e))?;
-    let run = Run::new(&target, options.replace_folders);
+    if let Some(progress) = &options.progress {
+        let writes = plan
+            .entries
+            .iter()
+            .filter(|p| p.entry.kind == EntryKind::File && matches!(p.action, Action::Create | Action::Overwrite));
+        for planned in writes {
+            progress.add_scanned(planned.entry.size);
+        }
+        progress.finish_scan();
+    }
+    let run = Run::new(&target, options.replace_folders, options.progress.clone());
     let started = repository.backend().stats();
     let mut report = RestoreReport { warnings: plan.warnings.clone(), ..Default::default() };
     let (mut failed, inodes) = make_dirs(&run, plan, &mut report);
