@@ -35,8 +35,8 @@ pub use maintenance::forget::{
 pub use maintenance::prune::{PruneOptions, PrunePlan, PruneReport, Repack};
 pub use maintenance::repair::{repair_index, repair_snapshots, RepairIndexReport, SnapshotRepair, DAMAGED_TAG};
 pub use pipelines::archiver::{
-    backup, dry_run, BackupOptions, BackupReport, ChangeRules, DryRunReport, Excludes, FileChange, InputCommand,
-    PlannedFile,
+    backup, dry_run, BackupOptions, BackupReport, ChangeRules, DryRunReport, Excludes, FileChange, FileListener,
+    InputCommand, PlannedFile,
 };
 pub use pipelines::progress::{Progress, ProgressSnapshot};
 pub use repository::chunker::{Chunker, ChunkerParams};

@@ -298,3 +298,30 @@ fn a_restore_reports_progress_as_json_lines_before_its_document() {
     ]);
     assert_eq!(String::from_utf8_lossy(&quiet.stdout).lines().count(), 1);
 }
+
+#[test]
+fn verbose_lists_each_file_and_very_verbose_says_why() {
+    let fixture = Fixture::new();
+    let data = fixture.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("same.txt"), b"same").unwrap();
+    std::fs::write(data.join("grows.txt"), b"a").unwrap();
+    for name in ["same.txt", "grows.txt"] {
+        common::set_mtime(&data.join(name), 1_600_000_000, 0);
+    }
+    let first = fixture.ok(&["-v", "backup", data.to_str().unwrap()]);
+    assert!(first.contains(&format!("new       {}/same.txt", data.display())), "{first}");
+    std::fs::write(data.join("grows.txt"), b"ab").unwrap();
+    common::set_mtime(&data.join("grows.txt"), 1_600_000_000, 0);
+    let second = fixture.ok(&["-vv", "backup", data.to_str().unwrap()]);
+    assert!(second.contains(&format!("unchanged {}/same.txt", data.display())), "{second}");
+    assert!(second.contains(&format!("changed   {}/grows.txt (size)", data.display())), "{second}");
+    // Without -v, nothing per file; with --json, stdout stays JSON.
+    assert!(!fixture.ok(&["backup", data.to_str().unwrap()]).contains("same.txt"));
+    let target = fixture.path("out");
+    let restored = fixture.ok(&["-v", "restore", "latest", "--target", target.to_str().unwrap()]);
+    assert!(restored.lines().any(|line| line.starts_with("create") && line.ends_with("grows.txt")), "{restored}");
+    std::fs::write(target.join(data.strip_prefix("/").unwrap()).join("grows.txt"), b"zz").unwrap();
+    let again = fixture.ok(&["-vv", "restore", "latest", "--target", target.to_str().unwrap()]);
+    assert!(again.lines().any(|line| line.starts_with("overwrite") && line.contains("grows.txt (")), "{again}");
+}

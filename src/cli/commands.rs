@@ -81,6 +81,23 @@ fn version(cli: &Cli) -> Result<i32> {
     Ok(exit::SUCCESS)
 }
 
+/// `-v`: each file as the backup stores it (`new`, `changed`, `unchanged`); `-vv` adds
+/// why a changed file is read again. On stdout, and not with `--json` (whose stdout
+/// is JSON lines).
+fn file_lister(cli: &Cli) -> Option<coffer::FileListener> {
+    if cli.verbose == 0 || cli.json || cli.quiet {
+        return None;
+    }
+    let reasons = cli.verbose > 1;
+    Some(std::sync::Arc::new(move |path: &std::path::Path, change: &str, why: Option<&str>| {
+        let path = output::path_text(path.as_os_str().as_bytes());
+        match why.filter(|_| reasons) {
+            Some(why) => output::line(&format!("{change:<9} {path} ({why})")),
+            None => output::line(&format!("{change:<9} {path}")),
+        }
+    }))
+}
+
 /// A backup of a folder that holds the (local) repository stores the repository in
 /// itself, growing with every run: said, not refused (an exclude may cover it).
 fn warn_if_repository_inside(cli: &Cli, paths: &[std::path::PathBuf], excludes: &[String]) {
@@ -192,6 +209,7 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
             one_file_system: args.one_file_system,
         },
         progress: None,
+        on_file: file_lister(cli),
     };
     if args.dry_run {
         return super::dry_run::run(cli, &repository, &options);

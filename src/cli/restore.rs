@@ -89,7 +89,9 @@ pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
     if let (Some(reporter), Ok(_)) = (reporter, &outcome) {
         reporter.finish();
     }
-    report_outcome(cli, args, &id, &target, outcome?)
+    let outcome = outcome?;
+    list_entries(cli, &plan, &outcome);
+    report_outcome(cli, args, &id, &target, outcome)
 }
 
 /// "1 entry", "2 entries".
@@ -323,6 +325,24 @@ pub fn restores(cli: &Cli) -> Result<i32> {
         ));
     }
     Ok(exit::SUCCESS)
+}
+
+/// `-v`: each entry as the restore handled it (created, overwritten, updated, kept,
+/// deleted), those that failed left out (they are errors below); `-vv` adds why.
+/// Nothing of it after a rollback (the target is as it was) or with `--json`.
+fn list_entries(cli: &Cli, plan: &RestorePlan, outcome: &SafeRestore) {
+    if cli.verbose == 0 || cli.json || cli.quiet || outcome.rollback.is_some() {
+        return;
+    }
+    let failed: std::collections::HashSet<&Path> =
+        outcome.report.iter().flat_map(|report| report.failed.iter().map(|f| f.path.as_path())).collect();
+    for planned in plan.entries.iter().filter(|p| !failed.contains(p.target.as_path())) {
+        let shown = output::path_text(planned.target.as_os_str().as_bytes());
+        match (cli.verbose > 1 && !planned.why.is_empty(), planned.action.name()) {
+            (true, action) => output::line(&format!("{action:<9} {shown} ({})", planned.why)),
+            (false, action) => output::line(&format!("{action:<9} {shown}")),
+        }
+    }
 }
 
 fn print_plan(cli: &Cli, plan: &RestorePlan, safety: bool) {

@@ -123,7 +123,7 @@ fn plan_path(
     let entry = walk::new_entry(path, &metadata, EntryKind::File, owners);
     let change = match parent.map(|parent| parent.compare(&entry)).transpose()? {
         None | Some(Change::New) => FileChange::New,
-        Some(Change::Changed) => FileChange::Changed,
+        Some(Change::Changed(_)) => FileChange::Changed,
         Some(Change::Unchanged(..)) => FileChange::Unchanged,
     };
     if change != FileChange::Unchanged {

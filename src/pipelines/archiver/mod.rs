@@ -38,11 +38,17 @@ use crate::repository::snapshot::{ManifestRef, PostgresSource, Snapshot, Source,
 use crate::repository::Repository;
 use crate::system::OwnerNames;
 
+/// A function told of each file a backup stores (see [`BackupOptions::on_file`]).
+pub type FileListener = Arc<dyn Fn(&Path, &str, Option<&str>) + Send + Sync>;
+
 /// What to back up.
 #[derive(Default)]
 pub struct BackupOptions {
     /// Trees to back up; made absolute.
     pub paths: Vec<PathBuf>,
+    /// Told of every regular file as it is stored: its path, `new`, `changed` or
+    /// `unchanged`, and for a changed one why (`-v` and `-vv` list them).
+    pub on_file: Option<FileListener>,
     /// Standard input (or any reader) stored as one file named `/NAME`.
     pub stdin: Option<(Box<dyn Read + Send>, String)>,
     /// A program whose output is stored as one file; its failure fails the backup.
@@ -146,6 +152,7 @@ fn run(repository: &Repository, options: BackupOptions, packer: &Packer<'_>) -> 
         warnings: Vec::new(),
         notes: Vec::new(),
         progress: &progress,
+        on_file: options.on_file.clone(),
     };
     let mut sources = Vec::new();
     let failure: Mutex<Option<Error>> = Mutex::new(None);
@@ -320,6 +327,7 @@ struct Walker<'a, 'r> {
     warnings: Vec<String>,
     notes: Vec<String>,
     progress: &'a Progress,
+    on_file: Option<FileListener>,
 }
 
 impl Walker<'_, '_> {
@@ -481,6 +489,14 @@ impl Walker<'_, '_> {
             Some(parent) => parent.compare(entry)?,
             None => Change::New,
         };
+        if let Some(listener) = &self.on_file {
+            let (name, why) = match &change {
+                Change::New => ("new", None),
+                Change::Changed(why) => ("changed", Some(*why)),
+                Change::Unchanged(..) => ("unchanged", None),
+            };
+            listener(path, name, why);
+        }
         match change {
             Change::Unchanged(chunks, sha256) => {
                 self.summary.files_unchanged += 1;
@@ -488,7 +504,7 @@ impl Walker<'_, '_> {
                 entry.sha256 = Some(sha256);
                 Ok(chunks)
             }
-            Change::Changed => {
+            Change::Changed(_) => {
                 let chunks = self.read_file(path, entry, sender)?;
                 self.summary.files_changed += 1;
                 Ok(chunks)

@@ -30,8 +30,9 @@ pub struct ChangeRules {
 pub enum Change {
     /// Not in the parent: read it.
     New,
-    /// In the parent but changed (or not to be trusted): read it.
-    Changed,
+    /// In the parent but changed (or not to be trusted): read it. Says why: the first
+    /// field that differs, or what made the parent entry unusable.
+    Changed(&'static str),
     /// Unchanged: these chunks and this SHA-256 stand for its content.
     Unchanged(Vec<ChunkRef>, [u8; 32]),
 }
@@ -61,24 +62,42 @@ impl<'r> Parent<'r> {
     /// Compares a file just stat'ed with its parent entry.
     pub fn compare(&self, entry: &Entry) -> Result<Change> {
         let Some((id, old)) = self.manifest.entry(&entry.path)? else { return Ok(Change::New) };
-        if self.rules.force || old.kind != EntryKind::File || !self.metadata_matches(&old, entry) {
-            return Ok(Change::Changed);
+        if self.rules.force {
+            return Ok(Change::Changed("--force"));
         }
-        let Some(sha256) = old.sha256 else { return Ok(Change::Changed) };
+        if old.kind != EntryKind::File {
+            return Ok(Change::Changed("kind"));
+        }
+        if let Some(field) = self.changed_field(&old, entry) {
+            return Ok(Change::Changed(field));
+        }
+        let Some(sha256) = old.sha256 else { return Ok(Change::Changed("no checksum in the parent")) };
         let chunks = self.manifest.chunks(id)?;
         for chunk in &chunks {
             if self.repository.lookup(&chunk.blob, BlobType::Data)?.is_none() {
-                return Ok(Change::Changed);
+                return Ok(Change::Changed("chunks no longer stored"));
             }
         }
         Ok(Change::Unchanged(chunks, sha256))
     }
 
-    fn metadata_matches(&self, old: &Entry, new: &Entry) -> bool {
-        let racy = old.mtime_ns >= self.racy_after_ns;
-        let inode = self.rules.ignore_inode || (old.inode == new.inode && old.device == new.device);
-        let ctime = self.rules.ignore_ctime || old.ctime_ns == new.ctime_ns;
-        !racy && old.size == new.size && old.mtime_ns == new.mtime_ns && inode && ctime
+    /// The first metadata field that differs from the parent's entry, if any.
+    fn changed_field(&self, old: &Entry, new: &Entry) -> Option<&'static str> {
+        if old.size != new.size {
+            return Some("size");
+        }
+        if old.mtime_ns != new.mtime_ns {
+            return Some("mtime");
+        }
+        if !self.rules.ignore_ctime && old.ctime_ns != new.ctime_ns {
+            return Some("ctime");
+        }
+        if !self.rules.ignore_inode && (old.inode != new.inode || old.device != new.device) {
+            return Some("inode");
+        }
+        // Modified just before the parent was taken: it may have changed since without
+        // its mtime showing it.
+        (old.mtime_ns >= self.racy_after_ns).then_some("mtime too close to the parent's start")
     }
 }
 
