@@ -237,6 +237,10 @@ fn a_relative_snapshot_path_gets_the_hint_that_paths_are_absolute() {
         let message = String::from_utf8_lossy(&output.stderr);
         assert!(message.contains("paths in a snapshot are absolute"), "{args:?}: {message}");
     }
+    // An absolute path that is missing names the snapshot `latest` resolved to.
+    let missing = fixture.run(&["dump", "latest:/no/such"]);
+    let message = String::from_utf8_lossy(&missing.stderr);
+    assert!(message.contains("not found in snapshot") && message.contains("(latest)"), "{message}");
     // Written relative but present (the leading / left out), it is found.
     let relative = format!("latest:{}", data.join("chart.txt").to_str().unwrap().trim_start_matches('/'));
     assert_eq!(fixture.ok(&["dump", &relative]), "pulse 72");

@@ -346,29 +346,32 @@ fn shown_paths(snapshot: &coffer::Snapshot) -> String {
     shown.join(" ")
 }
 
-/// A `SNAP:PATH` whose path was written relative and is not in the snapshot fails with
-/// the hint that paths in a snapshot are absolute, as they were backed up.
-pub(super) fn hint_if_relative(
+/// A `SNAP:PATH` whose path is not in the snapshot fails naming the snapshot the spec
+/// resolved to (`latest` is a different one each night) and, for a path written
+/// relative, with the hint that paths in a snapshot are absolute, as backed up.
+pub(super) fn require_path(
     spec: &OsStr,
     manifest: &coffer::Manifest,
     path: &[u8],
     id: &coffer::SnapshotId,
 ) -> Result<()> {
-    let bytes = spec.as_bytes();
-    let relative = bytes.iter().position(|&b| b == b':').is_some_and(|at| !bytes[at + 1..].starts_with(b"/"));
-    if relative && manifest.entries_under(path)?.is_empty() {
-        return fail(
-            exit::NOT_FOUND,
-            format!(
-                "path {} not found in snapshot {}: paths in a snapshot are absolute, as they were backed up \
-                 (coffer ls {} shows them)",
-                output::path_text(path),
-                id.short(),
-                id.short()
-            ),
-        );
+    if !manifest.entries_under(path)?.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let bytes = spec.as_bytes();
+    let colon = bytes.iter().position(|&b| b == b':');
+    let relative = colon.is_some_and(|at| !bytes[at + 1..].starts_with(b"/"));
+    let named = String::from_utf8_lossy(&bytes[..colon.unwrap_or(bytes.len())]).into_owned();
+    let resolved = if named.is_empty() || named == "latest" { " (latest)" } else { "" };
+    let hint = if relative {
+        format!(": paths in a snapshot are absolute, as they were backed up (coffer ls {} shows them)", id.short())
+    } else {
+        String::new()
+    };
+    fail(
+        exit::NOT_FOUND,
+        format!("path {} not found in snapshot {}{resolved}{hint}", output::path_text(path), id.short()),
+    )
 }
 
 /// Splits `SNAP[:PATH]`; the path is made absolute.
@@ -390,7 +393,7 @@ fn ls(cli: &Cli, args: &LsArgs) -> Result<i32> {
     let (id, snapshot) = repository.find_snapshot_filtered(&spec, &filter_of(&args.filter)?)?;
     let manifest = repository.load_manifest(&id, &snapshot)?;
     let base = path.unwrap_or_else(|| b"/".to_vec());
-    hint_if_relative(&args.snapshot, &manifest, &base, &id)?;
+    require_path(&args.snapshot, &manifest, &base, &id)?;
     let entries = manifest.entries_under(&base)?;
     if entries.is_empty() {
         return fail(
@@ -426,7 +429,7 @@ fn dump(cli: &Cli, args: &DumpArgs) -> Result<i32> {
         (None, None, None) => return fail(exit::USAGE, "dump needs a PATH (SNAP:PATH) or --pg DATABASE"),
     };
     let path = if path.starts_with(b"/") { path } else { [b"/", &path[..]].concat() };
-    hint_if_relative(&args.snapshot, &manifest, &path, &id)?;
+    require_path(&args.snapshot, &manifest, &path, &id)?;
     super::audit::snapshot(&id);
     if args.archive.is_some() {
         let bytes = coffer::tarball::dump_tar(&repository, &manifest, &path, &mut std::io::stdout())?;

@@ -24,7 +24,7 @@ pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
     let (id, snapshot) = repository.find_snapshot_filtered(&spec, &super::commands::filter_of(&args.filter)?)?;
     let manifest = repository.load_manifest(&id, &snapshot)?;
     if let Some(path) = &subpath {
-        super::commands::hint_if_relative(&spec_text, &manifest, path, &id)?;
+        super::commands::require_path(&spec_text, &manifest, path, &id)?;
     }
     let Some(target) = args.target.clone() else {
         return super::postgres::restore(cli, args, &repository, &manifest, (&id, &snapshot));
