@@ -80,7 +80,7 @@ fn prune_only(backend: Arc<dyn Backend>) -> coffer::PruneReport {
 
 fn check(backend: Arc<dyn Backend>, read_data: bool) -> coffer::CheckReport {
     let (repository, _) = Repository::open_damaged(backend, b"pw", None).unwrap();
-    let options = CheckOptions { read_data: read_data.then_some(ReadSubset::All), jobs: 3 };
+    let options = CheckOptions { read_data: read_data.then_some(ReadSubset::All), jobs: 3, progress: None };
     coffer::check(&repository, &options).unwrap()
 }
 
@@ -703,7 +703,7 @@ fn rotating_subsets_read_the_least_recently_verified_packs_first() {
     let mut covered = Vec::new();
     for _ in 0..3 {
         let (repository, _) = Repository::open_damaged(memory.clone(), b"pw", Some(&cache)).unwrap();
-        let options = CheckOptions { read_data: Some(ReadSubset::Percent(34.0)), jobs: 2 };
+        let options = CheckOptions { read_data: Some(ReadSubset::Percent(34.0)), jobs: 2, progress: None };
         let report = coffer::check(&repository, &options).unwrap();
         assert_eq!(report.packs_read, (packs as f64 * 0.34).ceil() as usize);
         covered.push(repository.pack_verification_times().unwrap().len());

@@ -329,3 +329,22 @@ fn verbose_lists_each_file_and_very_verbose_says_why() {
     let again = fixture.ok(&["-vv", "restore", "latest", "--target", target.to_str().unwrap()]);
     assert!(again.lines().any(|line| line.starts_with("overwrite") && line.contains("grows.txt (")), "{again}");
 }
+
+#[test]
+fn check_reading_data_reports_progress_in_packs() {
+    let fixture = Fixture::new();
+    let data = fixture.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("scan.dcm"), common::random_bytes(300_000, 3)).unwrap();
+    fixture.backup(&data);
+    let output = fixture.run(&["--json", "check", "--read-data"]);
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<serde_json::Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let progress = lines.iter().rev().find(|line| line["type"] == "progress").expect("a progress line");
+    assert_eq!(progress["unit"], "packs");
+    assert_eq!(progress["files_done"], progress["files_total"]);
+    assert_eq!(lines.last().unwrap()["ok"], true, "the report comes last: {text}");
+    // Structure only: one document, no progress.
+    assert_eq!(String::from_utf8_lossy(&fixture.run(&["--json", "check"]).stdout).lines().count(), 1);
+}

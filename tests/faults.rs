@@ -175,7 +175,7 @@ fn damaged_and_truncated_reads_are_reported() {
 
 fn assert_check_sees_damage(backend: Arc<dyn Backend>, what: &str) {
     let (repository, _) = Repository::open_damaged(backend, b"pw", None).unwrap();
-    let options = coffer::CheckOptions { read_data: Some(coffer::ReadSubset::All), jobs: 2 };
+    let options = coffer::CheckOptions { read_data: Some(coffer::ReadSubset::All), jobs: 2, progress: None };
     match coffer::check(&repository, &options) {
         Err(error) => assert!(error.is_integrity(), "{what}: {error}"),
         Ok(report) => assert!(report.is_damaged(), "{what} went unnoticed by check"),

@@ -518,6 +518,9 @@ pub struct CheckArgs {
     /// read); fails when no snapshot holds a dump.
     #[arg(long)]
     pub pg: bool,
+    /// Show no progress (otherwise a line on a terminal, or JSON lines with --json).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Debug, Args, Default)]

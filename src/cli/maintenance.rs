@@ -37,7 +37,13 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
     };
     let repository = open_damaged(cli)?;
     let repository = repository.lock_shared()?;
-    let report = coffer::check(&repository, &CheckOptions { read_data, jobs: args.jobs as usize })?;
+    // Reading data takes long: a progress line (packs) on a terminal, JSON lines with --json.
+    let reporter = read_data.and_then(|_| super::progress::Reporter::start_counting(cli, args.no_progress, "packs"));
+    let progress = reporter.as_ref().map(|reporter| reporter.progress());
+    let report = coffer::check(&repository, &CheckOptions { read_data, jobs: args.jobs as usize, progress })?;
+    if let Some(reporter) = reporter {
+        reporter.finish();
+    }
     let dumps = if args.pg { check_dumps(&repository)? } else { Vec::new() };
     if cli.json {
         let mut document = check_json(&report);
@@ -462,7 +468,7 @@ fn repair_snapshots(cli: &Cli, args: &RepairSnapshotsArgs) -> Result<i32> {
     // Exclusive even for a dry run: the report must not change under it.
     let repository = repository.lock_exclusive()?;
     let read_data = args.read_data.then_some(ReadSubset::All);
-    let report = coffer::check(&repository, &CheckOptions { read_data, jobs: args.jobs as usize })?;
+    let report = coffer::check(&repository, &CheckOptions { read_data, jobs: args.jobs as usize, progress: None })?;
     let repairs = coffer::repair_snapshots(&repository, &report, args.forget, args.apply)?;
     let action = match (args.apply, args.forget) {
         (true, true) => "dropped",

@@ -39,6 +39,11 @@ impl Reporter {
     /// Starts reporting, unless progress is turned off (`-q`, `--no-progress`) or
     /// stderr is not a terminal and there is no `--json`.
     pub fn start(cli: &Cli, turned_off: bool) -> Option<Reporter> {
+        Self::start_counting(cli, turned_off, "files")
+    }
+
+    /// The same, counting `unit` (`packs` for check) instead of files.
+    pub fn start_counting(cli: &Cli, turned_off: bool, unit: &'static str) -> Option<Reporter> {
         let style = match (cli.json, std::io::stderr().is_terminal()) {
             _ if turned_off || cli.quiet => return None,
             (true, _) => Style::Json,
@@ -48,7 +53,7 @@ impl Reporter {
         let progress = Arc::new(Progress::new());
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let shared = progress.clone();
-        let thread = std::thread::spawn(move || report(&shared, style, &stopped));
+        let thread = std::thread::spawn(move || report(&shared, style, unit, &stopped));
         Some(Reporter { progress, stop: Some(stop), thread: Some(thread) })
     }
 
@@ -74,13 +79,13 @@ impl Drop for Reporter {
     }
 }
 
-fn report(progress: &Progress, style: Style, stopped: &Receiver<()>) {
+fn report(progress: &Progress, style: Style, unit: &'static str, stopped: &Receiver<()>) {
     let interval = match style {
         Style::Bar => BAR_INTERVAL,
         Style::Json => JSON_INTERVAL,
     };
     if style == Style::Bar {
-        draw_bar(progress);
+        draw_bar(progress, unit);
     }
     let finished = loop {
         match stopped.recv_timeout(interval) {
@@ -89,20 +94,20 @@ fn report(progress: &Progress, style: Style, stopped: &Receiver<()>) {
             Err(RecvTimeoutError::Disconnected) => break false,
         }
         match style {
-            Style::Bar => draw_bar(progress),
-            Style::Json => super::output::json(&json_line(&progress.snapshot())),
+            Style::Bar => draw_bar(progress, unit),
+            Style::Json => super::output::line(&json_line(&progress.snapshot(), unit).to_string()),
         }
     };
     match style {
         Style::Bar => write_stderr_raw("\r\x1b[K"),
-        Style::Json if finished => super::output::json(&json_line(&progress.snapshot())),
+        Style::Json if finished => super::output::line(&json_line(&progress.snapshot(), unit).to_string()),
         Style::Json => {}
     }
 }
 
-fn draw_bar(progress: &Progress) {
+fn draw_bar(progress: &Progress, unit: &str) {
     let width = terminal_size::terminal_size_of(std::io::stderr()).map_or(80, |(width, _)| width.0 as usize);
-    let line = bar_line(&progress.snapshot(), &progress.current_path(), width.saturating_sub(1));
+    let line = bar_line(&progress.snapshot(), &progress.current_path(), unit, width.saturating_sub(1));
     write_stderr_raw(&format!("\r{line}\x1b[K"));
 }
 
@@ -113,9 +118,10 @@ fn write_stderr_raw(text: &str) {
     let _ = stderr.flush();
 }
 
-/// `{"type":"progress",...}`: the counters, elapsed time and ETA in seconds.
-fn json_line(now: &ProgressSnapshot) -> Value {
-    json!({
+/// `{"type":"progress",...}`: the counters, elapsed time and ETA in seconds; `unit`
+/// says what `files_*` count when it is not files (`packs` for check).
+fn json_line(now: &ProgressSnapshot, unit: &str) -> Value {
+    let mut line = json!({
         "type": "progress",
         "files_done": now.files_done,
         "files_total": now.files_total,
@@ -125,15 +131,19 @@ fn json_line(now: &ProgressSnapshot) -> Value {
         "scan_finished": now.scan_finished,
         "elapsed_secs": (now.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
         "eta_secs": now.eta().map(|eta| eta.as_secs_f64().round() as u64),
-    })
+    });
+    if unit != "files" {
+        line["unit"] = json!(unit);
+    }
+    line
 }
 
 /// `[0:12] 1204/5311 files, 1.2 GiB/4.0 GiB 30%, 98.0 MiB/s, ETA 0:28  /data/...`, at
 /// most `width` characters; totals carry a `+` while the scan is still counting.
-fn bar_line(now: &ProgressSnapshot, current: &Path, width: usize) -> String {
+fn bar_line(now: &ProgressSnapshot, current: &Path, unit: &str, width: usize) -> String {
     let more = if now.scan_finished { "" } else { "+" };
     let mut line = format!(
-        "[{}] {}/{}{more} files, {}/{}{more}",
+        "[{}] {}/{}{more} {unit}, {}/{}{more}",
         clock(now.elapsed),
         now.files_done,
         now.files_total,
@@ -195,27 +205,28 @@ mod tests {
 
     #[test]
     fn the_bar_shows_counts_rate_eta_and_the_end_of_the_path() {
-        let line = bar_line(&sample(true), Path::new("/data/studies/study_001/scan.dcm"), 200);
+        let line = bar_line(&sample(true), Path::new("/data/studies/study_001/scan.dcm"), "files", 200);
         assert_eq!(
             line,
             "[0:12] 1204/5311 files, 1.0 GiB/4.0 GiB 25%, 85.3 MiB/s, ETA 0:36  /data/studies/study_001/scan.dcm"
         );
-        let counting = bar_line(&sample(false), Path::new(""), 200);
+        let counting = bar_line(&sample(false), Path::new(""), "files", 200);
         assert_eq!(counting, "[0:12] 1204/5311+ files, 1.0 GiB/4.0 GiB+, 85.3 MiB/s");
-        let narrow = bar_line(&sample(true), Path::new("/data/studies/study_001/scan.dcm"), 80);
+        let narrow = bar_line(&sample(true), Path::new("/data/studies/study_001/scan.dcm"), "files", 80);
         assert_eq!(narrow.chars().count(), 80);
         assert!(narrow.ends_with(", ETA 0:36  …001/scan.dcm"), "{narrow}");
-        assert_eq!(bar_line(&sample(true), Path::new("/x"), 20).chars().count(), 20);
+        assert_eq!(bar_line(&sample(true), Path::new("/x"), "files", 20).chars().count(), 20);
     }
 
     #[test]
     fn json_lines_carry_the_counters() {
-        let value = json_line(&sample(true));
+        let value = json_line(&sample(true), "files");
         assert_eq!(value["type"], "progress");
         assert_eq!(value["files_done"], 1204);
         assert_eq!(value["bytes_total"], 4u64 << 30);
         assert_eq!(value["eta_secs"], 36);
-        assert_eq!(json_line(&sample(false))["eta_secs"], Value::Null);
+        assert_eq!(json_line(&sample(false), "files")["eta_secs"], Value::Null);
+        assert_eq!(json_line(&sample(true), "packs")["unit"], "packs");
     }
 
     #[test]

@@ -83,11 +83,13 @@ pub struct CheckOptions {
     pub read_data: Option<ReadSubset>,
     /// Packs downloaded at once.
     pub jobs: usize,
+    /// Counters to update as packs are read (totals: the packs selected and their bytes).
+    pub progress: Option<std::sync::Arc<crate::Progress>>,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        Self { read_data: None, jobs: 4 }
+        Self { read_data: None, jobs: 4, progress: None }
     }
 }
 
@@ -163,7 +165,7 @@ pub fn check(repository: &Repository, options: &CheckOptions) -> Result<CheckRep
     check_packs(&mut index, &stored, &mut report)?;
     report.packs = stored.len();
     if let Some(subset) = options.read_data {
-        read_packs(repository, &mut index, subset, options.jobs, &mut report)?;
+        read_packs(repository, &mut index, subset, options, &mut report)?;
     }
     check_snapshots(repository, &index, &mut report)?;
     Ok(report)
@@ -255,11 +257,17 @@ fn read_packs(
     repository: &Repository,
     index: &mut ScratchIndex,
     subset: ReadSubset,
-    jobs: usize,
+    options: &CheckOptions,
     report: &mut CheckReport,
 ) -> Result<()> {
+    let jobs = options.jobs;
     let packs: HashMap<PackId, u64> = index.packs()?.into_iter().collect();
     let selected = select_packs(&packs, subset, &repository.pack_verification_times()?);
+    let progress = options.progress.as_deref();
+    if let Some(progress) = progress {
+        selected.iter().for_each(|id| progress.add_scanned(packs[id]));
+        progress.finish_scan();
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs.max(1))
         .build()
@@ -268,8 +276,20 @@ fn read_packs(
     // A few packs per thread at a time: only their index entries are in memory.
     for batch in selected.chunks(jobs.max(1) * 4) {
         let batch: Vec<IndexedPack> = batch.iter().map(|id| index.pack(id, packs[id])).collect::<Result<_>>()?;
-        let readings: Vec<(PackId, Result<PackReading>)> =
-            pool.install(|| batch.par_iter().map(|pack| (pack.id, read_one_pack(repository, pack))).collect());
+        let readings: Vec<(PackId, Result<PackReading>)> = pool.install(|| {
+            batch
+                .par_iter()
+                .map(|pack| {
+                    let reading = read_one_pack(repository, pack);
+                    if let Some(progress) = progress {
+                        progress.start_file(std::path::Path::new(&pack_key(&pack.id)));
+                        progress.add_read(pack.size);
+                        progress.file_done();
+                    }
+                    (pack.id, reading)
+                })
+                .collect()
+        });
         for (id, reading) in readings {
             // Storage that failed after its retries: this pack is not verified, the
             // others are; the report names it and check does not pass.
