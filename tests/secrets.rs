@@ -112,6 +112,9 @@ impl FakeTools {
             .env("COFFER_PG_DUMPALL", self.bin.join("pg_dumpall"))
             .env("COFFER_PG_RESTORE", self.bin.join("pg_restore"))
             .env_remove("PGPASSWORD")
+            // Storage credentials, which no PostgreSQL program may see.
+            .env("AWS_SECRET_ACCESS_KEY", "storage-secret")
+            .env("AWS_ACCESS_KEY_ID", "storage-key")
             .output()
             .unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -151,6 +154,10 @@ fn assert_password_only_in_environment(tools: &FakeTools, password: &str, progra
         let environment = variables(&environ);
         assert!(environment.contains(&format!("PGPASSWORD={password}")), "{program}: {environment:?}");
         assert!(!environment.iter().any(|v| v.starts_with("COFFER_PASSWORD")), "{program}: {environment:?}");
+        assert!(
+            !environment.iter().any(|v| v.starts_with("AWS_")),
+            "{program} got storage credentials: {environment:?}"
+        );
     }
 }
 

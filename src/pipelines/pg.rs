@@ -105,8 +105,14 @@ fn tool_message(stderr: &str) -> String {
 }
 
 /// Names the database on a program's command line; the password, if the connection
-/// string holds one, goes into the environment of that program alone.
+/// string holds one, goes into the environment of that program alone. The storage
+/// credentials (`AWS_*`) are not passed on: a PostgreSQL program has no use for them.
 fn connect<'c>(command: &'c mut Command, conninfo: &ConnInfo) -> &'c mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.as_encoded_bytes().starts_with(b"AWS_") {
+            command.env_remove(name);
+        }
+    }
     command.arg("--dbname").arg(conninfo.argument());
     if let Some(password) = conninfo.password() {
         command.env("PGPASSWORD", password);
