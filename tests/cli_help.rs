@@ -348,3 +348,20 @@ fn check_reading_data_reports_progress_in_packs() {
     // Structure only: one document, no progress.
     assert_eq!(String::from_utf8_lossy(&fixture.run(&["--json", "check"]).stdout).lines().count(), 1);
 }
+
+#[test]
+fn names_that_are_not_utf8_keep_their_bytes_in_json() {
+    use std::os::unix::ffi::OsStrExt;
+    let fixture = Fixture::new();
+    let data = fixture.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join(std::ffi::OsStr::from_bytes(b"caf\xe9")), b"x").unwrap();
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(b"tar\xffget"), data.join("link")).unwrap();
+    fixture.backup(&data);
+    let listed = fixture.json(&["ls", &format!("latest:{}", data.display())]);
+    let entries = listed.as_array().unwrap();
+    let name = entries.iter().find(|e| e["path_hex"].is_string()).expect("a path_hex");
+    assert!(name["path_hex"].as_str().unwrap().ends_with("636166e9"), "{name}");
+    let link = entries.iter().find(|e| e["kind"] == "symlink").unwrap();
+    assert_eq!(link["link_target_hex"], "746172ff676574");
+}

@@ -128,6 +128,9 @@ pub fn entry_json(entry: &Entry) -> Value {
     if std::str::from_utf8(&entry.path).is_err() {
         value["path_hex"] = json!(hex::encode(&entry.path));
     }
+    if let Some(target) = entry.link_target.as_ref().filter(|target| std::str::from_utf8(target).is_err()) {
+        value["link_target_hex"] = json!(hex::encode(target));
+    }
     value
 }
 
