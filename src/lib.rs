@@ -78,6 +78,8 @@ pub fn dump_file(
     let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
     let mut written = 0u64;
     for chunk in manifest.chunks(entry_id)? {
+        // SIGINT or SIGTERM (a `timeout`, a systemd stop) ends a long dump promptly.
+        interrupt::check()?;
         let data = repository.read_blob(&chunk.blob, BlobType::Data).map_err(|error| match error {
             Error::Integrity { object, reason } => {
                 Error::Integrity { object, reason: format!("{reason}; file {shown} is affected") }

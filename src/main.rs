@@ -14,8 +14,10 @@ fn main() {
             let code = if error.use_stderr() { cli::exit::USAGE } else { cli::exit::SUCCESS };
             let _ = error.print();
             if code != cli::exit::SUCCESS && std::env::args_os().any(|arg| arg == "--json") {
-                let first_line = error.to_string().lines().next().unwrap_or_default().to_string();
-                json_error(first_line.trim_start_matches("error: "), code);
+                // The sentence and what it lists (the missing arguments), not the usage.
+                let text = error.to_string();
+                let lines: Vec<&str> = text.lines().take_while(|line| !line.trim().is_empty()).map(str::trim).collect();
+                json_error(lines.join(" ").trim_start_matches("error: "), code);
             }
             std::process::exit(code);
         }
@@ -34,6 +36,8 @@ fn main() {
     }
     let code = match outcome {
         Ok(code) => code,
+        // The reader of stdout went away (`| head`): a quiet end, as for a listing.
+        Err(error) if closed_pipe(&error) => 0,
         Err(error) => {
             let (text, code) = (message(&error), exit_code(&error));
             eprintln!("coffer: {text}");
@@ -50,8 +54,20 @@ fn main() {
 /// unless the command wrote its own document first: `{"error": {"kind", "message",
 /// "exit_code"}}`.
 fn json_error(message: &str, code: i32) {
+    use std::io::Write;
     let error = serde_json::json!({"error": {"kind": cli::exit::kind(code), "message": message, "exit_code": code}});
-    println!("{error}");
+    // Best effort: stdout may be closed, and the exit code says it all anyway.
+    let _ = writeln!(std::io::stdout(), "{error}");
+}
+
+/// True for a write to standard output whose reader has gone (EPIPE); never for any
+/// other pipe (pg_restore's input, say), whose end is a real failure.
+fn closed_pipe(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<coffer::Error>(),
+        Some(coffer::Error::Io { path, source, .. })
+            if path.as_os_str() == "standard output" && source.kind() == std::io::ErrorKind::BrokenPipe
+    )
 }
 
 /// glibc raises its mmap threshold each time a large buffer is freed, after which

@@ -164,6 +164,10 @@ fn errors_are_json_on_stdout_with_json() {
     let error = common::last_json(&usage.stdout);
     assert_eq!(error["error"]["kind"], "usage");
     assert!(error["error"]["message"].as_str().unwrap().contains("--no-such-flag"));
+    // A missing argument is named in the message, not only in the usage text.
+    let missing_argument = fixture.run(&["--json", "backup"]);
+    let error = common::last_json(&missing_argument.stdout);
+    assert!(error["error"]["message"].as_str().unwrap().contains("<PATHS>"), "{error}");
 
     let wrong = fixture.command(&["--json", "snapshots"]).env("COFFER_PASSWORD", "wrong").output().unwrap();
     assert_eq!(common::last_json(&wrong.stdout)["error"]["kind"], "wrong_password");
@@ -217,6 +221,8 @@ fn cat_prints_each_kind_of_object_as_json() {
     assert_eq!(fixture.run(&["cat", "audit", "two"]).status.code(), Some(2));
     assert_eq!(fixture.run(&["cat", "snapshot"]).status.code(), Some(2));
     assert_eq!(fixture.run(&["cat", "pack", "x"]).status.code(), Some(2));
+    assert_eq!(fixture.run(&["cat", "audit", "99"]).status.code(), Some(14));
+    assert_eq!(fixture.run(&["cat", "config", "extra"]).status.code(), Some(2));
 }
 
 #[test]

@@ -31,6 +31,13 @@ fn a_folder_dumped_as_tar_extracts_to_the_same_tree() {
     std::fs::write(studies.join("sub").join(std::ffi::OsStr::from_bytes(b"odd name \xe9")), b"hi").unwrap();
     std::fs::write(studies.join("sub").join("n".repeat(200)), b"long").unwrap();
     std::os::unix::fs::symlink("big.dcm", studies.join("link")).unwrap();
+    // Targets kept exactly as written, including one too long for a tar header.
+    std::os::unix::fs::symlink("a//b", studies.join("double-slash")).unwrap();
+    std::os::unix::fs::symlink("sub/.", studies.join("dot")).unwrap();
+    std::os::unix::fs::symlink("d/".repeat(80), studies.join("long-link")).unwrap();
+    // `sub-x` sorts between `sub` and `sub/...` by bytes: tar needs tree order to set
+    // `sub`'s time after its content and to see a hard link's first name first.
+    std::fs::write(studies.join("sub-x"), b"sibling").unwrap();
     std::fs::hard_link(studies.join("big.dcm"), studies.join("sub/hard.dcm")).unwrap();
     nix::unistd::mkfifo(&studies.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
     std::fs::set_permissions(studies.join("big.dcm"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
@@ -40,16 +47,18 @@ fn a_folder_dumped_as_tar_extracts_to_the_same_tree() {
             common::set_mtime(entry.path(), 1_600_000_000, 0);
         }
     }
-    // The symlink's own time too (not the file it names).
+    // The symlinks' own times too (not the files they name).
     let second = nix::sys::time::TimeSpec::new(1_600_000_000, 0);
-    nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        &studies.join("link"),
-        &second,
-        &second,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )
-    .unwrap();
+    for link in ["link", "double-slash", "dot", "long-link"] {
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &studies.join(link),
+            &second,
+            &second,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
     fixture.backup(&fixture.path("src"));
 
     let spec = format!("latest:{}", studies.display());
@@ -104,4 +113,36 @@ fn a_real_system_folder_round_trips_through_tar() {
             eprintln!("skipped the comparison: no rsync");
         }
     }
+}
+
+#[test]
+fn a_closed_pipe_ends_a_dump_quietly_and_sigterm_ends_it_promptly() {
+    let fixture = Fixture::new();
+    let data = fixture.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("big.bin"), common::random_bytes(40_000_000, 9)).unwrap();
+    fixture.backup(&data);
+    let file = format!("latest:{}/big.bin", data.display());
+    // The reader goes away after 100 bytes, as `| head -c 100` does.
+    for args in
+        [vec!["dump", file.as_str()], vec!["--json", "dump", &format!("latest:{}", data.display()), "--archive", "tar"]]
+    {
+        let mut child = fixture.command(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut first = [0u8; 100];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        assert!(output.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    // SIGTERM while streaming: it stops with 143, long before the end.
+    let mut child = fixture.command(&["dump", &file]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = vec![0u8; 65536];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert!(first.len() + rest.len() < 40_000_000, "the dump went on to the end");
 }

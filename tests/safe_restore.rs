@@ -241,7 +241,8 @@ fn overwrite_rules() {
     assert_eq!(std::fs::read(study.join("notes.txt")).unwrap(), b"edited today\n");
     let bad = fixture.run(&["restore", &spec, "--target", target, "--overwrite", "sometimes"]);
     assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("--overwrite \"sometimes\""));
+    let message = String::from_utf8_lossy(&bad.stderr);
+    assert!(message.contains("'sometimes'") && message.contains("if-changed"), "{message}");
 }
 
 #[test]

@@ -109,7 +109,7 @@ pub enum Command {
   coffer restore --rollback 3f0a1b2c                               # undo that restore
   coffer restore latest --pg-target 'dbname=clinic_scratch' --pg-table patients")]
     Restore(RestoreArgs),
-    /// Write one file of a snapshot to standard output.
+    /// Write a file of a snapshot to standard output (a folder as a tar stream, or a database dump).
     Dump(DumpArgs),
     /// Remove stale locks (all locks with --remove-all).
     Unlock(UnlockArgs),
@@ -421,7 +421,8 @@ pub struct RestoreArgs {
     pub rollback: Option<String>,
     /// What to do with entries the target already holds: always, if-changed (replace
     /// what differs, leave identical entries alone), if-newer, never.
-    #[arg(long, default_value = "if-changed", value_name = "RULE")]
+    #[arg(long, default_value = "if-changed", value_name = "RULE",
+          value_parser = ["always", "if-changed", "if-newer", "never"])]
     pub overwrite: String,
     /// Remove entries of the target that the snapshot (or its restored folder) does not
     /// hold; refused for / and for a target other than the restored folder, unless --force.

@@ -431,6 +431,7 @@ fn dump(cli: &Cli, args: &DumpArgs) -> Result<i32> {
     let path = if path.starts_with(b"/") { path } else { [b"/", &path[..]].concat() };
     require_path(&args.snapshot, &manifest, &path, &id)?;
     super::audit::snapshot(&id);
+    output::binary_started();
     if args.archive.is_some() {
         let bytes = coffer::tarball::dump_tar(&repository, &manifest, &path, &mut std::io::stdout())?;
         super::audit::bytes(bytes);

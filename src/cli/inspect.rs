@@ -218,6 +218,9 @@ pub fn cat(cli: &Cli, kind: &str, id: Option<&str>) -> Result<i32> {
             _ => fail(exit::USAGE, format!("{kind} id {prefix:?} matches {} objects; give more of it", found.len())),
         }
     };
+    if kind == "config" && id.is_some() {
+        return fail(exit::USAGE, "cat config takes no id");
+    }
     let value: serde_json::Value = match kind {
         "config" => serde_json::to_value(repository.config())?,
         "key" => {
@@ -265,7 +268,12 @@ pub fn cat(cli: &Cli, kind: &str, id: Option<&str>) -> Result<i32> {
         "audit" => {
             let seq: u64 =
                 need_id()?.parse().or_else(|_| fail(exit::USAGE, "an audit record is named by its number"))?;
-            let stored = coffer::audit::read(&**backend, repository.master(), coffer::audit::Sequence(seq))?;
+            let stored = match coffer::audit::read(&**backend, repository.master(), coffer::audit::Sequence(seq)) {
+                Err(coffer::Error::MissingObject { .. }) => {
+                    return fail(exit::NOT_FOUND, format!("there is no audit record {seq}"))
+                }
+                other => other?,
+            };
             json!({"seq": seq, "hash": stored.hash, "record": stored.record})
         }
         _ => return fail(exit::USAGE, format!("cannot cat {kind:?}")),

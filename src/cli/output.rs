@@ -32,6 +32,12 @@ pub fn json(value: &Value) {
     line(&value.to_string());
 }
 
+/// Marks stdout as carrying the command's own bytes (a file, a tar stream): a failure
+/// then adds no JSON error document to them.
+pub fn binary_started() {
+    DOCUMENT_WRITTEN.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// True once [`json`] wrote the command's document.
 pub fn document_written() -> bool {
     DOCUMENT_WRITTEN.load(std::sync::atomic::Ordering::Relaxed)

@@ -23,7 +23,11 @@ pub fn dump_tar(
     out: &mut (dyn Write + Send),
 ) -> Result<u64> {
     let base = if base.len() > 1 { base.strip_suffix(b"/").unwrap_or(base) } else { base };
-    let rows = manifest.entries_under(base)?;
+    let mut rows = manifest.entries_under(base)?;
+    // Tree order, a folder's whole content right after it (the manifest's byte order
+    // puts `b-x` between `b` and `b/y`): tar sets a folder's time once it is done with
+    // it, and a hard link's first name must come before the others.
+    rows.sort_by(|(_, a), (_, b)| a.path.split(|&c| c == b'/').cmp(b.path.split(|&c| c == b'/')));
     if rows.is_empty() {
         return Err(Error::NotFound { what: format!("path {} in the snapshot", String::from_utf8_lossy(base)) });
     }
@@ -58,8 +62,22 @@ pub fn dump_tar(
             }
             EntryKind::Symlink => {
                 header.set_entry_type(tar::EntryType::Symlink);
-                let target = OsStr::from_bytes(entry.link_target.as_deref().unwrap_or_default());
-                builder.append_link(&mut header, name, target).map_err(failed)?;
+                // The target exactly as stored (`a//b` and `x/.` mean something), in a
+                // GNU long-link record first when it does not fit the header.
+                let target = entry.link_target.as_deref().unwrap_or_default();
+                if target.len() > 100 {
+                    let mut long = tar::Header::new_gnu();
+                    long.set_entry_type(tar::EntryType::GNULongLink);
+                    if let Some(gnu) = long.as_gnu_mut() {
+                        gnu.name[..13].copy_from_slice(b"././@LongLink");
+                    }
+                    long.set_mode(0o644);
+                    long.set_size(target.len() as u64 + 1);
+                    long.set_cksum();
+                    builder.append(&long, [target, b"\0"].concat().as_slice()).map_err(failed)?;
+                }
+                header.set_link_name_literal(&target[..target.len().min(100)]).map_err(failed)?;
+                builder.append_data(&mut header, name, std::io::empty()).map_err(failed)?;
             }
             EntryKind::File if leader.is_some() => {
                 header.set_entry_type(tar::EntryType::Link);
@@ -110,8 +128,11 @@ fn append_file(
         let dumped = crate::dump_file(repository, manifest, path, &mut writer, "the tar stream");
         drop(writer);
         let appended = appending.join().unwrap_or_else(|_| Err(std::io::Error::other("the tar writer stopped")));
-        let bytes = dumped?;
-        appended.map_err(failed)?;
-        Ok(bytes)
+        // A writer that failed (stdout closed) is the cause of the pipe breaking under
+        // the dump; otherwise the dump's own error (damage) is.
+        match (dumped, appended) {
+            (_, Err(error)) => Err(failed(error)),
+            (dumped, Ok(())) => dumped,
+        }
     })
 }
