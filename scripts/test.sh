@@ -46,7 +46,5 @@ echo "== cargo test (local repositories; S3 tests against s3s-fs and moto; Postg
 cargo test --all-targets --locked
 echo "== integration suite again with every repository on S3"
 COFFER_TEST_BACKEND=s3 cargo test --locked --test roundtrip
-# Eight hosts appending to one audit chain at once, against S3's create-only writes.
-COFFER_TEST_BACKEND=s3 cargo test --locked --test audit concurrent_backups
 # The benchmarks were built, and run once as tests, by `cargo test --all-targets` in the
 # test profile: a release build of them here would compile every crate a third time.
