@@ -109,6 +109,10 @@ pub fn dump_tar(
     Ok(written)
 }
 
+/// Files up to this size are verified into memory and appended whole: a thread and a
+/// pipe per file would cost more than the file on a tree of many small files.
+const IN_MEMORY: u64 = 4 * 1024 * 1024;
+
 /// Streams one file's verified content into the archive: `dump_file` writes into a
 /// pipe on this thread (the manifest stays here) while the tar builder reads it on
 /// another. A damaged blob stops the stream with the error.
@@ -121,6 +125,12 @@ fn append_file(
     name: &OsStr,
 ) -> Result<u64> {
     let failed = |e: std::io::Error| Error::io("cannot write the tar stream to", "standard output", e);
+    if header.size().unwrap_or(u64::MAX) <= IN_MEMORY {
+        let mut content = Vec::new();
+        let bytes = crate::dump_file(repository, manifest, path, &mut content, "the tar stream")?;
+        builder.append_data(header, name, content.as_slice()).map_err(failed)?;
+        return Ok(bytes);
+    }
     let (reader, writer) = nix::unistd::pipe().map_err(|errno| failed(errno.into()))?;
     let (reader, mut writer) = (std::fs::File::from(reader), std::fs::File::from(writer));
     std::thread::scope(|scope| {
