@@ -16,6 +16,10 @@ if { ! command -v man || ! command -v rsync; } >/dev/null && command -v apt-get 
     echo "== installing man-db and rsync (once)"
     apt-get update -qq >&2 && apt-get install -y -qq man-db rsync >&2
 fi
+# A clean clone (CI) gains nothing from incremental compilation but its disk use.
+if [ ! -d target/debug/incremental ]; then
+    export CARGO_INCREMENTAL=0
+fi
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
