@@ -16,6 +16,7 @@ mod maintenance;
 mod pipelines;
 mod repository;
 mod system;
+pub use system::{host_name, user_name};
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

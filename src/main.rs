@@ -9,7 +9,7 @@ fn main() {
     // Before any thread starts, and before anything that could start a child process.
     let secrets = cli::password::EnvSecrets::take();
     let parsed = match cli::Cli::try_parse() {
-        Ok(parsed) => secrets.apply(parsed),
+        Ok(parsed) => with_profile(secrets.apply(parsed)),
         Err(error) => {
             let code = if error.use_stderr() { cli::exit::USAGE } else { cli::exit::SUCCESS };
             let _ = error.print();
@@ -47,7 +47,28 @@ fn main() {
             code
         }
     };
+    cli::profile::remove_temporary_files();
     std::process::exit(code);
+}
+
+/// Fills in what `--profile` says; a profile that cannot be read ends the program here,
+/// before any thread starts (applying it may set storage variables in the environment).
+fn with_profile(mut parsed: cli::Cli) -> cli::Cli {
+    match cli::profile::apply(&mut parsed) {
+        Ok(profile) => {
+            parsed.loaded_profile = profile;
+            parsed
+        }
+        Err(error) => {
+            let (text, code) = (message(&error), exit_code(&error));
+            eprintln!("coffer: {text}");
+            if parsed.json {
+                json_error(&text, code);
+            }
+            cli::profile::remove_temporary_files();
+            std::process::exit(code);
+        }
+    }
 }
 
 /// With `--json`, a failure is also one JSON document on stdout (after progress lines),

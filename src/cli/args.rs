@@ -13,6 +13,8 @@ Environment:
   COFFER_PASSWORD_FILE      a file whose first line is the password (as --password-file)
   COFFER_PASSWORD_COMMAND   a shell command that prints the password (as --password-command)
   COFFER_CACHE_DIR          the local cache (as --cache-dir; else $XDG_CACHE_HOME/coffer or ~/.cache/coffer)
+  COFFER_CONFIG             the configuration file (as --config)
+  COFFER_PROFILE            the profile to use (as --profile)
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_DEFAULT_REGION,
   AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL
                             S3 credentials, region and endpoint
@@ -56,9 +58,9 @@ pub struct Cli {
     /// Use a temporary cache that is removed at exit.
     #[arg(long, global = true, help_heading = "Global options")]
     pub no_cache: bool,
-    /// Requests to the storage in flight at once (S3).
-    #[arg(long, default_value_t = coffer::backend::DEFAULT_CONNECTIONS, global = true, help_heading = "Global options")]
-    pub connections: usize,
+    /// Requests to the storage in flight at once (S3; default 8).
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub connections: Option<usize>,
     /// S3 endpoint of a non-AWS server (default: AWS_ENDPOINT_URL, else AWS).
     #[arg(long, global = true, help_heading = "Global options")]
     pub s3_endpoint: Option<String>,
@@ -71,9 +73,23 @@ pub struct Cli {
     /// Print more detail.
     #[arg(short, long, global = true, help_heading = "Global options", action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// The configuration file of --profile (default: /etc/coffer/coffer.toml for root,
+    /// else ~/.config/coffer/coffer.toml).
+    #[arg(long, env = "COFFER_CONFIG", hide_env_values = true, global = true, help_heading = "Global options")]
+    pub config: Option<PathBuf>,
+    /// Take the repository, password and the command's settings from this profile of the
+    /// configuration file; options given here win over it.
+    #[arg(long, env = "COFFER_PROFILE", hide_env_values = true, global = true, help_heading = "Global options")]
+    pub profile: Option<String>,
+    /// The profile `--profile` named, once read (see `profile::apply`).
+    #[arg(skip)]
+    pub loaded_profile: Option<super::profile::Profile>,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// `forget --group-by` when not given.
+pub const DEFAULT_GROUP_BY: &str = "host,paths,sources";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -147,6 +163,28 @@ pub enum Command {
         /// Its id (or unique prefix; "latest" for a snapshot; the number of an audit record).
         id: Option<String>,
     },
+    /// Run a profile's whole nightly job: backup, forget, prune, a check of part of the data.
+    #[command(after_long_help = "The steps, in this order, each only if the profile asks for it:
+  1. backup    the profile's paths and databases, into one snapshot
+  2. forget    with the profile's [retention] policy (and prune, with prune = true)
+  3. check     --read-data-subset as [check] says (a share verified longest ago first)
+The exit code is the worst step's; one notification tells all steps.
+
+Example:
+  coffer run nightly --config /etc/coffer/coffer.toml")]
+    Run(RunArgs),
+    /// Restore a random sample of the latest snapshot into a scratch folder (and each
+    /// database into a scratch database), verify every byte, and estimate a full restore's time.
+    #[command(after_long_help = "Examples:
+  coffer --profile nightly drill --sample 5%
+  coffer drill --sample 100% --scratch-dir /var/tmp/drill --pg-scratch 'host=/run/postgresql dbname=postgres'")]
+    Drill(DrillArgs),
+    /// Check a configuration file and list its profiles.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Install, list or remove systemd timers that run a profile.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Print coffer's version and the repository format versions it reads and writes.
     Version,
     /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).
@@ -162,6 +200,79 @@ pub enum Command {
         /// Write every page into this folder instead of printing coffer.1.
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The profile to run (as --profile).
+    pub profile: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Share of the snapshot's files to restore and verify, such as 5% (default: the
+    /// profile's [drill] sample, else 5%).
+    #[arg(long, value_name = "PERCENT")]
+    pub sample: Option<String>,
+    /// The snapshot to drill (default: the latest).
+    #[arg(long, value_name = "SNAP")]
+    pub snapshot: Option<String>,
+    /// Folder under which the scratch folder is made (default: the system's temporary folder).
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+    /// A database to connect to for creating (and dropping) the scratch database into
+    /// which each dump is restored; without it, dumps are only read and checked.
+    #[arg(long, value_name = "CONNINFO")]
+    pub pg_scratch: Option<String>,
+    /// Keep the scratch folder (to look at it); it is removed otherwise.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Read the configuration file (--config), name every error with its line and key.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Write and enable a systemd timer and service that run `coffer run PROFILE`.
+    #[command(after_long_help = "Examples:
+  sudo coffer schedule install nightly --at 02:00
+  coffer schedule install nightly --at 02:00 --dry-run     # show the unit files
+  sudo coffer schedule install nightly --drill             # its monthly restore drill")]
+    Install(ScheduleInstallArgs),
+    /// List the timers coffer installed, with their next run.
+    List,
+    /// Disable and remove the timer and service of a profile.
+    Remove {
+        /// The profile whose timer is removed.
+        profile: String,
+        /// Remove the drill timer instead.
+        #[arg(long)]
+        drill: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleInstallArgs {
+    /// The profile to run.
+    pub profile: String,
+    /// Time of day (HH:MM, local time; default: the profile's [schedule] at, else 02:00).
+    #[arg(long, value_name = "HH:MM")]
+    pub at: Option<String>,
+    /// Schedule the profile's restore drill (`coffer drill`) instead, as [drill] every says
+    /// (default monthly).
+    #[arg(long)]
+    pub drill: bool,
+    /// Print the unit files (or the crontab line) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Folder for the unit files (default /etc/systemd/system, or
+    /// ~/.config/systemd/user when not root).
+    #[arg(long, value_name = "DIR")]
+    pub unit_dir: Option<PathBuf>,
 }
 
 /// The Argon2id cost of a new key file. New keys need at least 19456 KiB and 2 passes.
@@ -238,8 +349,7 @@ pub struct InitArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("stdin_source").args(["stdin", "stdin_from_command"])))]
 pub struct BackupArgs {
-    /// Files and directories to back up.
-    #[arg(required_unless_present_any = ["stdin", "stdin_from_command", "pg"])]
+    /// Files and directories to back up (with --profile: the profile's, if none are given).
     pub paths: Vec<PathBuf>,
     /// Dump this PostgreSQL database into the snapshot (a libpq connection string or URI; repeatable).
     #[arg(long = "pg", value_name = "CONNINFO")]
@@ -558,7 +668,7 @@ pub struct ForgetArgs {
     pub keep_safety: Option<String>,
     /// Apply the policy per group of snapshots with the same host, paths, sources
     /// (databases and standard-input names) and/or tags; '' for one group.
-    #[arg(long, default_value = "host,paths,sources", value_name = "host,paths,sources,tags")]
+    #[arg(long, default_value = DEFAULT_GROUP_BY, value_name = "host,paths,sources,tags")]
     pub group_by: String,
     /// Show what would be kept and removed, and change nothing.
     #[arg(long)]

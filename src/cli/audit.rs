@@ -64,6 +64,13 @@ pub fn sha256(name: &str, hex: &str) {
     FACTS.lock().unwrap_or_else(|p| p.into_inner()).sha256.push(format!("{name}={hex}"));
 }
 
+/// What the command did so far (for its notification): snapshot ids, bytes, and the
+/// SHA-256 of each dump as `name=hex`.
+pub fn facts() -> (Vec<String>, Option<u64>, Vec<String>) {
+    let facts = FACTS.lock().unwrap_or_else(|p| p.into_inner());
+    (facts.snapshots.clone(), facts.bytes, facts.sha256.clone())
+}
+
 /// The name of a command that is audited, or `None` for one that only looks (a dry
 /// run included: it changes nothing and reads no data out).
 fn audited(command: &Command) -> Option<&'static str> {

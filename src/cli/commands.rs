@@ -31,6 +31,10 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Repair(what) => super::maintenance::repair(cli, what),
         Command::Key(what) => super::keys::key(cli, what),
         Command::Version => version(cli),
+        Command::Run(args) => super::run::run(cli, args),
+        Command::Drill(args) => super::drill::drill(cli, args),
+        Command::Config(super::args::ConfigCommand::Check) => super::profile::check(cli),
+        Command::Schedule(what) => super::schedule::schedule(cli, what),
         Command::Cat { kind, id } => super::inspect::cat(cli, kind, id.as_deref()),
         Command::Completions { shell } => {
             let mut command = <super::Cli as clap::CommandFactory>::command();
@@ -169,6 +173,12 @@ fn init(cli: &Cli, args: &InitArgs) -> Result<i32> {
 }
 
 fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
+    if args.paths.is_empty() && args.pg.is_empty() && !args.stdin && args.stdin_from_command.is_none() {
+        return fail(
+            exit::USAGE,
+            "nothing to back up: give paths, --pg, --stdin or --stdin-from-command (or a --profile that names them)",
+        );
+    }
     let postgres: Vec<_> = args
         .pg
         .iter()

@@ -3,16 +3,21 @@
 pub mod args;
 mod audit;
 mod commands;
+mod drill;
 mod dry_run;
 pub mod exit;
 mod inspect;
 mod keys;
 mod maintenance;
+pub mod notify;
 mod output;
 pub mod password;
 mod postgres;
+pub mod profile;
 mod progress;
 mod restore;
+mod run;
+mod schedule;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,10 +55,43 @@ pub fn fail<T>(code: i32, message: impl Into<String>) -> Result<T> {
 
 /// Runs the parsed command; returns the exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    let (begun, started) = (std::time::Instant::now(), jiff::Timestamp::now());
     let outcome = commands::dispatch(&cli);
-    match (audit::record(&cli, &outcome), outcome) {
+    // What the command did, read before its audit record takes the facts.
+    let step = notify::command_name(&cli.command).map(|_| {
+        let (code, error) = match &outcome {
+            Ok(code) => (*code, None),
+            Err(error) => (crate::exit_code(error), Some(crate::message(error))),
+        };
+        notify::step_of(&cli, code, error, begun.elapsed())
+    });
+    let outcome = match (audit::record(&cli, &outcome), outcome) {
         (Some(code), Ok(_)) => Ok(code),
         (_, outcome) => outcome,
+    };
+    if let Some(step) = step {
+        tell(&cli, step, started);
+    }
+    outcome
+}
+
+/// Hands a command's report to the `coffer run` that started it, or sends the
+/// profile's notification (`run` sends its own, for all its steps).
+fn tell(cli: &Cli, step: notify::Step, started: jiff::Timestamp) {
+    if let Some(path) = std::env::var_os(run::REPORT_FILE) {
+        if let Err(error) = std::fs::write(&path, serde_json::to_vec(&step).unwrap_or_default()) {
+            eprintln!(
+                "warning: cannot hand this step's report to coffer run ({}): {error}",
+                PathBuf::from(path).display()
+            );
+        }
+        return;
+    }
+    if matches!(cli.command, args::Command::Run(_)) {
+        return;
+    }
+    if let Some(profile) = &cli.loaded_profile {
+        notify::send(profile, &notify::report(&step.command.clone(), profile, started, vec![step]));
     }
 }
 
@@ -70,7 +108,7 @@ fn location(cli: &Cli) -> Result<Location> {
     };
     if spec.starts_with("s3:") {
         let mut options = coffer::backend::S3Options::from_url(spec)?;
-        options.connections = cli.connections;
+        options.connections = cli.connections.unwrap_or(coffer::backend::DEFAULT_CONNECTIONS);
         if let Some(endpoint) = &cli.s3_endpoint {
             options.endpoint = Some(endpoint.clone());
         }

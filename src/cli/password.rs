@@ -15,7 +15,7 @@ use super::{exit, fail, Cli};
 
 /// Text that must not be shown: `Debug` prints stars.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(OsString);
+pub struct Secret(pub(super) OsString);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,7 +86,7 @@ pub fn read(cli: &Cli, confirm: bool) -> Result<String> {
         return non_empty(first_line(&text), &format!("password file {}", path.display()));
     }
     if let Some(command) = &cli.password_command {
-        return from_command(command);
+        return run_secret_command(command, "the password command");
     }
     if let Some(Secret(password)) = &cli.password_env {
         let Some(password) = password.to_str() else {
@@ -114,20 +114,34 @@ fn non_empty(password: String, source: &str) -> Result<String> {
     Ok(password)
 }
 
-/// Runs the password command. Its text is never shown: it may hold a secret (a token
-/// passed to a vault client, say); its own stderr reaches the user unchanged.
-fn from_command(command: &OsStr) -> Result<String> {
+/// Runs a command that prints a secret (the password command, a profile's
+/// `pg_password_command`, an SMTP password or webhook key command) and returns its first
+/// line. Its text is never shown: it may hold a secret (a token passed to a vault
+/// client, say); its own stderr reaches the user unchanged.
+pub fn run_secret_command(command: &OsStr, what: &str) -> Result<String> {
     let output = match Command::new("sh").arg("-c").arg(command).stderr(Stdio::inherit()).output() {
         Ok(output) => output,
-        Err(error) => return fail(exit::WRONG_PASSWORD, format!("cannot run the password command with sh: {error}")),
+        Err(error) => return fail(exit::WRONG_PASSWORD, format!("cannot run {what} with sh: {error}")),
     };
     if !output.status.success() {
-        return fail(exit::WRONG_PASSWORD, format!("the password command {}", how_it_ended(output.status)));
+        return fail(exit::WRONG_PASSWORD, format!("{what} {}", how_it_ended(output.status)));
     }
     let Ok(text) = String::from_utf8(output.stdout) else {
-        return fail(exit::WRONG_PASSWORD, "the password command printed text that is not UTF-8");
+        return fail(exit::WRONG_PASSWORD, format!("{what} printed text that is not UTF-8"));
     };
-    non_empty(first_line(&text), "the password command")
+    non_empty(first_line(&text), what)
+}
+
+/// A secret from a file (its first line) or a command, for `what` (a notification's
+/// SMTP password or webhook key).
+pub fn read_secret(file: Option<&std::path::Path>, command: Option<&str>, what: &str) -> Result<Option<String>> {
+    if let Some(path) = file {
+        return match std::fs::read_to_string(path) {
+            Ok(text) => non_empty(first_line(&text), &format!("{what} file {}", path.display())).map(Some),
+            Err(error) => fail(exit::USAGE, format!("cannot read {what} file {}: {error}", path.display())),
+        };
+    }
+    command.map(|command| run_secret_command(OsStr::new(command), &format!("the {what} command"))).transpose()
 }
 
 /// "exited with status 3" or "was killed by signal 9".

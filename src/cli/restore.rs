@@ -47,6 +47,7 @@ pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<i32> {
         // Without a safety snapshot a folder full of files is not swept away for a file.
         replace_folders: !args.no_safety,
         progress: None,
+        only: None,
     };
     let plan = restorer::plan(&repository, &manifest, &options)?;
     if args.dry_run {

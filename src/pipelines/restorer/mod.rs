@@ -64,6 +64,9 @@ pub struct RestoreOptions {
     pub strict_target: bool,
     /// Counters to update as files are written (totals: the files the plan writes).
     pub progress: Option<std::sync::Arc<crate::Progress>>,
+    /// Restore only these manifest entries (by entry id), and the folders leading to
+    /// them: a restore drill's sample.
+    pub only: Option<std::sync::Arc<HashSet<i64>>>,
 }
 
 /// When an existing entry of the target is replaced (`--overwrite`).
@@ -291,7 +294,8 @@ pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptio
     for (entry_id, entry) in rows {
         let relative = relative_of(&entry.path, &base, base_is_file);
         let wanted =
-            include.as_ref().is_none_or(|set| entry.kind == EntryKind::Dir || set.matches(&entry.path, &relative));
+            include.as_ref().is_none_or(|set| entry.kind == EntryKind::Dir || set.matches(&entry.path, &relative))
+                && options.only.as_ref().is_none_or(|only| entry.kind == EntryKind::Dir || only.contains(&entry_id));
         let unwanted = exclude.as_ref().is_some_and(|set| set.matches(&entry.path, &relative));
         if !wanted || unwanted || (entry.path == b"/" && options.subpath.is_none()) {
             continue;
@@ -328,7 +332,7 @@ pub fn plan(repository: &Repository, manifest: &Manifest, options: &RestoreOptio
         }
         plan.entries.push(planned);
     }
-    if include.is_some() {
+    if include.is_some() || options.only.is_some() {
         prune_empty_dirs(&mut plan);
     }
     for (option, set) in [("--include", &include), ("--exclude", &exclude)] {

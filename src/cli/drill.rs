@@ -1,0 +1,312 @@
+//! `coffer drill`: proof that the backups restore. A random sample of the latest
+//! snapshot's files is restored into a scratch folder and every byte checked against
+//! the manifest's SHA-256; each database dump is restored into a scratch database
+//! (created and dropped by the drill) or, without one, read whole and listed by
+//! pg_restore. The report says what was proved and, at the measured rate, how long a
+//! full restore of the snapshot would take.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use coffer::pg::{ConnInfo, PgRestoreOptions, PgTools};
+use coffer::restorer::{self, Overwrite, RestoreOptions};
+use coffer::{EntryKind, Source};
+use rand::seq::IndexedRandom;
+use serde_json::json;
+
+use super::args::{Cli, DrillArgs};
+use super::output::{self, note};
+use super::{exit, fail};
+
+/// "5%" (or "5") as a share in percent, above 0 and at most 100.
+pub fn parse_sample(text: &str) -> Option<f64> {
+    let number = text.trim().strip_suffix('%').unwrap_or(text.trim());
+    let share: f64 = number.trim().parse().ok()?;
+    (share > 0.0 && share <= 100.0).then_some(share)
+}
+
+/// One database of the snapshot, as the drill found it.
+struct DatabaseResult {
+    database: String,
+    bytes: u64,
+    seconds: f64,
+    /// What was proved, or why not.
+    outcome: std::result::Result<String, String>,
+}
+
+pub fn drill(cli: &Cli, args: &DrillArgs) -> Result<i32> {
+    let profile = cli.loaded_profile.as_ref();
+    let sample_text = args.sample.clone();
+    let sample = match &sample_text {
+        Some(text) => match parse_sample(text) {
+            Some(share) => share,
+            None => return fail(exit::USAGE, format!("--sample {text:?} is not a share of files such as 5%")),
+        },
+        None => profile.and_then(|p| p.drill_sample).unwrap_or(5.0),
+    };
+    let scratch_parent = args
+        .scratch_dir
+        .clone()
+        .or_else(|| profile.and_then(|p| p.drill_scratch_dir.clone()))
+        .unwrap_or_else(std::env::temp_dir);
+    let pg_scratch = args.pg_scratch.clone().or_else(|| profile.and_then(|p| p.drill_pg_scratch.clone()));
+    let pg_scratch = pg_scratch.as_deref().map(ConnInfo::parse).transpose()?;
+
+    let repository = super::open(cli)?;
+    let _lock = repository.lock_shared()?;
+    let spec = args.snapshot.clone().unwrap_or_else(|| "latest".into());
+    let filter = coffer::SnapshotFilter {
+        hosts: profile.and_then(|p| p.host.clone()).into_iter().collect(),
+        ..Default::default()
+    };
+    let (id, snapshot) = repository.find_snapshot_filtered(&spec, &filter)?;
+    super::audit::snapshot(&id);
+    let manifest = repository.load_manifest(&id, &snapshot)?;
+    let (_, _, total_bytes) = manifest.totals()?;
+    let files: Vec<(i64, u64)> = manifest
+        .entries_under(b"/")?
+        .into_iter()
+        .filter(|(_, entry)| entry.kind == EntryKind::File)
+        .map(|(entry_id, entry)| (entry_id, entry.size))
+        .collect();
+    let wanted = ((files.len() as f64 * sample / 100.0).ceil() as usize).min(files.len());
+    let chosen: HashSet<i64> = files.choose_multiple(&mut rand::rng(), wanted).map(|(entry_id, _)| *entry_id).collect();
+    let sampled_bytes: u64 = files.iter().filter(|(entry_id, _)| chosen.contains(entry_id)).map(|(_, size)| size).sum();
+
+    std::fs::create_dir_all(&scratch_parent)
+        .map_err(|e| coffer::Error::io("cannot make the drill's scratch folder in", &scratch_parent, e))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("coffer-drill-")
+        .tempdir_in(&scratch_parent)
+        .map_err(|e| coffer::Error::io("cannot make the drill's scratch folder in", &scratch_parent, e))?;
+    let begun = Instant::now();
+    let mut failed: Vec<String> = Vec::new();
+    let mut restored_files = 0;
+    if !chosen.is_empty() {
+        let options = RestoreOptions {
+            target: scratch.path().to_path_buf(),
+            verify: true,
+            // The scratch copy is thrown away: waiting for the disk proves nothing.
+            no_sync: true,
+            overwrite: Overwrite::Always,
+            only: Some(Arc::new(chosen)),
+            ..Default::default()
+        };
+        let plan = restorer::plan(&repository, &manifest, &options)?;
+        match restorer::execute(&repository, &plan, &options) {
+            Ok(report) => {
+                restored_files = report.files;
+                failed.extend(
+                    report.failed.iter().map(|f| format!("{}: {}", original_path(&f.path, scratch.path()), f.reason)),
+                );
+            }
+            Err(error) => failed.push(error.to_string()),
+        }
+    }
+    let file_seconds = begun.elapsed().as_secs_f64();
+
+    let tools = PgTools::default();
+    let mut databases = Vec::new();
+    for source in &snapshot.sources {
+        let Source::Postgres(postgres) = source else { continue };
+        let begun = Instant::now();
+        let outcome = match &pg_scratch {
+            Some(maintenance) => restore_into_scratch(&repository, &manifest, postgres, maintenance, &tools),
+            None => restorer::verify_pg_dump(&repository, &manifest, postgres, &tools)
+                .map(|entries| {
+                    format!("dump read whole, SHA-256 matches, pg_restore lists {entries} entries (no scratch database: not restored)")
+                })
+                .map_err(|e| e.to_string()),
+        };
+        databases.push(DatabaseResult {
+            database: postgres.database.clone(),
+            bytes: postgres.size,
+            seconds: begun.elapsed().as_secs_f64(),
+            outcome,
+        });
+    }
+    let kept = args.keep.then(|| scratch.keep());
+
+    // The rate of this drill, applied to the whole snapshot: files at the files' rate,
+    // each dump at its own.
+    let file_rate = (sampled_bytes as f64 / file_seconds.max(0.001)).max(1.0);
+    let database_seconds: f64 = databases.iter().filter(|d| d.outcome.is_ok()).map(|d| d.seconds).sum();
+    let rto_seconds = if sampled_bytes > 0 { total_bytes as f64 / file_rate } else { 0.0 } + database_seconds;
+    let failures = failed.len() + databases.iter().filter(|d| d.outcome.is_err()).count();
+    let proved = format!(
+        "{restored_files} of {} file(s) ({} of {}) of snapshot {} restored and verified byte for byte against the manifest's SHA-256",
+        files.len(),
+        output::size(sampled_bytes),
+        output::size(total_bytes),
+        id.short()
+    );
+    let rto = format!(
+        "a full restore of this snapshot would take about {} at the measured {}/s{}",
+        human_duration(rto_seconds),
+        output::size(file_rate as u64),
+        if databases.is_empty() { String::new() } else { " (databases at their own measured time)".into() }
+    );
+    super::notify::detail(&proved);
+    for database in &databases {
+        match &database.outcome {
+            Ok(text) => super::notify::detail(&format!("database {}: {text}", database.database)),
+            Err(error) => super::notify::detail(&format!("database {}: FAILED: {error}", database.database)),
+        }
+    }
+    for failure in &failed {
+        super::notify::detail(&format!("FAILED: {failure}"));
+    }
+    super::notify::detail(&rto);
+    super::audit::bytes(sampled_bytes);
+    if cli.json {
+        output::json(&json!({
+            "snapshot_id": id.to_hex(),
+            "sample_percent": sample,
+            "files_total": files.len(),
+            "files_sampled": wanted,
+            "files_verified": restored_files,
+            "bytes_sampled": sampled_bytes,
+            "bytes_total": total_bytes,
+            "duration_seconds": file_seconds,
+            "bytes_per_second": file_rate,
+            "databases": databases.iter().map(|d| json!({
+                "database": d.database, "bytes": d.bytes, "duration_seconds": d.seconds,
+                "ok": d.outcome.is_ok(), "result": d.outcome.as_ref().unwrap_or_else(|e| e),
+            })).collect::<Vec<_>>(),
+            "failures": failed,
+            "rto_seconds": rto_seconds,
+            "scratch_dir": kept,
+            "ok": failures == 0,
+        }));
+    } else {
+        output::line(&format!(
+            "drill of snapshot {} ({} on {}):",
+            id.short(),
+            output::short_time(&snapshot),
+            snapshot.host
+        ));
+        output::line(&format!("  {proved}"));
+        for database in &databases {
+            match &database.outcome {
+                Ok(text) => output::line(&format!("  database {}: {text}", database.database)),
+                Err(error) => output::line(&format!("  database {}: FAILED: {error}", database.database)),
+            }
+        }
+        for failure in &failed {
+            output::line(&format!("  FAILED: {failure}"));
+        }
+        output::line(&format!("  {rto}"));
+        if let Some(path) = &kept {
+            note(cli.quiet, &format!("the scratch folder stays at {}", path.display()));
+        }
+    }
+    if failures > 0 {
+        return fail(
+            exit::DAMAGED,
+            format!(
+                "the drill of snapshot {} failed: {failures} file(s) or database(s) did not restore intact",
+                id.short()
+            ),
+        );
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// A path in the scratch folder as it was in the snapshot.
+fn original_path(path: &std::path::Path, scratch: &std::path::Path) -> String {
+    match path.strip_prefix(scratch) {
+        Ok(relative) => format!("/{}", relative.display()),
+        Err(_) => path.display().to_string(),
+    }
+}
+
+/// Restores a dump into a new scratch database, counts its tables and rows, drops it.
+fn restore_into_scratch(
+    repository: &coffer::Repository,
+    manifest: &coffer::Manifest,
+    source: &coffer::PostgresSource,
+    maintenance: &ConnInfo,
+    tools: &PgTools,
+) -> std::result::Result<String, String> {
+    let name = format!("coffer_drill_{}", hex::encode(rand::random::<[u8; 4]>()));
+    coffer::pg::query(tools, maintenance, &format!("CREATE DATABASE {name}"))
+        .map_err(|e| format!("cannot create the scratch database {name}: {e}"))?;
+    let result = (|| {
+        let target = ConnInfo::parse(&with_dbname(&maintenance_text(maintenance), &name)).map_err(|e| e.to_string())?;
+        let options = PgRestoreOptions { conninfo: target.clone(), jobs: 1, ..Default::default() };
+        let report = restorer::restore_postgres(repository, manifest, source, &options, tools, true)
+            .map_err(|e| e.to_string())?;
+        // Statistics lag behind a restore: each table's rows are counted.
+        let tables = coffer::pg::query(
+            tools,
+            &target,
+            "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables ORDER BY 1",
+        )
+        .map_err(|e| e.to_string())?;
+        let mut rows = 0u64;
+        for table in &tables {
+            let Some(table) = table.first() else { continue };
+            let counted = coffer::pg::query(tools, &target, &format!("SELECT count(*) FROM {table}"))
+                .map_err(|e| e.to_string())?;
+            rows += counted.first().and_then(|r| r.first()).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        }
+        Ok(format!(
+            "dump ({}) restored into scratch database {name} by pg_restore without error: {} table(s), {rows} row(s); dropped again",
+            output::size(report.bytes),
+            tables.len()
+        ))
+    })();
+    let dropped = coffer::pg::query(tools, maintenance, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    match (result, dropped) {
+        (Ok(text), Ok(_)) => Ok(text),
+        (Ok(_), Err(error)) => Err(format!("the scratch database {name} could not be dropped: {error}")),
+        (Err(error), _) => Err(error),
+    }
+}
+
+/// The connection string as given (its Display hides the password).
+fn maintenance_text(conninfo: &ConnInfo) -> String {
+    conninfo.argument().to_string_lossy().into_owned()
+}
+
+/// The connection string with another database name.
+fn with_dbname(conninfo: &str, name: &str) -> String {
+    if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
+        let separator = if conninfo.contains('?') { '&' } else { '?' };
+        format!("{conninfo}{separator}dbname={name}")
+    } else {
+        format!("{conninfo} dbname={name}")
+    }
+}
+
+/// 3725 s -> "1 h 2 min".
+fn human_duration(seconds: f64) -> String {
+    let seconds = seconds.round() as u64;
+    match seconds {
+        0..=59 => format!("{seconds} s"),
+        60..=3599 => format!("{} min {} s", seconds / 60, seconds % 60),
+        _ => format!("{} h {} min", seconds / 3600, seconds % 3600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_shares_of_at_most_all() {
+        assert_eq!(parse_sample("5%"), Some(5.0));
+        assert_eq!(parse_sample("100"), Some(100.0));
+        assert_eq!(parse_sample("0%"), None);
+        assert_eq!(parse_sample("150%"), None);
+        assert_eq!(parse_sample("five"), None);
+    }
+
+    #[test]
+    fn the_scratch_database_replaces_the_name_in_both_forms() {
+        assert_eq!(with_dbname("host=/tmp dbname=postgres", "x"), "host=/tmp dbname=postgres dbname=x");
+        assert_eq!(with_dbname("postgresql://h/postgres", "x"), "postgresql://h/postgres?dbname=x");
+    }
+}
