@@ -11,11 +11,19 @@ fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 # tests/cli_help.rs renders the manual pages with man; tests/dump_tar.rs compares a
-# system folder with rsync, a tool that knows nothing of coffer.
-if { ! command -v man || ! command -v rsync; } >/dev/null && command -v apt-get >/dev/null; then
-    echo "== installing man-db and rsync (once)"
-    apt-get update -qq >&2 && apt-get install -y -qq man-db rsync >&2
+# system folder with rsync, a tool that knows nothing of coffer; tests/operations.rs has
+# systemd-analyze verify the timers and openssl make the SMTP server's certificates.
+if { ! command -v man || ! command -v rsync || ! command -v systemd-analyze || ! command -v openssl; } >/dev/null \
+    && command -v apt-get >/dev/null; then
+    echo "== installing man-db, rsync, systemd (for systemd-analyze) and openssl (once)"
+    apt-get update -qq >&2 && apt-get install -y -qq man-db rsync systemd openssl >&2
 fi
+# tests/operations.rs sends notifications to a real SMTP server: aiosmtpd, from PyPI.
+if ! python3 -c "import aiosmtpd" 2>/dev/null; then
+    echo "== installing aiosmtpd (once)"
+    python3 -m pip install --quiet --disable-pip-version-check aiosmtpd >&2
+fi
+export COFFER_REQUIRE_SMTP=1
 # A clean clone (CI) gains nothing from incremental compilation but its disk use.
 if [ ! -d target/debug/incremental ]; then
     export CARGO_INCREMENTAL=0

@@ -244,7 +244,11 @@ pub enum ScheduleCommand {
   sudo coffer schedule install nightly --drill             # its monthly restore drill")]
     Install(ScheduleInstallArgs),
     /// List the timers coffer installed, with their next run.
-    List,
+    List {
+        /// Folder of the unit files (as for install).
+        #[arg(long, value_name = "DIR")]
+        unit_dir: Option<PathBuf>,
+    },
     /// Disable and remove the timer and service of a profile.
     Remove {
         /// The profile whose timer is removed.
@@ -252,6 +256,9 @@ pub enum ScheduleCommand {
         /// Remove the drill timer instead.
         #[arg(long)]
         drill: bool,
+        /// Folder of the unit files (as for install).
+        #[arg(long, value_name = "DIR")]
+        unit_dir: Option<PathBuf>,
     },
 }
 

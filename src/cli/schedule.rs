@@ -187,8 +187,8 @@ fn systemctl(arguments: &[&str]) -> Result<()> {
 pub fn schedule(cli: &Cli, what: &ScheduleCommand) -> Result<i32> {
     match what {
         ScheduleCommand::Install(args) => install(cli, args),
-        ScheduleCommand::List => list(cli),
-        ScheduleCommand::Remove { profile, drill } => remove(cli, profile, *drill),
+        ScheduleCommand::List { unit_dir } => list(cli, unit_dir.as_deref()),
+        ScheduleCommand::Remove { profile, drill, unit_dir } => remove(cli, profile, *drill, unit_dir.as_deref()),
     }
 }
 
@@ -255,8 +255,8 @@ fn write_public(path: &Path, text: &str) -> Result<()> {
 }
 
 /// The timers coffer wrote, with their schedule and (under systemd) their next run.
-fn list(cli: &Cli) -> Result<i32> {
-    let dir = unit_dir(None)?;
+fn list(cli: &Cli, given: Option<&Path>) -> Result<i32> {
+    let dir = unit_dir(given)?;
     let mut timers = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {
@@ -302,9 +302,9 @@ fn list(cli: &Cli) -> Result<i32> {
     Ok(exit::SUCCESS)
 }
 
-fn remove(cli: &Cli, profile: &str, drill: bool) -> Result<i32> {
+fn remove(cli: &Cli, profile: &str, drill: bool, given: Option<&Path>) -> Result<i32> {
     let name = unit_name(profile, drill)?;
-    let dir = unit_dir(None)?;
+    let dir = unit_dir(given)?;
     let timer = dir.join(format!("{name}.timer"));
     let service = dir.join(format!("{name}.service"));
     if !timer.exists() && !service.exists() {
