@@ -47,6 +47,12 @@ const COMMANDS: &[&[&str]] = &[
     &["version"],
     &["completions"],
     &["man"],
+    &["run"],
+    &["drill"],
+    &["config", "check"],
+    &["schedule", "install"],
+    &["schedule", "list"],
+    &["schedule", "remove"],
 ];
 
 #[test]
@@ -165,9 +171,13 @@ fn errors_are_json_on_stdout_with_json() {
     assert_eq!(error["error"]["kind"], "usage");
     assert!(error["error"]["message"].as_str().unwrap().contains("--no-such-flag"));
     // A missing argument is named in the message, not only in the usage text.
-    let missing_argument = fixture.run(&["--json", "backup"]);
+    let missing_argument = fixture.run(&["--json", "ls"]);
     let error = common::last_json(&missing_argument.stdout);
-    assert!(error["error"]["message"].as_str().unwrap().contains("<PATHS>"), "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("<SNAPSHOT>"), "{error}");
+    let nothing = fixture.run(&["--json", "backup"]);
+    assert_eq!(nothing.status.code(), Some(2));
+    let error = common::last_json(&nothing.stdout);
+    assert!(error["error"]["message"].as_str().unwrap().contains("nothing to back up"), "{error}");
 
     let wrong = fixture.command(&["--json", "snapshots"]).env("COFFER_PASSWORD", "wrong").output().unwrap();
     assert_eq!(common::last_json(&wrong.stdout)["error"]["kind"], "wrong_password");

@@ -104,9 +104,13 @@ impl Smtp {
     /// None (and the test returns) when python3 with aiosmtpd is missing, unless
     /// COFFER_REQUIRE_SMTP (set by scripts/test.sh) demands it.
     fn start(flags: &[&str]) -> Option<Self> {
-        let present = Command::new("python3").args(["-c", "import aiosmtpd"]).output().is_ok_and(|o| o.status.success());
+        let present =
+            Command::new("python3").args(["-c", "import aiosmtpd"]).output().is_ok_and(|o| o.status.success());
         if !present {
-            assert!(std::env::var("COFFER_REQUIRE_SMTP").is_err(), "COFFER_REQUIRE_SMTP is set but aiosmtpd is missing");
+            assert!(
+                std::env::var("COFFER_REQUIRE_SMTP").is_err(),
+                "COFFER_REQUIRE_SMTP is set but aiosmtpd is missing"
+            );
             eprintln!("python3 with aiosmtpd is missing (scripts/test.sh installs it); skipping");
             return None;
         }
@@ -223,7 +227,10 @@ fn pg_server() -> bool {
     if std::env::var("COFFER_TEST_PG").is_ok() {
         return true;
     }
-    assert!(std::env::var("COFFER_REQUIRE_PG").is_err(), "COFFER_REQUIRE_PG is set but no PostgreSQL server is configured");
+    assert!(
+        std::env::var("COFFER_REQUIRE_PG").is_err(),
+        "COFFER_REQUIRE_PG is set but no PostgreSQL server is configured"
+    );
     eprintln!("no PostgreSQL test server configured (run scripts/test.sh); skipping");
     false
 }
@@ -360,7 +367,8 @@ secret_file = \"{}\"
         psql(database, &format!("INSERT INTO visits (note) VALUES ('night {night}')"));
         let report = setup.json(&["run", "nightly"]);
         assert_eq!(report["exit_code"], 0, "{report}");
-        let steps: Vec<&str> = report["steps"].as_array().unwrap().iter().map(|s| s["command"].as_str().unwrap()).collect();
+        let steps: Vec<&str> =
+            report["steps"].as_array().unwrap().iter().map(|s| s["command"].as_str().unwrap()).collect();
         assert_eq!(steps, ["backup", "forget", "check"], "{report}");
     }
     let snapshots = setup.snapshots();
@@ -378,7 +386,12 @@ secret_file = \"{}\"
     assert_eq!(last["headers"]["From"], "coffer@pacs1.example");
     assert_eq!(last["headers"]["To"], "oncall@clinic.example, it@clinic.example");
     let body = last["body"].as_str().unwrap();
-    let expected = [format!("snapshot {id}"), format!("sha256 {dump_sha}"), "Profile:     nightly".into(), "forget: success".into()];
+    let expected = [
+        format!("snapshot {id}"),
+        format!("sha256 {dump_sha}"),
+        "Profile:     nightly".into(),
+        "forget: success".into(),
+    ];
     for part in expected {
         assert!(body.contains(&part), "{part:?} not in the email:\n{body}");
     }
@@ -406,7 +419,8 @@ fn a_refusing_or_unreachable_mail_server_leaves_the_backup_and_its_exit_code_alo
     let setup = Setup::new();
     let data = setup.path("data");
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let unreachable = refusing.settings("down").replace(&format!("port = {}", refusing.port), &format!("port = {closed}"));
+    let unreachable =
+        refusing.settings("down").replace(&format!("port = {}", refusing.port), &format!("port = {closed}"));
     setup.write_config(&format!(
         "[profile.refused]\ninclude = \"base\"\n[profile.refused.backup]\npaths = [\"{0}\"]\n[profile.refused.notify]\non = [\"success\"]\n{1}\n[profile.down]\ninclude = \"base\"\n[profile.down.backup]\npaths = [\"{0}\"]\n[profile.down.notify]\non = [\"success\"]\n{2}",
         data.display(),
@@ -418,7 +432,10 @@ fn a_refusing_or_unreachable_mail_server_leaves_the_backup_and_its_exit_code_alo
         let output = setup.run(&["--profile", profile, "backup"]);
         let message = stderr(&output);
         assert_eq!(output.status.code(), Some(0), "{profile}: {message}");
-        assert!(message.contains("the email notification to oncall@clinic.example, it@clinic.example could not be sent"), "{message}");
+        assert!(
+            message.contains("the email notification to oncall@clinic.example, it@clinic.example could not be sent"),
+            "{message}"
+        );
         assert!(message.contains(said), "{profile}: {message}");
         assert!(!message.contains("s3cret-smtp"), "the SMTP password was shown: {message}");
     }
@@ -586,9 +603,36 @@ fn two_runs_of_one_profile_never_overlap() {
     let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
     let output = setup.run(&["run", "nightly"]);
     assert_eq!(output.status.code(), Some(11), "{}", stderr(&output));
-    assert!(stderr(&output).contains("another coffer run of profile \"nightly\" is in progress"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("another coffer run of profile \"nightly\" is in progress"),
+        "{}",
+        stderr(&output)
+    );
     drop(held);
     let report = setup.json(&["run", "nightly"]);
     assert_eq!(report["exit_code"], 0, "{report}");
     assert_eq!(setup.snapshots().len(), 1);
+}
+
+#[test]
+fn the_readme_nightly_profile_is_valid() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = &readme[readme.find("## Profiles, nightly runs").expect("the README's profile section")..];
+    let start = section.find("```toml\n").expect("a TOML block") + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let setup = Setup::new();
+    std::fs::write(setup.config(), block).unwrap();
+    let report = setup.json(&["config", "check"]);
+    assert_eq!(report["valid"], true, "{report}");
+    let nightly = report["profiles"].as_array().unwrap().iter().find(|p| p["name"] == "nightly").unwrap().clone();
+    assert_eq!(nightly["databases"], 1, "{nightly}");
+    assert_eq!(nightly["retention"], true, "{nightly}");
+    assert_eq!(nightly["notify"]["email"], true, "{nightly}");
+    assert_eq!(nightly["notify"]["webhook"], true, "{nightly}");
+    assert_eq!(nightly["drill"], "monthly", "{nightly}");
+    let units = setup.json(&["schedule", "install", "nightly", "--dry-run"]);
+    assert!(
+        units["timer"]["text"].as_str().unwrap().contains("OnCalendar=*-*-* 01:30:00\nRandomizedDelaySec=900\n"),
+        "{units}"
+    );
 }

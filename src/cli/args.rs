@@ -58,7 +58,7 @@ pub struct Cli {
     /// Use a temporary cache that is removed at exit.
     #[arg(long, global = true, help_heading = "Global options")]
     pub no_cache: bool,
-    /// Requests to the storage in flight at once (S3; default 8).
+    /// Requests to the storage in flight at once (S3; default 16).
     #[arg(long, global = true, help_heading = "Global options")]
     pub connections: Option<usize>,
     /// S3 endpoint of a non-AWS server (default: AWS_ENDPOINT_URL, else AWS).

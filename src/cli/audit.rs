@@ -81,6 +81,7 @@ fn audited(command: &Command) -> Option<&'static str> {
         Command::Dump(_) => "dump",
         Command::Unlock(_) => "unlock",
         Command::Check(_) => "check",
+        Command::Drill(_) => "drill",
         Command::Forget(args) if !args.dry_run => "forget",
         Command::Prune(args) if !args.dry_run => "prune",
         Command::Repair(_) => "repair",
