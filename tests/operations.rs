@@ -518,7 +518,10 @@ fn a_drill_restores_each_dump_into_a_scratch_database_and_drops_it() {
     let report = setup.json(&["--profile", "n", "drill"]);
     assert_eq!(report["ok"], true, "{report}");
     let result = report["databases"][0]["result"].as_str().unwrap();
-    assert!(result.contains("2 table(s), 1235 row(s); dropped again"), "{result}");
+    assert!(
+        result.contains("all 2 table(s), 1235 row(s), match the row counts and checksums recorded at backup"),
+        "{result}"
+    );
     assert_eq!(psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'coffer_drill_%'"), "0");
     // A scratch database that cannot be created: one sentence, the drill fails.
     let output = setup.run(&["--profile", "n", "drill", "--pg-scratch", "dbname=postgres user=nobody_here"]);

@@ -145,6 +145,7 @@ fn an_authenticated_record_with_a_multibyte_sha256_is_damage_not_a_panic() {
         migrations: vec![],
         schema_query: None,
         globals_path: None,
+        tables: None,
     }));
     let crafted = repository.save_snapshot(&record).unwrap();
     drop(repository);

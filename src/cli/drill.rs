@@ -238,24 +238,39 @@ fn restore_into_scratch(
         let options = PgRestoreOptions { conninfo: target.clone(), jobs: 1, ..Default::default() };
         let report = restorer::restore_postgres(repository, manifest, source, &options, tools, true)
             .map_err(|e| e.to_string())?;
-        // Statistics lag behind a restore: each table's rows are counted.
-        let tables = coffer::pg::query(
-            tools,
-            &target,
-            "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables ORDER BY 1",
-        )
-        .map_err(|e| e.to_string())?;
-        let mut rows = 0u64;
-        for table in &tables {
-            let Some(table) = table.first() else { continue };
-            let counted = coffer::pg::query(tools, &target, &format!("SELECT count(*) FROM {table}"))
-                .map_err(|e| e.to_string())?;
-            rows += counted.first().and_then(|r| r.first()).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        let restored = coffer::pg::table_checksums(tools, &target).map_err(|e| e.to_string())?;
+        let rows: u64 = restored.iter().map(|t| t.rows).sum();
+        let Some(recorded) = &source.tables else {
+            return Ok(format!(
+                "dump ({}) restored into scratch database {name} by pg_restore without error: {} table(s), {rows} row(s) (no table checksums were recorded at backup); dropped again",
+                output::size(report.bytes),
+                restored.len()
+            ));
+        };
+        let mut differing = Vec::new();
+        for table in recorded {
+            match restored.iter().find(|t| t.table == table.table) {
+                Some(found) if found == table => {}
+                Some(found) => differing.push(format!(
+                    "{}: {} row(s) at backup, {} after the restore{}",
+                    table.table,
+                    table.rows,
+                    found.rows,
+                    if found.rows == table.rows { " (same count, different content)" } else { "" }
+                )),
+                None => differing.push(format!("{}: missing after the restore", table.table)),
+            }
+        }
+        for table in restored.iter().filter(|t| !recorded.iter().any(|r| r.table == t.table)) {
+            differing.push(format!("{}: not in the database at backup time", table.table));
+        }
+        if !differing.is_empty() {
+            return Err(format!("the restored tables differ from the backup: {}", differing.join("; ")));
         }
         Ok(format!(
-            "dump ({}) restored into scratch database {name} by pg_restore without error: {} table(s), {rows} row(s); dropped again",
+            "dump ({}) restored into scratch database {name}: all {} table(s), {rows} row(s), match the row counts and checksums recorded at backup; dropped again",
             output::size(report.bytes),
-            tables.len()
+            restored.len()
         ))
     })();
     let dropped = coffer::pg::query(tools, maintenance, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));

@@ -506,6 +506,7 @@ mod tests {
                 migrations: vec![],
                 schema_query: None,
                 globals_path: None,
+                tables: None,
             }));
             record
         };

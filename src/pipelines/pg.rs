@@ -246,12 +246,163 @@ impl Drop for Running {
     }
 }
 
-/// Starts `pg_dump` in custom format without compression, so nightly dumps deduplicate.
-pub fn start_dump(tools: &PgTools, conninfo: &ConnInfo) -> Result<Running> {
+/// Starts `pg_dump` in custom format without compression, so nightly dumps deduplicate;
+/// with `snapshot`, it dumps what that exported snapshot sees (see [`Session`]).
+pub fn start_dump(tools: &PgTools, conninfo: &ConnInfo, snapshot: Option<&str>) -> Result<Running> {
     let mut command = Command::new(&tools.pg_dump);
     command.args(["--format=custom", "--compress=0", "--no-password"]);
+    if let Some(snapshot) = snapshot {
+        command.arg(format!("--snapshot={snapshot}"));
+    }
     connect(&mut command, conninfo);
     Running::spawn("pg_dump", command, Stdio::null())
+}
+
+/// The row count and an order-independent checksum of one table's rows, as the dump
+/// holds them: recorded at backup time, compared by a restore drill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableChecksum {
+    /// `schema.table`, quoted where SQL needs it.
+    pub table: String,
+    pub rows: u64,
+    /// Sum over the rows of the first 60 bits of md5(row as text), as a decimal number.
+    pub checksum: String,
+}
+
+/// Session settings that fix how rows print as text, so that a checksum taken at
+/// backup time and one taken after a restore compare equal.
+const TEXT_SETTINGS: &str = "SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; \
+    SET extra_float_digits = 3; SET bytea_output = 'hex'; SET search_path = pg_catalog;";
+
+/// The ordinary tables (partitions included, their parents not) of a database.
+const TABLES: &str = "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' \
+    AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1";
+
+fn checksum_query(table: &str) -> String {
+    format!(
+        "SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0) FROM {table} t"
+    )
+}
+
+/// A psql session holding one REPEATABLE READ transaction whose snapshot it exported:
+/// pg_dump dumps that snapshot, and the session's table checksums see the same rows.
+pub struct Session {
+    child: Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<ChildStdout>,
+    stderr: Option<JoinHandle<String>>,
+    /// The snapshot's name, for `pg_dump --snapshot`.
+    pub snapshot: String,
+}
+
+/// Marks the end of one command's output in the session.
+const END: &str = "__coffer_end_of_answer__";
+
+impl Session {
+    /// Starts the transaction and exports its snapshot.
+    pub fn open(tools: &PgTools, conninfo: &ConnInfo) -> Result<Self> {
+        let mut command = Command::new(&tools.psql);
+        command.args(["-X", "-w", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-F", "\u{1f}"]);
+        connect(&mut command, conninfo);
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| failure("psql", format!("cannot run {}: {e}", tools.psql.display())))?;
+        let mut pipe = child.stderr.take();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(pipe) = pipe.as_mut() {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        });
+        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(failure("psql", "psql started without its pipes"));
+        };
+        let mut session =
+            Self { child, input, output: std::io::BufReader::new(output), stderr: Some(stderr), snapshot: String::new() };
+        let answer = session.ask(&format!(
+            "{TEXT_SETTINGS} BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_export_snapshot();"
+        ))?;
+        session.snapshot = answer.last().cloned().unwrap_or_default();
+        if session.snapshot.is_empty() {
+            return Err(failure("psql", "pg_export_snapshot() returned nothing"));
+        }
+        Ok(session)
+    }
+
+    /// Sends SQL and returns the lines printed before the end marker.
+    fn ask(&mut self, sql: &str) -> Result<Vec<String>> {
+        use std::io::{BufRead, Write};
+        let sent = writeln!(self.input, "{sql}\n\\echo {END}").and_then(|()| self.input.flush());
+        let mut lines = Vec::new();
+        if sent.is_ok() {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match self.output.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line.trim_end() == END => return Ok(lines),
+                    Ok(_) => lines.push(line.trim_end_matches('\n').to_string()),
+                }
+            }
+        }
+        // psql stopped (ON_ERROR_STOP): its message says why.
+        let _ = self.child.wait();
+        let stderr = self.stderr.take().and_then(|handle| handle.join().ok()).unwrap_or_default();
+        Err(failure("psql", tool_message(&stderr)))
+    }
+
+    /// Each table's row count and checksum, as the exported snapshot sees them.
+    pub fn table_checksums(&mut self) -> Result<Vec<TableChecksum>> {
+        let tables = self.ask(&format!("{TABLES};"))?;
+        let mut found = Vec::new();
+        for table in tables.into_iter().filter(|t| !t.is_empty()) {
+            let answer = self.ask(&format!("{};", checksum_query(&table)))?;
+            found.push(parse_checksum(table, answer.first().map(String::as_str).unwrap_or_default())?);
+        }
+        Ok(found)
+    }
+
+    /// Ends the transaction and the session.
+    pub fn close(mut self) {
+        let _ = self.ask("COMMIT;");
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn parse_checksum(table: String, line: &str) -> Result<TableChecksum> {
+    let mut fields = line.split('\u{1f}');
+    let rows = fields.next().and_then(|n| n.parse().ok());
+    let checksum = fields.next().filter(|c| !c.is_empty());
+    match (rows, checksum) {
+        (Some(rows), Some(checksum)) => Ok(TableChecksum { table, rows, checksum: checksum.to_string() }),
+        _ => Err(failure("psql", format!("unexpected answer for the checksum of {table}: {line:?}"))),
+    }
+}
+
+/// Each table's row count and checksum in a database (a restored one), with the same
+/// text settings as at backup time.
+pub fn table_checksums(tools: &PgTools, conninfo: &ConnInfo) -> Result<Vec<TableChecksum>> {
+    let tables = query(tools, conninfo, &format!("{TEXT_SETTINGS} {TABLES}"))?;
+    let mut found = Vec::new();
+    for table in tables.into_iter().filter_map(|row| row.into_iter().next()) {
+        let rows = query(tools, conninfo, &format!("{TEXT_SETTINGS} {}", checksum_query(&table)))?;
+        let line = rows.first().map(|row| row.join("\u{1f}")).unwrap_or_default();
+        found.push(parse_checksum(table, &line)?);
+    }
+    Ok(found)
 }
 
 /// Starts `pg_dumpall --globals-only` (roles, tablespaces) as SQL text.

@@ -66,6 +66,10 @@ pub struct PostgresSource {
     /// Where `pg_dumpall --globals-only` output is in the manifest, if it was taken.
     #[serde(default)]
     pub globals_path: Option<String>,
+    /// Each table's row count and checksum, taken in the snapshot pg_dump dumped
+    /// (absent when they could not be taken, and in snapshots of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<crate::pipelines::pg::TableChecksum>>,
 }
 
 /// Counts and sizes of one backup.
@@ -453,6 +457,7 @@ mod tests {
             migrations: vec![],
             schema_query: None,
             globals_path: None,
+            tables: None,
         };
         let with = |source: PostgresSource| {
             let mut record = sample("2026-01-01T00:00:00Z");

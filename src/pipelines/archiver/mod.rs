@@ -686,8 +686,31 @@ impl Walker<'_, '_> {
         let info = pg::inspect(tools, options)?;
         let path = self.free_pg_path(&info.database, "dump")?;
         let chunker = self.packer.repository().dump_chunker();
-        let dump = pg::start_dump(tools, &options.conninfo)?;
+        // One exported snapshot for pg_dump and the table checksums, so that the
+        // checksums describe exactly the rows in the dump.
+        let mut session = match pg::Session::open(tools, &options.conninfo) {
+            Ok(session) => Some(session),
+            Err(error) => {
+                self.notes.push(format!(
+                    "database {}: no table checksums recorded (a restore drill can then only check that the dump restores): {error}",
+                    info.database
+                ));
+                None
+            }
+        };
+        let dump = pg::start_dump(tools, &options.conninfo, session.as_ref().map(|s| s.snapshot.as_str()))?;
         let (size, sha256) = self.add_program_output(dump, &path, &chunker, time, sender)?;
+        let tables = match session.as_mut().map(pg::Session::table_checksums) {
+            Some(Ok(tables)) => Some(tables),
+            Some(Err(error)) => {
+                self.notes.push(format!("database {}: no table checksums recorded: {error}", info.database));
+                None
+            }
+            None => None,
+        };
+        if let Some(session) = session {
+            session.close();
+        }
         let globals_path = match options.globals {
             true => Some(self.add_globals(tools, options, &info.database, time, sender)?),
             false => None,
@@ -703,6 +726,7 @@ impl Walker<'_, '_> {
             migrations: info.migrations,
             schema_query: options.schema_query.clone(),
             globals_path,
+            tables,
         })
     }
 
