@@ -172,6 +172,9 @@ impl BucketApi {
         let message = format!("{what} was answered {status} {code}");
         match status {
             403 => Error::AccessDenied { location: self.location.clone(), message },
+            // A server that does not implement the request (s3s-fs and ListMultipartUploads)
+            // will not next time either: not retried for minutes.
+            501 => self.failure(message),
             429 | 500.. => Error::Unreachable { location: self.location.clone(), message },
             _ => self.failure(message),
         }

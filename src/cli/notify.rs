@@ -253,8 +253,10 @@ pub fn body(report: &Report) -> String {
             step.command, step.outcome, step.exit_code, step.duration_seconds
         ));
         // Lines stay under 78 characters (a hash fits), so mail stays plain 7-bit text.
+        // forget names the snapshots it removed; the others the one they made or read.
+        let label = if step.command == "forget" { "removed " } else { "snapshot" };
         for id in &step.snapshot_ids {
-            line(format!("  snapshot {id}"));
+            line(format!("  {label} {id}"));
         }
         if let Some(bytes) = step.bytes {
             line(format!("  bytes    {bytes} ({})", super::output::size(bytes)));
@@ -373,7 +375,8 @@ fn post_webhook(settings: &Webhook, report: &Report) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let timeout = Duration::from_secs(settings.timeout_seconds.unwrap_or(30));
     let status = runtime.block_on(async {
-        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        // A redirect is not followed: the signed report goes only where the profile says.
+        let client = reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).build()?;
         let mut request = client
             .post(&settings.url)
             .header("content-type", "application/json")
@@ -385,6 +388,10 @@ fn post_webhook(settings: &Webhook, report: &Report) -> Result<()> {
     })?;
     if status.is_success() {
         Ok(())
+    } else if status.is_redirection() {
+        Err(permanent(anyhow::anyhow!(
+            "the webhook answered {status} (redirects are not followed: give the final URL)"
+        )))
     } else if status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408 {
         Err(permanent(anyhow::anyhow!("the webhook answered {status}")))
     } else {

@@ -87,6 +87,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
         for step in &report.steps {
             let what = match (&step.error, step.snapshot_ids.first()) {
                 (Some(error), _) => error.clone(),
+                (None, _) if step.command == "forget" => format!("removed {} snapshot(s)", step.snapshot_ids.len()),
                 (None, Some(id)) => format!("snapshot {}", &id[..id.len().min(8)]),
                 (None, None) => step.details.first().cloned().unwrap_or_default(),
             };

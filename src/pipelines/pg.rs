@@ -280,9 +280,7 @@ const TABLES: &str = "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class
     AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1";
 
 fn checksum_query(table: &str) -> String {
-    format!(
-        "SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0) FROM {table} t"
-    )
+    format!("SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0) FROM {table} t")
 }
 
 /// A psql session holding one REPEATABLE READ transaction whose snapshot it exported:
@@ -322,8 +320,13 @@ impl Session {
         let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(failure("psql", "psql started without its pipes"));
         };
-        let mut session =
-            Self { child, input, output: std::io::BufReader::new(output), stderr: Some(stderr), snapshot: String::new() };
+        let mut session = Self {
+            child,
+            input,
+            output: std::io::BufReader::new(output),
+            stderr: Some(stderr),
+            snapshot: String::new(),
+        };
         let answer = session.ask(&format!(
             "{TEXT_SETTINGS} BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_export_snapshot();"
         ))?;
