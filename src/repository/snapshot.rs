@@ -35,6 +35,8 @@ pub struct Snapshot {
 /// Where a snapshot's content came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// A snapshot holds a handful of sources, read once: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Source {
     /// Directory trees.
     Files { paths: Vec<String> },
