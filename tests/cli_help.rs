@@ -186,6 +186,28 @@ fn errors_are_json_on_stdout_with_json() {
 }
 
 #[test]
+fn a_symlinked_folder_given_to_backup_is_warned_about() {
+    let fixture = Fixture::new();
+    let folder = fixture.path("studies");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("scan.dcm"), b"x").unwrap();
+    let link = fixture.path("current");
+    std::os::unix::fs::symlink(&folder, &link).unwrap();
+    let output = fixture.run(&["backup", link.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let expected = format!(
+        "warning: {} is a symbolic link to the folder {}",
+        link.display(),
+        folder.canonicalize().unwrap().display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    // The folder itself: no warning.
+    let output = fixture.run(&["backup", folder.to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("symbolic link"));
+}
+
+#[test]
 fn a_repository_in_the_way_is_warned_about() {
     // init into a folder that holds other things.
     let fixture = Fixture::empty();

@@ -104,6 +104,23 @@ fn file_lister(cli: &Cli) -> Option<coffer::FileListener> {
 
 /// A backup of a folder that holds the (local) repository stores the repository in
 /// itself, growing with every run: said, not refused (an exclude may cover it).
+/// A backup path that is a symlink to a folder is stored as the link alone (coffer
+/// never follows symlinks): said, with the folder to give instead.
+fn warn_of_linked_folders(paths: &[std::path::PathBuf]) {
+    for path in paths {
+        let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link && std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+            let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            eprintln!(
+                "warning: {} is a symbolic link to the folder {}: only the link is stored, not the folder's content (give {} to back it up)",
+                path.display(),
+                target.display(),
+                target.display()
+            );
+        }
+    }
+}
+
 fn warn_if_repository_inside(cli: &Cli, paths: &[std::path::PathBuf], excludes: &[String]) {
     let Ok(super::Location::Local(repository)) = super::location(cli) else { return };
     let Ok(repository) = repository.canonicalize() else { return };
@@ -192,6 +209,7 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
         .collect::<coffer::Result<_>>()?;
     let repository = super::open(cli)?;
     warn_if_repository_inside(cli, &args.paths, &args.excludes);
+    warn_of_linked_folders(&args.paths);
     let stdin: Option<(Box<dyn std::io::Read + Send>, String)> =
         args.stdin.then(|| (Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>, args.stdin_name.clone()));
     let mut options = BackupOptions {
