@@ -330,6 +330,7 @@ fn a_restore_reports_progress_as_json_lines_before_its_document() {
     assert_eq!(last_progress["files_total"], 3);
     assert_eq!(last_progress["bytes_done"], 600_000);
     assert!(lines.last().unwrap()["restore_id"].is_string(), "the document comes last");
+    assert_eq!(lines.last().unwrap()["type"], "summary", "the document says it is the summary, as a backup's does");
     let quiet = fixture.run(&[
         "--json",
         "restore",

@@ -154,7 +154,7 @@ fn check_json(report: &CheckReport) -> Value {
         .collect();
     let unreadable: Vec<Value> =
         report.unreadable.iter().map(|(pack, reason)| json!({"object": pack, "reason": reason})).collect();
-    json!({"ok": !report.is_damaged() && report.unreadable.is_empty(), "index_objects": report.index_objects, "packs": report.packs,
+    json!({"type": "summary", "ok": !report.is_damaged() && report.unreadable.is_empty(), "index_objects": report.index_objects, "packs": report.packs,
         "snapshots": report.snapshots, "packs_read": report.packs_read, "bytes_read": report.bytes_read,
         "blobs_read": report.blobs_read, "damage": damage, "affected": affected, "warnings": report.warnings,
         "unreadable": unreadable})

@@ -134,6 +134,7 @@ fn report_outcome(cli: &Cli, args: &RestoreArgs, id: &SnapshotId, target: &Path,
             .map(|failure| json!({"path": failure.path.display().to_string(), "reason": failure.reason}))
             .collect();
         output::json(&json!({
+            "type": "summary",
             "restore_id": started.id.to_hex(), "snapshot": id.to_hex(), "target": target.display().to_string(),
             "safety_snapshot": started.safety.map(|id| id.to_hex()),
             "files": report.files, "dirs": report.dirs, "kept": report.kept, "updated": report.updated, "deleted": report.deleted,
