@@ -581,3 +581,37 @@ fn diff_works_with_a_cache_path_holding_percent_signs() {
     let diff = common::last_json(&output.stdout);
     assert_eq!(diff["added"], 1, "{diff}");
 }
+
+#[test]
+fn identical_hard_linked_files_are_left_alone_and_a_split_name_is_linked_again() {
+    let fixture = Fixture::new();
+    let source = fixture.path("linked");
+    write(&source.join("a/scan.dcm"), &random_bytes(500_000, 21));
+    std::fs::hard_link(source.join("a/scan.dcm"), source.join("b.dcm")).unwrap();
+    std::fs::hard_link(source.join("a/scan.dcm"), source.join("c.dcm")).unwrap();
+    fixture.backup(&source);
+    let target = fixture.path("out");
+    let spec = format!("latest:{}", source.display());
+    fixture.ok(&["restore", &spec, "--target", target.to_str().unwrap()]);
+    let inode = |name: &str| std::fs::metadata(target.join(name)).unwrap().ino();
+    let first = inode("a/scan.dcm");
+    assert_eq!((inode("b.dcm"), inode("c.dcm")), (first, first));
+    // Restored again onto itself: nothing is rewritten, the inode stays.
+    let plan = plan_of(&fixture, &[&spec, "--target", target.to_str().unwrap()]);
+    for name in ["a/scan.dcm", "b.dcm", "c.dcm"] {
+        assert_eq!(plan.get(name).map(String::as_str), Some("keep"), "{name}: {plan:?}");
+    }
+    fixture.ok(&["restore", &spec, "--target", target.to_str().unwrap()]);
+    assert_eq!((inode("a/scan.dcm"), inode("b.dcm"), inode("c.dcm")), (first, first, first));
+    // One name split off as a copy of its own: linked to the first name again.
+    std::fs::remove_file(target.join("c.dcm")).unwrap();
+    std::fs::copy(target.join("a/scan.dcm"), target.join("c.dcm")).unwrap();
+    assert_ne!(inode("c.dcm"), first);
+    let plan = plan_of(&fixture, &[&spec, "--target", target.to_str().unwrap()]);
+    assert_eq!(plan.get("c.dcm").map(String::as_str), Some("link"), "{plan:?}");
+    fixture.ok(&["restore", &spec, "--target", target.to_str().unwrap()]);
+    assert_eq!((inode("a/scan.dcm"), inode("b.dcm"), inode("c.dcm")), (first, first, first));
+    // The folders below the target match (the target folder keeps its own times).
+    common::assert_same_tree(&source.join("a"), &target.join("a"));
+    assert_eq!(std::fs::read(target.join("c.dcm")).unwrap(), std::fs::read(source.join("b.dcm")).unwrap());
+}

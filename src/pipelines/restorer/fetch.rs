@@ -468,7 +468,7 @@ fn link_files(
             let shown = run.target.display(leader);
             Err((format!("its hard link {} could not be restored", shown.display()), FailureCause::LocalIo))
         } else {
-            let inode = inodes.get(leader.as_slice()).copied().unwrap_or(0);
+            let inode = inodes.get(leader.as_slice()).or_else(|| plan.kept_leaders.get(leader)).copied().unwrap_or(0);
             link_one(run, leader, inode, planned).map_err(|error| {
                 let reason = format!(
                     "cannot link {} to {}: {error}",

@@ -178,6 +178,9 @@ pub struct RestorePlan {
     pub fetch_bytes: u64,
     pub packs: u64,
     pub warnings: Vec<String>,
+    /// The inode (at plan time) of each hard-linked file the restore leaves as it is:
+    /// further names of its group are linked to that inode, and to no other.
+    pub kept_leaders: HashMap<Vec<u8>, u64>,
 }
 
 impl RestorePlan {
@@ -487,10 +490,6 @@ fn choose(
         }
         _ => {}
     }
-    // Every name of a hard-linked file is made anew, so that they share one inode.
-    if entry.hardlink_group.is_some() {
-        return (Action::Overwrite, "hard-linked");
-    }
     match compare::compare(target, relative, stat, (entry, xattrs), options.checksum, hashed) {
         compare::Difference::None => (Action::Keep, "identical"),
         // Setting metadata in place on a file with other names would change those too,
@@ -527,17 +526,39 @@ fn plan_entry(
         EntryKind::File => {
             plan.files += 1;
             match entry.hardlink_group.and_then(|group| leaders.get(&group)) {
-                Some(leader) if action != Action::Keep => {
+                // The group's first name was left as it was: a further name that is
+                // already that very file stays too; any other is linked to it.
+                Some(leader) if plan.kept_leaders.contains_key(leader) => {
+                    let leader_inode = plan.kept_leaders[leader];
+                    let same_file = stat.as_ref().is_some_and(|s| s.st_ino == leader_inode);
+                    if action == Action::Keep && same_file {
+                        why = "identical, and the same file as its first name";
+                    } else {
+                        action = Action::HardLink;
+                        why = "";
+                        link_to = Some(leader.clone());
+                    }
+                }
+                // The first name is written anew: every further name is linked to it.
+                Some(leader) => {
                     action = Action::HardLink;
                     why = "";
                     link_to = Some(leader.clone());
                 }
-                Some(_) => {}
                 None => {
-                    if let (Some(group), true) =
-                        (entry.hardlink_group, matches!(action, Action::Create | Action::Overwrite))
-                    {
-                        leaders.insert(group, relative.clone());
+                    if let Some(group) = entry.hardlink_group {
+                        match (action, stat.as_ref()) {
+                            (Action::Create | Action::Overwrite, _) => {
+                                leaders.insert(group, relative.clone());
+                            }
+                            (Action::Keep, Some(stat)) if compare::kind_of(stat) == EntryKind::File => {
+                                leaders.insert(group, relative.clone());
+                                plan.kept_leaders.insert(relative.clone(), stat.st_ino);
+                            }
+                            // Set in place (metadata), or skipped: its further names are
+                            // restored on their own.
+                            _ => {}
+                        }
                     }
                     if matches!(action, Action::Create | Action::Overwrite) {
                         chunks = manifest.chunks(entry_id)?;
