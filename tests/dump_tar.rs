@@ -1,7 +1,7 @@
 //! `dump SNAP:FOLDER --archive tar` through the real binary, extracted by GNU tar and
 //! compared with the source: odd and long names, symlinks, hard links, a fifo, modes
-//! and mtimes (to the second, as tar keeps them); and a real system folder compared by
-//! rsync, which knows nothing of coffer.
+//! and mtimes (with nanoseconds and before 1970, through POSIX extended headers); and a
+//! real system folder compared by rsync, which knows nothing of coffer.
 
 mod common;
 
@@ -82,6 +82,27 @@ fn a_folder_dumped_as_tar_extracts_to_the_same_tree() {
         }
     }
     assert_eq!(dump_tar(&fixture, &spec).status.code(), Some(13));
+}
+
+#[test]
+fn mtimes_with_nanoseconds_and_before_1970_survive_tar() {
+    let fixture = Fixture::new();
+    let folder = fixture.path("src/times");
+    std::fs::create_dir_all(folder.join("sub")).unwrap();
+    std::fs::write(folder.join("recent.dcm"), b"recent").unwrap();
+    std::fs::write(folder.join("sub/old.dcm"), b"old").unwrap();
+    std::fs::write(folder.join("whole.dcm"), b"whole").unwrap();
+    common::set_mtime(&folder.join("recent.dcm"), 1_700_000_000, 123_456_789);
+    common::set_mtime(&folder.join("sub/old.dcm"), -305_121_600, 250_000_000);
+    common::set_mtime(&folder.join("whole.dcm"), 1_600_000_000, 0);
+    common::set_mtime(&folder.join("sub"), 1_650_000_000, 999_999_999);
+    common::set_mtime(&folder, 1_650_000_001, 1);
+    fixture.backup(&folder);
+    let dumped = dump_tar(&fixture, &format!("latest:{}", folder.display()));
+    assert!(dumped.status.success(), "{}", String::from_utf8_lossy(&dumped.stderr));
+    let out = fixture.path("out");
+    extract(&dumped.stdout, &out);
+    common::assert_same_tree(&folder, &out.join("times"));
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! `dump SNAP:FOLDER --archive tar`: a folder of a snapshot as a tar stream (GNU
-//! format, so long names, owners' names and nanosecond-free mtimes fit), every file's
+//! format, so long names and owners' names fit; a POSIX extended header carries an
+//! mtime with nanoseconds or before 1970), every file's
 //! content verified against its SHA-256 on the way out, as `dump` of one file does.
 //! Names are relative to the folder's parent (`/srv/studies` gives `studies/...`),
 //! as `tar -C /srv -c studies` would write them.
@@ -54,6 +55,9 @@ pub fn dump_tar(
             let _ = header.set_groupname(group);
         }
         header.set_size(0);
+        if entry.kind != EntryKind::Socket {
+            pax_mtime(&mut builder, entry.mtime_ns).map_err(failed)?;
+        }
         let leader = entry.hardlink_group.and_then(|group| first_names.get(&group).cloned());
         match entry.kind {
             EntryKind::Dir => {
@@ -107,6 +111,31 @@ pub fn dump_tar(
     }
     builder.into_inner().map_err(failed)?.flush().map_err(failed)?;
     Ok(written)
+}
+
+/// A POSIX extended header (`x`) with the exact mtime, before an entry whose time has
+/// nanoseconds or lies before 1970: the GNU header holds whole seconds from 1970 only.
+/// GNU tar, bsdtar and Python's tarfile read it, in a GNU archive too.
+fn pax_mtime<W: Write>(builder: &mut tar::Builder<W>, mtime_ns: i64) -> std::io::Result<()> {
+    if mtime_ns >= 0 && mtime_ns % 1_000_000_000 == 0 {
+        return Ok(());
+    }
+    let sign = if mtime_ns < 0 { "-" } else { "" };
+    let magnitude = mtime_ns.unsigned_abs();
+    let body = format!(" mtime={sign}{}.{:09}\n", magnitude / 1_000_000_000, magnitude % 1_000_000_000);
+    // The record starts with its own length in decimal, digits included.
+    let mut length = body.len() + 1;
+    while length != body.len() + length.to_string().len() {
+        length = body.len() + length.to_string().len();
+    }
+    let record = format!("{length}{body}");
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::XHeader);
+    header.set_path("././@PaxHeader")?;
+    header.set_mode(0o644);
+    header.set_size(record.len() as u64);
+    header.set_cksum();
+    builder.append(&header, record.as_bytes())
 }
 
 /// Files up to this size are verified into memory and appended whole: a thread and a
