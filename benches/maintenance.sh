@@ -86,7 +86,7 @@ measure() { # step -- command...
 shape() { # label: repository size, packs, blobs (from the pack headers)
     local bytes packs blobs
     bytes="$(du -sb "$COFFER_REPOSITORY" | cut -f1)"
-    read -r packs blobs < <("$COFFER" --json repair index --dry-run | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["packs"], r["blobs"])')
+    read -r packs blobs < <("$COFFER" --json repair index --dry-run | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["pack_count"], r["blob_count"])')
     printf '{"shape": "%s", "bytes": %s, "packs": %s, "blobs": %s}\n' "$1" "$bytes" "$packs" "$blobs" >>"$RESULTS"
     log "  repository $1: $((bytes / 1048576)) MiB, $packs packs, $blobs blobs"
 }

@@ -68,7 +68,7 @@ PY
     fi
     "$COFFER" -q backup "$WORK/tree"
 done
-first="$("$COFFER" --json snapshots | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"][:8])')"
+first="$("$COFFER" --json snapshots | python3 -c 'import json,sys; print(json.load(sys.stdin)["snapshots"][0]["snapshot_id"][:8])')"
 echo "find '*.dat' over $SNAPSHOTS snapshots, manifests downloaded: $(measure "$COFFER" find '*.dat')"
 echo "find '*.dat' again, manifests cached: $(measure "$COFFER" find '*.dat')"
 echo "matches: $("$COFFER" --json find '*.dat' | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["matches"]))')"
@@ -78,7 +78,7 @@ echo "changed entries: $("$COFFER" --json diff "$first" latest | python3 -c 'imp
 echo "stats of the repository: $(measure "$COFFER" stats)"
 
 log "3. diff and find against a brute-force comparison of restored trees (first, middle, last snapshot)"
-ids=($("$COFFER" --json snapshots | python3 -c 'import json,sys; [print(s["id"]) for s in json.load(sys.stdin)]'))
+ids=($("$COFFER" --json snapshots | python3 -c 'import json,sys; [print(s["snapshot_id"]) for s in json.load(sys.stdin)["snapshots"]]'))
 middle="${ids[$(( ${#ids[@]} / 2 ))]}"
 for id in "${ids[0]}" "$middle" "${ids[-1]}"; do
     "$COFFER" -q restore "$id:$WORK/tree" --target "$WORK/r-${id:0:8}" --no-sync
@@ -108,7 +108,7 @@ assert actual == expected, f"diff disagrees: {len(actual ^ expected)} difference
 print(f"diff agrees with the restored trees: {len(expected)} changed entries")
 found = json.load(open(f"{work}/find.json"))["matches"]
 for snap in (first, middle, last):
-    mine = {m["path"][len(prefix):] for m in found if m["snapshot"] == snap}
+    mine = {m["path"][len(prefix):] for m in found if m["snapshot_id"] == snap}
     brute = {p for p in tree(f"{work}/r-{snap[:8]}") if p.endswith(".dat")}
     assert mine == brute, f"find disagrees on {snap[:8]}: {len(mine ^ brute)} differences"
     print(f"find agrees on snapshot {snap[:8]}: {len(brute)} matches")

@@ -76,7 +76,8 @@ fn with_profile(mut parsed: cli::Cli) -> cli::Cli {
 /// "exit_code"}}`.
 fn json_error(message: &str, code: i32) {
     use std::io::Write;
-    let error = serde_json::json!({"error": {"kind": cli::exit::kind(code), "message": message, "exit_code": code}});
+    let error = serde_json::json!({"error": {"kind": cli::exit::kind(code), "message": message, "exit_code": code},
+        "schema_version": 1});
     // Best effort: stdout may be closed, and the exit code says it all anyway.
     let _ = writeln!(std::io::stdout(), "{error}");
 }

@@ -28,7 +28,7 @@ fn every_command_that_changes_or_reads_data_leaves_one_record() {
     let data = fixture.path("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("chart.txt"), b"blood pressure 120/80").unwrap();
-    let first = fixture.backup(&data)["snapshot"].as_str().unwrap().to_string();
+    let first = fixture.backup(&data)["snapshot_id"].as_str().unwrap().to_string();
     std::fs::write(data.join("lab.txt"), b"potassium 4.1").unwrap();
     fixture.backup(&data);
     fixture.ok(&["restore", "latest", "--target", fixture.path("out").to_str().unwrap()]);

@@ -236,13 +236,14 @@ fn two_hosts_backing_up_at_once_both_commit() {
     for mut child in running {
         assert!(child.wait().unwrap().success());
     }
-    let snapshots = fixture.json(&["snapshots"]);
+    let snapshots = fixture.snapshots();
     let mut hosts: Vec<&str> = snapshots.as_array().unwrap().iter().map(|s| s["host"].as_str().unwrap()).collect();
     hosts.sort();
     assert_eq!(hosts, vec!["host-0", "host-1"]);
     fixture.ok(&["check", "--read-data"]);
     for (host, source) in sources.iter().enumerate() {
-        let id = snapshots.as_array().unwrap().iter().find(|s| s["host"] == format!("host-{host}")).unwrap()["id"]
+        let id = snapshots.as_array().unwrap().iter().find(|s| s["host"] == format!("host-{host}")).unwrap()
+            ["snapshot_id"]
             .as_str()
             .unwrap()
             .to_string();
@@ -419,7 +420,7 @@ fn cli_check_forget_prune_exit_codes() {
     assert_eq!(fixture.run(&["check", "--read-data-subset", "3/2"]).status.code(), Some(2));
     let plan = fixture.json(&["forget", "--keep-last", "1", "--dry-run", "--prune"]);
     assert_eq!(plan["snapshots"].as_array().unwrap().iter().filter(|s| s["keep"] == false).count(), 2);
-    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 3, "a dry run changes nothing");
+    assert_eq!(fixture.snapshots().as_array().unwrap().len(), 3, "a dry run changes nothing");
 
     let backend = Arc::new(coffer::backend::LocalBackend::open(&fixture.repo(), false).unwrap());
     let repository = Repository::open(backend, b"correct horse", None).unwrap();
@@ -434,7 +435,7 @@ fn cli_check_forget_prune_exit_codes() {
 
     let quiet = fixture.run(&["-q", "forget", "--keep-last", "1", "--prune"]);
     assert!(quiet.status.success() && quiet.stdout.is_empty() && quiet.stderr.is_empty(), "-q prints nothing");
-    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 1);
+    assert_eq!(fixture.snapshots().as_array().unwrap().len(), 1);
     let pack = walkdir::WalkDir::new(fixture.repo().join("data"))
         .into_iter()
         .map(|e| e.unwrap())
@@ -569,9 +570,9 @@ fn assert_cli_restores_with(
     newest: Option<&Path>,
     source: &Path,
 ) -> usize {
-    let listed = fixture.json(&["snapshots"]);
+    let listed = fixture.snapshots();
     for snapshot in listed.as_array().unwrap() {
-        let id = snapshot["id"].as_str().unwrap();
+        let id = snapshot["snapshot_id"].as_str().unwrap();
         let known = versions.iter().find(|(known, _)| known == id).map(|(_, copy)| copy.as_path());
         let copy = known.or(newest).expect("an unknown snapshot appeared");
         let target = fixture.path(&format!("restored_{}", &id[..8]));
@@ -602,7 +603,7 @@ fn cli_three_versions() -> (Fixture, PathBuf, Vec<(String, PathBuf)>) {
         write_big_tree(&source, version);
         let copy = origin.path(&format!("copy_{version}"));
         write_big_tree(&copy, version);
-        versions.push((origin.backup(&source)["snapshot"].as_str().unwrap().to_string(), copy));
+        versions.push((origin.backup(&source)["snapshot_id"].as_str().unwrap().to_string(), copy));
     }
     (origin, source, versions)
 }
@@ -718,7 +719,7 @@ fn second_snapshot_loses_a_pack() -> (Fixture, PathBuf, String, String) {
     let source = fixture.path("data");
     std::fs::create_dir_all(&source).unwrap();
     std::fs::write(source.join("a.dcm"), common::random_bytes(100_000, 1)).unwrap();
-    let first = fixture.backup(&source)["snapshot"].as_str().unwrap().to_string();
+    let first = fixture.backup(&source)["snapshot_id"].as_str().unwrap().to_string();
     let packs = |fixture: &Fixture| -> HashSet<PathBuf> {
         walkdir::WalkDir::new(fixture.repo().join("data"))
             .into_iter()
@@ -729,7 +730,7 @@ fn second_snapshot_loses_a_pack() -> (Fixture, PathBuf, String, String) {
     };
     let before = packs(&fixture);
     std::fs::write(source.join("b.dcm"), common::random_bytes(300_000, 2)).unwrap();
-    let second = fixture.backup(&source)["snapshot"].as_str().unwrap().to_string();
+    let second = fixture.backup(&source)["snapshot_id"].as_str().unwrap().to_string();
     let added: Vec<PathBuf> = packs(&fixture).difference(&before).cloned().collect();
     let biggest = added.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
     std::fs::remove_file(biggest).unwrap();
@@ -741,24 +742,24 @@ fn repair_snapshots_marks_or_drops_only_when_asked() {
     let (fixture, source, first, second) = second_snapshot_loses_a_pack();
     let plan = fixture.json(&["repair", "snapshots"]);
     assert_eq!(plan["snapshots"].as_array().unwrap().len(), 1, "{plan}");
-    assert_eq!(plan["snapshots"][0]["snapshot"], second.as_str());
+    assert_eq!(plan["snapshots"][0]["snapshot_id"], second.as_str());
     assert_eq!(plan["snapshots"][0]["lost_files"], 1);
     let ids: Vec<String> = fixture
-        .json(&["snapshots"])
+        .snapshots()
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
+        .map(|s| s["snapshot_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids, vec![first.clone(), second.clone()], "the dry run changed something");
     fixture.json(&["repair", "snapshots", "--apply"]);
-    let snapshots = fixture.json(&["snapshots"]);
-    let marked = snapshots.as_array().unwrap().iter().find(|s| s["id"] != first.as_str()).unwrap().clone();
-    assert_ne!(marked["id"], second.as_str());
+    let snapshots = fixture.snapshots();
+    let marked = snapshots.as_array().unwrap().iter().find(|s| s["snapshot_id"] != first.as_str()).unwrap().clone();
+    assert_ne!(marked["snapshot_id"], second.as_str());
     assert_eq!(marked["complete"], false);
     assert!(marked["tags"].as_array().unwrap().iter().any(|t| t == "damaged"), "{marked}");
     let target = fixture.path("out");
-    let id = marked["id"].as_str().unwrap();
+    let id = marked["snapshot_id"].as_str().unwrap();
     let restore =
         fixture.run(&["restore", &format!("{id}:{}", source.display()), "--target", target.to_str().unwrap()]);
     assert_eq!(restore.status.code(), Some(13));
@@ -778,7 +779,7 @@ fn repair_snapshots_marks_or_drops_only_when_asked() {
     assert_eq!(report["affected"][0]["files"], 1, "{report}");
     let again = fixture.json(&["repair", "snapshots", "--apply"]);
     assert!(again["snapshots"].as_array().unwrap().is_empty(), "a marked snapshot was marked again: {again}");
-    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 2);
+    assert_eq!(fixture.snapshots().as_array().unwrap().len(), 2);
 }
 
 #[test]
@@ -786,11 +787,11 @@ fn repair_snapshots_forget_then_repair_index_leaves_a_clean_repository() {
     let (fixture, source, first, _) = second_snapshot_loses_a_pack();
     fixture.json(&["repair", "snapshots", "--apply", "--forget"]);
     let ids: Vec<String> = fixture
-        .json(&["snapshots"])
+        .snapshots()
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
+        .map(|s| s["snapshot_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids, vec![first.clone()]);
     fixture.ok(&["repair", "index"]);

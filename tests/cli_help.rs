@@ -232,14 +232,14 @@ fn cat_prints_each_kind_of_object_as_json() {
     let data = fixture.path("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("chart.txt"), b"pulse 72").unwrap();
-    let snapshot = fixture.backup(&data)["snapshot"].as_str().unwrap().to_string();
+    let snapshot = fixture.backup(&data)["snapshot_id"].as_str().unwrap().to_string();
     let cat = |args: &[&str]| -> serde_json::Value {
         let mut all = vec!["cat"];
         all.extend_from_slice(args);
         serde_json::from_str(&fixture.ok(&all)).unwrap()
     };
     assert_eq!(cat(&["config"])["version"], 1);
-    assert_eq!(cat(&["snapshot", "latest"])["id"], snapshot);
+    assert_eq!(cat(&["snapshot", "latest"])["snapshot_id"], snapshot);
     assert_eq!(cat(&["snapshot", &snapshot[..8]])["snapshot"]["paths"][0], data.to_str().unwrap());
     let index = std::fs::read_dir(fixture.repo().join("index")).unwrap().next().unwrap().unwrap();
     let index = index.file_name().to_string_lossy().into_owned();
@@ -397,7 +397,7 @@ fn names_that_are_not_utf8_keep_their_bytes_in_json() {
     std::fs::write(data.join(std::ffi::OsStr::from_bytes(b"caf\xe9")), b"x").unwrap();
     std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(b"tar\xffget"), data.join("link")).unwrap();
     fixture.backup(&data);
-    let listed = fixture.json(&["ls", &format!("latest:{}", data.display())]);
+    let listed = fixture.json(&["ls", &format!("latest:{}", data.display())])["entries"].clone();
     let entries = listed.as_array().unwrap();
     let name = entries.iter().find(|e| e["path_hex"].is_string()).expect("a path_hex");
     assert!(name["path_hex"].as_str().unwrap().ends_with("636166e9"), "{name}");

@@ -79,7 +79,7 @@ fn a_version_1_repository_checks_clean_and_restores_bit_identical() {
     let cache = work.path().join("cache");
     ok(&repo, &cache, &["check", "--read-data"]);
     let listed: Value = serde_json::from_slice(&ok(&repo, &cache, &["--json", "snapshots"])).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 3, "first, dump and second; the forgotten one is gone");
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 3, "first, dump and second; the forgotten one is gone");
     let root = expected["root"].as_str().unwrap();
     for tag in ["first", "second"] {
         let snapshot = &expected["snapshots"][tag];

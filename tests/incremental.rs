@@ -36,8 +36,8 @@ fn unchanged_files_are_not_read_and_restore_from_the_new_snapshot() {
     assert_eq!(counts(&fixture.backup(&source)), (3, 0, 0, 300_000));
     let second = fixture.backup(&source);
     assert_eq!(counts(&second), (0, 0, 3, 0), "{second}");
-    let snapshots = fixture.json(&["snapshots"]);
-    assert_eq!(snapshots[1]["parent"], snapshots[0]["id"]);
+    let snapshots = fixture.snapshots();
+    assert_eq!(snapshots[1]["parent"], snapshots[0]["snapshot_id"]);
     std::fs::write(source.join("new.txt"), b"new file").unwrap();
     assert_eq!(counts(&fixture.backup(&source)), (1, 0, 3, 8));
     let target = fixture.path("out");
@@ -58,7 +58,7 @@ fn content_changed_without_size_or_mtime_is_caught_by_ctime() {
         "backup",
         source.to_str().unwrap(),
         "--parent",
-        &fixture.json(&["snapshots"])[0]["id"].as_str().unwrap()[..8],
+        &fixture.snapshots()[0]["snapshot_id"].as_str().unwrap()[..8],
     ]);
     assert_eq!(counts(&checked), (0, 1, 2, 100_000), "{checked}");
     let target = fixture.path("out");
@@ -87,7 +87,7 @@ fn inode_changes_alone_are_seen_unless_ignored() {
     let fixture = Fixture::new();
     let source = fixture.path("data");
     settled_tree(&source);
-    let first = fixture.backup(&source)["snapshot"].as_str().unwrap().to_string();
+    let first = fixture.backup(&source)["snapshot_id"].as_str().unwrap().to_string();
     // Copy the tree elsewhere and move it into place: same sizes and mtimes, new inodes and ctimes.
     let copy = fixture.path("copy");
     std::fs::create_dir_all(copy.join("sub")).unwrap();
@@ -182,7 +182,7 @@ fn a_backup_killed_after_a_checkpoint_is_resumed_without_uploading_twice() {
     running.kill().unwrap();
     let status = running.wait().unwrap();
     assert!(status.code().is_none(), "the backup was not killed: {status:?}");
-    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 0, "a killed backup committed a snapshot");
+    assert_eq!(fixture.snapshots().as_array().unwrap().len(), 0, "a killed backup committed a snapshot");
     // What a pack file of the killed process looks like (FORMAT.md section 2), in case
     // it was between two packs when it was killed.
     let host: String = nix::unistd::gethostname()

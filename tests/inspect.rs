@@ -84,7 +84,7 @@ fn diff_and_find_agree_with_restored_trees() {
         if round > 0 {
             mutate(&tree, &mut rng, round);
         }
-        ids.push(fixture.backup(&tree)["snapshot"].as_str().unwrap().to_string());
+        ids.push(fixture.backup(&tree)["snapshot_id"].as_str().unwrap().to_string());
     }
     let prefix = tree.to_str().unwrap().to_string();
     let restored: Vec<_> = ids
@@ -162,7 +162,7 @@ fn diff_and_find_agree_with_restored_trees() {
         .iter()
         .map(|m| {
             let path = m["path"].as_str().unwrap().strip_prefix(&prefix).unwrap().trim_start_matches('/').to_string();
-            (m["snapshot"].as_str().unwrap().to_string(), path)
+            (m["snapshot_id"].as_str().unwrap().to_string(), path)
         })
         .collect();
     let mut expected = BTreeSet::new();
@@ -189,6 +189,6 @@ fn diff_and_find_agree_with_restored_trees() {
     let bytes: u64 = files.iter().map(|e| e.metadata().unwrap().len()).sum();
     assert_eq!(stats["logical_bytes"], bytes);
     let whole = fixture.json(&["stats"]);
-    assert_eq!(whole["snapshots"], 4);
+    assert_eq!(whole["snapshot_count"], 4);
     assert!(whole["dedup_ratio"].as_f64().unwrap() > 3.0, "four snapshots of one slowly changing tree: {whole}");
 }

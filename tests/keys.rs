@@ -24,8 +24,8 @@ fn key_ids(fixture: &Fixture, file: &str) -> (Vec<String>, String) {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let list = common::last_json(&output.stdout);
     let keys = list["keys"].as_array().unwrap();
-    let in_use = keys.iter().find(|key| key["in_use"] == true).unwrap()["id"].as_str().unwrap().to_string();
-    (keys.iter().map(|key| key["id"].as_str().unwrap().to_string()).collect(), in_use)
+    let in_use = keys.iter().find(|key| key["in_use"] == true).unwrap()["key_id"].as_str().unwrap().to_string();
+    (keys.iter().map(|key| key["key_id"].as_str().unwrap().to_string()).collect(), in_use)
 }
 
 #[test]

@@ -36,9 +36,9 @@ fn stored_bytes(fixture: &Fixture) -> u64 {
 fn assert_everything_restores(fixture: &Fixture) {
     let output = fixture.run(&["check", "--read-data"]);
     assert!(output.status.success(), "check: {}", String::from_utf8_lossy(&output.stdout));
-    let listed = fixture.json(&["snapshots"]);
+    let listed = fixture.snapshots();
     for snapshot in listed.as_array().unwrap() {
-        let id = snapshot["id"].as_str().unwrap();
+        let id = snapshot["snapshot_id"].as_str().unwrap();
         let target = fixture.path(&format!("restore-{id}"));
         fixture.ok(&["restore", id, "--target", target.to_str().unwrap(), "--verify"]);
     }
@@ -116,7 +116,7 @@ fn a_backup_whose_lock_was_removed_commits_nothing() {
     assert!(remover.join().unwrap(), "the lock never appeared");
     assert!(matches!(error, coffer::Error::LockLost { .. }), "{error}");
     assert!(error.to_string().contains("nothing was committed"), "{error}");
-    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 0);
+    assert_eq!(fixture.snapshots().as_array().unwrap().len(), 0);
 }
 
 /// Finding 5: a lock that cannot be refreshed for longer than the hold limit is given
@@ -144,7 +144,7 @@ fn a_backup_whose_lock_cannot_be_refreshed_commits_nothing() {
     stopper.join().unwrap();
     assert!(matches!(error, coffer::Error::LockLost { .. }), "{error}");
     assert!(error.to_string().contains("could not be refreshed"), "{error}");
-    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 0);
+    assert_eq!(fixture.snapshots().as_array().unwrap().len(), 0);
 }
 
 /// Finding 5: a backup running in its own PID namespace (a container with the host's

@@ -127,7 +127,7 @@ fn locked_objects_stay_through_forget_and_prune() {
     assert_eq!(init["object_lock"], serde_json::json!({"mode": "compliance", "days": 2}));
     let data = work.path().join("data");
     write_tree(&data, 1);
-    let first = repo.ok(ANY, &["backup", data.to_str().unwrap()])["snapshot"].as_str().unwrap().to_string();
+    let first = repo.ok(ANY, &["backup", data.to_str().unwrap()])["snapshot_id"].as_str().unwrap().to_string();
     write_tree(&data, 2);
     repo.ok(ANY, &["backup", data.to_str().unwrap()]);
 
@@ -153,12 +153,12 @@ fn locked_objects_stay_through_forget_and_prune() {
     // Forget keeps the locked snapshot and says until when; prune deletes nothing.
     let forget = repo.ok(ANY, &["forget", &first]);
     assert_eq!(forget["removed"], 0, "{forget}");
-    assert_eq!(forget["locked"][0]["snapshot"], first);
+    assert_eq!(forget["locked"][0]["snapshot_id"], first);
     let until: jiff::Timestamp = forget["locked"][0]["locked_until"].as_str().unwrap().parse().unwrap();
     let in_two_days = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(48);
     assert!(until > in_two_days && until < in_two_days + jiff::SignedDuration::from_hours(2), "{until}");
     let listed = repo.ok(ANY, &["snapshots"]);
-    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 2);
     let objects_before = python(
         &endpoint,
         ANY,
@@ -271,7 +271,7 @@ fn delete_less_credentials_back_up_but_cannot_forget_or_prune() {
     repo.ok(admin, &["init", "--kdf-memory-kib", "64", "--kdf-iterations", "1"]);
     let data = work.path().join("data");
     write_tree(&data, 3);
-    let first = repo.ok(backup, &["backup", data.to_str().unwrap()])["snapshot"].as_str().unwrap().to_string();
+    let first = repo.ok(backup, &["backup", data.to_str().unwrap()])["snapshot_id"].as_str().unwrap().to_string();
     write_tree(&data, 4);
     repo.ok(backup, &["backup", data.to_str().unwrap()]);
     // Everything but removal works with the backup host's credentials.

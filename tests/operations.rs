@@ -85,7 +85,7 @@ impl Setup {
     }
 
     fn snapshots(&self) -> Vec<serde_json::Value> {
-        self.json(&["--profile", "base", "snapshots"]).as_array().unwrap().clone()
+        self.json(&["--profile", "base", "snapshots"])["snapshots"].as_array().unwrap().clone()
     }
 }
 
@@ -263,12 +263,20 @@ fn config_check_names_the_line_and_key_of_every_error() {
             "[profile.a.notify.email]\nserver = \"smtp\"\nfrom = \"not an address\"\nto = [\"oncall@clinic.example\"]\n",
             &["line 3: profile.a.notify.email.from: \"not an address\" is not an email address"],
         ),
-        ("[profile.a.notify.webhook]\nurl = \"ftp://x\"\n", &["line 2: profile.a.notify.webhook.url: \"ftp://x\" is not an http"]),
+        ("[profile.a.notify.webhook]\nurl = \"ftp://x\"\n", &["line 2: profile.a.notify.webhook.url: \"ftp://x/...\" is not an http"]),
         ("[profile.a.schedule]\nat = \"25:00\"\n", &["line 2: profile.a.schedule.at: \"25:00\" is not a time of day"]),
         ("[profile.a.drill]\nsample = \"lots\"\n", &["line 2: profile.a.drill.sample"]),
         ("[profile.a]\ninclude = \"missing\"\n", &["line 2: profile.a.include: names \"missing\""]),
         ("[profile.a]\ninclude = \"b\"\n[profile.b]\ninclude = \"a\"\n", &["includes lead back"]),
         ("[profiles.a]\n", &["line 1: profiles: unknown key"]),
+        ("[profile.a]\nrepository = \"s3://AKIA:hunter2@bucket/p\"\n", &["line 2: profile.a.repository: holds credentials"]),
+        ("[profile.a.notify.webhook]\nurl = \"https://u:hunter2@hooks.example/x\"\n", &["line 2: profile.a.notify.webhook.url: holds credentials"]),
+        (
+            "[profile.a.notify.email]\nserver = \"smtp.example.com\"\ntls = \"none\"\nusername = \"u\"\nfrom = \"a@b.example\"\nto = [\"c@d.example\"]\n",
+            &["line 3: profile.a.notify.email.tls: \"none\" would send the SMTP password in clear"],
+        ),
+        ("[profile.a.notify.email]\nserver = \"s\"\nfrom = \"a@b.example\"\nto = []\n", &["line 4: profile.a.notify.email.to: must name at least one address"]),
+        ("[profile.\"a b\"]\nhost = \"h\"\n", &["profile name \"a b\""]),
     ];
     for (text, expected) in cases {
         std::fs::write(setup.config(), text).unwrap();
@@ -374,7 +382,7 @@ secret_file = \"{}\"
     let snapshots = setup.snapshots();
     assert_eq!(snapshots.len(), 2, "keep_last = 2 kept {} snapshots", snapshots.len());
     let latest = snapshots.last().unwrap();
-    let id = latest["id"].as_str().unwrap();
+    let id = latest["snapshot_id"].as_str().unwrap();
     let dump = latest["sources"].as_array().unwrap().iter().find(|s| s["kind"] == "postgres").expect("a dump");
     let dump_sha = dump["sha256"].as_str().unwrap();
     // One email per run, with what ran, where, the snapshot and the dump's hash.
@@ -523,9 +531,23 @@ fn a_drill_restores_each_dump_into_a_scratch_database_and_drops_it() {
         "{result}"
     );
     assert_eq!(psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'coffer_drill_%'"), "0");
-    // A scratch database that cannot be created: one sentence, the drill fails.
+    // A scratch role that may only create databases, with its password in the string:
+    // the password reaches pg_restore too, and the tables the dump's owner owned restore.
+    psql("postgres", "DROP ROLE IF EXISTS coffer_ops_scratch");
+    psql("postgres", "CREATE ROLE coffer_ops_scratch LOGIN CREATEDB PASSWORD 'scratch-pw-7'");
+    let host = std::env::var("PGHOST").unwrap();
+    let port = std::env::var("PGPORT").unwrap();
+    let scratch = format!("host={host} port={port} dbname=postgres user=coffer_ops_scratch password=scratch-pw-7");
+    let report = setup.json(&["--profile", "n", "drill", "--pg-scratch", &scratch]);
+    assert_eq!(report["ok"], true, "{report}");
+    let audit = setup.ok(&["--json", "--profile", "n", "audit"]);
+    assert!(!audit.contains("scratch-pw-7"), "the scratch password is in the audit trail");
+    psql("postgres", "DROP ROLE IF EXISTS coffer_ops_scratch");
+    // A scratch database that cannot be created: one sentence, and exit 19 (PostgreSQL),
+    // not 13: that says nothing about the repository.
     let output = setup.run(&["--profile", "n", "drill", "--pg-scratch", "dbname=postgres user=nobody_here"]);
-    assert_eq!(output.status.code(), Some(13), "{}", stderr(&output));
+    assert_eq!(output.status.code(), Some(19), "{}", stderr(&output));
+    assert!(stderr(&output).contains("proves nothing about the repository"), "{}", stderr(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("cannot create the scratch database"));
     psql("postgres", &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"));
 }
@@ -564,13 +586,13 @@ fn schedule_writes_a_timer_and_service_that_systemd_accepts() {
     let drill_timer = std::fs::read_to_string(units.join("coffer-drill-nightly.timer")).unwrap();
     assert!(drill_timer.contains("OnCalendar=*-*-01 02:00:00"), "{drill_timer}");
     let listed = setup.ok(&["schedule", "list", "--unit-dir", units.to_str().unwrap()]);
-    assert!(listed.contains("coffer-nightly") && listed.contains("coffer-drill-nightly"), "{listed}");
+    assert!(listed.contains("coffer-run-nightly") && listed.contains("coffer-drill-nightly"), "{listed}");
     let analyze = Command::new("systemd-analyze").arg("--version").output();
     if analyze.is_ok_and(|o| o.status.success()) {
         let output = Command::new("systemd-analyze")
             .args(["verify", "--man=no"])
-            .arg(units.join("coffer-nightly.service"))
-            .arg(units.join("coffer-nightly.timer"))
+            .arg(units.join("coffer-run-nightly.service"))
+            .arg(units.join("coffer-run-nightly.timer"))
             .output()
             .unwrap();
         // verify exits 0 even when it ignores a line it cannot parse: it must say nothing.
@@ -580,7 +602,7 @@ fn schedule_writes_a_timer_and_service_that_systemd_accepts() {
         eprintln!("systemd-analyze is missing; the units were not verified by systemd");
     }
     setup.ok(&["schedule", "remove", "nightly", "--unit-dir", units.to_str().unwrap()]);
-    assert!(!units.join("coffer-nightly.timer").exists());
+    assert!(!units.join("coffer-run-nightly.timer").exists());
     let output = setup.run(&["schedule", "remove", "nightly", "--unit-dir", units.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(14), "{}", stderr(&output));
     if !Path::new("/run/systemd/system").is_dir() {
@@ -595,15 +617,17 @@ fn schedule_writes_a_timer_and_service_that_systemd_accepts() {
 #[test]
 fn two_runs_of_one_profile_never_overlap() {
     let setup = Setup::new();
+    // The first run's backup step waits 3 s for its password: the run holds its lock.
     setup.write_config(&format!(
-        "[profile.nightly]\ninclude = \"base\"\n[profile.nightly.backup]\npaths = [\"{}\"]\n",
+        "[profile.nightly]\nrepository = \"{}\"\npassword_command = \"sleep 3; cat {}\"\n[profile.nightly.backup]\npaths = [\"{}\"]\n",
+        setup.path("repo").display(),
+        setup.path("password").display(),
         setup.path("data").display()
     ));
     setup.init();
-    // The lock a running `coffer run nightly` holds.
-    std::fs::create_dir_all(setup.path("cache")).unwrap();
-    let lock = std::fs::File::create(setup.path(&format!("cache/run-{}.lock", hex::encode("nightly")))).unwrap();
-    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    // Without HOME, as a systemd timer runs it: the lock does not depend on it.
+    let first = setup.command(&["run", "nightly", "-q"]).env_remove("HOME").spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
     let output = setup.run(&["run", "nightly"]);
     assert_eq!(output.status.code(), Some(11), "{}", stderr(&output));
     assert!(
@@ -611,10 +635,12 @@ fn two_runs_of_one_profile_never_overlap() {
         "{}",
         stderr(&output)
     );
-    drop(held);
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    // Once it is done, the next run goes ahead.
     let report = setup.json(&["run", "nightly"]);
     assert_eq!(report["exit_code"], 0, "{report}");
-    assert_eq!(setup.snapshots().len(), 1);
+    assert_eq!(setup.snapshots().len(), 2);
 }
 
 #[test]

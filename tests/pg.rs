@@ -109,7 +109,7 @@ fn a_database_and_a_folder_restore_together() {
     std::fs::write(uploads.join("consent.pdf"), b"%PDF consent").unwrap();
     let report = fixture.json(&["backup", uploads.to_str().unwrap(), "--pg", &conninfo("pg_round_trip")]);
     assert_eq!(report["complete"], true);
-    let snapshots = fixture.json(&["snapshots"]);
+    let snapshots = fixture.snapshots();
     let source = snapshots[0]["sources"].as_array().unwrap().iter().find(|s| s["kind"] == "postgres").unwrap().clone();
     assert_eq!(source["database"], "pg_round_trip");
     assert_eq!(source["migrations"][0]["source"], "django_migrations");
@@ -190,7 +190,7 @@ fn failed_dumps_commit_nothing_and_say_why() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(19), "{stderr}");
     assert!(stderr.contains("pg_dump") && stderr.contains("killed by a signal"), "{stderr}");
-    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 0, "a failed dump committed a snapshot");
+    assert_eq!(fixture.snapshots().as_array().unwrap().len(), 0, "a failed dump committed a snapshot");
     // A dump whose bytes were stored intact but that is not a valid archive fails check --pg.
     let not_a_dump = fixture.path("not_a_dump");
     std::fs::write(&not_a_dump, "#!/bin/sh\nhead -c 5000 /dev/urandom\n").unwrap();
@@ -246,7 +246,7 @@ fn globals_and_a_custom_schema_query_are_recorded() {
     psql("postgres", "DO $$ BEGIN CREATE ROLE clinic_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$");
     let query = "SELECT max(id)::text, 'schema v7' FROM patients";
     fixture.json(&["backup", "--pg", &conninfo("pg_globals"), "--pg-globals", "--pg-schema-query", query]);
-    let source = fixture.json(&["snapshots"])[0]["sources"][0].clone();
+    let source = fixture.snapshots()[0]["sources"][0].clone();
     assert_eq!(source["migrations"][0]["source"], "query");
     assert_eq!(source["migrations"][0]["latest"][0], "3000 | schema v7");
     let globals = fixture.ok(&["dump", "latest", source["globals_path"].as_str().unwrap()]);

@@ -63,7 +63,7 @@ fn dry_run_lists_new_and_changed_files_and_leaves_the_repository_untouched() {
 
     let plan = fixture.json(&args);
     assert_eq!(listed(&plan, &source), vec![pair("b.dcm", "changed"), pair("new.txt", "new")], "{plan}");
-    assert_eq!(plan["parent"], first["snapshot"], "{plan}");
+    assert_eq!(plan["parent"], first["snapshot_id"], "{plan}");
     let counts = ["files_new", "files_changed", "files_unchanged", "files_to_read", "bytes_to_read"];
     let counts: Vec<u64> = counts.iter().map(|name| plan[name].as_u64().unwrap()).collect();
     assert_eq!(counts, vec![1, 1, 2, 2, 120_008], "{plan}");
@@ -80,7 +80,7 @@ fn dry_run_lists_new_and_changed_files_and_leaves_the_repository_untouched() {
     if let Some(before) = before {
         assert!(before == repository_objects(&fixture.repo()), "a dry run changed the repository");
     }
-    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 1);
+    assert_eq!(fixture.snapshots().as_array().unwrap().len(), 1);
     let real = fixture.json(&["backup", source.to_str().unwrap(), "--exclude", "*.tmp"]);
     let summary = &real["summary"];
     let done = [&summary["files_new"], &summary["files_changed"], &summary["files_unchanged"], &summary["bytes_read"]];
@@ -95,7 +95,7 @@ fn dry_run_without_a_parent_counts_every_file_as_new() {
     let plan = fixture.json(&["backup", "--dry-run", source.to_str().unwrap()]);
     assert_eq!(plan["parent"], Value::Null);
     assert_eq!((plan["files_new"].as_u64(), plan["bytes_to_read"].as_u64()), (Some(3), Some(300_000)), "{plan}");
-    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 0);
+    assert_eq!(fixture.snapshots().as_array().unwrap().len(), 0);
     let refused = fixture.run(&["backup", "--dry-run", "--stdin"]);
     assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
 }
@@ -119,7 +119,7 @@ fn assert_last_progress_matches(lines: &[Value], summary: &Value) {
     if last["scan_finished"] == true {
         assert_eq!(last["files_total"], summary["files"], "{last}");
         assert_eq!(last["bytes_total"], summary["total_bytes"], "{last}");
-        assert_eq!(last["eta_secs"], 0, "{last}");
+        assert_eq!(last["eta_seconds"], 0, "{last}");
     }
 }
 
@@ -222,7 +222,7 @@ fn unreadable_entries_are_warnings_and_the_snapshot_is_incomplete_with_exit_3() 
     assert_eq!(report["complete"], false, "{report}");
     assert!(!report["warnings"].as_array().unwrap().is_empty(), "{report}");
     assert_eq!(report["summary"]["files"], 3, "the readable files are backed up: {report}");
-    let listed = fixture.json(&["snapshots"]);
+    let listed = fixture.snapshots();
     assert_eq!(listed[0]["complete"], false);
     let text = fixture.run(&["backup", source.to_str().unwrap()]);
     let text_stderr = String::from_utf8_lossy(&text.stderr);

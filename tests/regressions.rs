@@ -41,7 +41,7 @@ fn backed_up(count: usize) -> (Fixture, std::path::PathBuf, Vec<String>) {
     let mut ids = Vec::new();
     for night in 0..count {
         std::fs::write(data.join("chart.txt"), format!("night {night}\n").repeat(1000)).unwrap();
-        ids.push(fixture.backup(&data)["snapshot"].as_str().unwrap().to_string());
+        ids.push(fixture.backup(&data)["snapshot_id"].as_str().unwrap().to_string());
     }
     (fixture, data, ids)
 }
@@ -114,7 +114,7 @@ fn a_truncated_pack_is_damage_to_dump_and_repair_index_goes_on() {
         assert_eq!(output.status.code(), Some(0), "length {length}: {stderr}");
         assert!(stderr.contains(&format!("{name} is left out")), "length {length}: {stderr}");
         let report = common::last_json(&output.stdout);
-        assert_eq!(report["packs"], 1, "the metadata pack is indexed: {report}");
+        assert_eq!(report["pack_count"], 1, "the metadata pack is indexed: {report}");
         assert_eq!(report["unreadable"][0]["pack"], name.as_str(), "{report}");
     }
 }
@@ -157,7 +157,7 @@ fn an_authenticated_record_with_a_multibyte_sha256_is_damage_not_a_panic() {
     assert!(String::from_utf8_lossy(&output.stdout).contains(&ids[0][..8]), "the intact snapshot is still listed");
     let json = fixture.run(&["--json", "snapshots"]);
     assert_eq!(json.status.code(), Some(13));
-    assert_eq!(common::last_json(&json.stdout).as_array().unwrap().len(), 1);
+    assert_eq!(common::last_json(&json.stdout)["snapshots"].as_array().unwrap().len(), 1);
 }
 
 /// The repository's one key file, parsed, and where it is.

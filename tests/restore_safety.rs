@@ -130,11 +130,11 @@ fn a_symlink_restored_earlier_is_not_followed_by_a_later_restore() {
     let source = fixture.path("src");
     std::fs::create_dir(&source).unwrap();
     std::os::unix::fs::symlink(&elsewhere, source.join("a")).unwrap();
-    let first = fixture.backup(&source)["snapshot"].as_str().unwrap().to_string();
+    let first = fixture.backup(&source)["snapshot_id"].as_str().unwrap().to_string();
     std::fs::remove_file(source.join("a")).unwrap();
     std::fs::create_dir(source.join("a")).unwrap();
     std::fs::write(source.join("a/secret.txt"), b"patient record").unwrap();
-    let second = fixture.backup(&source)["snapshot"].as_str().unwrap().to_string();
+    let second = fixture.backup(&source)["snapshot_id"].as_str().unwrap().to_string();
     let target = fixture.path("restore");
     fixture.ok(&["restore", &first, "--target", target.to_str().unwrap()]);
     assert!(std::fs::symlink_metadata(restored(&target, &source).join("a")).unwrap().is_symlink());
@@ -228,7 +228,7 @@ fn hostile_manifest_paths_are_refused_by_restore_and_reported_by_check() {
     let source = fixture.path("src");
     std::fs::create_dir(&source).unwrap();
     std::fs::write(source.join("ok.txt"), b"fine").unwrap();
-    let honest = fixture.backup(&source)["snapshot"].as_str().unwrap().to_string();
+    let honest = fixture.backup(&source)["snapshot_id"].as_str().unwrap().to_string();
     let escape = fixture.path("escaped");
     let depth = "../".repeat(fixture.path("restore").components().count() + 2);
     let dotted = format!("/{depth}{}", escape.display());

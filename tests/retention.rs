@@ -21,7 +21,7 @@ fn backup_with_stdin(fixture: &Fixture, paths: &[&str], name: &str, input: &[u8]
     child.stdin.take().unwrap().write_all(input).unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    common::last_json(&output.stdout)["snapshot"].as_str().unwrap().to_string()
+    common::last_json(&output.stdout)["snapshot_id"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -32,11 +32,11 @@ fn a_database_snapshot_is_not_in_the_group_of_files_only_snapshots() {
     std::fs::write(data.join("consent.pdf"), b"%PDF").unwrap();
     let data = data.to_str().unwrap();
     let with_dump = backup_with_stdin(&fixture, &[data], "db/app.dump", b"PGDMP a dump");
-    let files_only = fixture.backup(std::path::Path::new(data))["snapshot"].as_str().unwrap().to_string();
+    let files_only = fixture.backup(std::path::Path::new(data))["snapshot_id"].as_str().unwrap().to_string();
     // The README's nightly policy, on a day with both snapshots.
     let plan = fixture.json(&["forget", "--keep-daily", "7", "--dry-run"]);
     let decision =
-        |id: &str| plan["snapshots"].as_array().unwrap().iter().find(|d| d["snapshot"] == id).unwrap().clone();
+        |id: &str| plan["snapshots"].as_array().unwrap().iter().find(|d| d["snapshot_id"] == id).unwrap().clone();
     assert_eq!(decision(&with_dump)["keep"], true, "{plan}");
     assert_eq!(decision(&files_only)["keep"], true, "{plan}");
     assert!(decision(&with_dump)["group"].as_str().unwrap().ends_with("sources stdin:db/app.dump"), "{plan}");
@@ -44,12 +44,12 @@ fn a_database_snapshot_is_not_in_the_group_of_files_only_snapshots() {
     let text = fixture.ok(&["forget", "--keep-daily", "7", "--dry-run"]);
     assert!(text.contains("sources stdin:db/app.dump"), "{text}");
     fixture.ok(&["forget", "--keep-daily", "7"]);
-    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 2);
+    assert_eq!(fixture.snapshots().as_array().unwrap().len(), 2);
     // Grouping by host and paths alone puts them together again.
     let merged = fixture.json(&["forget", "--keep-daily", "7", "--dry-run", "--group-by", "host,paths"]);
     let kept: Vec<_> = merged["snapshots"].as_array().unwrap().iter().filter(|d| d["keep"] == true).collect();
     assert_eq!(kept.len(), 1, "{merged}");
-    assert_eq!(kept[0]["snapshot"], files_only.as_str());
+    assert_eq!(kept[0]["snapshot_id"], files_only.as_str());
 }
 
 #[test]
@@ -77,10 +77,10 @@ fn a_policy_that_keeps_nothing_of_a_group_is_refused_unless_allowed() {
             if dry_run {
                 assert!(String::from_utf8_lossy(&output.stdout).contains("remove"), "the dry run shows its plan");
             }
-            assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 3, "coffer {args:?} removed snapshots");
+            assert_eq!(fixture.snapshots().as_array().unwrap().len(), 3, "coffer {args:?} removed snapshots");
         }
     }
     let removed = fixture.json(&["forget", "--keep-last", "0", "--allow-empty-groups"]);
     assert_eq!(removed["removed"], 3, "{removed}");
-    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 0);
+    assert_eq!(fixture.snapshots().as_array().unwrap().len(), 0);
 }

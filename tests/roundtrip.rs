@@ -101,7 +101,7 @@ fn one_folder_restores_into_the_target_and_fetches_only_its_data() {
     let spec = format!("latest:{}/study_002", source.display());
     let report = fixture.json(&["restore", &spec, "--target", target.to_str().unwrap()]);
     assert_same_tree(&source.join("study_002"), &target);
-    let fetched = report["bytes_fetched"].as_u64().unwrap();
+    let fetched = report["bytes_downloaded"].as_u64().unwrap();
     assert!(fetched < 2_300_000, "fetched {fetched} bytes for a 2.1 MB folder: {report}");
     assert!(fetched >= 2_100_000, "fetched {fetched}: {report}");
 }
@@ -184,19 +184,19 @@ fn listings_are_json_documents_and_ids_resolve_by_prefix() {
     let source = fixture.path("data");
     std::fs::create_dir_all(source.join("sub")).unwrap();
     std::fs::write(source.join("sub/file"), b"x").unwrap();
-    let first = fixture.backup(&source)["snapshot"].as_str().unwrap().to_string();
+    let first = fixture.backup(&source)["snapshot_id"].as_str().unwrap().to_string();
     std::fs::write(source.join("sub/second"), b"y").unwrap();
     fixture.backup(&source);
-    let snapshots = fixture.json(&["snapshots"]);
+    let snapshots = fixture.snapshots();
     let list = snapshots.as_array().unwrap();
     assert_eq!(list.len(), 2);
-    assert_eq!(list[0]["id"], first.as_str());
+    assert_eq!(list[0]["snapshot_id"], first.as_str());
     assert_eq!(list[0]["paths"][0], source.to_str().unwrap());
     let spec = format!("{}:{}/sub", &first[..8], source.display());
-    let entries = fixture.json(&["ls", &spec]);
+    let entries = fixture.json(&["ls", &spec])["entries"].clone();
     let paths: Vec<&str> = entries.as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
     assert_eq!(paths, vec![format!("{}/sub", source.display()), format!("{}/sub/file", source.display())]);
-    let latest = fixture.json(&["ls", &format!("latest:{}/sub", source.display())]);
+    let latest = fixture.json(&["ls", &format!("latest:{}/sub", source.display())])["entries"].clone();
     assert_eq!(latest.as_array().unwrap().len(), 3);
 }
 
@@ -268,7 +268,7 @@ fn a_backup_path_that_is_a_symlink_is_stored_as_the_link() {
     let link = fixture.path("link");
     std::os::unix::fs::symlink(&real, &link).unwrap();
     fixture.backup(&link);
-    let entries = fixture.json(&["ls", &format!("latest:{}", link.display())]);
+    let entries = fixture.json(&["ls", &format!("latest:{}", link.display())])["entries"].clone();
     let entries = entries.as_array().unwrap();
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0]["kind"], "symlink");
@@ -301,7 +301,7 @@ fn excluded_paths_are_left_out() {
     let mut all = args.to_vec();
     all.extend(["--exclude-file", exclude_file.to_str().unwrap()]);
     fixture.json(&all);
-    let listed = fixture.json(&["ls", &format!("latest:{}", source.display())]);
+    let listed = fixture.json(&["ls", &format!("latest:{}", source.display())])["entries"].clone();
     let mut paths: Vec<String> =
         listed.as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap().to_string()).collect();
     paths.sort();
@@ -317,9 +317,9 @@ fn overlapping_paths_tags_and_long_listings() {
     std::fs::write(source.join("inner/x.txt"), b"once").unwrap();
     let inner = source.join("inner");
     fixture.json(&["backup", source.to_str().unwrap(), inner.to_str().unwrap(), "--tag", "nightly", "--tag", "site-a"]);
-    let snapshot = &fixture.json(&["snapshots"])[0];
+    let snapshot = &fixture.snapshots()[0];
     assert_eq!(snapshot["tags"], serde_json::json!(["nightly", "site-a"]));
-    let listed = fixture.json(&["ls", &format!("latest:{}", source.display())]);
+    let listed = fixture.json(&["ls", &format!("latest:{}", source.display())])["entries"].clone();
     let files: Vec<&str> = listed
         .as_array()
         .unwrap()

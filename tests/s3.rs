@@ -355,7 +355,7 @@ fn a_folder_restore_fetches_little_more_than_the_folder() {
     let unchanged = json(&["backup", source.to_str().unwrap()]);
     let spec = format!("latest:{}/study_5", source.display());
     let restore = json(&["restore", &spec, "--target", fixture.path("one").to_str().unwrap()]);
-    let fetched = restore["bytes_fetched"].as_u64().unwrap();
+    let fetched = restore["bytes_downloaded"].as_u64().unwrap();
     let folder_bytes = 4 * 1_500_000u64;
     eprintln!(
         "S3 costs: first backup {} requests, unchanged backup {} requests; one-folder restore fetched {} bytes for a {} byte folder in {} requests",
@@ -365,7 +365,7 @@ fn a_folder_restore_fetches_little_more_than_the_folder() {
         fetched >= folder_bytes && fetched < folder_bytes + folder_bytes / 10,
         "fetched {fetched} for {folder_bytes}"
     );
-    assert!(unchanged["storage"]["bytes_written"].as_u64().unwrap() < 100_000, "{unchanged}");
+    assert!(unchanged["storage"]["bytes_uploaded"].as_u64().unwrap() < 100_000, "{unchanged}");
     common::assert_same_tree(&source.join("study_5"), &fixture.path("one"));
 }
 
@@ -439,8 +439,8 @@ fn check_prune_and_repair_on_s3() {
     ok(&["prune"]);
     let (code, report, stderr) = run(&["check", "--read-data"]);
     assert_eq!(code, Some(0), "{report} {stderr}");
-    for snapshot in ok(&["snapshots"]).as_array().unwrap() {
-        let id = snapshot["id"].as_str().unwrap();
+    for snapshot in ok(&["snapshots"])["snapshots"].as_array().unwrap() {
+        let id = snapshot["snapshot_id"].as_str().unwrap();
         let target = fixture.path(&format!("restored-{id}"));
         ok(&["restore", &format!("{id}:{}", source.display()), "--target", target.to_str().unwrap(), "--verify"]);
         for study in 1..4 {

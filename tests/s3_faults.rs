@@ -158,8 +158,8 @@ impl S3Repo {
         let output = self.direct(&["check", "--read-data"]);
         assert!(output.status.success(), "check: {}", String::from_utf8_lossy(&output.stdout));
         let listed: Value = serde_json::from_slice(&self.direct(&["--json", "snapshots"]).stdout).unwrap();
-        for snapshot in listed.as_array().unwrap() {
-            let id = snapshot["id"].as_str().unwrap();
+        for snapshot in listed["snapshots"].as_array().unwrap() {
+            let id = snapshot["snapshot_id"].as_str().unwrap();
             let target = self.fixture.path(&format!("restore-{id}"));
             let output = self.direct(&["restore", id, "--target", target.to_str().unwrap(), "--verify"]);
             assert!(output.status.success(), "restore {id}: {}", String::from_utf8_lossy(&output.stderr));
@@ -213,7 +213,7 @@ fn lost_answers_to_create_only_writes_are_settled_by_reading_back() {
     let dropped = repo.proxy.log().iter().filter(|entry| entry[4] == "drop").count();
     assert_eq!(dropped, 3, "{:?}", repo.proxy.log());
     let listed: Value = serde_json::from_str(&repo.ok(&["--json", "snapshots"])).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 1);
     assert_eq!(lock_objects(&repo), 0, "a lock object stayed behind");
     repo.assert_intact(&source);
 }

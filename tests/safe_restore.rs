@@ -102,7 +102,7 @@ fn the_plan_is_what_the_restore_then_does() {
 
     let before = stat_walk(&study);
     let result = fixture.json(&["restore", &spec, "--target", target, "--delete"]);
-    assert!(result["safety_snapshot"].is_string(), "{result}");
+    assert!(result["safety_snapshot_id"].is_string(), "{result}");
     let after = stat_walk(&study);
     for (relative, action) in &plan {
         let key = relative.as_bytes().to_vec();
@@ -275,7 +275,7 @@ fn safety_snapshots_are_not_latest_and_are_kept_by_forget_for_30_days() {
     let (fixture, study, spec) = study_fixture();
     write(&study.join("notes.txt"), b"edited\n");
     fixture.ok(&["restore", &spec, "--target", study.to_str().unwrap()]);
-    let listed = fixture.json(&["snapshots"]);
+    let listed = fixture.snapshots();
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 2);
     let safety = listed.iter().find(|s| s["tags"].as_array().unwrap().iter().any(|t| t == "safety")).unwrap();
@@ -284,7 +284,13 @@ fn safety_snapshots_are_not_latest_and_are_kept_by_forget_for_30_days() {
     assert!(ls.contains("scan.bin"), "latest is the safety snapshot, which holds only what was replaced: {ls}");
     let forget = fixture.json(&["forget", "--keep-last", "1"]);
     assert_eq!(forget["removed"], 0, "{forget}");
-    let kept = forget["snapshots"].as_array().unwrap().iter().find(|d| d["snapshot"] == safety["id"]).unwrap().clone();
+    let kept = forget["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["snapshot_id"] == safety["snapshot_id"])
+        .unwrap()
+        .clone();
     assert_eq!(kept["keep"], true, "{kept}");
     // Any --keep-safety keeps a safety snapshot just taken, and the backups' own group
     // is not emptied by it (the expiry itself is a unit test of apply_policy).
@@ -300,9 +306,9 @@ fn no_safety_says_what_it_turned_off() {
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no safety snapshot (--no-safety)"), "{stderr}");
-    assert_eq!(fixture.json(&["snapshots"]).as_array().unwrap().len(), 1);
+    assert_eq!(fixture.snapshots().as_array().unwrap().len(), 1);
     let restores = fixture.json(&["restores"]);
-    assert!(restores["restores"][0]["safety_snapshot"].is_null());
+    assert!(restores["restores"][0]["safety_snapshot_id"].is_null());
     let rollback =
         fixture.run(&["restore", "--rollback", restores["restores"][0]["restore_id"].as_str().unwrap(), "--force"]);
     assert_eq!(rollback.status.code(), Some(20), "{}", String::from_utf8_lossy(&rollback.stderr));
@@ -394,7 +400,7 @@ fn chunks_already_in_a_replaced_file_are_not_fetched() {
     let result = fixture.json(&["restore", &spec, "--target", folder.to_str().unwrap(), "--no-safety"]);
     assert_eq!(std::fs::read(folder.join("table.dat")).unwrap(), original);
     let reused = result["bytes_reused"].as_u64().unwrap();
-    let fetched = result["bytes_fetched"].as_u64().unwrap();
+    let fetched = result["bytes_downloaded"].as_u64().unwrap();
     assert!(reused > 40 << 20, "most of the file comes from the target: {result}");
     assert!(fetched < 24 << 20, "only the changed chunks are fetched: {result}");
     assert_eq!(result["bytes_written"], 64u64 << 20);
@@ -454,7 +460,7 @@ fn rollback_leaves_what_was_made_since_and_needs_the_safety_snapshot_first() {
     write(&study.join("scan.bin"), b"edited after the restore");
     // Without its safety snapshot, a rollback changes nothing.
     let restores = fixture.json(&["restores"]);
-    let safety = restores["restores"][0]["safety_snapshot"].as_str().unwrap().to_string();
+    let safety = restores["restores"][0]["safety_snapshot_id"].as_str().unwrap().to_string();
     fixture.ok(&["forget", &safety]);
     let output = fixture.run(&["restore", "--rollback", &id, "--force"]);
     assert_eq!(output.status.code(), Some(14), "{}", String::from_utf8_lossy(&output.stderr));
@@ -571,7 +577,7 @@ fn diff_works_with_a_cache_path_holding_percent_signs() {
     let fixture = Fixture::new();
     let source = fixture.path("src");
     write(&source.join("a"), b"1");
-    let first = fixture.backup(&source)["snapshot"].as_str().unwrap().to_string();
+    let first = fixture.backup(&source)["snapshot_id"].as_str().unwrap().to_string();
     write(&source.join("b"), b"2");
     fixture.backup(&source);
     let cache = fixture.path("ca%63he 50%?#x");

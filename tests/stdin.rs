@@ -19,7 +19,7 @@ fn backup_feeding(fixture: &Fixture, args: &[&str], input: &[u8]) -> Output {
 }
 
 fn snapshot_count(fixture: &Fixture) -> usize {
-    fixture.json(&["snapshots"]).as_array().unwrap().len()
+    fixture.snapshots().as_array().unwrap().len()
 }
 
 #[test]
@@ -31,7 +31,7 @@ fn empty_standard_input_warns_and_exits_3_with_an_incomplete_snapshot() {
     assert!(stderr.contains("warning: standard input was empty: /db/app.dump holds 0 bytes"), "{stderr}");
     let summary = common::last_json(&output.stdout);
     assert_eq!(summary["complete"], false, "{summary}");
-    let listed = fixture.json(&["snapshots"]);
+    let listed = fixture.snapshots();
     assert_eq!(listed[0]["complete"], false);
     let full = backup_feeding(&fixture, &["--stdin", "--stdin-name", "db/app.dump"], b"PGDMP");
     assert!(full.status.success(), "{}", String::from_utf8_lossy(&full.stderr));
@@ -50,7 +50,7 @@ fn a_command_s_output_is_stored_and_it_inherits_no_coffer_secret() {
     assert_eq!(summary["complete"], true, "{summary}");
     let dumped = fixture.run(&["dump", "latest", "/db/app.dump"]);
     assert!(dumped.status.success() && dumped.stdout == content, "the stored output differs");
-    let listed = fixture.json(&["snapshots"]);
+    let listed = fixture.snapshots();
     assert_eq!(listed[0]["sources"][0], serde_json::json!({"kind": "stdin", "name": "db/app.dump"}));
     assert!(!listed.to_string().contains("env -0"), "the command was stored: {listed}");
     let seen = String::from_utf8_lossy(&std::fs::read(&environment).unwrap()).into_owned();

@@ -95,7 +95,7 @@ fn audited(command: &Command) -> Option<&'static str> {
 /// The command line, with what may hold a secret taken out: connection strings keep
 /// everything but their password, commands are not shown at all.
 fn redacted_args() -> Vec<String> {
-    const CONNINFO: [&str; 2] = ["--pg", "--pg-target"];
+    const CONNINFO: [&str; 3] = ["--pg", "--pg-target", "--pg-scratch"];
     const HIDDEN: [&str; 2] = ["--password-command", "--stdin-from-command"];
     let redact = |flag: &str, value: &str| -> String {
         if CONNINFO.contains(&flag) {

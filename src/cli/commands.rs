@@ -170,7 +170,7 @@ fn init(cli: &Cli, args: &InitArgs) -> Result<i32> {
     super::audit::opened(repository.backend().clone(), repository.master().clone());
     let id = repository.config().id;
     if cli.json {
-        output::json(&json!({"repository": id.to_hex(), "location": repository.backend().location(),
+        output::json(&json!({"repository_id": id.to_hex(), "location": repository.backend().location(),
             "object_lock": repository.config().object_lock}));
     } else {
         note(cli.quiet, &format!("created coffer repository {} at {}", id.short(), repository.backend().location()));
@@ -265,8 +265,9 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<i32> {
     let storage = repository.backend().stats();
     if cli.json {
         output::json(
-            &json!({"type": "summary", "snapshot": report.id.to_hex(), "complete": report.snapshot.complete, "warnings": report.warnings, "summary": summary,
-                "storage": {"requests": storage.requests, "bytes_read": storage.bytes_read, "bytes_written": storage.bytes_written}}),
+            &json!({"type": "summary", "snapshot_id": report.id.to_hex(), "complete": report.snapshot.complete, "warnings": report.warnings,
+                "summary": output::summary_json(summary),
+                "storage": {"requests": storage.requests, "bytes_downloaded": storage.bytes_read, "bytes_uploaded": storage.bytes_written}}),
         );
     } else {
         note(
@@ -331,7 +332,8 @@ fn snapshots(cli: &Cli, args: &SnapshotsArgs) -> Result<i32> {
     }
     let code = if damaged.is_empty() { exit::SUCCESS } else { exit::DAMAGED };
     if cli.json {
-        output::json(&serde_json::Value::Array(snapshots.iter().map(|(id, s)| output::snapshot_json(id, s)).collect()));
+        let list: Vec<serde_json::Value> = snapshots.iter().map(|(id, s)| output::snapshot_json(id, s)).collect();
+        output::json(&json!({"snapshots": list}));
         return Ok(code);
     }
     output::line(&format!(
@@ -430,7 +432,8 @@ fn ls(cli: &Cli, args: &LsArgs) -> Result<i32> {
         );
     }
     if cli.json {
-        output::json(&serde_json::Value::Array(entries.iter().map(|(_, e)| output::entry_json(e)).collect()));
+        let list: Vec<serde_json::Value> = entries.iter().map(|(_, e)| output::entry_json(e)).collect();
+        output::json(&json!({"snapshot_id": id.to_hex(), "entries": list}));
         return Ok(exit::SUCCESS);
     }
     for (_, entry) in &entries {

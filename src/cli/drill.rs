@@ -32,8 +32,28 @@ struct DatabaseResult {
     database: String,
     bytes: u64,
     seconds: f64,
-    /// What was proved, or why not.
-    outcome: std::result::Result<String, String>,
+    /// What was proved, or why not (with the exit code that says what kind of failure).
+    outcome: std::result::Result<String, (i32, String)>,
+}
+
+/// The exit code of a restore failure's cause.
+fn code_of_cause(cause: coffer::restorer::FailureCause) -> i32 {
+    use coffer::restorer::FailureCause;
+    match cause {
+        FailureCause::Damage => exit::DAMAGED,
+        FailureCause::Unreachable => exit::UNREACHABLE,
+        FailureCause::Storage => exit::FAILURE,
+        FailureCause::Denied => exit::ACCESS_DENIED,
+        FailureCause::LocalIo => exit::LOCAL_IO,
+    }
+}
+
+/// The most serious of the drill's failures: damage first (what a drill is for), then
+/// the storage, the database, the local disk.
+fn worst(codes: &[i32]) -> Option<i32> {
+    const ORDER: [i32; 6] =
+        [exit::DAMAGED, exit::UNREACHABLE, exit::ACCESS_DENIED, exit::POSTGRES, exit::LOCAL_IO, exit::FAILURE];
+    ORDER.iter().copied().find(|code| codes.contains(code)).or_else(|| codes.first().copied())
 }
 
 pub fn drill(cli: &Cli, args: &DrillArgs) -> Result<i32> {
@@ -52,6 +72,15 @@ pub fn drill(cli: &Cli, args: &DrillArgs) -> Result<i32> {
         .or_else(|| profile.and_then(|p| p.drill_scratch_dir.clone()))
         .unwrap_or_else(std::env::temp_dir);
     let pg_scratch = args.pg_scratch.clone().or_else(|| profile.and_then(|p| p.drill_pg_scratch.clone()));
+    // The profile's PostgreSQL password source serves the scratch database too.
+    let passfile = match (&pg_scratch, profile) {
+        (Some(_), Some(profile)) => profile.passfile()?,
+        _ => None,
+    };
+    let pg_scratch = match (&pg_scratch, &passfile) {
+        (Some(text), Some(path)) => Some(super::profile::with_passfile(text, path)),
+        _ => pg_scratch,
+    };
     let pg_scratch = pg_scratch.as_deref().map(ConnInfo::parse).transpose()?;
 
     let repository = super::open(cli)?;
@@ -83,6 +112,7 @@ pub fn drill(cli: &Cli, args: &DrillArgs) -> Result<i32> {
         .map_err(|e| coffer::Error::io("cannot make the drill's scratch folder in", &scratch_parent, e))?;
     let begun = Instant::now();
     let mut failed: Vec<String> = Vec::new();
+    let mut codes: Vec<i32> = Vec::new();
     let mut restored_files = 0;
     if !chosen.is_empty() {
         let options = RestoreOptions {
@@ -98,11 +128,20 @@ pub fn drill(cli: &Cli, args: &DrillArgs) -> Result<i32> {
         match restorer::execute(&repository, &plan, &options) {
             Ok(report) => {
                 restored_files = report.files;
+                let shown = scratch.path().display().to_string();
                 failed.extend(
-                    report.failed.iter().map(|f| format!("{}: {}", original_path(&f.path, scratch.path()), f.reason)),
+                    report.failed.iter().map(|f| {
+                        format!("{}: {}", original_path(&f.path, scratch.path()), f.reason.replace(&shown, ""))
+                    }),
                 );
+                codes.extend(report.failed.iter().map(|f| code_of_cause(f.cause)));
             }
-            Err(error) => failed.push(error.to_string()),
+            // Stopped by a signal: the drill proved nothing, and says so by the signal.
+            Err(error @ coffer::Error::Interrupted { .. }) => return Err(error.into()),
+            Err(error) => {
+                codes.push(exit::code_of(&error));
+                failed.push(error.to_string());
+            }
         }
     }
     let file_seconds = begun.elapsed().as_secs_f64();
@@ -118,8 +157,14 @@ pub fn drill(cli: &Cli, args: &DrillArgs) -> Result<i32> {
                 .map(|entries| {
                     format!("dump read whole, SHA-256 matches, pg_restore lists {entries} entries (no scratch database: not restored)")
                 })
-                .map_err(|e| e.to_string()),
+                .map_err(|e| (exit::code_of(&e), e.to_string())),
         };
+        if let Some(signal) = coffer::interrupt::requested() {
+            return Err(coffer::Error::Interrupted { signal, outcome: "the drill stopped".into() }.into());
+        }
+        if let Err((code, _)) = &outcome {
+            codes.push(*code);
+        }
         databases.push(DatabaseResult {
             database: postgres.database.clone(),
             bytes: postgres.size,
@@ -152,7 +197,7 @@ pub fn drill(cli: &Cli, args: &DrillArgs) -> Result<i32> {
     for database in &databases {
         match &database.outcome {
             Ok(text) => super::notify::detail(&format!("database {}: {text}", database.database)),
-            Err(error) => super::notify::detail(&format!("database {}: FAILED: {error}", database.database)),
+            Err((_, error)) => super::notify::detail(&format!("database {}: FAILED: {error}", database.database)),
         }
     }
     for failure in &failed {
@@ -173,7 +218,7 @@ pub fn drill(cli: &Cli, args: &DrillArgs) -> Result<i32> {
             "bytes_per_second": file_rate,
             "databases": databases.iter().map(|d| json!({
                 "database": d.database, "bytes": d.bytes, "duration_seconds": d.seconds,
-                "ok": d.outcome.is_ok(), "result": d.outcome.as_ref().unwrap_or_else(|e| e),
+                "ok": d.outcome.is_ok(), "result": match &d.outcome { Ok(text) => text, Err((_, text)) => text },
             })).collect::<Vec<_>>(),
             "failures": failed,
             "rto_seconds": rto_seconds,
@@ -191,7 +236,7 @@ pub fn drill(cli: &Cli, args: &DrillArgs) -> Result<i32> {
         for database in &databases {
             match &database.outcome {
                 Ok(text) => output::line(&format!("  database {}: {text}", database.database)),
-                Err(error) => output::line(&format!("  database {}: FAILED: {error}", database.database)),
+                Err((_, error)) => output::line(&format!("  database {}: FAILED: {error}", database.database)),
             }
         }
         for failure in &failed {
@@ -202,14 +247,13 @@ pub fn drill(cli: &Cli, args: &DrillArgs) -> Result<i32> {
             note(cli.quiet, &format!("the scratch folder stays at {}", path.display()));
         }
     }
-    if failures > 0 {
-        return fail(
-            exit::DAMAGED,
-            format!(
-                "the drill of snapshot {} failed: {failures} file(s) or database(s) did not restore intact",
-                id.short()
-            ),
-        );
+    if let Some(code) = worst(&codes) {
+        let what = if code == exit::DAMAGED {
+            format!("{failures} file(s) or database(s) did not restore intact")
+        } else {
+            format!("{failures} file(s) or database(s) could not be restored, which proves nothing about the repository (see above)")
+        };
+        return fail(code, format!("the drill of snapshot {} failed: {what}", id.short()));
     }
     Ok(exit::SUCCESS)
 }
@@ -229,16 +273,18 @@ fn restore_into_scratch(
     source: &coffer::PostgresSource,
     maintenance: &ConnInfo,
     tools: &PgTools,
-) -> std::result::Result<String, String> {
+) -> std::result::Result<String, (i32, String)> {
     let name = format!("coffer_drill_{}", hex::encode(rand::random::<[u8; 4]>()));
+    let postgres = |e: coffer::Error| (exit::code_of(&e), e.to_string());
     coffer::pg::query(tools, maintenance, &format!("CREATE DATABASE {name}"))
-        .map_err(|e| format!("cannot create the scratch database {name}: {e}"))?;
+        .map_err(|e| (exit::POSTGRES, format!("cannot create the scratch database {name}: {e}")))?;
     let result = (|| {
-        let target = ConnInfo::parse(&with_dbname(&maintenance_text(maintenance), &name)).map_err(|e| e.to_string())?;
-        let options = PgRestoreOptions { conninfo: target.clone(), jobs: 1, ..Default::default() };
-        let report = restorer::restore_postgres(repository, manifest, source, &options, tools, true)
-            .map_err(|e| e.to_string())?;
-        let restored = coffer::pg::table_checksums(tools, &target).map_err(|e| e.to_string())?;
+        let target = maintenance.with_dbname(&name);
+        // The scratch role need not own what the dump's roles owned.
+        let options = PgRestoreOptions { conninfo: target.clone(), jobs: 1, no_owner: true, ..Default::default() };
+        let report =
+            restorer::restore_postgres(repository, manifest, source, &options, tools, true).map_err(postgres)?;
+        let restored = coffer::pg::table_checksums(tools, &target).map_err(postgres)?;
         let rows: u64 = restored.iter().map(|t| t.rows).sum();
         let Some(recorded) = &source.tables else {
             return Ok(format!(
@@ -265,7 +311,10 @@ fn restore_into_scratch(
             differing.push(format!("{}: not in the database at backup time", table.table));
         }
         if !differing.is_empty() {
-            return Err(format!("the restored tables differ from the backup: {}", differing.join("; ")));
+            return Err((
+                exit::DAMAGED,
+                format!("the restored tables differ from the backup: {}", differing.join("; ")),
+            ));
         }
         Ok(format!(
             "dump ({}) restored into scratch database {name}: all {} table(s), {rows} row(s), match the row counts and checksums recorded at backup; dropped again",
@@ -276,23 +325,10 @@ fn restore_into_scratch(
     let dropped = coffer::pg::query(tools, maintenance, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
     match (result, dropped) {
         (Ok(text), Ok(_)) => Ok(text),
-        (Ok(_), Err(error)) => Err(format!("the scratch database {name} could not be dropped: {error}")),
+        (Ok(_), Err(error)) => {
+            Err((exit::POSTGRES, format!("the scratch database {name} could not be dropped: {error}")))
+        }
         (Err(error), _) => Err(error),
-    }
-}
-
-/// The connection string as given (its Display hides the password).
-fn maintenance_text(conninfo: &ConnInfo) -> String {
-    conninfo.argument().to_string_lossy().into_owned()
-}
-
-/// The connection string with another database name.
-fn with_dbname(conninfo: &str, name: &str) -> String {
-    if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
-        let separator = if conninfo.contains('?') { '&' } else { '?' };
-        format!("{conninfo}{separator}dbname={name}")
-    } else {
-        format!("{conninfo} dbname={name}")
     }
 }
 
@@ -320,8 +356,19 @@ mod tests {
     }
 
     #[test]
-    fn the_scratch_database_replaces_the_name_in_both_forms() {
-        assert_eq!(with_dbname("host=/tmp dbname=postgres", "x"), "host=/tmp dbname=postgres dbname=x");
-        assert_eq!(with_dbname("postgresql://h/postgres", "x"), "postgresql://h/postgres?dbname=x");
+    fn the_scratch_database_keeps_the_password_and_replaces_the_name() {
+        let given = ConnInfo::parse("postgresql://app:s3cret@db:5433/postgres?sslmode=require").unwrap();
+        let scratch = given.with_dbname("coffer_drill_1");
+        assert_eq!(scratch.get("dbname"), Some("coffer_drill_1"));
+        assert_eq!(scratch.get("port"), Some("5433"));
+        assert_eq!(scratch.password(), Some("s3cret"));
+        assert!(!scratch.argument().to_string_lossy().contains("s3cret"));
+    }
+
+    #[test]
+    fn damage_outranks_other_failures() {
+        assert_eq!(worst(&[exit::LOCAL_IO, exit::DAMAGED, exit::POSTGRES]), Some(exit::DAMAGED));
+        assert_eq!(worst(&[exit::LOCAL_IO, exit::POSTGRES]), Some(exit::POSTGRES));
+        assert_eq!(worst(&[]), None);
     }
 }

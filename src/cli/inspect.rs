@@ -53,7 +53,7 @@ pub fn diff(cli: &Cli, args: &DiffArgs) -> Result<i32> {
                 value
             })
             .collect();
-        output::json(&json!({"old_snapshot": old_id.to_hex(), "new_snapshot": new_id.to_hex(),
+        output::json(&json!({"old_snapshot_id": old_id.to_hex(), "new_snapshot_id": new_id.to_hex(),
             "added": count(Change::Added), "removed": count(Change::Removed), "modified": count(Change::Modified),
             "size_change": size_change, "entries": list}));
         return Ok(exit::SUCCESS);
@@ -107,14 +107,19 @@ pub fn find(cli: &Cli, args: &FindArgs) -> Result<i32> {
     // Matches are printed as they are found: a pattern may match millions of entries.
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if cli.json {
-        let _ = write!(out, "{{\"snapshots_searched\":{},\"matches\":[", snapshots.len());
+        let _ = write!(
+            out,
+            "{{\"schema_version\":{},\"snapshots_searched\":{},\"matches\":[",
+            output::SCHEMA_VERSION,
+            snapshots.len()
+        );
     }
     let mut first = true;
     let mut failed: Option<std::io::Error> = None;
     let count = inspect::find(&repository, &snapshots, &args.patterns, &mut |f| {
         let line = if cli.json {
             let (path, hex) = path_json(&f.path);
-            let mut value = json!({"snapshot": f.snapshot.to_hex(), "time": f.time, "path": path,
+            let mut value = json!({"snapshot_id": f.snapshot.to_hex(), "time": f.time, "path": path,
                 "kind": f.kind.name(), "size": f.size, "mtime": output::time_ns(f.mtime_ns),
                 "sha256": f.sha256.map(hex::encode)});
             if let Some(hex) = hex {
@@ -164,8 +169,8 @@ pub fn stats(cli: &Cli, args: &StatsArgs) -> Result<i32> {
     let stats = inspect::stats(&repository, &snapshots, whole)?;
     if cli.json {
         output::json(&json!({
-            "snapshot": args.snapshot.as_ref().and(snapshots.first()).map(|(id, _)| id.to_hex()),
-            "snapshots": stats.snapshots, "files": stats.files, "dirs": stats.dirs,
+            "snapshot_id": args.snapshot.as_ref().and(snapshots.first()).map(|(id, _)| id.to_hex()),
+            "snapshot_count": stats.snapshots, "files": stats.files, "dirs": stats.dirs,
             "logical_bytes": stats.logical_bytes, "blobs": stats.blobs, "unique_bytes": stats.unique_bytes,
             "stored_bytes": stats.stored_bytes, "pack_bytes": stats.pack_bytes,
             "dedup_ratio": stats.dedup_ratio(), "compression_ratio": stats.compression_ratio(),
@@ -231,11 +236,11 @@ pub fn cat(cli: &Cli, kind: &str, id: Option<&str>) -> Result<i32> {
         }
         "snapshot" => {
             let (id, snapshot) = repository.find_snapshot(need_id()?)?;
-            json!({"id": id.to_hex(), "snapshot": snapshot})
+            json!({"snapshot_id": id.to_hex(), "snapshot": snapshot})
         }
         "restore" => {
             let (id, record) = repository.find_restore(need_id()?)?;
-            json!({"id": id.to_hex(), "restore": record})
+            json!({"restore_id": id.to_hex(), "restore": record})
         }
         "index" => {
             let ids = repository.index_object_ids()?.iter().map(|id| id.to_hex()).collect();

@@ -141,10 +141,10 @@ fn list(cli: &Cli, repository: &coffer::Repository) -> Result<i32> {
         let list: Vec<_> = keys
             .iter()
             .map(|key| match &key.file {
-                Ok(file) => json!({"id": key.id.to_hex(), "in_use": key.in_use, "created": file.created,
+                Ok(file) => json!({"key_id": key.id.to_hex(), "in_use": key.in_use, "created": file.created,
                     "host": file.host, "user": file.user, "kdf": file.kdf, "memory_kib": file.params.memory_kib,
                     "iterations": file.params.iterations, "parallelism": file.params.parallelism}),
-                Err(error) => json!({"id": key.id.to_hex(), "in_use": key.in_use, "error": error.to_string()}),
+                Err(error) => json!({"key_id": key.id.to_hex(), "in_use": key.in_use, "error": error.to_string()}),
             })
             .collect();
         output::json(&json!({ "keys": list }));

@@ -50,14 +50,16 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
         document["pg_dumps"] = json!(dumps
             .iter()
             .map(|(snapshot, database, result)| match result {
-                Ok(entries) => json!({"snapshot": snapshot, "database": database, "ok": true, "toc_entries": entries}),
-                Err(error) => json!({"snapshot": snapshot, "database": database, "ok": false, "error": error}),
+                Ok(entries) =>
+                    json!({"snapshot_id": snapshot, "database": database, "ok": true, "toc_entries": entries}),
+                Err(error) => json!({"snapshot_id": snapshot, "database": database, "ok": false, "error": error}),
             })
             .collect::<Vec<_>>());
         output::json(&document);
     } else {
         print_check(cli, &report);
         for (snapshot, database, result) in &dumps {
+            let snapshot = &snapshot[..snapshot.len().min(8)];
             match result {
                 Ok(entries) => note(cli.quiet, &format!("dump of {database} in snapshot {snapshot}: pg_restore read it whole ({entries} table-of-contents entries)")),
                 Err(error) => eprintln!("error: dump of {database} in snapshot {snapshot}: {error}"),
@@ -117,7 +119,7 @@ fn check_dumps(repository: &coffer::Repository) -> Result<Vec<DumpResult>> {
         let manifest = match repository.load_manifest(id, snapshot) {
             Ok(manifest) => manifest,
             Err(error) => {
-                results.push((id.short(), "(manifest)".into(), Err(error.to_string())));
+                results.push((id.to_hex(), "(manifest)".into(), Err(error.to_string())));
                 continue;
             }
         };
@@ -128,7 +130,7 @@ fn check_dumps(repository: &coffer::Repository) -> Result<Vec<DumpResult>> {
             }
             let tested =
                 coffer::restorer::verify_pg_dump(repository, &manifest, postgres, &tools).map_err(|e| e.to_string());
-            results.push((id.short(), postgres.database.clone(), tested));
+            results.push((id.to_hex(), postgres.database.clone(), tested));
         }
     }
     Ok(results)
@@ -148,14 +150,14 @@ fn check_json(report: &CheckReport) -> Value {
         .iter()
         .map(|a| {
             let paths: Vec<String> = a.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
-            json!({"snapshot": a.id.to_hex(), "time": a.time, "host": a.host, "manifest_lost": a.manifest_lost,
+            json!({"snapshot_id": a.id.to_hex(), "time": a.time, "host": a.host, "manifest_lost": a.manifest_lost,
                 "lost_blobs": a.lost_blobs, "files": a.files, "paths": paths, "marked_damaged": a.marked})
         })
         .collect();
     let unreadable: Vec<Value> =
         report.unreadable.iter().map(|(pack, reason)| json!({"object": pack, "reason": reason})).collect();
-    json!({"type": "summary", "ok": !report.is_damaged() && report.unreadable.is_empty(), "index_objects": report.index_objects, "packs": report.packs,
-        "snapshots": report.snapshots, "packs_read": report.packs_read, "bytes_read": report.bytes_read,
+    json!({"type": "summary", "ok": !report.is_damaged() && report.unreadable.is_empty(), "index_object_count": report.index_objects, "pack_count": report.packs,
+        "snapshot_count": report.snapshots, "packs_read": report.packs_read, "bytes_downloaded": report.bytes_read,
         "blobs_read": report.blobs_read, "damage": damage, "affected": affected, "warnings": report.warnings,
         "unreadable": unreadable})
 }
@@ -247,7 +249,7 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<i32> {
             value["locked"] = json!(removal
                 .locked
                 .iter()
-                .map(|(id, until)| json!({"snapshot": id.to_hex(), "locked_until": until.to_string()}))
+                .map(|(id, until)| json!({"snapshot_id": id.to_hex(), "locked_until": until.to_string()}))
                 .collect::<Vec<_>>());
         } else {
             note(
@@ -340,7 +342,7 @@ fn print_decisions(cli: &Cli, decisions: &[Decision], dry_run: bool, removed: us
     if cli.json {
         let list: Vec<Value> = decisions
             .iter()
-            .map(|d| json!({"snapshot": d.id.to_hex(), "time": d.time, "group": d.group, "keep": d.keep, "reasons": d.reasons}))
+            .map(|d| json!({"snapshot_id": d.id.to_hex(), "time": d.time, "group": d.group, "keep": d.keep, "reasons": d.reasons}))
             .collect();
         return Some(json!({"dry_run": dry_run, "snapshots": list, "removed": removed}));
     }
@@ -399,7 +401,7 @@ fn plan_and_prune(
 fn print_prune(cli: &Cli, plan: &PrunePlan, report: Option<&PruneReport>) -> Option<Value> {
     let deleted = plan.delete.len() + plan.unindexed.len();
     if cli.json {
-        let mut value = json!({"dry_run": report.is_none(), "snapshots": plan.snapshots, "used_blobs": plan.used_blobs,
+        let mut value = json!({"dry_run": report.is_none(), "snapshot_count": plan.snapshots, "used_blobs": plan.used_blobs,
             "packs_kept": plan.keep.len(), "packs_deleted": deleted, "packs_unindexed": plan.unindexed.len(),
             "packs_unindexed_kept": plan.recent_unindexed,
             "packs_repacked": plan.repack.len(), "bytes_deleted": plan.bytes_deleted(), "bytes_repacked": plan.bytes_repacked(),
@@ -479,7 +481,7 @@ fn repair_snapshots(cli: &Cli, args: &RepairSnapshotsArgs) -> Result<i32> {
     if cli.json {
         let items: Vec<Value> = repairs
             .iter()
-            .map(|r| json!({"snapshot": r.old.to_hex(), "replaced_by": r.new.map(|id| id.to_hex()), "lost_files": r.lost_files, "manifest_lost": r.manifest_lost}))
+            .map(|r| json!({"snapshot_id": r.old.to_hex(), "replaced_by_snapshot_id": r.new.map(|id| id.to_hex()), "lost_files": r.lost_files, "manifest_lost": r.manifest_lost}))
             .collect();
         output::json(&json!({"apply": args.apply, "forget": args.forget, "action": action, "snapshots": items}));
     } else {
@@ -513,7 +515,7 @@ fn repair_index(cli: &Cli, args: &RepairIndexArgs) -> Result<i32> {
         let unreadable: Vec<Value> =
             report.unreadable.iter().map(|(pack, reason)| json!({"pack": pack.to_hex(), "reason": reason})).collect();
         let replaced: Vec<String> = report.replaced.iter().map(|id| id.to_hex()).collect();
-        output::json(&json!({"dry_run": args.dry_run, "packs": report.packs, "blobs": report.blobs,
+        output::json(&json!({"dry_run": args.dry_run, "pack_count": report.packs, "blob_count": report.blobs,
             "unreadable": unreadable, "written": report.written.iter().map(|id| id.to_hex()).collect::<Vec<_>>(), "replaced": replaced}));
     } else {
         let verb = if args.dry_run { "would replace" } else { "replaced" };

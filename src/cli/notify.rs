@@ -176,7 +176,8 @@ pub fn send(profile: &Profile, report: &Report) -> bool {
     }
     if let Some(webhook) = &profile.webhook {
         if let Err(error) = retry(|| post_webhook(webhook, report)) {
-            eprintln!("warning: the webhook notification to {} could not be delivered: {error:#}", webhook.url);
+            let url = super::profile::shown_url(&webhook.url);
+            eprintln!("warning: the webhook notification to {url} could not be delivered: {error:#}");
             delivered = false;
         }
     }
@@ -296,6 +297,12 @@ fn send_email(settings: &Email, report: &Report) -> Result<()> {
     }
     let message = message.body(body(report)).map_err(|e| permanent(e.into()))?;
     let tls_mode = settings.tls.unwrap_or(SmtpTls::StartTls);
+    if tls_mode == SmtpTls::None && settings.username.is_some() && !super::profile::is_loopback(&settings.server) {
+        return Err(permanent(anyhow::anyhow!(
+            "tls = \"none\" would send the SMTP password in clear to {}: refused",
+            settings.server
+        )));
+    }
     let port = settings.port.unwrap_or(match tls_mode {
         SmtpTls::StartTls => 587,
         SmtpTls::Tls => 465,

@@ -26,10 +26,30 @@ pub fn raw(bytes: &[u8]) {
 /// of damage, exit 13) is then told by that document and the exit code alone.
 static DOCUMENT_WRITTEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Writes a JSON document to stdout.
+/// The version of the JSON vocabulary (docs/JSON.md): every document and progress line
+/// carries it as `schema_version`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Writes a JSON document to stdout, with `schema_version`.
 pub fn json(value: &Value) {
     DOCUMENT_WRITTEN.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut value = value.clone();
+    if let Value::Object(map) = &mut value {
+        map.insert("schema_version".into(), json!(SCHEMA_VERSION));
+    }
     line(&value.to_string());
+}
+
+/// A snapshot summary for JSON: its count of warnings is `warning_count` (`warnings`
+/// is always a list of sentences).
+pub fn summary_json(summary: &coffer::Summary) -> Value {
+    let mut value = serde_json::to_value(summary).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        if let Some(count) = map.remove("warnings") {
+            map.insert("warning_count".into(), count);
+        }
+    }
+    value
 }
 
 /// Marks stdout as carrying the command's own bytes (a file, a tar stream): a failure
@@ -81,8 +101,9 @@ pub fn short_time(snapshot: &Snapshot) -> String {
 pub fn snapshot_json(id: &SnapshotId, snapshot: &Snapshot) -> Value {
     let mut value = serde_json::to_value(snapshot).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
-        map.insert("id".into(), json!(id.to_hex()));
+        map.insert("snapshot_id".into(), json!(id.to_hex()));
         map.insert("short_id".into(), json!(id.short()));
+        map.insert("summary".into(), summary_json(&snapshot.summary));
     }
     value
 }

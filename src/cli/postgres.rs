@@ -26,6 +26,7 @@ pub fn restore(
         jobs: args.jobs.max(1),
         list: args.dry_run,
         to_file: None,
+        no_owner: false,
     };
     let tools = PgTools::default();
     if !args.dry_run {
@@ -112,8 +113,8 @@ fn restore_safely(
     let report = outcome.report.unwrap_or_default();
     if cli.json {
         output::json(
-            &json!({"restore_id": outcome.started.id.to_hex(), "safety_snapshot": outcome.started.safety.map(|id| id.to_hex()),
-            "database": report.database, "bytes": report.bytes, "tables": options.tables, "single_transaction": options.single_transaction()}),
+            &json!({"restore_id": outcome.started.id.to_hex(), "safety_snapshot_id": outcome.started.safety.map(|id| id.to_hex()),
+            "database": report.database, "bytes_restored": report.bytes, "tables": options.tables, "single_transaction": options.single_transaction()}),
         );
     } else {
         let target =

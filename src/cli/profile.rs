@@ -158,14 +158,24 @@ macro_rules! inherit {
 }
 
 impl Profile {
-    /// Takes every setting this profile leaves unset from `base`.
+    /// Takes every setting this profile leaves unset from `base`. Two ways of giving one
+    /// secret count as one setting: a profile's own `password_command` is not overruled
+    /// by a `password_file` it includes.
     fn inherit(&mut self, base: &Profile) {
+        let own_password = self.password_file.is_some() || self.password_command.is_some();
+        let own_pg_password = self.pg_passfile.is_some() || self.pg_password_command.is_some();
+        if !own_password {
+            self.password_file = base.password_file.clone();
+            self.password_command = base.password_command.clone();
+        }
+        if !own_pg_password {
+            self.pg_passfile = base.pg_passfile.clone();
+            self.pg_password_command = base.pg_password_command.clone();
+        }
         inherit!(
             self,
             base,
             repository,
-            password_file,
-            password_command,
             cache_dir,
             connections,
             s3_endpoint,
@@ -180,8 +190,6 @@ impl Profile {
             tags,
             databases,
             pg_globals,
-            pg_passfile,
-            pg_password_command,
             keep_last,
             keep_hourly,
             keep_daily,
@@ -242,7 +250,7 @@ impl Profile {
 
     /// The libpq password file for the databases: the profile's, or one written (private,
     /// removed at exit) from the output of `pg_password_command`.
-    fn passfile(&self) -> Result<Option<PathBuf>> {
+    pub fn passfile(&self) -> Result<Option<PathBuf>> {
         if let Some(path) = &self.pg_passfile {
             return Ok(Some(path.clone()));
         }
@@ -262,6 +270,28 @@ impl Profile {
     }
 }
 
+/// Whether a URL names a user (and a secret) before its host: `scheme://user:secret@host`.
+fn has_credentials(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.contains('@')
+}
+
+/// A URL as it may be shown: scheme, host and port; no user, path or query (a webhook's
+/// path or query often is its token).
+pub fn shown_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "(not a URL)".into() };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}/...")
+}
+
+/// Whether a host name is this machine.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Password files written for this run, removed when the process ends normally.
 static PASSFILES: std::sync::Mutex<Vec<tempfile::NamedTempFile>> = std::sync::Mutex::new(Vec::new());
 
@@ -271,8 +301,8 @@ pub fn remove_temporary_files() {
 }
 
 /// Adds `passfile` to a connection string that does not name one.
-fn with_passfile(conninfo: &str, path: &Path) -> String {
-    if conninfo.contains("passfile") {
+pub fn with_passfile(conninfo: &str, path: &Path) -> String {
+    if coffer::pg::ConnInfo::parse(conninfo).is_ok_and(|c| c.has("passfile")) {
         return conninfo.to_string();
     }
     let path = path.to_string_lossy();
@@ -408,6 +438,11 @@ pub fn parse(text: &str) -> std::result::Result<BTreeMap<String, Profile>, Vec<P
         Some(Item::Table(table)) => {
             for (name, item) in table.iter() {
                 let path = format!("profile.{name}");
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                    let message = format!("profile name {name:?}: use letters, digits, '-', '_' and '.'");
+                    reader.problem(table, name, &path, message);
+                    continue;
+                }
                 match item.as_table() {
                     Some(section) => {
                         let profile = reader.profile(name, section, &path);
@@ -648,6 +683,12 @@ impl Reader<'_> {
         let mut profile = Profile { name: name.to_string(), ..Profile::default() };
         profile.includes = self.strings(&mut section, "include").unwrap_or_default();
         profile.repository = self.string(&mut section, "repository");
+        for (key, value) in [("repository", &profile.repository), ("s3_endpoint", &profile.s3_endpoint)] {
+            if value.as_deref().is_some_and(has_credentials) {
+                let message = "holds credentials (user:secret@), which are never written in this file: use aws_shared_credentials_file";
+                self.problem(table, key, &format!("{path}.{key}"), message.into());
+            }
+        }
         if let Some(repository) = &profile.repository {
             let remote = repository.starts_with("s3://") || repository.starts_with("file://");
             if !remote && !Path::new(repository).is_absolute() {
@@ -868,8 +909,8 @@ impl Reader<'_> {
             settings.password_command = self.string(&mut email, "password_command");
             settings.from = required(self, &mut email, "from");
             settings.to = self.strings(&mut email, "to").unwrap_or_default();
-            if settings.to.is_empty() && !email.table.contains_key("to") {
-                self.problem(email.table, "to", &format!("{}.to", email.path), "is required".into());
+            if settings.to.is_empty() {
+                self.problem(email.table, "to", &format!("{}.to", email.path), "must name at least one address".into());
             }
             for (key, address) in std::iter::once(("from", &settings.from)).chain(settings.to.iter().map(|a| ("to", a)))
             {
@@ -879,6 +920,13 @@ impl Reader<'_> {
                 }
             }
             settings.ca_file = self.path(&mut email, "ca_file");
+            if settings.tls == Some(SmtpTls::None) && settings.username.is_some() && !is_loopback(&settings.server) {
+                let message = format!(
+                    "\"none\" would send the SMTP password in clear to {}: use starttls or tls (none is for a server on this machine)",
+                    settings.server
+                );
+                self.problem(email.table, "tls", &format!("{}.tls", email.path), message);
+            }
             self.finish(email);
             profile.email = Some(settings);
         }
@@ -896,8 +944,11 @@ impl Reader<'_> {
                     webhook.table,
                     "url",
                     &at,
-                    format!("{:?} is not an http:// or https:// URL", settings.url),
+                    format!("{:?} is not an http:// or https:// URL", shown_url(&settings.url)),
                 );
+            } else if has_credentials(&settings.url) {
+                let message = "holds credentials (user:secret@), which are never written in this file: use secret_file";
+                self.problem(webhook.table, "url", &at, message.into());
             }
             settings.secret_file = self.path(&mut webhook, "secret_file");
             settings.secret_command = self.string(&mut webhook, "secret_command");
@@ -978,6 +1029,15 @@ pub fn apply(cli: &mut Cli) -> Result<Option<Profile>> {
                 if args.group_by == super::args::DEFAULT_GROUP_BY {
                     args.group_by = group_by.clone();
                 }
+            }
+        }
+        // `latest` means the latest of the profile's host, when the profile names one:
+        // restoring another host's snapshot over this one's folders is never meant.
+        Command::Restore(super::args::RestoreArgs { filter, .. })
+        | Command::Dump(super::args::DumpArgs { filter, .. })
+        | Command::Ls(super::args::LsArgs { filter, .. }) => {
+            if let (true, Some(host)) = (filter.hosts.is_empty(), &profile.host) {
+                filter.hosts.push(host.clone());
             }
         }
         _ => {}

@@ -129,8 +129,9 @@ fn json_line(now: &ProgressSnapshot, unit: &str) -> Value {
         "bytes_total": now.bytes_total,
         "bytes_read": now.bytes_read,
         "scan_finished": now.scan_finished,
-        "elapsed_secs": (now.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
-        "eta_secs": now.eta().map(|eta| eta.as_secs_f64().round() as u64),
+        "elapsed_seconds": (now.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        "eta_seconds": now.eta().map(|eta| eta.as_secs_f64().round() as u64),
+        "schema_version": output::SCHEMA_VERSION,
     });
     if unit != "files" {
         line["unit"] = json!(unit);
@@ -224,8 +225,8 @@ mod tests {
         assert_eq!(value["type"], "progress");
         assert_eq!(value["files_done"], 1204);
         assert_eq!(value["bytes_total"], 4u64 << 30);
-        assert_eq!(value["eta_secs"], 36);
-        assert_eq!(json_line(&sample(false), "files")["eta_secs"], Value::Null);
+        assert_eq!(value["eta_seconds"], 36);
+        assert_eq!(json_line(&sample(false), "files")["eta_seconds"], Value::Null);
         assert_eq!(json_line(&sample(true), "packs")["unit"], "packs");
     }
 

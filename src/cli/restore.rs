@@ -135,10 +135,10 @@ fn report_outcome(cli: &Cli, args: &RestoreArgs, id: &SnapshotId, target: &Path,
             .collect();
         output::json(&json!({
             "type": "summary",
-            "restore_id": started.id.to_hex(), "snapshot": id.to_hex(), "target": target.display().to_string(),
-            "safety_snapshot": started.safety.map(|id| id.to_hex()),
+            "restore_id": started.id.to_hex(), "snapshot_id": id.to_hex(), "target": target.display().to_string(),
+            "safety_snapshot_id": started.safety.map(|id| id.to_hex()),
             "files": report.files, "dirs": report.dirs, "kept": report.kept, "updated": report.updated, "deleted": report.deleted,
-            "bytes_written": report.bytes_written, "bytes_fetched": report.bytes_fetched, "bytes_reused": report.bytes_reused, "requests": report.requests,
+            "bytes_written": report.bytes_written, "bytes_downloaded": report.bytes_fetched, "bytes_reused": report.bytes_reused, "requests": report.requests,
             "failed": failed, "warnings": report.warnings,
             "error": error.as_ref().map(|e| e.to_string()),
             "rolled_back": rollback.as_ref().map(|r| r.failures.is_empty()),
@@ -267,7 +267,7 @@ fn rollback(cli: &Cli, repository: &Repository, spec: &str, args: &RestoreArgs) 
     repository.save_restore(&id, &record)?;
     let safety = record.safety_id()?;
     if cli.json {
-        output::json(&json!({"restore_id": id.to_hex(), "target": record.target, "safety_snapshot": record.safety,
+        output::json(&json!({"restore_id": id.to_hex(), "target": record.target, "safety_snapshot_id": record.safety,
             "removed": done.removed, "put_back": done.put_back, "failures": done.failures, "outcome": record.outcome.name()}));
     }
     print_rollback(cli, &done, safety);
@@ -297,7 +297,7 @@ pub fn restores(cli: &Cli) -> Result<i32> {
             .iter()
             .map(|(id, record)| {
                 json!({"restore_id": id.to_hex(), "time": record.time, "host": record.host, "user": record.user,
-                "snapshot": record.snapshot, "path": record.path, "target": record.target, "safety_snapshot": record.safety,
+                "snapshot_id": record.snapshot, "path": record.path, "target": record.target, "safety_snapshot_id": record.safety,
                 "created": record.created.len(), "replaced": record.replaced.len(), "deleted": record.deleted.len(),
                 "outcome": record.outcome.name(), "finished": record.finished, "error": record.error})
             })
@@ -365,11 +365,11 @@ fn print_plan(cli: &Cli, plan: &RestorePlan, safety: bool) {
                 value
             })
             .collect();
-        output::json(&json!({"dry_run": true, "files": plan.files, "dirs": plan.dirs, "bytes": plan.file_bytes,
+        output::json(&json!({"dry_run": true, "files": plan.files, "dirs": plan.dirs, "bytes_total": plan.file_bytes,
             "creates": plan.creates, "overwrites": plan.overwrites, "updates": plan.updates, "keeps": plan.keeps, "deletes": plan.deletes,
             "bytes_to_write": plan.bytes_to_write, "bytes_present": plan.bytes_present, "bytes_compared": plan.bytes_compared,
-            "blobs": plan.blobs, "fetch_bytes": plan.fetch_bytes, "packs": plan.packs,
-            "safety_snapshot": safety && plan.touches_target(), "entries": entries, "warnings": plan.warnings}));
+            "blobs": plan.blobs, "bytes_downloaded": plan.fetch_bytes, "packs": plan.packs,
+            "safety_snapshot_needed": safety && plan.touches_target(), "entries": entries, "warnings": plan.warnings}));
         return;
     }
     if !cli.quiet {

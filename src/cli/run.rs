@@ -26,7 +26,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
     if profile.repository.is_none() && cli.repo.is_none() {
         return fail(exit::USAGE, format!("profile {:?} names no repository", args.profile));
     }
-    let _running = hold_run_lock(cli, &profile.name)?;
+    let _running = hold_run_lock(&config, &profile.name)?;
     let backs_up = profile.paths.as_ref().is_some_and(|p| !p.is_empty())
         || profile.databases.as_ref().is_some_and(|d| !d.is_empty());
     let mut plan: Vec<(&str, Vec<String>)> = Vec::new();
@@ -105,13 +105,23 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
 
 /// Takes the lock that keeps two runs of one profile from overlapping (a timer's and one
 /// started by hand, say); it is let go when the process ends, however it ends.
-fn hold_run_lock(cli: &Cli, name: &str) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let Some(dir) = super::cache_root(cli).or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(Into::into)) else {
-        return Ok(None);
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| coffer::Error::io("cannot make the cache folder", &dir, e))?;
-    let path = dir.join(format!("run-{}.lock", hex::encode(name)));
+fn hold_run_lock(config: &Path, name: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    let dir = run_lock_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| coffer::Error::io("cannot make the folder of run locks", &dir, e))?;
+    // A folder another user made (in /tmp, say) could hold a planted lock.
+    let owner = std::fs::symlink_metadata(&dir).map_err(|e| coffer::Error::io("cannot read", &dir, e))?;
+    if owner.uid() != nix::unistd::geteuid().as_raw() || !owner.is_dir() {
+        return fail(exit::REFUSED, format!("{} is not a folder of this user: no run lock there", dir.display()));
+    }
+    // One lock per profile of one configuration file, wherever HOME or the cache is.
+    let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    let key = blake3::hash(format!("{}\0{name}", config.display()).as_bytes()).to_hex();
+    let path = dir.join(format!("run-{}.lock", &key[..32]));
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -121,12 +131,28 @@ fn hold_run_lock(cli: &Cli, name: &str) -> Result<Option<nix::fcntl::Flock<std::
         .open(&path)
         .map_err(|e| coffer::Error::io("cannot open the run's lock file", &path, e))?;
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(Some(lock)),
+        Ok(lock) => Ok(lock),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => fail(
             exit::LOCKED,
             format!("another coffer run of profile {name:?} is in progress (it holds {})", path.display()),
         ),
         Err((_, errno)) => Err(coffer::Error::io("cannot lock", &path, errno.into()).into()),
+    }
+}
+
+/// Where run locks are: /run/lock/coffer for root (a timer's run has no HOME), else
+/// $XDG_RUNTIME_DIR/coffer, else a private folder in the temporary folder.
+/// `COFFER_RUN_LOCK_DIR` names another (tests).
+pub fn run_lock_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("COFFER_RUN_LOCK_DIR").filter(|d| !d.is_empty()) {
+        return dir.into();
+    }
+    if nix::unistd::geteuid().is_root() && Path::new("/run/lock").is_dir() {
+        return "/run/lock/coffer".into();
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => Path::new(&dir).join("coffer"),
+        None => std::env::temp_dir().join(format!("coffer-{}", nix::unistd::geteuid())),
     }
 }
 
@@ -150,8 +176,10 @@ fn run_step(
     if let Some(file) = &cli.password_file {
         command.arg("--password-file").arg(file);
     }
+    // The command may hold a secret (a vault token): through the environment, which
+    // the step takes out of its own at start, never on a command line that ps shows.
     if let Some(password_command) = &cli.password_command {
-        command.arg("--password-command").arg(password_command);
+        command.env("COFFER_PASSWORD_COMMAND", password_command);
     }
     if let Some(super::password::Secret(password)) = &cli.password_env {
         command.env("COFFER_PASSWORD", password);

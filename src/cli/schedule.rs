@@ -62,7 +62,8 @@ fn unit_dir(given: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-/// The unit name of a profile's job: coffer-NAME (coffer-drill-NAME for its drill).
+/// The unit name of a profile's job: coffer-run-NAME, and coffer-drill-NAME for its
+/// drill (distinct prefixes: no profile's name makes one the other's).
 fn unit_name(profile: &str, drill: bool) -> Result<String> {
     if profile.is_empty() || !profile.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return fail(
@@ -70,7 +71,7 @@ fn unit_name(profile: &str, drill: bool) -> Result<String> {
             format!("profile name {profile:?} cannot name a systemd unit: use letters, digits, '-', '_' and '.'"),
         );
     }
-    Ok(if drill { format!("coffer-drill-{profile}") } else { format!("coffer-{profile}") })
+    Ok(if drill { format!("coffer-drill-{profile}") } else { format!("coffer-run-{profile}") })
 }
 
 /// Quotes a word for a unit file's ExecStart (systemd's own quoting rules).
@@ -104,6 +105,18 @@ fn units(cli: &Cli, args: &ScheduleInstallArgs) -> Result<Units> {
     let program = std::env::current_exe()
         .map_err(|e| coffer::Error::io("cannot find this program's path", "/proc/self/exe", e))?;
     let program = program.to_string_lossy().into_owned();
+    // A line break (or any control character) in a path would start a new line of the
+    // unit file or the crontab: such a path is refused, not quoted.
+    for (what, path) in
+        [("the configuration file's path", config.to_string_lossy()), ("coffer's path", program.as_str().into())]
+    {
+        if path.chars().any(char::is_control) {
+            return fail(
+                exit::USAGE,
+                format!("{what} {path:?} holds a control character: it cannot go into a unit file"),
+            );
+        }
+    }
     let every = chosen.drill_every.clone().unwrap_or_else(|| "monthly".into());
     let (calendar, cron_days, what) = if args.drill {
         match every.as_str() {
@@ -133,13 +146,16 @@ After=network-online.target
 [Service]
 Type=oneshot
 ExecStart={exec}
-Nice=10
+{cache}Nice=10
 IOSchedulingClass=best-effort
 IOSchedulingPriority=7
 ",
         profile = args.profile,
         drill_flag = if args.drill { " --drill" } else { "" },
         exec = exec.join(" "),
+        // A system unit runs without HOME: its cache is made by systemd, and kept.
+        cache =
+            if user_mode() { "" } else { "CacheDirectory=coffer\nEnvironment=COFFER_CACHE_DIR=/var/cache/coffer\n" },
     );
     let timer = format!(
         "# Written by coffer schedule install
@@ -214,6 +230,12 @@ fn install(cli: &Cli, args: &ScheduleInstallArgs) -> Result<i32> {
         return Ok(exit::SUCCESS);
     }
     if !systemd_running() && args.unit_dir.is_none() {
+        if cli.json {
+            return fail(
+                exit::REFUSED,
+                format!("systemd is not running on this machine, so no timer was installed: add this line to the crontab (crontab -e): {}", units.crontab),
+            );
+        }
         output::line(&units.crontab);
         return fail(
             exit::REFUSED,
@@ -261,7 +283,7 @@ fn list(cli: &Cli, given: Option<&Path>) -> Result<i32> {
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !(name.starts_with("coffer-") && name.ends_with(".timer")) {
+            if !((name.starts_with("coffer-run-") || name.starts_with("coffer-drill-")) && name.ends_with(".timer")) {
                 continue;
             }
             let text = std::fs::read_to_string(entry.path()).unwrap_or_default();

@@ -431,6 +431,9 @@ pub struct PgRestoreOptions {
     /// Convert the whole dump to SQL into this file instead of restoring it (a full
     /// read of the archive, used by `check --pg` with `/dev/null`).
     pub to_file: Option<PathBuf>,
+    /// Leave out ownership and privileges (`--no-owner --no-privileges`): a restore
+    /// drill's scratch role need not be a member of the dump's owners.
+    pub no_owner: bool,
 }
 
 impl PgRestoreOptions {
@@ -461,6 +464,9 @@ pub fn start_restore(tools: &PgTools, options: &PgRestoreOptions, input: Option<
         }
         if options.jobs > 1 {
             command.arg(format!("--jobs={}", options.jobs));
+        }
+        if options.no_owner {
+            command.args(["--no-owner", "--no-privileges"]);
         }
     }
     for table in &options.tables {

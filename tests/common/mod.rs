@@ -98,6 +98,11 @@ impl Fixture {
         last_json(self.ok(&all).as_bytes())
     }
 
+    /// The snapshots, as `snapshots --json` lists them.
+    pub fn snapshots(&self) -> serde_json::Value {
+        self.json(&["snapshots"])["snapshots"].clone()
+    }
+
     /// Backs up a path, returning the JSON summary.
     pub fn backup(&self, path: &Path) -> serde_json::Value {
         self.json(&["backup", path.to_str().unwrap()])

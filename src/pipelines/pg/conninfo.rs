@@ -117,6 +117,21 @@ impl ConnInfo {
         Ok(())
     }
 
+    /// The same connection with another database name, in key=value form (the password
+    /// kept, still apart from the text).
+    pub fn with_dbname(&self, dbname: &str) -> Self {
+        let mut params: Vec<(String, String)> =
+            self.params.iter().filter(|(name, _)| name != "dbname").cloned().collect();
+        params.push(("dbname".into(), dbname.to_string()));
+        let text = params.iter().map(|(name, value)| format!("{name}={}", quote(value))).collect::<Vec<_>>().join(" ");
+        Self { text, hidden: Vec::new(), params, password: self.password.clone() }
+    }
+
+    /// Whether the string names this keyword (`passfile`, say).
+    pub fn has(&self, keyword: &str) -> bool {
+        self.params.iter().any(|(name, _)| name == keyword)
+    }
+
     /// The password, if the string holds one.
     pub fn password(&self) -> Option<&str> {
         self.password.as_deref()

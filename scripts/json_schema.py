@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""The JSON Schemas of coffer's --json documents (docs/schemas/), for tests/json_schemas.rs.
+
+    json_schema.py validate SCHEMA_DIR SAMPLE_DIR   # every SAMPLE_DIR/NAME.json against NAME.schema.json
+    json_schema.py infer SCHEMA_DIR SAMPLE_DIR      # write a schema for each sample (after a deliberate change)
+
+A schema pins the document's top-level fields (all required, no others: a renamed or
+added field fails the test until docs/JSON.md and the schema say so) and their types;
+objects and arrays below the top level are typed one level deep. Fields that may be
+null list both types; `infer` learns that from NULLABLE below, not from one sample.
+"""
+
+import json
+import os
+import sys
+
+# Fields that are null in some runs (a first backup has no parent, a restore without
+# changes no safety snapshot...).
+NULLABLE = {
+    "parent", "safety_snapshot_id", "eta_seconds", "error", "rolled_back", "locked_until",
+    "snapshot_id", "replaced_by_snapshot_id", "object_lock", "scratch_dir", "schedule", "drill",
+    "repository", "finished", "bytes", "next_step", "profile", "compression_ratio", "dedup_ratio",
+    "link_target", "user", "group", "sha256", "prune", "notes", "unit",
+}
+# Fields present only in some runs.
+OPTIONAL = {"unit", "prune", "path_hex", "link_target_hex", "pg_dumps", "outputs"}
+
+
+def type_of(value):
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def property_schema(name, value, depth):
+    kind = type_of(value)
+    types = {kind}
+    if kind == "integer":
+        types = {"integer"}
+    if kind == "number":
+        types = {"number"}
+    if name in NULLABLE or kind == "null":
+        types.add("null")
+    if kind == "null":
+        # Seen only as null: what it holds otherwise is not known from this sample.
+        return {}
+    schema = {"type": sorted(types) if len(types) > 1 else kind}
+    if kind == "object" and depth < 1:
+        schema["properties"] = {k: property_schema(k, v, depth + 1) for k, v in sorted(value.items())}
+    if kind == "array" and value and depth < 1 and isinstance(value[0], dict):
+        keys = sorted(set().union(*(item.keys() for item in value if isinstance(item, dict))))
+        schema["items"] = {"type": "object", "required": [k for k in keys if all(k in i for i in value)]}
+    return schema
+
+
+def infer(document, name):
+    properties = {k: property_schema(k, v, 0) for k, v in sorted(document.items())}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://coffer.invalid/schemas/{name}.schema.json",
+        "title": f"coffer {name.replace('_', ' ')} --json",
+        "type": "object",
+        "required": sorted(k for k in document if k not in OPTIONAL),
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def main():
+    action, schemas, samples = sys.argv[1:4]
+    names = sorted(n[:-5] for n in os.listdir(samples) if n.endswith(".json"))
+    if action == "infer":
+        os.makedirs(schemas, exist_ok=True)
+        for name in names:
+            document = json.load(open(os.path.join(samples, name + ".json")))
+            with open(os.path.join(schemas, name + ".schema.json"), "w") as out:
+                json.dump(infer(document, name), out, indent=2, sort_keys=True)
+                out.write("\n")
+        print(f"wrote {len(names)} schemas")
+        return
+    import jsonschema
+
+    failures = []
+    for name in names:
+        path = os.path.join(schemas, name + ".schema.json")
+        if not os.path.exists(path):
+            failures.append(f"{name}: no schema {path}")
+            continue
+        schema = json.load(open(path))
+        jsonschema.Draft202012Validator.check_schema(schema)
+        document = json.load(open(os.path.join(samples, name + ".json")))
+        for error in jsonschema.Draft202012Validator(schema).iter_errors(document):
+            where = "/".join(str(p) for p in error.absolute_path) or "(top)"
+            failures.append(f"{name}: {where}: {error.message}")
+    for failure in failures:
+        print(failure)
+    print(f"validated {len(names)} documents, {len(failures)} failure(s)")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
