@@ -65,6 +65,7 @@ def property_schema(name, value, depth):
 
 def infer(document, name):
     properties = {k: property_schema(k, v, 0) for k, v in sorted(document.items())}
+    properties["schema_version"] = {"const": 1}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"https://coffer.invalid/schemas/{name}.schema.json",

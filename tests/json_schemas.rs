@@ -73,7 +73,7 @@ fn every_json_document_matches_its_schema() {
     s("restore_dry_run", &["restore", &spec, "--target", target_arg, "--dry-run"]);
     let replaced = s("restore", &["restore", &spec, "--target", target_arg, "--no-progress"]);
     s("restores", &["restores"]);
-    s("rollback", &["restore", "--rollback", replaced["restore_id"].as_str().unwrap()]);
+    s("rollback", &["restore", "--rollback", replaced["restore_id"].as_str().unwrap(), "--force"]);
     s("check", &["check", "--read-data", "--no-progress"]);
     s("forget", &["forget", "--keep-last", "1", "--dry-run"]);
     s("prune", &["prune", "--dry-run"]);

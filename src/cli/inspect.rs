@@ -171,7 +171,7 @@ pub fn stats(cli: &Cli, args: &StatsArgs) -> Result<i32> {
         output::json(&json!({
             "snapshot_id": args.snapshot.as_ref().and(snapshots.first()).map(|(id, _)| id.to_hex()),
             "snapshot_count": stats.snapshots, "files": stats.files, "dirs": stats.dirs,
-            "logical_bytes": stats.logical_bytes, "blobs": stats.blobs, "unique_bytes": stats.unique_bytes,
+            "logical_bytes": stats.logical_bytes, "blob_count": stats.blobs, "unique_bytes": stats.unique_bytes,
             "stored_bytes": stats.stored_bytes, "pack_bytes": stats.pack_bytes,
             "dedup_ratio": stats.dedup_ratio(), "compression_ratio": stats.compression_ratio(),
         }));

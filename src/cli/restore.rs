@@ -368,7 +368,7 @@ fn print_plan(cli: &Cli, plan: &RestorePlan, safety: bool) {
         output::json(&json!({"dry_run": true, "files": plan.files, "dirs": plan.dirs, "bytes_total": plan.file_bytes,
             "creates": plan.creates, "overwrites": plan.overwrites, "updates": plan.updates, "keeps": plan.keeps, "deletes": plan.deletes,
             "bytes_to_write": plan.bytes_to_write, "bytes_present": plan.bytes_present, "bytes_compared": plan.bytes_compared,
-            "blobs": plan.blobs, "bytes_downloaded": plan.fetch_bytes, "packs": plan.packs,
+            "blob_count": plan.blobs, "bytes_downloaded": plan.fetch_bytes, "pack_count": plan.packs,
             "safety_snapshot_needed": safety && plan.touches_target(), "entries": entries, "warnings": plan.warnings}));
         return;
     }
