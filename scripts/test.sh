@@ -18,12 +18,13 @@ if { ! command -v man || ! command -v rsync || ! command -v systemd-analyze || !
     echo "== installing man-db, rsync, systemd (for systemd-analyze) and openssl (once)"
     apt-get update -qq >&2 && apt-get install -y -qq man-db rsync systemd openssl >&2
 fi
-# tests/operations.rs sends notifications to a real SMTP server: aiosmtpd, from PyPI.
-if ! python3 -c "import aiosmtpd" 2>/dev/null; then
-    echo "== installing aiosmtpd (once)"
-    python3 -m pip install --quiet --disable-pip-version-check aiosmtpd >&2
+# tests/operations.rs sends notifications to a real SMTP server (aiosmtpd), and
+# tests/json_schemas.rs validates every --json document (jsonschema): both from PyPI.
+if ! python3 -c "import aiosmtpd, jsonschema" 2>/dev/null; then
+    echo "== installing aiosmtpd and jsonschema (once)"
+    python3 -m pip install --quiet --disable-pip-version-check aiosmtpd jsonschema >&2
 fi
-export COFFER_REQUIRE_SMTP=1
+export COFFER_REQUIRE_SMTP=1 COFFER_REQUIRE_JSONSCHEMA=1
 # A clean clone (CI) gains nothing from incremental compilation but its disk use.
 if [ ! -d target/debug/incremental ]; then
     export CARGO_INCREMENTAL=0
