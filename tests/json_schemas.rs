@@ -33,8 +33,8 @@ fn every_json_document_matches_its_schema() {
     let update = std::env::var_os("COFFER_UPDATE_SCHEMAS").is_some();
     if !present && !update {
         assert!(
-            std::env::var("COFFER_REQUIRE_SMTP").is_err(),
-            "scripts/test.sh installs jsonschema, but it is missing"
+            std::env::var("COFFER_REQUIRE_JSONSCHEMA").is_err(),
+            "COFFER_REQUIRE_JSONSCHEMA is set but python3 with jsonschema is missing"
         );
         eprintln!("python3 with jsonschema is missing (scripts/test.sh installs it); skipping");
         return;
