@@ -222,27 +222,7 @@ fn hmac_hex(key: &[u8], body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// A PostgreSQL test server (scripts/test.sh starts one); false to skip.
-fn pg_server() -> bool {
-    if std::env::var("COFFER_TEST_PG").is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var("COFFER_REQUIRE_PG").is_err(),
-        "COFFER_REQUIRE_PG is set but no PostgreSQL server is configured"
-    );
-    eprintln!("no PostgreSQL test server configured (run scripts/test.sh); skipping");
-    false
-}
-
-fn psql(database: &str, sql: &str) -> String {
-    let output = Command::new("psql")
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "psql {sql}: {}", stderr(&output));
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
+use common::{pg_server, psql};
 
 #[test]
 fn config_check_names_the_line_and_key_of_every_error() {

@@ -7,28 +7,7 @@ use std::process::Command;
 
 use common::Fixture;
 
-/// True when a test server is configured; without one the tests say so and return,
-/// unless COFFER_REQUIRE_PG demands it.
-fn server() -> bool {
-    if std::env::var("COFFER_TEST_PG").is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var("COFFER_REQUIRE_PG").is_err(),
-        "COFFER_REQUIRE_PG is set but no PostgreSQL server is configured"
-    );
-    eprintln!("no PostgreSQL test server configured (run scripts/test.sh); skipping");
-    false
-}
-
-fn psql(database: &str, sql: &str) -> String {
-    let output = Command::new("psql")
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
+use common::{pg_server as server, psql};
 
 fn create_database(name: &str) {
     psql("postgres", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));

@@ -21,7 +21,7 @@ use crate::error::Result;
 pub use faulty::{FaultyBackend, ReadDamage};
 pub use local::{DurableFs, LocalBackend, RealFs};
 pub use memory::MemoryBackend;
-pub use object::ObjectStoreBackend;
+pub use object::{chain_text, ObjectStoreBackend};
 pub use retry::{RetryPolicy, DEFAULT_RETRY_BUDGET};
 pub use s3::{open_s3, S3Options, DEFAULT_CONNECTIONS, DEFAULT_S3_PACK_SIZE};
 

@@ -25,7 +25,7 @@ const MULTIPART_THRESHOLD: usize = 32 * 1024 * 1024;
 const MULTIPART_PART: usize = 16 * 1024 * 1024;
 
 /// The error and all its sources, joined.
-fn chain_text(error: &dyn std::error::Error) -> String {
+pub fn chain_text(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

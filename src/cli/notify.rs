@@ -349,17 +349,7 @@ fn send_email(settings: &Email, report: &Report) -> Result<()> {
 
 /// lettre's error and its causes in one line.
 fn describe_smtp(error: &lettre::transport::smtp::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    coffer::backend::chain_text(error)
 }
 
 /// The `X-Coffer-Signature` of a body: `sha256=` and the hex HMAC-SHA256 under the key.

@@ -181,6 +181,19 @@ pub fn inspect(tools: &PgTools, options: &PgBackupOptions) -> Result<PgInfo> {
     Ok(PgInfo { database, server_version, pg_dump_version, migrations })
 }
 
+/// Reads a child's stderr to its end on a thread of its own (so a chatty program never
+/// blocks on a full pipe); the text comes back when it is joined.
+fn collect_stderr(child: &mut Child) -> JoinHandle<String> {
+    let mut pipe = child.stderr.take();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(pipe) = pipe.as_mut() {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    })
+}
+
 /// A running PostgreSQL program whose stdout is being consumed and stderr collected.
 pub struct Running {
     tool: &'static str,
@@ -196,14 +209,7 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| failure(tool, format!("cannot run {tool}: {e}")))?;
-        let mut pipe = child.stderr.take();
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(pipe) = pipe.as_mut() {
-                let _ = pipe.read_to_string(&mut text);
-            }
-            text
-        });
+        let stderr = collect_stderr(&mut child);
         Ok(Self { tool, child, stderr: Some(stderr) })
     }
 
@@ -309,14 +315,7 @@ impl Session {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| failure("psql", format!("cannot run {}: {e}", tools.psql.display())))?;
-        let mut pipe = child.stderr.take();
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(pipe) = pipe.as_mut() {
-                let _ = pipe.read_to_string(&mut text);
-            }
-            text
-        });
+        let stderr = collect_stderr(&mut child);
         let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(failure("psql", "psql started without its pipes"));
         };

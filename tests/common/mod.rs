@@ -255,3 +255,27 @@ pub fn staged_pack_files(repo: &Path) -> Vec<String> {
     // writer locks it a moment after creating it).
     names.filter(|name| !name.starts_with("object-")).collect()
 }
+
+/// True when a PostgreSQL test server is configured (scripts/test.sh starts one);
+/// without one a test says so and returns, unless COFFER_REQUIRE_PG demands it.
+pub fn pg_server() -> bool {
+    if std::env::var("COFFER_TEST_PG").is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var("COFFER_REQUIRE_PG").is_err(),
+        "COFFER_REQUIRE_PG is set but no PostgreSQL server is configured"
+    );
+    eprintln!("no PostgreSQL test server configured (run scripts/test.sh); skipping");
+    false
+}
+
+/// Runs SQL with psql against the test server; returns its unaligned output.
+pub fn psql(database: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
