@@ -13,10 +13,10 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # tests/cli_help.rs renders the manual pages with man; tests/dump_tar.rs compares a
 # system folder with rsync, a tool that knows nothing of coffer; tests/operations.rs has
 # systemd-analyze verify the timers and openssl make the SMTP server's certificates.
-if { ! command -v man || ! command -v rsync || ! command -v systemd-analyze || ! command -v openssl; } >/dev/null \
-    && command -v apt-get >/dev/null; then
-    echo "== installing man-db, rsync, systemd (for systemd-analyze) and openssl (once)"
-    apt-get update -qq >&2 && apt-get install -y -qq man-db rsync systemd openssl >&2
+if { ! command -v man || ! command -v rsync || ! command -v systemd-analyze || ! command -v openssl \
+    || ! command -v unzip; } >/dev/null && command -v apt-get >/dev/null; then
+    echo "== installing man-db, rsync, systemd (for systemd-analyze), openssl and unzip (once)"
+    apt-get update -qq >&2 && apt-get install -y -qq man-db rsync systemd openssl unzip >&2
 fi
 # tests/operations.rs sends notifications to a real SMTP server (aiosmtpd), and
 # tests/json_schemas.rs validates every --json document (jsonschema): both from PyPI.

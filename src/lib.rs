@@ -22,7 +22,7 @@ pub use system::{host_name, user_name};
 pub mod fuzzing;
 
 pub use maintenance::{inspect, prune};
-pub use pipelines::{pg, restorer, tarball};
+pub use pipelines::{pg, restorer, tarball, ziparchive};
 pub use repository::audit;
 /// Every kind of object in a repository: names, sealing, reading (for tools and tests).
 pub use repository::objects;

@@ -608,8 +608,9 @@ pub struct DumpArgs {
     /// Write the dump of this database instead (for pg_restore by hand).
     #[arg(long = "pg", value_name = "DATABASE", conflicts_with = "path")]
     pub pg: Option<String>,
-    /// Write the folder (or file) as an archive in this format: tar.
-    #[arg(long, value_name = "FORMAT", value_parser = ["tar"])]
+    /// Write the folder (or file) as an archive in this format: tar (GNU, with POSIX
+    /// extended headers for exact times) or zip (ZIP64, stored, written as a stream).
+    #[arg(long, value_name = "FORMAT", value_parser = ["tar", "zip"])]
     pub archive: Option<String>,
 }
 

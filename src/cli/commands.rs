@@ -463,6 +463,17 @@ fn dump(cli: &Cli, args: &DumpArgs) -> Result<i32> {
     require_path(&args.snapshot, &manifest, &path, &id)?;
     super::audit::snapshot(&id);
     output::binary_started();
+    if args.archive.as_deref() == Some("zip") {
+        let report = coffer::ziparchive::dump_zip(&repository, &manifest, &path, &mut std::io::stdout())?;
+        super::audit::bytes(report.bytes);
+        if report.left_out > 0 {
+            eprintln!(
+                "warning: {} FIFO(s), device(s) or socket(s) left out: a zip archive cannot hold them",
+                report.left_out
+            );
+        }
+        return Ok(exit::SUCCESS);
+    }
     if args.archive.is_some() {
         let bytes = coffer::tarball::dump_tar(&repository, &manifest, &path, &mut std::io::stdout())?;
         super::audit::bytes(bytes);

@@ -7,3 +7,4 @@ pub mod pg;
 pub mod progress;
 pub mod restorer;
 pub mod tarball;
+pub mod ziparchive;

@@ -23,17 +23,7 @@ pub fn dump_tar(
     base: &[u8],
     out: &mut (dyn Write + Send),
 ) -> Result<u64> {
-    let base = if base.len() > 1 { base.strip_suffix(b"/").unwrap_or(base) } else { base };
-    let mut rows = manifest.entries_under(base)?;
-    // Tree order, a folder's whole content right after it (the manifest's byte order
-    // puts `b-x` between `b` and `b/y`): tar sets a folder's time once it is done with
-    // it, and a hard link's first name must come before the others.
-    rows.sort_by(|(_, a), (_, b)| a.path.split(|&c| c == b'/').cmp(b.path.split(|&c| c == b'/')));
-    if rows.is_empty() {
-        return Err(Error::NotFound { what: format!("path {} in the snapshot", String::from_utf8_lossy(base)) });
-    }
-    // Names start after the parent's slash: /srv/studies/x -> studies/x; / -> srv/...
-    let cut = base.iter().rposition(|&b| b == b'/').map_or(0, |slash| slash + 1);
+    let (rows, cut) = archive_rows(manifest, base)?;
     let mut builder = tar::Builder::new(out);
     let mut first_names: HashMap<i64, Vec<u8>> = HashMap::new();
     let mut written = 0;
@@ -111,6 +101,22 @@ pub fn dump_tar(
     }
     builder.into_inner().map_err(failed)?.flush().map_err(failed)?;
     Ok(written)
+}
+
+/// The entries of `base` in tree order, a folder's whole content right after it (the
+/// manifest's byte order puts `b-x` between `b` and `b/y`): an archiver sets a folder's
+/// time once it is done with it, and a hard link's first name must come before the
+/// others. With them, where names start: after the parent's slash (`/srv/studies/x`
+/// becomes `studies/x`; `/` gives `srv/...`).
+pub(crate) fn archive_rows(manifest: &Manifest, base: &[u8]) -> Result<(Vec<(i64, crate::Entry)>, usize)> {
+    let base = if base.len() > 1 { base.strip_suffix(b"/").unwrap_or(base) } else { base };
+    let mut rows = manifest.entries_under(base)?;
+    rows.sort_by(|(_, a), (_, b)| a.path.split(|&c| c == b'/').cmp(b.path.split(|&c| c == b'/')));
+    if rows.is_empty() {
+        return Err(Error::NotFound { what: format!("path {} in the snapshot", String::from_utf8_lossy(base)) });
+    }
+    let cut = base.iter().rposition(|&b| b == b'/').map_or(0, |slash| slash + 1);
+    Ok((rows, cut))
 }
 
 /// A POSIX extended header (`x`) with the exact mtime, before an entry whose time has
