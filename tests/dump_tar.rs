@@ -183,8 +183,15 @@ fn a_folder_dumped_as_zip_extracts_to_the_same_files() {
     std::fs::set_permissions(studies.join("series/img.dcm"), std::fs::Permissions::from_mode(0o640)).unwrap();
     std::os::unix::fs::symlink("series/img.dcm", studies.join("link")).unwrap();
     nix::unistd::mkfifo(&studies.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    for (name, seconds) in [("series/img.dcm", 1_700_000_000), ("notes é.txt", 1_600_000_001), ("empty", 1_650_000_000)]
-    {
+    // A name a Windows extractor would split at the backslash: left out, said.
+    std::fs::write(studies.join("..\\..\\evil.txt"), b"x").unwrap();
+    std::fs::write(studies.join("y2050.txt"), b"later").unwrap();
+    for (name, seconds) in [
+        ("series/img.dcm", 1_700_000_000),
+        ("notes é.txt", 1_600_000_001),
+        ("empty", 1_650_000_000),
+        ("y2050.txt", 2_524_608_000),
+    ] {
         common::set_mtime(&studies.join(name), seconds, 0);
     }
     fixture.backup(&studies);
@@ -196,6 +203,7 @@ fn a_folder_dumped_as_zip_extracts_to_the_same_files() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("1 FIFO(s), device(s) or socket(s) left out"), "{stderr}");
+    assert!(stderr.contains("evil.txt: its name holds a backslash"), "{stderr}");
     let archive = fixture.path("studies.zip");
     std::fs::write(&archive, &output.stdout).unwrap();
     let tested = Command::new("unzip").arg("-tq").arg(&archive).output().expect("unzip (scripts/test.sh installs it)");
@@ -206,13 +214,13 @@ fn a_folder_dumped_as_zip_extracts_to_the_same_files() {
         .output()
         .unwrap();
     assert!(python.status.success(), "{}", String::from_utf8_lossy(&python.stderr));
-    assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), "6", "studies/, series/, three files and the link");
+    assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), "7", "studies/, series/, four files and the link");
     let out = fixture.path("out");
     std::fs::create_dir_all(&out).unwrap();
     let extracted = Command::new("unzip").arg("-q").arg(&archive).arg("-d").arg(&out).output().unwrap();
     assert!(extracted.status.success(), "{}", String::from_utf8_lossy(&extracted.stderr));
     let restored = out.join("studies");
-    for name in ["series/img.dcm", "notes é.txt", "empty"] {
+    for name in ["series/img.dcm", "notes é.txt", "empty", "y2050.txt"] {
         let (a, b) = (studies.join(name), restored.join(name));
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{name}");
         let (a, b) = (std::fs::metadata(&a).unwrap(), std::fs::metadata(&b).unwrap());
@@ -221,6 +229,24 @@ fn a_folder_dumped_as_zip_extracts_to_the_same_files() {
     }
     assert_eq!(std::fs::read_link(restored.join("link")).unwrap(), std::path::Path::new("series/img.dcm"));
     assert!(!restored.join("fifo").exists());
+    assert!(!restored.join("..\\..\\evil.txt").exists());
+    // A FIFO alone: nothing a zip can hold, one sentence and exit 2, no archive.
+    let fifo =
+        fixture.command(&["dump", &format!("latest:{}/fifo", studies.display()), "--archive", "zip"]).output().unwrap();
+    assert_eq!(fifo.status.code(), Some(2), "{}", String::from_utf8_lossy(&fifo.stderr));
+    assert!(fifo.stdout.is_empty());
+    // A reader that goes away ends the dump quietly, as for tar.
+    let mut head = fixture
+        .command(&["dump", &format!("latest:{}", studies.display()), "--archive", "zip"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 100];
+    std::io::Read::read_exact(head.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(head.stdout.take());
+    let ended = head.wait_with_output().unwrap();
+    assert_eq!(ended.status.code(), Some(0), "{}", String::from_utf8_lossy(&ended.stderr));
     // A damaged file stops the stream with exit 13, naming it.
     let mut packs: Vec<std::path::PathBuf> = walkdir::WalkDir::new(fixture.repo().join("data"))
         .into_iter()

@@ -603,7 +603,7 @@ pub struct DumpArgs {
     pub snapshot: OsString,
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Absolute path of the file in the snapshot (or of a folder, with --archive tar).
+    /// Absolute path of the file in the snapshot (or of a folder, with --archive).
     pub path: Option<OsString>,
     /// Write the dump of this database instead (for pg_restore by hand).
     #[arg(long = "pg", value_name = "DATABASE", conflicts_with = "path")]

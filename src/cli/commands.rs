@@ -472,6 +472,12 @@ fn dump(cli: &Cli, args: &DumpArgs) -> Result<i32> {
                 report.left_out
             );
         }
+        for path in &report.backslash_names {
+            eprintln!(
+                "warning: left out {}: its name holds a backslash, which zip readers on Windows take for a folder separator (--archive tar keeps it)",
+                output::path_text(path)
+            );
+        }
         return Ok(exit::SUCCESS);
     }
     if args.archive.is_some() {

@@ -9,9 +9,11 @@
 //! (Info-ZIP unzip 6, Python's zipfile, 7-Zip, libarchive) read ZIP64 archives of any
 //! size. Modes and symlinks are kept as Info-ZIP keeps them (Unix mode in the high 16
 //! bits of the external attributes; a symlink's data is its target), and the mtime in
-//! the extended timestamp field (0x5455) besides the MS-DOS time. Hard links become
-//! copies, and FIFOs, devices and sockets, which ZIP cannot hold, are left out and
-//! counted.
+//! the extended timestamp field (0x5455) besides the MS-DOS time (when it fits its 32
+//! bits, 1970 to 2038; else the MS-DOS time alone says it, to 2107). Hard links become
+//! copies. FIFOs, devices and sockets, which ZIP cannot hold, are left out and counted,
+//! and so are names holding a backslash: ZIP names separate folders with `/` only, and
+//! an extractor on Windows would read `\` as a separator (`..\..\x` would climb).
 
 use std::io::Write;
 
@@ -26,6 +28,8 @@ pub struct ZipReport {
     pub bytes: u64,
     /// FIFOs, devices and sockets left out.
     pub left_out: u64,
+    /// Entries left out because their name holds a backslash, by path.
+    pub backslash_names: Vec<Vec<u8>>,
 }
 
 /// Counts what passes through and keeps its CRC-32.
@@ -74,6 +78,13 @@ pub fn dump_zip(
     out: &mut (dyn Write + Send),
 ) -> Result<ZipReport> {
     let (rows, cut) = crate::tarball::archive_rows(manifest, base)?;
+    let archivable = |kind: EntryKind| matches!(kind, EntryKind::Dir | EntryKind::File | EntryKind::Symlink);
+    if !rows.iter().any(|(_, entry)| archivable(entry.kind)) {
+        let shown = String::from_utf8_lossy(base);
+        return Err(Error::InvalidInput(format!(
+            "{shown} is a FIFO, device or socket, which a zip archive cannot hold (--archive tar can)"
+        )));
+    }
     let failed = |e: std::io::Error| Error::io("cannot write the zip stream to", "standard output", e);
     let mut report = ZipReport::default();
     let mut stream = Counting { inner: out, written: 0, crc: crc32fast::Hasher::new(), data: false };
@@ -93,6 +104,10 @@ pub fn dump_zip(
                 continue;
             }
         };
+        if name.contains(&b'\\') {
+            report.backslash_names.push(entry.path.clone());
+            continue;
+        }
         if directory {
             name.push(b'/');
         }
@@ -105,8 +120,10 @@ pub fn dump_zip(
         stream.data = true;
         let before = stream.written;
         match entry.kind {
+            // Named standard output in errors, so that a reader that went away ends the
+            // dump quietly, as for tar and single files.
             EntryKind::File => {
-                report.bytes += crate::dump_file(repository, manifest, &entry.path, &mut stream, "the zip stream")?
+                report.bytes += crate::dump_file(repository, manifest, &entry.path, &mut stream, "standard output")?
             }
             EntryKind::Symlink => stream.write_all(entry.link_target.as_deref().unwrap_or_default()).map_err(failed)?,
             _ => {}
@@ -154,13 +171,18 @@ const VERSION_NEEDED: u16 = 45;
 /// Version made by: Unix (3), APPNOTE 6.3.
 const VERSION_MADE_BY: u16 = (3 << 8) | 63;
 
-/// The extended timestamp extra field (0x5455) with the modification time only.
+/// The extended timestamp extra field (0x5455) with the modification time only, when
+/// the time fits its 32 bits as unzip reads them (else unzip would restore a clamped
+/// time): none otherwise, and the MS-DOS time says it.
 fn timestamp_field(seconds: i64) -> Vec<u8> {
+    if !(0..=i64::from(i32::MAX)).contains(&seconds) {
+        return Vec::new();
+    }
     let mut field = Vec::with_capacity(9);
     field.extend_from_slice(&0x5455u16.to_le_bytes());
     field.extend_from_slice(&5u16.to_le_bytes());
     field.push(1); // the modification time is present
-    field.extend_from_slice(&(seconds.clamp(i32::MIN as i64, i32::MAX as i64) as i32).to_le_bytes());
+    field.extend_from_slice(&(seconds as i32).to_le_bytes());
     field
 }
 
