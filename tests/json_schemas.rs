@@ -119,6 +119,8 @@ fn every_json_document_matches_its_schema() {
         ),
     )
     .unwrap();
+    // coffer refuses a configuration file other users may change, whatever the umask.
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let config_arg = config.to_str().unwrap();
     s("config_check", &["--config", config_arg, "config", "check"]);
     s("schedule_install", &["--config", config_arg, "schedule", "install", "nightly", "--dry-run"]);

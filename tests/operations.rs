@@ -42,7 +42,15 @@ impl Setup {
             self.path("repo").display(),
             self.path("password").display()
         );
+        self.write(&text);
+    }
+
+    /// Writes the configuration file, private to its owner as coffer requires whatever
+    /// the test's umask.
+    fn write(&self, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::write(self.config(), text).unwrap();
+        std::fs::set_permissions(self.config(), std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -259,7 +267,7 @@ fn config_check_names_the_line_and_key_of_every_error() {
         ("[profile.\"a b\"]\nhost = \"h\"\n", &["profile name \"a b\""]),
     ];
     for (text, expected) in cases {
-        std::fs::write(setup.config(), text).unwrap();
+        setup.write(text);
         let output = setup.run(&["config", "check"]);
         let message = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{text}: {message}");
@@ -269,8 +277,14 @@ fn config_check_names_the_line_and_key_of_every_error() {
         assert!(!message.contains("hunter2"), "a password was shown: {message}");
         assert!(!message.contains("panicked"), "{message}");
     }
+    // A file other users may change is refused: it names commands coffer runs.
+    setup.write("[profile.a]\nhost = \"h\"\n");
+    std::fs::set_permissions(setup.config(), std::os::unix::fs::PermissionsExt::from_mode(0o664)).unwrap();
+    let output = setup.run(&["config", "check"]);
+    assert_eq!(output.status.code(), Some(20), "{}", stderr(&output));
+    assert!(stderr(&output).contains("may be changed by other users (mode 0664)"), "{}", stderr(&output));
     // Every error of one file at once.
-    std::fs::write(setup.config(), "[profile.a]\nhost = 1\nrepo = \"/r\"\n[profile.a.check]\npg = \"yes\"\n").unwrap();
+    setup.write("[profile.a]\nhost = 1\nrepo = \"/r\"\n[profile.a.check]\npg = \"yes\"\n");
     let message = stderr(&setup.run(&["config", "check"]));
     assert!(message.contains("has 3 errors"), "{message}");
     // A good file, and a missing one.
@@ -595,6 +609,28 @@ fn schedule_writes_a_timer_and_service_that_systemd_accepts() {
 }
 
 #[test]
+fn the_profile_prune_settings_are_applied() {
+    let setup = Setup::new();
+    let data = setup.path("data");
+    setup.write_config(&format!(
+        "[profile.n]\ninclude = \"base\"\n[profile.n.backup]\npaths = [\"{}\"]\n[profile.n.retention]\nkeep_last = 1\nmax_unused = 90\n",
+        data.display()
+    ));
+    setup.init();
+    // Two scans of the same size in one pack; then one goes, and half the pack is unused.
+    std::fs::write(data.join("study_001/second.dcm"), common::random_bytes(300_000, 2)).unwrap();
+    setup.ok(&["--profile", "n", "backup"]);
+    std::fs::remove_file(data.join("study_001/scan.dcm")).unwrap();
+    setup.ok(&["--profile", "n", "backup"]);
+    setup.ok(&["--profile", "n", "forget"]);
+    // The profile's 90% leaves the half-used pack alone; the default 5% would repack it.
+    let plan = setup.json(&["--profile", "n", "prune", "--dry-run"]);
+    assert_eq!(plan["packs_repacked"], 0, "{plan}");
+    let plan = setup.json(&["--profile", "n", "prune", "--dry-run", "--max-unused", "5.5"]);
+    assert!(plan["packs_repacked"].as_u64().unwrap() > 0, "{plan}");
+}
+
+#[test]
 fn two_runs_of_one_profile_never_overlap() {
     let setup = Setup::new();
     // The first run's backup step waits 3 s for its password: the run holds its lock.
@@ -630,7 +666,7 @@ fn the_readme_nightly_profile_is_valid() {
     let start = section.find("```toml\n").expect("a TOML block") + "```toml\n".len();
     let block = &section[start..start + section[start..].find("```").unwrap()];
     let setup = Setup::new();
-    std::fs::write(setup.config(), block).unwrap();
+    setup.write(block);
     let report = setup.json(&["config", "check"]);
     assert_eq!(report["valid"], true, "{report}");
     let nightly = report["profiles"].as_array().unwrap().iter().find(|p| p["name"] == "nightly").unwrap().clone();

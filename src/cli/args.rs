@@ -90,6 +90,8 @@ pub struct Cli {
 
 /// `forget --group-by` when not given.
 pub const DEFAULT_GROUP_BY: &str = "host,paths,sources";
+/// `prune --max-unused` when not given.
+pub const DEFAULT_MAX_UNUSED: f64 = 5.0;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -694,7 +696,7 @@ pub struct ForgetArgs {
 #[derive(Debug, Args, Default)]
 pub struct PruneOptionsArgs {
     /// Repack packs of which more than this share (percent) is unused.
-    #[arg(long, default_value_t = 5.0, value_name = "PERCENT")]
+    #[arg(long, default_value_t = DEFAULT_MAX_UNUSED, value_name = "PERCENT")]
     pub max_unused: f64,
     /// Repack at most this many MiB of packs per run.
     #[arg(long, value_name = "MiB")]

@@ -161,27 +161,23 @@ pub fn worst(codes: impl Iterator<Item = i32>) -> i32 {
     codes.max_by_key(|&code| (outcome_of(code), code != exit::SUCCESS)).unwrap_or(exit::SUCCESS)
 }
 
-/// Sends the report to the profile's targets if its outcome is one they want. Returns
-/// false if a target could not be reached after retries (already said on stderr).
-pub fn send(profile: &Profile, report: &Report) -> bool {
+/// Sends the report to the profile's targets if its outcome is one they want; a target
+/// that cannot be reached after retries is said on stderr.
+pub fn send(profile: &Profile, report: &Report) {
     if !profile.notify_on().contains(&report.outcome) {
-        return true;
+        return;
     }
-    let mut delivered = true;
     if let Some(email) = &profile.email {
         if let Err(error) = retry(|| send_email(email, report)) {
             eprintln!("warning: the email notification to {} could not be sent: {error:#}", email.to.join(", "));
-            delivered = false;
         }
     }
     if let Some(webhook) = &profile.webhook {
         if let Err(error) = retry(|| post_webhook(webhook, report)) {
             let url = super::profile::shown_url(&webhook.url);
             eprintln!("warning: the webhook notification to {url} could not be delivered: {error:#}");
-            delivered = false;
         }
     }
-    delivered
 }
 
 /// Delivery errors that trying again cannot fix (a refused login, a 4xx answer).

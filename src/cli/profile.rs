@@ -262,7 +262,7 @@ impl Profile {
             .tempfile()
             .map_err(|e| coffer::Error::io("cannot write a password file for PostgreSQL", std::env::temp_dir(), e))?;
         let path = file.path().to_path_buf();
-        std::fs::write(&path, format!("*:*:*:*:{escaped}\n"))
+        std::io::Write::write_all(&mut file.as_file(), format!("*:*:*:*:{escaped}\n").as_bytes())
             .map_err(|e| coffer::Error::io("cannot write a password file for PostgreSQL", &path, e))?;
         // Kept until the process ends; the temporary file is removed then.
         PASSFILES.lock().unwrap_or_else(|p| p.into_inner()).push(file);
@@ -388,14 +388,44 @@ pub fn config_path(cli: &Cli) -> Result<PathBuf> {
 }
 
 /// Reads and checks a configuration file; every problem is in the error, one per line.
+/// A file another user may change is refused: it names commands coffer runs (password
+/// commands) and where the secrets are.
 pub fn load(path: &Path) -> Result<ConfigFile> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return fail(exit::USAGE, format!("configuration file {} does not exist", path.display()))
         }
         Err(error) => return fail(exit::USAGE, format!("cannot read configuration file {}: {error}", path.display())),
     };
+    // The metadata of the file read, not of whatever its name points at later.
+    let metadata = file.metadata().map_err(|e| coffer::Error::io("cannot read", path, e))?;
+    let owner = metadata.uid();
+    if owner != nix::unistd::geteuid().as_raw() && owner != 0 {
+        return fail(
+            exit::REFUSED,
+            format!(
+                "configuration file {} belongs to another user (uid {owner}): it names commands coffer runs",
+                path.display()
+            ),
+        );
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return fail(
+            exit::REFUSED,
+            format!(
+                "configuration file {} may be changed by other users (mode {:04o}): it names commands coffer runs; chmod go-w it",
+                path.display(),
+                metadata.mode() & 0o7777
+            ),
+        );
+    }
+    let mut text = String::new();
+    if let Err(error) = file.read_to_string(&mut text) {
+        return fail(exit::USAGE, format!("cannot read configuration file {}: {error}", path.display()));
+    }
     match parse(&text) {
         Ok(profiles) => Ok(ConfigFile { path: path.to_path_buf(), profiles }),
         Err(problems) => {
@@ -427,11 +457,10 @@ pub fn parse(text: &str) -> std::result::Result<BTreeMap<String, Profile>, Vec<P
     let mut reader = Reader { text, problems: Vec::new() };
     let mut profiles = BTreeMap::new();
     let root = document.as_table();
-    for (key, item) in root.iter() {
+    for (key, _) in root.iter() {
         if key != "profile" {
             reader.problem(root, key, key, "unknown key (profiles are [profile.NAME] tables)".into());
         }
-        let _ = item;
     }
     match root.get("profile") {
         None => {}
@@ -1030,7 +1059,9 @@ pub fn apply(cli: &mut Cli) -> Result<Option<Profile>> {
                     args.group_by = group_by.clone();
                 }
             }
+            prune_options(&mut args.prune_options, &profile);
         }
+        Command::Prune(args) => prune_options(&mut args.options, &profile),
         // `latest` means the latest of the profile's host, when the profile names one:
         // restoring another host's snapshot over this one's folders is never meant.
         Command::Restore(super::args::RestoreArgs { filter, .. })
@@ -1043,6 +1074,14 @@ pub fn apply(cli: &mut Cli) -> Result<Option<Profile>> {
         _ => {}
     }
     Ok(Some(profile))
+}
+
+/// The profile's `max_unused` and `max_repack_size`, where the command line gave none.
+fn prune_options(options: &mut super::args::PruneOptionsArgs, profile: &Profile) {
+    if options.max_unused == super::args::DEFAULT_MAX_UNUSED {
+        options.max_unused = profile.max_unused.unwrap_or(options.max_unused);
+    }
+    options.max_repack_size = options.max_repack_size.or(profile.max_repack_size);
 }
 
 fn fill<T: Clone>(values: &mut Vec<T>, from: &Option<Vec<T>>) {
