@@ -22,7 +22,16 @@
 # backups and is brought to the "after" tree with rsync for the third. Full restores
 # are verified against the "after" tree (content, names, permission bits) in rep 1
 # (every rep with VERIFY=all); a wrong restore stops the run.
-# Also times `tar c DATA | zstd -3 -T0` on the "before" tree, as a throughput yardstick.
+# Also times `tar c DATA | zstd -3 -T0` on the "before" tree, as a throughput yardstick,
+# and `cp -a` of the "after" tree from the page cache into the same file system (with
+# and without a final `sync`), as the physical proxy of a full restore; and coffer's
+# full restore once more with --no-sync, to show what its final sync costs.
+#
+# S3 (BACKENDS): the same steps for coffer, restic and rustic against one s3s-fs on
+# loopback shared by all, through benches/s3_proxy.py, which counts requests and bytes
+# each way per step; once as it is ("s3") and once with S3_DELAY_MS of latency added
+# in each direction ("s3+20ms"), which is what `tc ... netem delay 20ms` on `lo` would
+# do (the kernel here has no netem). borg has no S3 backend.
 #
 # Raw results: $WORK/results.jsonl (one JSON object per measurement); report:
 # $WORK/report.md (printed at the end), also docs/BENCHMARKS.md with UPDATE_DOCS=1.
@@ -56,6 +65,11 @@
 #   KEEP=1      keep repositories, caches and restores (default: deleted after each
 #               tool's steps, to bound the disk space needed)
 #   UPDATE_DOCS=1  also write docs/BENCHMARKS.md
+#   BACKENDS    "local", "s3" and/or "s3-latency" (default all three)
+#   S3_DATASETS datasets run on S3 (default "source large")
+#   S3_TOOLS    tools run on S3 (default "coffer restic rustic": those of TOOLS that
+#               have an S3 backend)
+#   S3_DELAY_MS latency added in each direction for "s3-latency" (default 20)
 #
 # Nothing is dropped from the page cache (that needs root): the data was just written
 # or read, so every tool reads it warm, as a nightly run on a machine with spare
@@ -65,7 +79,7 @@ set -euo pipefail
 # The command as given: the settings from the environment, then the script.
 COMMAND_LINE="$(
     for v in QUICK REPS DATASETS TOOLS SOURCE_FILES PG_SCALE PG_TXNS LARGE_MB VERIFY \
-        BORG_COMPRESSION TIMED_SYNC UPDATE_DOCS; do
+        BORG_COMPRESSION TIMED_SYNC UPDATE_DOCS BACKENDS S3_DATASETS S3_TOOLS S3_DELAY_MS; do
         if [ -n "${!v+x}" ]; then printf "%s='%s' " "$v" "${!v}"; fi
     done
     printf 'bash benches/compare.sh'
@@ -98,6 +112,11 @@ KEEP="${KEEP:-0}"
 REBUILD="${REBUILD:-0}"
 UPDATE_DOCS="${UPDATE_DOCS:-0}"
 BORG_COMPRESSION="${BORG_COMPRESSION:-}"
+BACKENDS="${BACKENDS:-local s3 s3-latency}"
+S3_DATASETS="${S3_DATASETS:-source large}"
+S3_DELAY_MS="${S3_DELAY_MS:-20}"
+S3_TOOLS="${S3_TOOLS:-$(for t in $TOOLS; do [ "$t" = borg ] || printf '%s ' "$t"; done)}"
+S3_TOOLS="${S3_TOOLS% }"
 PASSWORD="coffer-bench-password"
 PY="python3"
 DATA_PY="$HERE/compare_data.py"
@@ -166,6 +185,7 @@ tool_version() {
     borg) borg --version ;;
     rustic) rustic --version ;;
     tar_zstd) echo "$(tar --version | head -1); $(zstd --version)" ;;
+    cp_a) cp --version ;;
     esac 2>/dev/null | head -1
 }
 
@@ -195,6 +215,69 @@ source_roots() {
     printf '%s\n' "${roots[@]}"
 }
 
+# ---------------------------------------------------------------------------- S3
+
+# One s3s-fs for every tool, and a counting proxy in front of it per S3 backend.
+S3_DIR=""
+S3_ENDPOINT_s3=""
+S3_ENDPOINT_s3_latency=""
+S3_PROXY_PIDS=()
+BACKEND=local
+start_s3() {
+    S3_DIR="$WORK/s3-server"
+    rm -rf "$S3_DIR"
+    mkdir -p "$S3_DIR"
+    eval "$(bash "$ROOT/scripts/s3_server.sh" start "$S3_DIR")"
+    local backend port delay
+    for backend in s3 s3-latency; do
+        [[ " $BACKENDS " == *" $backend "* ]] || continue
+        delay=0
+        [ "$backend" = s3-latency ] && delay="$S3_DELAY_MS"
+        port="$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+        $PY "$HERE/s3_proxy.py" --listen "$port" --to "${AWS_ENDPOINT_URL#http://}" \
+            --stats "$S3_DIR/proxy-$backend.json" --delay-ms "$delay" 2>"$S3_DIR/proxy-$backend.log" &
+        S3_PROXY_PIDS+=($!)
+        for _ in $(seq 1 50); do [ -f "$S3_DIR/proxy-$backend.json" ] && break; sleep 0.1; done
+        [ -f "$S3_DIR/proxy-$backend.json" ] || die "the S3 proxy for $backend did not start"
+        case "$backend" in
+        s3) S3_ENDPOINT_s3="http://127.0.0.1:$port" ;;
+        s3-latency) S3_ENDPOINT_s3_latency="http://127.0.0.1:$port" ;;
+        esac
+        log "S3: $backend through http://127.0.0.1:$port (latency ${delay} ms each way) to $AWS_ENDPOINT_URL"
+    done
+}
+
+stop_s3() {
+    local pid
+    for pid in "${S3_PROXY_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    S3_PROXY_PIDS=()
+    if [ -n "$S3_DIR" ]; then
+        bash "$ROOT/scripts/s3_server.sh" stop "$S3_DIR" || true
+    fi
+}
+
+# The proxy counters of the current backend: "requests bytes_up bytes_down".
+proxy_counts() {
+    local stats="$S3_DIR/proxy-$BACKEND.json" pid
+    case "$BACKEND" in
+    s3) pid="${S3_PROXY_PIDS[0]}" ;;
+    s3-latency) pid="${S3_PROXY_PIDS[-1]}" ;;
+    esac
+    rm -f "$stats"
+    kill -USR1 "$pid"
+    for _ in $(seq 1 100); do [ -s "$stats" ] && break; sleep 0.02; done
+    $PY -c 'import json, sys; d = json.load(open(sys.argv[1])); print(d["requests"], d["bytes_up"], d["bytes_down"])' "$stats"
+}
+
+# The key results are filed under: the dataset, with the backend for S3.
+result_key() { # dataset
+    case "$BACKEND" in
+    local) echo "$1" ;;
+    s3) echo "$1@s3" ;;
+    s3-latency) echo "$1@s3+${S3_DELAY_MS}ms" ;;
+    esac
+}
+
 PG_DIR=""
 stop_pg() {
     if [ -n "$PG_DIR" ]; then
@@ -202,7 +285,7 @@ stop_pg() {
         PG_DIR=""
     fi
 }
-trap stop_pg EXIT
+trap 'stop_pg; stop_s3' EXIT
 
 build_dataset() { # dataset
     local ds="$1" dir="$WORK/data/$1"
@@ -302,8 +385,9 @@ measure() {
     local tool="$1" ds="$2" rep="$3" step="$4"
     shift 5
     local logf="$WORK/logs/$ds.$rep.$tool.$step.log" tf="$WORK/logs/time.out"
-    local rc=0 wall rss
+    local rc=0 wall rss before="" after=""
     sync
+    [ "$BACKEND" = local ] || before="$(proxy_counts)"
     # The step runs in a child bash (the do_* functions are exported); GNU time's peak
     # RSS is the largest of that process tree, i.e. the tool's.
     if [ "$TIMED_SYNC" = 1 ]; then
@@ -311,37 +395,84 @@ measure() {
     else
         /usr/bin/time -f '%e %M' -o "$tf" bash -c '"$@"' _ "$@" >"$logf" 2>&1 </dev/null || rc=$?
     fi
-    # borg exits 1 for warnings (e.g. a file changed while read): recorded, not fatal
+    # borg exits 1 for warnings (e.g. a file changed while read): recorded, not fatal.
+    # A peer's failure on S3 is recorded and reported (restic 0.14 cannot list the
+    # packs of its repository on s3s-fs, so its check fails there); coffer's stops the run.
+    if [ "$rc" != 0 ] && [ "$BACKEND" != local ] && [ "$tool" != coffer ]; then
+        log "  $(result_key "$ds") rep $rep $tool $step FAILED (exit code $rc): $(tail -1 "$logf")"
+        printf '{"rep": %d, "dataset": "%s", "tool": "%s", "step": "%s", "failed": true, "rc": %d}\n' \
+            "$rep" "$(result_key "$ds")" "$tool" "$step" "$rc" >>"$RESULTS"
+        return 0
+    fi
     if [ "$rc" != 0 ] && ! { [ "$tool" = borg ] && [ "$rc" = 1 ]; }; then
         echo "---- $logf" >&2
         tail -20 "$logf" >&2
         die "$tool $step on $ds (rep $rep) failed with exit code $rc: $*"
     fi
     read -r wall rss < <(tail -1 "$tf")
-    printf '{"rep": %d, "dataset": "%s", "tool": "%s", "step": "%s", "wall_s": %s, "rss_kb": %s, "rc": %d, "order": %d}\n' \
-        "$rep" "$ds" "$tool" "$step" "$wall" "$rss" "$rc" "$ORDER_POS" >>"$RESULTS"
-    log "  $ds rep $rep $tool $step: ${wall}s, $((rss / 1024)) MiB"
+    local traffic=""
+    if [ "$BACKEND" != local ]; then
+        after="$(proxy_counts)"
+        traffic="$($PY -c 'import sys; b = list(map(int, sys.argv[1].split())); a = list(map(int, sys.argv[2].split()))
+print(", \"requests\": %d, \"bytes_up\": %d, \"bytes_down\": %d" % tuple(y - x for x, y in zip(b, a)))' "$before" "$after")"
+    fi
+    printf '{"rep": %d, "dataset": "%s", "tool": "%s", "step": "%s", "wall_s": %s, "rss_kb": %s, "rc": %d, "order": %d%s}\n' \
+        "$rep" "$(result_key "$ds")" "$tool" "$step" "$wall" "$rss" "$rc" "$ORDER_POS" "$traffic" >>"$RESULTS"
+    log "  $(result_key "$ds") rep $rep $tool $step: ${wall}s, $((rss / 1024)) MiB${traffic:+ $traffic}"
 }
 
 record() { # tool dataset rep step key value
     printf '{"rep": %d, "dataset": "%s", "tool": "%s", "step": "%s", "%s": %s}\n' \
-        "$3" "$2" "$1" "$4" "$5" "$6" >>"$RESULTS"
+        "$3" "$(result_key "$2")" "$1" "$4" "$5" "$6" >>"$RESULTS"
 }
 
 # Per-tool commands. Each tool gets its own repository and cache for each
 # (dataset, rep) under $WORK/run/. restore_* print where the restored copy of the
 # dataset (full) or of the subfolder (sub) ended up below the restore target.
 tool_env() { # tool dataset rep
-    local base="$WORK/run/$2.$3.$1"
+    local base="$WORK/run/$2.$3.$1.$BACKEND"
     REPO="$base/repo"
     CACHE="$base/cache"
     RESTORE="$base/restore"
     mkdir -p "$CACHE"
+    unset RUSTIC_REPO_OPT_BUCKET RUSTIC_REPO_OPT_ROOT RUSTIC_REPO_OPT_ENDPOINT RUSTIC_REPO_OPT_REGION \
+        RUSTIC_REPO_OPT_ACCESS_KEY_ID RUSTIC_REPO_OPT_SECRET_ACCESS_KEY
+    local url=""
+    if [ "$BACKEND" != local ]; then
+        # a bucket per tool, dataset, repetition and backend; its folder in the
+        # server's data is what the repository size is taken from
+        local bucket="b-$2-$3-$1-$BACKEND"
+        REPO="$COFFER_TEST_S3_DATA/$bucket"
+        case "$BACKEND" in
+        s3) url="$S3_ENDPOINT_s3" ;;
+        s3-latency) url="$S3_ENDPOINT_s3_latency" ;;
+        esac
+        export AWS_ENDPOINT_URL="$url"
+        case "$1" in
+        coffer) export COFFER_REPOSITORY="s3://$bucket/repo" ;;
+        restic) export RESTIC_REPOSITORY="s3:$url/$bucket/repo" ;;
+        rustic)
+            export RUSTIC_REPOSITORY="opendal:s3" RUSTIC_REPO_OPT_BUCKET="$bucket" RUSTIC_REPO_OPT_ROOT="/repo" \
+                RUSTIC_REPO_OPT_ENDPOINT="$url" RUSTIC_REPO_OPT_REGION="$AWS_REGION" \
+                RUSTIC_REPO_OPT_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
+                RUSTIC_REPO_OPT_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY"
+            ;;
+        esac
+    fi
     case "$1" in
-    coffer) export COFFER_REPOSITORY="$REPO" COFFER_PASSWORD="$PASSWORD" COFFER_CACHE_DIR="$CACHE" ;;
-    restic) export RESTIC_REPOSITORY="$REPO" RESTIC_PASSWORD="$PASSWORD" RESTIC_CACHE_DIR="$CACHE" ;;
+    coffer)
+        [ -n "$url" ] || export COFFER_REPOSITORY="$REPO"
+        export COFFER_PASSWORD="$PASSWORD" COFFER_CACHE_DIR="$CACHE"
+        ;;
+    restic)
+        [ -n "$url" ] || export RESTIC_REPOSITORY="$REPO"
+        export RESTIC_PASSWORD="$PASSWORD" RESTIC_CACHE_DIR="$CACHE"
+        ;;
     borg) export BORG_REPO="$REPO" BORG_PASSPHRASE="$PASSWORD" BORG_BASE_DIR="$CACHE" ;;
-    rustic) export RUSTIC_REPOSITORY="$REPO" RUSTIC_PASSWORD="$PASSWORD" RUSTIC_CACHE_DIR="$CACHE" ;;
+    rustic)
+        [ -n "$url" ] || export RUSTIC_REPOSITORY="$REPO"
+        export RUSTIC_PASSWORD="$PASSWORD" RUSTIC_CACHE_DIR="$CACHE"
+        ;;
     esac
 }
 
@@ -429,6 +560,8 @@ run_tool() { # tool dataset rep
     sub="$(subfolder_of "$ds")"
     tool_env "$tool" "$ds" "$rep"
     discard "$REPO" "$RESTORE"
+    # on S3 the repository folder is the tool's bucket in the server's data
+    [ "$BACKEND" = local ] || mkdir -p "$REPO"
     src_before "$ds"
     measure "$tool" "$ds" "$rep" init -- do_init "$tool"
     measure "$tool" "$ds" "$rep" backup_first -- do_backup "$tool" "$src" 1
@@ -439,6 +572,10 @@ run_tool() { # tool dataset rep
     record "$tool" "$ds" "$rep" cache_size bytes "$(du -sb "$CACHE" | cut -f1)"
     measure "$tool" "$ds" "$rep" restore_full -- do_restore_full "$tool" "$src" "$RESTORE/full"
     measure "$tool" "$ds" "$rep" restore_sub -- do_restore_sub "$tool" "$src" "$sub" "$RESTORE/sub"
+    if [ "$tool" = coffer ] && [ "$BACKEND" = local ]; then
+        # what the final sync costs: the same restore without it
+        measure "$tool" "$ds" "$rep" restore_full_nosync -- "$COFFER" -q restore latest --no-sync --target "$RESTORE/nosync"
+    fi
     if [ "$VERIFY" = all ] || [ "$rep" = 1 ]; then
         verify_tree "$tool full restore" "$(full_restored_at "$tool" "$src" "$RESTORE/full")" "$WORK/data/$ds/after.treehash"
         verify_tree "$tool subfolder restore" "$(sub_restored_at "$tool" "$src" "$sub" "$RESTORE/sub")" "$WORK/data/$ds/sub.treehash"
@@ -447,6 +584,18 @@ run_tool() { # tool dataset rep
     measure "$tool" "$ds" "$rep" check_read_data -- do_check "$tool"
     if [ "$KEEP" != 1 ]; then discard "$REPO" "$CACHE"; fi
     ORDER_POS=$((ORDER_POS + 1))
+}
+
+# The physical proxy of a full restore: the "after" tree, just written and so in the
+# page cache, copied by `cp -a` into the same file system; once as it is and once with
+# a `sync` in the timed step (coffer's restore ends with one).
+run_cp() { # dataset rep
+    local ds="$1" rep="$2"
+    src_before "$ds"
+    src_after "$ds"
+    measure cp_a "$ds" "$rep" restore_full -- cp -a "$WORK/src/$ds" "$WORK/cp-$rep-$ds-plain"
+    measure cp_a_sync "$ds" "$rep" restore_full -- bash -c 'cp -a "$1" "$2" && sync' _ "$WORK/src/$ds" "$WORK/cp-$rep-$ds-sync"
+    discard "$WORK/cp-$rep-$ds-plain" "$WORK/cp-$rep-$ds-sync"
 }
 
 run_tar_zstd() { # dataset rep
@@ -471,14 +620,24 @@ main() {
     RESULTS="$WORK/results.jsonl"
     : >"$RESULTS"
 
-    for ds in $DATASETS; do build_dataset "$ds"; done
+    ALL_DATASETS="$(for ds in $DATASETS $S3_DATASETS; do echo "$ds"; done | awk '!seen[$0]++' | tr '\n' ' ')"
+    for ds in $ALL_DATASETS; do build_dataset "$ds"; done
 
     # What the report needs besides the measurements.
     local t
-    for t in $TOOLS tar_zstd; do tool_version "$t" >"$WORK/logs/version.$t"; done
+    for t in $TOOLS tar_zstd cp_a; do tool_version "$t" >"$WORK/logs/version.$t"; done
+    local keys="" b
+    for b in $BACKENDS; do
+        if [ "$b" = local ]; then
+            for ds in $DATASETS; do keys+="$ds=$ds "; done
+        else
+            for ds in $S3_DATASETS; do keys+="$(BACKEND=$b result_key "$ds")=$ds "; done
+        fi
+    done
+    DATASET_KEYS="$keys" S3_TOOLS="$S3_TOOLS" S3_DELAY_MS="$S3_DELAY_MS" S3S_VERSION="$(grep -m1 '^S3S_VERSION=' "$ROOT/scripts/s3_server.sh" | cut -d= -f2)" \
     COMMAND_LINE="$COMMAND_LINE" QUICK="$QUICK" REPS="$REPS" TOOLS="$TOOLS" DATASETS="$DATASETS" \
         TIMED_SYNC="$TIMED_SYNC" BORG_COMPRESSION="$BORG_COMPRESSION" WORK="$WORK" \
-        SUBFOLDERS="$(for ds in $DATASETS; do printf '%s=%s ' "$ds" "$(subfolder_of "$ds")"; done)" \
+        SUBFOLDERS="$(for ds in $ALL_DATASETS; do printf '%s=%s ' "$ds" "$(subfolder_of "$ds")"; done)" \
         $PY - >"$WORK/meta.json" <<'PYEOF'
 import json, os, platform, shutil, subprocess, time
 env = os.environ
@@ -497,9 +656,10 @@ osname = next((l.split("=", 1)[1].strip('"') for l in read("/etc/os-release").sp
 fs = subprocess.run(["df", "-PT", work], capture_output=True, text=True).stdout.splitlines()[1].split()[1]
 subs = dict(x.split("=", 1) for x in env["SUBFOLDERS"].split())
 datasets = {}
-for ds in env["DATASETS"].split():
+keys = dict(x.split("=", 1) for x in env["DATASET_KEYS"].split())
+for key, ds in keys.items():
     d = os.path.join(work, "data", ds)
-    datasets[ds] = {
+    datasets[key] = {
         "subfolder": subs[ds],
         "before": json.loads(read(f"{d}/before.stats.json", "{}")),
         "after": json.loads(read(f"{d}/after.stats.json", "{}")),
@@ -514,10 +674,13 @@ print(json.dumps({
     "quick": env["QUICK"] == "1",
     "reps": int(env["REPS"]),
     "tools": tools,
-    "datasets": env["DATASETS"].split(),
+    "datasets": list(keys),
+    "s3_tools": env["S3_TOOLS"].split(),
+    "s3_delay_ms": float(env["S3_DELAY_MS"]),
+    "s3_server": "s3s-fs " + env["S3S_VERSION"] + " (debug build, as the test suite's), on loopback",
     "timed_sync": env["TIMED_SYNC"] == "1",
     "borg_compression": env["BORG_COMPRESSION"] or "borg's default (lz4)",
-    "versions": {t: read(f"{work}/logs/version.{t}") for t in tools + ["tar_zstd"]},
+    "versions": {t: read(f"{work}/logs/version.{t}") for t in tools + ["tar_zstd", "cp_a"]},
     "machine": {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem / 1024 / 1024, 1),
                 "kernel": platform.release(), "fs": fs, "os": osname},
     "datasets_info": datasets,
@@ -527,17 +690,32 @@ PYEOF
     local tools_arr
     read -r -a tools_arr <<<"$TOOLS"
     local n="${#tools_arr[@]}"
+    if [ "$BACKENDS" != local ]; then start_s3; fi
     for rep in $(seq 1 "$REPS"); do
-        for ds in $DATASETS; do
-            log "rep $rep/$REPS, dataset $ds"
-            run_tar_zstd "$ds" "$rep"
-            for i in $(seq 0 $((n - 1))); do
-                run_tool "${tools_arr[$(((i + rep - 1) % n))]}" "$ds" "$rep"
+        for BACKEND in $BACKENDS; do
+            if [ "$BACKEND" = local ]; then
+                read -r -a tools_arr <<<"$TOOLS"
+                datasets="$DATASETS"
+            else
+                read -r -a tools_arr <<<"$S3_TOOLS"
+                datasets="$S3_DATASETS"
+            fi
+            n="${#tools_arr[@]}"
+            for ds in $datasets; do
+                log "rep $rep/$REPS, dataset $ds, $BACKEND"
+                if [ "$BACKEND" = local ]; then
+                    run_tar_zstd "$ds" "$rep"
+                    run_cp "$ds" "$rep"
+                fi
+                for i in $(seq 0 $((n - 1))); do
+                    run_tool "${tools_arr[$(((i + rep - 1) % n))]}" "$ds" "$rep"
+                done
             done
+            discard "$WORK/src"
+            empty_trash
         done
-        discard "$WORK/src"
-        empty_trash
     done
+    BACKEND=local
 
     local docs_args=()
     [ "$UPDATE_DOCS" = 1 ] && docs_args=(--docs "$ROOT/docs/BENCHMARKS.md")

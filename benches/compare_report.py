@@ -83,7 +83,10 @@ def medians(rows):
     acc = defaultdict(lambda: defaultdict(list))
     for r in rows:
         k = (r["dataset"], r["tool"], r["step"])
-        for src, dst in (("wall_s", "wall"), ("rss_kb", "rss"), ("bytes", "bytes")):
+        if r.get("failed"):
+            continue
+        for src, dst in (("wall_s", "wall"), ("rss_kb", "rss"), ("bytes", "bytes"),
+                         ("requests", "requests"), ("bytes_up", "up"), ("bytes_down", "down")):
             if src in r:
                 acc[k][dst].append(r[src])
     out = {}
@@ -93,10 +96,16 @@ def medians(rows):
     return out
 
 
+def tools_of(meta, ds):
+    """The tools run on a dataset key: those with an S3 backend for "DATASET@s3..."."""
+    return meta.get("s3_tools", meta["tools"]) if "@" in ds else meta["tools"]
+
+
 def report(meta, rows):
     med = medians(rows)
-    tools = meta["tools"]
-    peers = [t for t in PEERS if t in tools]
+    failed = {(r["dataset"], r["tool"], r["step"]) for r in rows if r.get("failed")}
+    all_tools = meta["tools"]
+    peers = [t for t in PEERS if t in all_tools]
     L = []
     quick = meta.get("quick")
     title = "Smoke run (QUICK=1: tiny datasets, not the real numbers)" if quick else "Latest full run"
@@ -107,13 +116,19 @@ def report(meta, rows):
     L.append(f"- Command: `{meta['command']}`")
     L.append(f"- Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB RAM, {m['os']}, "
              f"Linux {m['kernel']}, work directory on {m['fs']}.")
-    vers = "; ".join(f"{t}: `{meta['versions'].get(t, '?')}`" for t in tools + ["tar_zstd"])
+    vers = "; ".join(f"{t}: `{meta['versions'].get(t, '?')}`" for t in all_tools + ["tar_zstd", "cp_a"])
     L.append(f"- Versions: {vers}.")
     L.append(f"- borg compression: {meta['borg_compression']}; the others: their defaults "
              f"(coffer zstd 3, restic `auto`, rustic zstd 3). "
              + ("`sync` inside each timed step." if meta.get("timed_sync")
                 else "`sync` (untimed) before each step."))
-    missing = [t for t in PEERS if t not in tools]
+    if any("@" in ds for ds in meta["datasets"]):
+        L.append(f"- S3: {meta.get('s3_server', 's3s-fs')}, one server for all tools "
+                 f"({', '.join(meta.get('s3_tools', []))}; borg has no S3 backend), each tool's "
+                 f"requests through `benches/s3_proxy.py`, which counts them; `@s3+{meta.get('s3_delay_ms', 0):g}ms` "
+                 f"adds {meta.get('s3_delay_ms', 0):g} ms in each direction (a round trip "
+                 f"{2 * meta.get('s3_delay_ms', 0):g} ms longer).")
+    missing = [t for t in PEERS if t not in all_tools]
     if missing:
         L.append(f"- **Not run: {', '.join(missing)}** (TOOLS override); the best peer is "
                  f"taken over {', '.join(peers) or 'nothing'} only.")
@@ -135,6 +150,7 @@ def report(meta, rows):
     passes = misses = 0
     miss_list = []
     for ds in meta["datasets"]:
+        tools = tools_of(meta, ds)
         L.append(f"#### {ds}: wall time and peak RSS (median)\n")
         head = ["step"] + tools + ["coffer / best peer, time", "target", "time",
                                    "coffer / lowest peer, RSS", "memory"]
@@ -144,9 +160,13 @@ def report(meta, rows):
             cells = [label]
             for t in tools:
                 v = med.get((ds, t, step))
+                if (ds, t, step) in failed:
+                    cells.append("failed" + ("" if v is None else f" (once; {fmt_s(v['wall'])})"))
+                    continue
                 cells.append("—" if v is None else f"{fmt_s(v['wall'])} · {fmt_mib(v['rss'])}")
             c = med.get((ds, "coffer", step))
-            pv = [med[(ds, p, step)] for p in peers if (ds, p, step) in med]
+            # a peer that failed the step in any repetition does not count for it
+            pv = [med[(ds, p, step)] for p in peers if (ds, p, step) in med and (ds, p, step) not in failed]
             t_ratio = m_ratio = t_ok = m_ok = None
             if c is not None and pv:
                 best_t = min(v["wall"] for v in pv)
@@ -166,14 +186,63 @@ def report(meta, rows):
             cells += [fmt_ratio(t_ratio), "—" if target is None else f"≤ {target}x", verdict(t_ok),
                       fmt_ratio(m_ratio), verdict(m_ok)]
             L.append("| " + " | ".join(cells) + " |")
+        nosync = med.get((ds, "coffer", "restore_full_nosync"))
+        if nosync:
+            L.append(f"| full restore, coffer `--no-sync` | {fmt_s(nosync['wall'])} · {fmt_mib(nosync['rss'])}"
+                     + " | —" * (len(tools) - 1) + " | | | | | |")
+        L.append("")
+        if "@" in ds:
+            L.append(f"Requests and bytes through the proxy, {ds} (median): requests · MB sent · MB received\n")
+            L.append("| step | " + " | ".join(tools) + " | coffer / fewest peer requests |")
+            L.append("|---" + "|---:" * (len(tools) + 1) + "|")
+            for step, label, _ in STEPS:
+                cells = [label]
+                for t in tools:
+                    v = med.get((ds, t, step))
+                    cells.append("—" if v is None or "requests" not in v else
+                                 f"{v['requests']:.0f} · {v['up'] / 1e6:.1f} · {v['down'] / 1e6:.1f}")
+                c = med.get((ds, "coffer", step))
+                pr = [med[(ds, p, step)]["requests"] for p in peers
+                      if (ds, p, step) in med and "requests" in med[(ds, p, step)]]
+                cells.append(fmt_ratio(c["requests"] / min(pr)) if c and "requests" in c and pr and min(pr) > 0
+                             else "—")
+                L.append("| " + " | ".join(cells) + " |")
+            L.append("")
+
+    local = [ds for ds in meta["datasets"] if "@" not in ds]
+    if any((ds, "cp_a", "restore_full") in med for ds in local):
+        L.append("#### Full restore against the physical proxy `cp -a` (median)\n")
+        L.append("`cp -a` copies the same tree from the page cache into the same file system; "
+                 "`+ sync` has a `sync` in the timed step, as coffer's restore ends with one.\n")
+        L.append("| dataset | cp -a | cp -a + sync | coffer | coffer `--no-sync` | coffer / cp -a + sync "
+                 "| target | coffer / cp -a | final sync's share of coffer's time |")
+        L.append("|---|---:|---:|---:|---:|---:|---|---:|---:|")
+        for ds in local:
+            cp = med.get((ds, "cp_a", "restore_full"))
+            cps = med.get((ds, "cp_a_sync", "restore_full"))
+            c = med.get((ds, "coffer", "restore_full"))
+            ns = med.get((ds, "coffer", "restore_full_nosync"))
+            r_sync = c["wall"] / cps["wall"] if c and cps and cps["wall"] > 0 else None
+            r_plain = c["wall"] / cp["wall"] if c and cp and cp["wall"] > 0 else None
+            share = (c["wall"] - ns["wall"]) / c["wall"] if c and ns and c["wall"] > 0 else None
+            ok = None if r_sync is None else r_sync <= 1.3
+            if ok is True:
+                passes += 1
+            elif ok is False:
+                misses += 1
+                miss_list.append(f"{ds} full restore against cp -a + sync")
+            L.append(f"| {ds} | {fmt_s(cp['wall']) if cp else '—'} | {fmt_s(cps['wall']) if cps else '—'} "
+                     f"| {fmt_s(c['wall']) if c else '—'} | {fmt_s(ns['wall']) if ns else '—'} "
+                     f"| {fmt_ratio(r_sync)} | ≤ 1.3x | {fmt_ratio(r_plain)} "
+                     f"| {'—' if share is None else f'{100 * share:.0f}%'} |")
         L.append("")
 
     L.append("#### Repository size after the third backup (median)\n")
-    L.append("| dataset | " + " | ".join(tools) + " | coffer / restic | target | size |")
-    L.append("|---" + "|---:" * len(tools) + "|---:|---:|---|")
-    for ds in meta["datasets"]:
+    L.append("| dataset | " + " | ".join(all_tools) + " | coffer / restic | target | size |")
+    L.append("|---" + "|---:" * len(all_tools) + "|---:|---:|---|")
+    for ds in local:
         cells = [ds]
-        for t in tools:
+        for t in all_tools:
             v = med.get((ds, t, "repo_size"))
             cells.append(fmt_bytes(v["bytes"]) if v else "—")
         c, r = med.get((ds, "coffer", "repo_size")), med.get((ds, "restic", "repo_size"))
@@ -193,7 +262,7 @@ def report(meta, rows):
     L.append("#### First backup throughput against `tar c DATA | zstd -3 -T0` (median)\n")
     L.append("| dataset | data | tar \\| zstd | MB/s | zstd output | coffer first backup | MB/s | coffer / tar \\| zstd, time |")
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for ds in meta["datasets"]:
+    for ds in local:
         size = meta["datasets_info"].get(ds, {}).get("before", {}).get("bytes")
         tz = med.get((ds, "tar_zstd", "backup_first"))
         tzs = med.get((ds, "tar_zstd", "repo_size"))

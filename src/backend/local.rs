@@ -238,9 +238,16 @@ impl Backend for LocalBackend {
                 ),
             ));
         }
-        let mut data = vec![0u8; (range.end - range.start) as usize];
+        // Read into spare capacity: a zeroed buffer cost a memset of every byte read.
+        let length = (range.end - range.start) as usize;
+        let mut data = Vec::with_capacity(length);
         file.seek(SeekFrom::Start(range.start)).map_err(|e| Error::io("cannot read", &path, e))?;
-        file.read_exact(&mut data).map_err(|e| Error::io("cannot read", &path, e))?;
+        let read =
+            (&mut file).take(length as u64).read_to_end(&mut data).map_err(|e| Error::io("cannot read", &path, e))?;
+        if read != length {
+            let error = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+            return Err(Error::io("cannot read", &path, error));
+        }
         self.count(data.len(), 0);
         Ok(Bytes::from(data))
     }

@@ -25,6 +25,20 @@ pub use object::{chain_text, ObjectStoreBackend};
 pub use retry::{RetryPolicy, DEFAULT_RETRY_BUDGET};
 pub use s3::{open_s3, S3Options, DEFAULT_CONNECTIONS, DEFAULT_S3_PACK_SIZE};
 
+/// Maps `work` over `items` with as many requests in flight as the backend keeps for
+/// reads (`parallel_reads`), in a pool of its own: the global pool has one thread per
+/// core, which on remote storage left two requests in flight on two cores while each
+/// waited a round trip. Results keep the order of `items`.
+pub fn in_flight<T: Sync, R: Send>(backend: &dyn Backend, items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    use rayon::prelude::*;
+    let threads = backend.parallel_reads().max(1).min(items.len().max(1));
+    match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(pool) => pool.install(|| items.par_iter().map(&work).collect()),
+        // No threads to be had: one request at a time still does the work.
+        Err(_) => items.iter().map(work).collect(),
+    }
+}
+
 /// One stored object as listed by a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {

@@ -138,6 +138,9 @@ pub struct ObjectStoreBackend {
     hint: Arc<RetryAfter>,
     runtime: tokio::runtime::Runtime,
     location: String,
+    /// Requests the store lets through at once (`--connections`), which restores and
+    /// index loads keep in flight.
+    connections: usize,
     requests: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
@@ -164,6 +167,7 @@ impl ObjectStoreBackend {
             hint: Arc::new(RetryAfter::default()),
             runtime,
             location,
+            connections: 8,
             requests: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
@@ -204,6 +208,12 @@ impl ObjectStoreBackend {
     }
 
     /// Uploads large objects through `store`, retrying each part on its own.
+    /// Sets how many requests reads keep in flight (the store's own limit).
+    pub fn with_connections(mut self, connections: usize) -> Self {
+        self.connections = connections.max(1);
+        self
+    }
+
     pub fn with_multipart(mut self, store: Arc<dyn MultipartStore>) -> Self {
         self.multipart = Some(store);
         self
@@ -385,6 +395,10 @@ fn short_object(key: &str, size: u64, range: &Range<u64>) -> Error {
 }
 
 impl Backend for ObjectStoreBackend {
+    fn parallel_reads(&self) -> usize {
+        self.connections
+    }
+
     fn location(&self) -> String {
         self.location.clone()
     }

@@ -234,6 +234,7 @@ pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
     let policy = RetryPolicy { budget: options.retry_timeout, ..RetryPolicy::default() };
     Ok(ObjectStoreBackend::new(store, options.url())?
         .with_retries(policy, hint)
+        .with_connections(options.connections.max(1))
         .with_multipart(multipart)
         .with_bucket_api(bucket)
         .with_content_md5(content_md5))

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use rayon::prelude::*;
 
 use super::*;
 use crate::error::{Error, Result};
@@ -62,9 +61,9 @@ impl Repository {
         let missing: Vec<IndexId> =
             stored.iter().copied().filter(|id| !known.contains(id) && !superseded.contains(id)).collect();
         let mut damaged = Vec::new();
-        for batch in missing.chunks(16) {
+        for batch in missing.chunks(self.index_batch()) {
             let loaded: Vec<(IndexId, Result<IndexFile>)> =
-                batch.par_iter().map(|id| (*id, self.load_index(id))).collect();
+                crate::backend::in_flight(&*self.backend, batch, |id| (*id, self.load_index(id)));
             let mut index = self.index();
             for (id, file) in loaded {
                 match file {
@@ -77,7 +76,13 @@ impl Repository {
         Ok(damaged)
     }
 
-    /// Loads every stored index object (16 at a time, in parallel) into a new scratch
+    /// Index objects loaded per batch: as many as the backend keeps requests in flight,
+    /// at least 16. Their entries are in memory until the batch is added.
+    fn index_batch(&self) -> usize {
+        self.backend.parallel_reads().max(16)
+    }
+
+    /// Loads every stored index object (a batch at a time, in parallel) into a new scratch
     /// index in the cache directory and drops the packs only superseded objects name.
     /// Damaged objects are skipped and returned; memory does not grow with the index.
     pub fn scratch_index(&self) -> Result<ScratchLoad> {
@@ -85,9 +90,9 @@ impl Repository {
         let mut index = ScratchIndex::create(&self.cache_dir)?;
         let mut damaged = Vec::new();
         let mut loaded = Vec::new();
-        for batch in stored.chunks(16) {
+        for batch in stored.chunks(self.index_batch()) {
             let files: Vec<(IndexId, Result<IndexFile>)> =
-                batch.par_iter().map(|id| (*id, self.load_index(id))).collect();
+                crate::backend::in_flight(&*self.backend, batch, |id| (*id, self.load_index(id)));
             for (id, file) in files {
                 match file {
                     Ok(file) => {

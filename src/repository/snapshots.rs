@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use rayon::prelude::*;
-
 use super::*;
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
@@ -87,7 +85,7 @@ impl Repository {
         let ids: Vec<SnapshotId> = Kind::Snapshot.list(&*self.backend)?;
         self.forget_cached_snapshots(&ids);
         let loaded: Vec<(SnapshotId, Result<Snapshot>)> =
-            ids.par_iter().map(|id| (*id, self.read_snapshot(id, cached))).collect();
+            crate::backend::in_flight(&*self.backend, &ids, |id| (*id, self.read_snapshot(id, cached)));
         let mut snapshots = Vec::new();
         let mut damaged = Vec::new();
         for (id, result) in loaded {
