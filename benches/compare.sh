@@ -435,8 +435,7 @@ tool_env() { # tool dataset rep
     CACHE="$base/cache"
     RESTORE="$base/restore"
     mkdir -p "$CACHE"
-    unset RUSTIC_REPO_OPT_BUCKET RUSTIC_REPO_OPT_ROOT RUSTIC_REPO_OPT_ENDPOINT RUSTIC_REPO_OPT_REGION \
-        RUSTIC_REPO_OPT_ACCESS_KEY_ID RUSTIC_REPO_OPT_SECRET_ACCESS_KEY
+    unset RUSTIC_USE_PROFILE RUSTIC_REPOSITORY
     local url=""
     if [ "$BACKEND" != local ]; then
         # a bucket per tool, dataset, repetition and backend; its folder in the
@@ -452,10 +451,20 @@ tool_env() { # tool dataset rep
         coffer) export COFFER_REPOSITORY="s3://$bucket/repo" ;;
         restic) export RESTIC_REPOSITORY="s3:$url/$bucket/repo" ;;
         rustic)
-            export RUSTIC_REPOSITORY="opendal:s3" RUSTIC_REPO_OPT_BUCKET="$bucket" RUSTIC_REPO_OPT_ROOT="/repo" \
-                RUSTIC_REPO_OPT_ENDPOINT="$url" RUSTIC_REPO_OPT_REGION="$AWS_REGION" \
-                RUSTIC_REPO_OPT_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
-                RUSTIC_REPO_OPT_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY"
+            # rustic takes backend options from a profile file only (-P PATH reads PATH.toml)
+            mkdir -p "$base"
+            cat >"$base/rustic-s3.toml" <<TOML
+[repository]
+repository = "opendal:s3"
+[repository.options]
+bucket = "$bucket"
+root = "/repo"
+endpoint = "$url"
+region = "$AWS_REGION"
+access_key_id = "$AWS_ACCESS_KEY_ID"
+secret_access_key = "$AWS_SECRET_ACCESS_KEY"
+TOML
+            export RUSTIC_USE_PROFILE="$base/rustic-s3"
             ;;
         esac
     fi

@@ -119,7 +119,7 @@ def report(meta, rows):
     vers = "; ".join(f"{t}: `{meta['versions'].get(t, '?')}`" for t in all_tools + ["tar_zstd", "cp_a"])
     L.append(f"- Versions: {vers}.")
     L.append(f"- borg compression: {meta['borg_compression']}; the others: their defaults "
-             f"(coffer zstd 3, restic `auto`, rustic zstd 3). "
+             f"(coffer zstd 2, restic `auto`, rustic zstd 3). "
              + ("`sync` inside each timed step." if meta.get("timed_sync")
                 else "`sync` (untimed) before each step."))
     if any("@" in ds for ds in meta["datasets"]):

@@ -2,7 +2,7 @@
 """A TCP proxy in front of an S3 server that counts what crosses it and can add latency
 (stdlib only). benches/compare.sh puts one in front of the s3s-fs all tools share.
 
-    python3 benches/s3_proxy.py --listen PORT --to HOST:PORT --stats FILE [--delay-ms MS]
+    python3 benches/s3_proxy.py --listen PORT --to HOST:PORT --stats FILE [--delay-ms MS] [--log FILE]
 
 - Counts bytes sent to the server (up) and received from it (down), and HTTP requests,
   by following the client's side of each connection as HTTP/1.1 (headers, then a body
@@ -10,6 +10,8 @@
 - `--delay-ms MS` holds every piece of data MS milliseconds in each direction before
   passing it on, in order: what `tc qdisc add dev lo root netem delay MSms` does to
   loopback traffic (a round trip takes 2 x MS longer), for kernels without netem.
+- `--log FILE` appends each request's time, method and path (without the query's
+  signature) to FILE: which requests a step makes, in what order.
 - On SIGUSR1 it writes its counters to FILE as JSON (written whole, then renamed), so
   a caller can take them before and after a step. It writes them on SIGTERM too.
 """
@@ -21,6 +23,7 @@ import signal
 import time
 
 COUNTS = {"requests": 0, "bytes_up": 0, "bytes_down": 0, "connections": 0}
+REQUEST_LOG = None
 
 
 class RequestCounter:
@@ -67,6 +70,11 @@ class RequestCounter:
             if not head or not head[0].strip():
                 continue
             COUNTS["requests"] += 1
+            if REQUEST_LOG is not None:
+                method, _, rest = head[0].partition(" ")
+                path = rest.rsplit(" ", 1)[0].split("X-Amz-", 1)[0]
+                REQUEST_LOG.write(f"{time.monotonic():.3f} {method} {path}\n")
+                REQUEST_LOG.flush()
             headers = {}
             for line in head[1:]:
                 name, _, value = line.partition(":")
@@ -147,7 +155,11 @@ async def main():
     ap.add_argument("--to", required=True, help="HOST:PORT of the S3 server")
     ap.add_argument("--stats", required=True)
     ap.add_argument("--delay-ms", type=float, default=0.0)
+    ap.add_argument("--log")
     args = ap.parse_args()
+    global REQUEST_LOG
+    if args.log:
+        REQUEST_LOG = open(args.log, "a")
     host, _, port = args.to.rpartition(":")
     delay = args.delay_ms / 1000.0
     loop = asyncio.get_running_loop()

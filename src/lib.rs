@@ -58,7 +58,7 @@ pub use repository::snapshot::{
 };
 pub use repository::{
     pack_key, read_config, Config, Exclusive, InitOptions, Locked, Repository, RestoreOutcome, RestoreRecord, Shared,
-    StoredKey, DEFAULT_PACK_SIZE, REPOSITORY_VERSION, RESTORE_RECORD_VERSION,
+    StoredKey, DEFAULT_COMPRESSION, DEFAULT_PACK_SIZE, REPOSITORY_VERSION, RESTORE_RECORD_VERSION,
 };
 
 /// Reads one file of a snapshot into `out`, verifying every blob and the file's SHA-256;

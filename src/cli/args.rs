@@ -339,8 +339,9 @@ pub struct InitArgs {
     /// Target pack size in MiB (default 16 on local disk, 64 on S3).
     #[arg(long)]
     pub pack_size: Option<u64>,
-    /// zstd level for stored blobs (0 stores them uncompressed).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=19))]
+    /// zstd level for stored blobs (0 stores them uncompressed; 2, the default, was the
+    /// fastest level with a repository at most 7% larger than level 3's in docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = coffer::DEFAULT_COMPRESSION, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub compression: i32,
     #[command(flatten)]
     pub kdf: KdfArgs,

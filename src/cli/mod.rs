@@ -157,9 +157,10 @@ fn cache_root(cli: &Cli) -> Option<PathBuf> {
 /// Opens the repository with the user's password.
 fn open(cli: &Cli) -> Result<Repository> {
     let backend = backend(cli, false)?;
-    coffer::read_config(&*backend)?;
+    // Read before the password is asked for: a wrong location fails without a prompt.
+    let config = coffer::read_config(&*backend)?;
     let password = password::read(cli, false)?;
-    let repository = Repository::open(backend, password.as_bytes(), cache_root(cli).as_deref())?;
+    let repository = Repository::open_with_config(backend, config, password.as_bytes(), cache_root(cli).as_deref())?;
     audit::opened(repository.backend().clone(), repository.master().clone());
     Ok(repository)
 }

