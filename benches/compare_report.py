@@ -157,6 +157,9 @@ def report(meta, rows):
         L.append("| " + " | ".join(head) + " |")
         L.append("|---" + "|---:" * (len(tools)) + "|---:|---:|---|---:|---|")
         for step, label, target in STEPS:
+            # on S3 every step's target is 0.6x (issue 17)
+            if "@" in ds and target is not None:
+                target = 0.6
             cells = [label]
             for t in tools:
                 v = med.get((ds, t, step))

@@ -633,9 +633,9 @@ pub struct CheckArgs {
     /// as 500M) of the packs verified longest ago on this machine (never-verified first).
     #[arg(long, value_name = "N/M|P%|SIZE")]
     pub read_data_subset: Option<String>,
-    /// Packs downloaded at once.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub jobs: u16,
+    /// Packs downloaded at once [default: 2 per core on a local disk, --connections on S3].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: Option<u16>,
     /// Also test the newest dump of each database with pg_restore (--list, then a full
     /// read); fails when no snapshot holds a dump.
     #[arg(long)]

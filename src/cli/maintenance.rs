@@ -40,7 +40,10 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<i32> {
     // Reading data takes long: a progress line (packs) on a terminal, JSON lines with --json.
     let reporter = read_data.and_then(|_| super::progress::Reporter::start_counting(cli, args.no_progress, "packs"));
     let progress = reporter.as_ref().map(|reporter| reporter.progress());
-    let report = coffer::check(&repository, &CheckOptions { read_data, jobs: args.jobs as usize, progress })?;
+    // Each job reads one piece of a pack (a few MiB) at a time: as many as the storage
+    // keeps requests in flight hides its latency (four were the limit on S3 before).
+    let jobs = args.jobs.map_or_else(|| repository.backend().parallel_reads(), usize::from);
+    let report = coffer::check(&repository, &CheckOptions { read_data, jobs, progress })?;
     if let Some(reporter) = reporter {
         reporter.finish();
     }

@@ -111,7 +111,11 @@ pub(super) fn rename_into_place(run: &Run<'_>, relative: &[u8], name: &OsStr, pl
         },
     };
     // Renaming one name of a file over another name of the same file does nothing
-    // and succeeds: the temporary name must still go.
+    // and succeeds: the temporary name must still go. A rename that refuses to
+    // replace anything (a new name) has moved it for sure.
+    if place == Place::New && renamed.is_ok() {
+        return Ok(renamed?);
+    }
     match nix::unistd::unlinkat(&folder, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => {}
         Err(error) => return Err(error.into()),
