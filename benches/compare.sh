@@ -269,6 +269,19 @@ proxy_counts() {
     $PY -c 'import json, sys; d = json.load(open(sys.argv[1])); print(d["requests"], d["bytes_up"], d["bytes_down"])' "$stats"
 }
 
+# CPU seconds (user + system) the S3 server and the proxies have used so far: what a
+# step costs the storage side, which runs on the same two cores as the tool.
+server_cpu() {
+    local pids=("$(cat "$S3_DIR/pid")" "${S3_PROXY_PIDS[@]}")
+    $PY -c 'import os, sys
+tick = os.sysconf("SC_CLK_TCK")
+def cpu(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / tick
+print("%.2f %.2f" % (cpu(sys.argv[1]), sum(cpu(p) for p in sys.argv[2:])))' "${pids[@]}"
+}
+
 # The key results are filed under: the dataset, with the backend for S3.
 result_key() { # dataset
     case "$BACKEND" in
@@ -387,7 +400,11 @@ measure() {
     local logf="$WORK/logs/$ds.$rep.$tool.$step.log" tf="$WORK/logs/time.out"
     local rc=0 wall rss before="" after=""
     sync
-    [ "$BACKEND" = local ] || before="$(proxy_counts)"
+    local cpu_before=""
+    if [ "$BACKEND" != local ]; then
+        before="$(proxy_counts)"
+        cpu_before="$(server_cpu)"
+    fi
     # The step runs in a child bash (the do_* functions are exported); GNU time's peak
     # RSS is the largest of that process tree, i.e. the tool's.
     if [ "$TIMED_SYNC" = 1 ]; then
@@ -414,7 +431,10 @@ measure() {
     if [ "$BACKEND" != local ]; then
         after="$(proxy_counts)"
         traffic="$($PY -c 'import sys; b = list(map(int, sys.argv[1].split())); a = list(map(int, sys.argv[2].split()))
-print(", \"requests\": %d, \"bytes_up\": %d, \"bytes_down\": %d" % tuple(y - x for x, y in zip(b, a)))' "$before" "$after")"
+cb = list(map(float, sys.argv[3].split())); ca = list(map(float, sys.argv[4].split()))
+print(", \"requests\": %d, \"bytes_up\": %d, \"bytes_down\": %d" % tuple(y - x for x, y in zip(b, a))
+      + ", \"server_cpu_s\": %.2f, \"proxy_cpu_s\": %.2f" % tuple(y - x for x, y in zip(cb, ca)))' \
+            "$before" "$after" "$cpu_before" "$(server_cpu)")"
     fi
     printf '{"rep": %d, "dataset": "%s", "tool": "%s", "step": "%s", "wall_s": %s, "rss_kb": %s, "rc": %d, "order": %d%s}\n' \
         "$rep" "$(result_key "$ds")" "$tool" "$step" "$wall" "$rss" "$rc" "$ORDER_POS" "$traffic" >>"$RESULTS"

@@ -86,7 +86,8 @@ def medians(rows):
         if r.get("failed"):
             continue
         for src, dst in (("wall_s", "wall"), ("rss_kb", "rss"), ("bytes", "bytes"),
-                         ("requests", "requests"), ("bytes_up", "up"), ("bytes_down", "down")):
+                         ("requests", "requests"), ("bytes_up", "up"), ("bytes_down", "down"),
+                         ("server_cpu_s", "server_cpu"), ("proxy_cpu_s", "proxy_cpu")):
             if src in r:
                 acc[k][dst].append(r[src])
     out = {}
@@ -195,15 +196,18 @@ def report(meta, rows):
                      + " | —" * (len(tools) - 1) + " | | | | | |")
         L.append("")
         if "@" in ds:
-            L.append(f"Requests and bytes through the proxy, {ds} (median): requests · MB sent · MB received\n")
+            L.append(f"Requests and bytes through the proxy, {ds} (median): requests · MB sent · MB received"
+                     " · CPU seconds of the S3 server (and of the proxies) during the step\n")
             L.append("| step | " + " | ".join(tools) + " | coffer / fewest peer requests |")
             L.append("|---" + "|---:" * (len(tools) + 1) + "|")
             for step, label, _ in STEPS:
                 cells = [label]
                 for t in tools:
                     v = med.get((ds, t, step))
+                    cpu = ("" if v is None or "server_cpu" not in v else
+                           f" · {v['server_cpu']:.1f} s ({v['proxy_cpu']:.1f} s)")
                     cells.append("—" if v is None or "requests" not in v else
-                                 f"{v['requests']:.0f} · {v['up'] / 1e6:.1f} · {v['down'] / 1e6:.1f}")
+                                 f"{v['requests']:.0f} · {v['up'] / 1e6:.1f} · {v['down'] / 1e6:.1f}{cpu}")
                 c = med.get((ds, "coffer", step))
                 pr = [med[(ds, p, step)]["requests"] for p in peers
                       if (ds, p, step) in med and "requests" in med[(ds, p, step)]]
