@@ -139,6 +139,8 @@ def report(meta, rows):
     L.append("| dataset | files before | bytes before | files after | bytes after | subfolder restored |")
     L.append("|---|---:|---:|---:|---:|---|")
     for ds in meta["datasets"]:
+        if "@" in ds:
+            continue  # the same data on S3
         info = meta["datasets_info"].get(ds, {})
         b, a, s = info.get("before", {}), info.get("after", {}), info.get("sub", {})
         nf = s.get("files")
