@@ -11,6 +11,9 @@ rule says otherwise:
   truncate  forward, then send the headers and only the first `keep` body bytes
   drop      forward (the server acts), then reset instead of answering
   delay     wait `ms` milliseconds before forwarding
+  outage    reset, and refuse all connections for `seconds` (without: until
+            resume): an outage that begins at an exact request, however fast
+            the client goes
 
 Rules match on method, a substring of the path and a substring of the query; they
 let the first `skip` matching requests pass, then act on `count` of them (-1: all).
@@ -171,9 +174,24 @@ def serve_client(client, upstream):
             body, _ = read_body(stream, head, True)
             method, target = head[0].split()[0].decode(), head[0].split()[1].decode()
             path, _, query = target.partition("?")
+            with LOCK:
+                down = STATE["killed"] or time.time() < STATE["down_until"]
+            if down:
+                log(method, path, query, None, "refused")
+                reset(client)
+                return
             rule = take_rule(method, path, query)
             action = rule["action"] if rule else "forward"
             status = None
+            if action == "outage":
+                with LOCK:
+                    if "seconds" in rule:
+                        STATE["down_until"] = time.time() + float(rule["seconds"])
+                    else:
+                        STATE["killed"] = True
+                log(method, path, query, None, action)
+                reset(client)
+                return
             if action == "reset":
                 log(method, path, query, None, action)
                 reset(client)
