@@ -19,8 +19,11 @@ use crate::error::{Error, Result};
 
 /// Default number of requests in flight at once.
 pub const DEFAULT_CONNECTIONS: usize = 16;
-/// Default pack size on S3: larger packs mean fewer requests.
-pub const DEFAULT_S3_PACK_SIZE: u64 = 64 * 1024 * 1024;
+/// Default pack size on S3. Packs stay under the multipart threshold (a pack ends up
+/// to one chunk, 8 MiB, beyond it), so each is one PUT: 64 MiB packs took six
+/// requests each (a create, four parts, a complete), and a server spends a pass over
+/// every byte assembling the parts (measured in docs/BENCHMARKS.md).
+pub const DEFAULT_S3_PACK_SIZE: u64 = 24 * 1024 * 1024;
 
 /// Where an S3 repository is and how to reach it. `from_env` fills it the usual way.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -161,16 +164,31 @@ impl S3Options {
         }
     }
 
-    fn check_http(&self) -> Result<()> {
-        let Some(endpoint) = &self.endpoint else { return Ok(()) };
-        let Some(rest) = endpoint.strip_prefix("http://") else { return Ok(()) };
+    /// Whether requests go in plain HTTP to a host that is not loopback: `None` for
+    /// HTTPS, `Some(false)` for plain HTTP on loopback.
+    fn plain_http_off_host(&self) -> Option<bool> {
+        let rest = self.endpoint.as_deref()?.strip_prefix("http://")?;
         let authority = rest.split('/').next().unwrap_or_default();
         let host = match authority.strip_prefix('[') {
             Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
             None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
         };
         let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        if loopback || self.allow_http {
+        Some(!loopback)
+    }
+
+    /// Whether request bodies are signed (SigV4's SHA-256 of every byte, computed here
+    /// and again by the server). Only where nothing else protects them in transit:
+    /// plain HTTP to another host. Over TLS, or on loopback, `UNSIGNED-PAYLOAD`, as the
+    /// AWS SDKs do over HTTPS: what is stored is checked end to end anyway (every blob
+    /// is authenticated by AES-GCM and named by its keyed hash, every read verifies).
+    fn signs_payload(&self) -> bool {
+        self.plain_http_off_host() == Some(true)
+    }
+
+    fn check_http(&self) -> Result<()> {
+        let Some(endpoint) = &self.endpoint else { return Ok(()) };
+        if self.plain_http_off_host() != Some(true) || self.allow_http {
             return Ok(());
         }
         Err(Error::InvalidInput(format!(
@@ -193,6 +211,7 @@ pub fn open_s3(options: &S3Options) -> Result<ObjectStoreBackend> {
         .with_region(options.region.clone().unwrap_or_else(|| "us-east-1".to_string()))
         .with_virtual_hosted_style_request(options.virtual_hosted)
         .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .with_unsigned_payload(!options.signs_payload())
         .with_client_options(client_options.clone())
         // Every retry is coffer's own (retry.rs): one budget for every request kind,
         // Retry-After honoured, bodies resumed, create-only writes settled.
@@ -255,6 +274,10 @@ mod tests {
         assert!(with_endpoint("http://[::1]:9000").check_http().is_ok());
         assert!(with_endpoint("https://s3.example.com").check_http().is_ok());
         assert!(with_endpoint("http://s3.example.com:9000").check_http().is_err());
+        assert!(with_endpoint("http://s3.example.com:9000").signs_payload());
+        assert!(!with_endpoint("http://127.0.0.1:9000").signs_payload());
+        assert!(!with_endpoint("https://s3.example.com").signs_payload());
+        assert!(!S3Options::default().signs_payload());
         let mut allowed = with_endpoint("http://10.1.2.3:9000");
         allowed.allow_http = true;
         assert!(allowed.check_http().is_ok());

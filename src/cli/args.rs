@@ -336,7 +336,7 @@ pub struct NewPasswordArgs {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Target pack size in MiB (default 16 on local disk, 64 on S3).
+    /// Target pack size in MiB (default 16 on local disk, 24 on S3).
     #[arg(long)]
     pub pack_size: Option<u64>,
     /// zstd level for stored blobs (0 stores them uncompressed; 2, the default, was the

@@ -322,7 +322,7 @@ fn read_packs(
 }
 
 /// A pack is read in pieces of about this size (a larger blob is read whole), so the
-/// memory of a check does not grow with the pack size (64 MiB by default on S3).
+/// memory of a check does not grow with the pack size (up to 2 GiB).
 const READ_PIECE: u64 = 4 << 20;
 
 /// A byte range of a pack and the indexed blobs that lie wholly inside it.
