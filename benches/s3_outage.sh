@@ -40,23 +40,26 @@ added() { tail -1 "$WORK/$1.json" | python3 -c 'import json,sys; print(json.load
 
 for repo in plain outage failure; do "$COFFER" --repo "s3://coffer-test/$repo" -q init --kdf-memory-kib 1024 --kdf-iterations 1; done
 
+control clear '{}'
 start=$(date +%s.%N); "$COFFER" --repo s3://coffer-test/plain -q backup "$WORK/src"; end=$(date +%s.%N)
-log "(1) no faults: $(echo "$end - $start" | bc) s"
+# Uploads of pack data (whole packs, or parts of larger ones) the backup makes: the
+# steps below cut the storage off after a share of them, whatever the pack size.
+UPLOADS=$(puts)
+log "(1) no faults: $(echo "$end - $start" | bc) s, $UPLOADS uploads of pack data"
 
 control clear '{}'
 start=$(date +%s.%N)
 run outage s3://coffer-test/outage
-while [ "$(puts)" -lt 9 ]; do sleep 0.1; done
+while [ "$(puts)" -lt $((UPLOADS / 2)) ]; do sleep 0.1; done
 control outage '{"seconds": 60}'
-log "(2) 60 s outage began halfway (9 of about 18 uploads of 16 MiB)"
+log "(2) 60 s outage began halfway ($((UPLOADS / 2)) of $UPLOADS uploads)"
 wait "$PID" || die "the backup through a 60 s outage failed: $(cat "$WORK/outage.err")"
 end=$(date +%s.%N)
 log "(2) through a 60 s outage: $(echo "$end - $start" | bc) s, exit 0"
 
 control clear '{}'
 run failure s3://coffer-test/failure COFFER_S3_RETRY_TIMEOUT=10
-# 300 MB are about 18 uploads of 16 MiB (parts of 64 MiB packs): 80% is 14 of them.
-while [ "$(puts)" -lt 14 ]; do sleep 0.1; done
+while [ "$(puts)" -lt $((UPLOADS * 8 / 10)) ]; do sleep 0.1; done
 control outage '{"seconds": 40}'
 status=0; wait "$PID" || status=$?
 log "(3) failing at 80%: exit $status: $(tail -1 "$WORK/failure.err" | cut -c1-160)"

@@ -19,9 +19,10 @@ use crate::error::{Error, Result};
 
 /// Default number of requests in flight at once.
 pub const DEFAULT_CONNECTIONS: usize = 16;
-/// Default pack size on S3. Packs stay under the multipart threshold (a pack ends up
-/// to one chunk, 8 MiB, beyond it), so each is one PUT: 64 MiB packs took six
-/// requests each (a create, four parts, a complete), and a server spends a pass over
+/// Default pack size on S3. A pack closes once it reaches this size, so it ends at
+/// most one sealed chunk (8 MiB) and its header beyond it: under the 32 MiB multipart
+/// threshold, and sent in one PUT, unless its last chunk is of the largest size.
+/// 64 MiB packs took six requests each (a create, four parts, a complete), and a server spends a pass over
 /// every byte assembling the parts (measured in docs/BENCHMARKS.md).
 pub const DEFAULT_S3_PACK_SIZE: u64 = 24 * 1024 * 1024;
 

@@ -3,8 +3,9 @@
 //! Safe to share between worker threads: each worker seals blobs and hands them over;
 //! a full pack is uploaded by the worker that filled it, outside the lock. Packs are
 //! written to temporary files as they fill (in a local repository's `tmp/`, renamed
-//! into `data/` when complete), never held in memory whole: 16 MiB packs, 24 MiB on
-//! S3, in flight two or three at a time, were most of a backup's memory.
+//! into `data/` when complete), not in memory: 16 MiB packs, in flight two or three at
+//! a time, were most of a backup's memory. On S3 a pack under the multipart threshold
+//! (the default 24 MiB ones) is read back whole to be sent in one request.
 
 use std::collections::HashSet;
 use std::io::BufWriter;
