@@ -23,7 +23,8 @@ closed, open connections are reset); `kill` does the same until `resume`.
 Control (JSON over HTTP on the control port):
   POST /rules   [{"action": "status", "status": 503, "method": "PUT", ...}]
   POST /outage  {"seconds": 10}        POST /kill   POST /resume
-  GET  /log     requests seen: [[method, path, query, status, action], ...]
+  GET  /log     requests seen: [[method, path, query, status, action,
+                x-amz-content-sha256 (forwarded requests)], ...]
   POST /clear   no rules, empty log
 
   python3 tests/fault_proxy.py --upstream 127.0.0.1:9000   # prints PORT CONTROL_PORT
@@ -208,7 +209,7 @@ def serve_client(client, upstream):
                 log(method, path, query, None, "upstream-failed")
                 reset(client)
                 return
-            log(method, path, query, status, action)
+            log(method, path, query, status, action, header(head, "x-amz-content-sha256"))
             if action == "drop":
                 reset(client)
                 return
@@ -228,9 +229,9 @@ def serve_client(client, upstream):
             pass
 
 
-def log(method, path, query, status, action):
+def log(method, path, query, status, action, payload_hash=None):
     with LOCK:
-        LOG.append([method, path, query, status, action])
+        LOG.append([method, path, query, status, action, payload_hash])
 
 
 def listen(port):

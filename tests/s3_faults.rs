@@ -105,13 +105,17 @@ struct S3Repo {
 impl S3Repo {
     /// A new repository (packs of `pack_mib` MiB), or `None` without an S3 server.
     fn new(pack_mib: u32) -> Option<S3Repo> {
+        S3Repo::init(&["--pack-size", &pack_mib.to_string()])
+    }
+
+    /// A new repository made by `init` with `args`, or `None` without an S3 server.
+    fn init(args: &[&str]) -> Option<S3Repo> {
         let proxy = Proxy::start()?;
         let fixture = Fixture::empty();
         let bucket = std::env::var("COFFER_TEST_S3_BUCKET").unwrap();
         let unique = fixture.root.path().file_name().unwrap().to_string_lossy().trim_start_matches('.').to_string();
         let repo = S3Repo { fixture, proxy, url: format!("s3://{bucket}/faults-{unique}") };
-        let pack = pack_mib.to_string();
-        repo.ok(&["init", "--kdf-memory-kib", "64", "--kdf-iterations", "1", "--pack-size", &pack]);
+        repo.ok(&[&["init", "--kdf-memory-kib", "64", "--kdf-iterations", "1"], args].concat());
         Some(repo)
     }
 
@@ -346,6 +350,7 @@ fn a_failed_backup_keeps_what_it_uploaded() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(repo.proxy.log().iter().any(|entry| entry[4] == "outage"), "the backup ended first: {stderr}");
     assert_eq!(output.status.code(), Some(17), "{stderr}");
     repo.proxy.rules(json!([]));
     repo.proxy.post("/resume", json!({}));
@@ -385,5 +390,27 @@ fn check_goes_on_past_a_pack_storage_will_not_serve() {
     assert!(report["packs_read"].as_u64().unwrap() >= 5, "the other packs were not read: {report}");
     assert!(report["damage"].as_array().unwrap().is_empty());
     repo.proxy.rules(json!([]));
+    repo.assert_intact(&source);
+}
+
+/// Issue 17: with the default pack size on S3, every pack goes in one PUT (no multipart
+/// upload: a create, parts and a complete cost six requests and a server-side pass
+/// per pack), and bodies to a loopback endpoint are not signed (the server would hash
+/// every byte again); the repository is whole.
+#[test]
+fn default_s3_packs_go_in_one_unsigned_request() {
+    let Some(repo) = S3Repo::init(&[]) else { return };
+    let source = repo.tree(12, 4 << 20);
+    repo.ok(&["backup", source.to_str().unwrap()]);
+    let log = repo.proxy.log();
+    let multipart: Vec<&Value> =
+        log.iter().filter(|entry| entry[2].as_str().unwrap_or("").contains("upload")).collect();
+    assert!(multipart.is_empty(), "multipart requests with the default pack size: {multipart:?}");
+    let packs: Vec<&Value> =
+        log.iter().filter(|entry| entry[0] == "PUT" && entry[1].as_str().unwrap_or("").contains("/data/")).collect();
+    assert!(packs.len() >= 2, "48 MiB went in {} pack uploads: {log:?}", packs.len());
+    for pack in &packs {
+        assert_eq!(pack[5], "UNSIGNED-PAYLOAD", "a pack upload to loopback was signed: {pack:?}");
+    }
     repo.assert_intact(&source);
 }

@@ -22,8 +22,8 @@ pub const DEFAULT_CONNECTIONS: usize = 16;
 /// Default pack size on S3. A pack closes once it reaches this size, so it ends at
 /// most one sealed chunk (8 MiB) and its header beyond it: under the 32 MiB multipart
 /// threshold, and sent in one PUT, unless its last chunk is of the largest size.
-/// 64 MiB packs took six requests each (a create, four parts, a complete), and a server spends a pass over
-/// every byte assembling the parts (measured in docs/BENCHMARKS.md).
+/// 64 MiB packs took six requests each (a create, four parts, a complete), and a
+/// server spends a pass over every byte assembling the parts (docs/BENCHMARKS.md).
 pub const DEFAULT_S3_PACK_SIZE: u64 = 24 * 1024 * 1024;
 
 /// Where an S3 repository is and how to reach it. `from_env` fills it the usual way.
@@ -165,17 +165,16 @@ impl S3Options {
         }
     }
 
-    /// Whether requests go in plain HTTP to a host that is not loopback: `None` for
-    /// HTTPS, `Some(false)` for plain HTTP on loopback.
-    fn plain_http_off_host(&self) -> Option<bool> {
-        let rest = self.endpoint.as_deref()?.strip_prefix("http://")?;
+    /// Whether requests go in plain HTTP to a host that is not loopback.
+    fn plain_http_off_host(&self) -> bool {
+        let Some(rest) = self.endpoint.as_deref().and_then(|e| e.strip_prefix("http://")) else { return false };
         let authority = rest.split('/').next().unwrap_or_default();
         let host = match authority.strip_prefix('[') {
             Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
             None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
         };
         let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        Some(!loopback)
+        !loopback
     }
 
     /// Whether request bodies are signed (SigV4's SHA-256 of every byte, computed here
@@ -184,12 +183,12 @@ impl S3Options {
     /// AWS SDKs do over HTTPS: what is stored is checked end to end anyway (every blob
     /// is authenticated by AES-GCM and named by its keyed hash, every read verifies).
     fn signs_payload(&self) -> bool {
-        self.plain_http_off_host() == Some(true)
+        self.plain_http_off_host()
     }
 
     fn check_http(&self) -> Result<()> {
         let Some(endpoint) = &self.endpoint else { return Ok(()) };
-        if self.plain_http_off_host() != Some(true) || self.allow_http {
+        if !self.plain_http_off_host() || self.allow_http {
             return Ok(());
         }
         Err(Error::InvalidInput(format!(
